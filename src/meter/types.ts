@@ -1,0 +1,369 @@
+import type { Decimal } from 'decimal.js';
+import type { CreditsInput } from '../core/credits.js';
+import type { PlanCatalog } from '../core/plan-catalog.js';
+import type { ModelPriceTable } from '../core/price-table.js';
+import type { MeterMode } from '../core/route.js';
+import type { CreditStorage, LedgerKind, Route, UsageGroupBy } from '../storage/storage.js';
+import type { EventErrorHandler } from './events.js';
+import type { ByoKeyResolver, ReplyProvider } from './provider.js';
+
+/** Options of {@link CreditMeter}. Validated and frozen at construction. */
+export interface CreditMeterOptions {
+  /**
+   * Where credits, holds and the ledger live.
+   * @default new MemoryStorage()
+   */
+  storage?: CreditStorage;
+  /**
+   * `cloud` charges and blocks; `self-hosted` records every reply with 0 credits and never blocks.
+   * @default 'cloud'
+   */
+  mode?: MeterMode;
+  /**
+   * The price table.
+   * @default DEFAULT_MODEL_PRICES
+   */
+  models?: ModelPriceTable;
+  /**
+   * The plan catalog.
+   * @default DEFAULT_PLANS
+   */
+  plans?: PlanCatalog;
+  /** Providers by provider id (`openai`, `anthropic`, `bookbag`, ...), used by `reply`. */
+  providers?: Readonly<Record<string, ReplyProvider>>;
+  /** Finds a workspace's own key for a provider; a key makes provider-backed replies free. */
+  byoKeys?: ByoKeyResolver;
+  /**
+   * The clock that decides periods and hold expiry. With several app servers, this clock
+   * (not the database's) decides, so keep servers in sync; every store operation is
+   * conditional, so skew only moves a reply across a boundary, never charges twice.
+   * @default () => new Date()
+   */
+  clock?: () => Date;
+  /**
+   * How long a hold lives before its credits return, if neither settled nor released
+   * (a process that died mid-reply).
+   * @default 900000 (15 minutes)
+   */
+  holdTtlMs?: number;
+  /**
+   * Shares of the period's allotment whose crossing emits `balance.low`, once per period each.
+   * @default [0.8, 1]
+   */
+  lowBalanceThresholds?: readonly number[];
+  /**
+   * What `reply` does when the store fails or times out: `refuse` throws `STORAGE_ERROR`
+   * (no free replies); `allow` calls the provider unmetered and marks the result
+   * `metered: false`. Only for hosts that prefer availability over billing accuracy.
+   * @default 'refuse'
+   */
+  onStorageFailure?: 'refuse' | 'allow';
+  /**
+   * Gives up on a store call after this many milliseconds with `STORAGE_ERROR`.
+   * The call may still complete in the store; retrying the same `replyId` heals it.
+   * @default undefined (no limit)
+   */
+  storageTimeoutMs?: number;
+  /**
+   * Receives errors thrown by event handlers (which never break a reply).
+   * @default logs the error and the event type to `console.error`
+   */
+  onEventError?: EventErrorHandler;
+  /**
+   * Makes reply ids when the caller gives none.
+   * @default crypto.randomUUID
+   */
+  generateReplyId?: () => string;
+}
+
+/** Input of {@link CreditMeter.createWorkspace}. */
+export interface CreateWorkspaceInput {
+  workspaceId: string;
+  plan: string;
+  /** Credits per period for a plan without `monthlyCredits` (Enterprise); refused for other plans. */
+  allotment?: CreditsInput;
+  /**
+   * The subscription start: the anchor of every monthly period.
+   * @default now
+   */
+  startsAt?: Date | string;
+}
+
+/** A grant with credits left, as shown in a workspace summary. */
+export interface GrantSummary {
+  /** `period:<n>` for the plan allotment, the host's grantId for a top-up. */
+  readonly grantId: string;
+  readonly kind: 'allotment' | 'topup';
+  readonly remaining: Decimal;
+  readonly expiresAt: Date | undefined;
+}
+
+/** A workspace's balance and period, as of the call. */
+export interface WorkspaceSummary {
+  readonly workspaceId: string;
+  readonly plan: string;
+  /** A downgrade that takes effect at the next renewal. */
+  readonly pendingPlan: string | undefined;
+  /** Credits that can be spent now: every live grant, minus live holds. */
+  readonly balance: Decimal;
+  /** Credits held by replies in flight. The ledger sums to `balance + held`. */
+  readonly held: Decimal;
+  /** This period's plan allotment (upgrades included). */
+  readonly allotment: Decimal;
+  /** Credits charged by replies this period. */
+  readonly usedThisPeriod: Decimal;
+  /** Credits left in top-ups (part of `balance`). */
+  readonly topUpBalance: Decimal;
+  readonly periodStart: Date;
+  readonly periodEnd: Date;
+  /** When the allotment renews (= `periodEnd`). */
+  readonly renewsAt: Date;
+  /**
+   * How many more replies each model can afford from `balance` (rounded down); `null` for a
+   * model that costs no credits.
+   */
+  readonly repliesLeft: Readonly<Record<string, number | null>>;
+  /** Live grants in spending order. */
+  readonly grants: readonly GrantSummary[];
+}
+
+/** Input of {@link CreditMeter.quote}. */
+export interface QuoteInput {
+  workspaceId: string;
+  model: string;
+}
+
+/** What a reply would cost, by which route, and whether it would be allowed. Free to ask. */
+export interface Quote {
+  readonly workspaceId: string;
+  readonly model: string;
+  /** Credits the reply would be charged: the model's price on `credits`, else 0. */
+  readonly credits: Decimal;
+  /** The model's price per reply. */
+  readonly price: Decimal;
+  readonly route: Route;
+  /** True when a reply now would go through. */
+  readonly allowed: boolean;
+  /** Credits available, or undefined in self-hosted mode. */
+  readonly available: Decimal | undefined;
+  readonly renewsAt: Date | undefined;
+  readonly priceVersion: string;
+}
+
+/** Identifies one reply. */
+export interface ReplyIdentity {
+  workspaceId: string;
+  agentId: string;
+  conversationId: string;
+  model: string;
+  /**
+   * The idempotency key of the reply: a retry with the same id never charges twice. Unique
+   * across the store (use a UUID or your message id).
+   * @default a new UUID
+   */
+  replyId?: string;
+}
+
+/** Input of {@link CreditMeter.reserve}. */
+export type ReserveInput = ReplyIdentity;
+
+/** A hold on a reply's cost. */
+export interface Reservation {
+  readonly replyId: string;
+  readonly workspaceId: string;
+  readonly model: string;
+  readonly route: Route;
+  /** Credits held (charged at settle). */
+  readonly credits: Decimal;
+  /** When the hold lapses if not settled. */
+  readonly expiresAt: Date;
+  /** `held` for a live hold; `settled` when this replyId was charged before (a retry). */
+  readonly status: 'held' | 'settled';
+  /** True when the reply existed before this call. */
+  readonly replayed: boolean;
+}
+
+/** Input of {@link CreditMeter.settle} and {@link CreditMeter.release}. */
+export interface ReplyRef {
+  workspaceId: string;
+  replyId: string;
+}
+
+/** A charged reply. */
+export interface Settlement {
+  readonly replyId: string;
+  readonly workspaceId: string;
+  readonly agentId: string;
+  readonly conversationId: string;
+  readonly model: string;
+  readonly route: Route;
+  /** Credits charged (0 on byo and unmetered). */
+  readonly credits: Decimal;
+  readonly entryId: string;
+  readonly at: Date;
+  readonly priceVersion: string;
+  /** True when the charge happened in an earlier call (no second charge). */
+  readonly replayed: boolean;
+}
+
+/** A released hold. */
+export interface Release {
+  readonly replyId: string;
+  readonly workspaceId: string;
+  /** Credits returned to the balance. */
+  readonly credits: Decimal;
+  /** True when it was released in an earlier call. */
+  readonly replayed: boolean;
+}
+
+/** Input of {@link CreditMeter.reply}. */
+export interface ReplyInput extends ReplyIdentity {
+  /** Passed to the provider untouched. */
+  input: unknown;
+  /** Aborts the provider call; an abort before any output charges nothing. */
+  signal?: AbortSignal;
+}
+
+/** A generated and charged reply. */
+export interface ReplyResult extends Settlement {
+  /** What the provider returned; `undefined` on a replay (the meter keeps no reply content). */
+  readonly output: unknown;
+  /** False only when the store failed and `onStorageFailure: 'allow'` let the reply through. */
+  readonly metered: boolean;
+}
+
+/** A streamed reply: iterate it for chunks; it is settled once when the stream ends. */
+export interface ReplyStream extends AsyncIterable<unknown> {
+  readonly replyId: string;
+  readonly route: Route;
+  /** Credits the reply costs if any output is delivered. */
+  readonly credits: Decimal;
+  /** Settles when the stream ended: the charge, or the error that released it. */
+  readonly result: Promise<Settlement>;
+}
+
+/** Input of {@link CreditMeter.changePlan}. */
+export interface ChangePlanInput {
+  workspaceId: string;
+  plan: string;
+  /** Credits per period, for a plan without `monthlyCredits` (Enterprise). */
+  allotment?: CreditsInput;
+}
+
+/** The outcome of a plan change. */
+export interface PlanChange {
+  readonly workspaceId: string;
+  /** The plan in force now. */
+  readonly plan: string;
+  /** `now` for an upgrade (or a same-size change), `next-period` for a downgrade. */
+  readonly effective: 'now' | 'next-period';
+  /** When it takes (or took) effect. */
+  readonly effectiveAt: Date;
+  /** Credits added to this period (an upgrade's difference). */
+  readonly creditsAdded: Decimal;
+  readonly workspace: WorkspaceSummary;
+}
+
+/** Input of {@link CreditMeter.addCredits}. */
+export interface AddCreditsInput {
+  workspaceId: string;
+  /** Credits purchased, > 0. */
+  credits: CreditsInput;
+  /** Idempotency key: the same grantId adds credits once. */
+  grantId: string;
+  /** When the credits lapse; omitted: never (they survive renewals). */
+  expiresAt?: Date | string;
+}
+
+/** The outcome of a top-up. */
+export interface TopUp {
+  readonly workspaceId: string;
+  readonly grantId: string;
+  readonly credits: Decimal;
+  readonly expiresAt: Date | undefined;
+  /** True when this grantId was added before (nothing added now). */
+  readonly replayed: boolean;
+  readonly workspace: WorkspaceSummary;
+}
+
+/** Input of {@link CreditMeter.ledger}. */
+export interface LedgerInput {
+  workspaceId: string;
+  /** Inclusive. */
+  from?: Date | string;
+  /** Exclusive. */
+  to?: Date | string;
+  agentId?: string;
+  /**
+   * Entries per page, 1–1,000.
+   * @default 100
+   */
+  limit?: number;
+  /** `nextCursor` of the previous page. */
+  cursor?: string;
+}
+
+/** One ledger entry. */
+export interface LedgerEntry {
+  readonly id: string;
+  readonly workspaceId: string;
+  readonly kind: LedgerKind;
+  /** Signed: grants and top-ups +, charges and expiries −. */
+  readonly credits: Decimal;
+  readonly at: Date;
+  readonly replyId?: string;
+  readonly agentId?: string;
+  readonly conversationId?: string;
+  readonly model?: string;
+  readonly route?: Route;
+  readonly priceVersion?: string;
+  readonly grantId?: string;
+  readonly plan?: string;
+}
+
+/** A page of ledger entries, oldest first. */
+export interface LedgerPage {
+  readonly entries: readonly LedgerEntry[];
+  /** Pass as `cursor` for the next page; absent on the last page. */
+  readonly nextCursor?: string;
+}
+
+/** Calendar buckets for usage, in UTC; weeks start on Monday (ISO). */
+export type UsageInterval = 'day' | 'week' | 'month';
+
+/** Input of {@link CreditMeter.usage}. */
+export interface UsageInput {
+  workspaceId: string;
+  /** Inclusive. */
+  from: Date | string;
+  /** Exclusive. */
+  to: Date | string;
+  groupBy: UsageGroupBy;
+  /** Split each group by calendar bucket. */
+  interval?: UsageInterval;
+}
+
+/** Credits and replies of one group (and bucket). */
+export interface UsageRow {
+  /** The agent, model or conversation id. */
+  readonly key: string;
+  /** Credits charged. */
+  readonly credits: Decimal;
+  /** Replies on every route (byo and unmetered count with 0 credits). */
+  readonly replies: number;
+  /** Start of the bucket, when an interval was asked. */
+  readonly bucket?: Date;
+}
+
+/** Usage over a window. */
+export interface UsageReport {
+  readonly workspaceId: string;
+  readonly from: Date;
+  readonly to: Date;
+  readonly groupBy: UsageGroupBy;
+  readonly interval?: UsageInterval;
+  /** By bucket (oldest first), then by credits (most first), then by key. */
+  readonly rows: readonly UsageRow[];
+  readonly totalCredits: Decimal;
+  readonly totalReplies: number;
+}

@@ -1,0 +1,501 @@
+import { MAX_MICROS } from '../core/credits.js';
+import type {
+  Allocation,
+  ChangePlanCommand,
+  ChangePlanOutcome,
+  ClaimAlertCommand,
+  CreateWorkspaceCommand,
+  CreateWorkspaceOutcome,
+  CreditStorage,
+  GrantCommand,
+  GrantOutcome,
+  GrantRecord,
+  LedgerQuery,
+  LedgerRow,
+  LedgerRowInput,
+  ReleaseCommand,
+  ReleaseOutcome,
+  RenewCommand,
+  RenewOutcome,
+  ReplyRecord,
+  ReserveCommand,
+  ReserveOutcome,
+  SettleCommand,
+  SettleOutcome,
+  UsageAggregate,
+  UsageQuery,
+  WorkspaceRecord,
+  WorkspaceState,
+} from './storage.js';
+import { compareGrants, DAY_MS } from './storage-helpers.js';
+
+interface Slot {
+  record: WorkspaceRecord;
+  /** Grants that have not expired, in spending order (some may have nothing left). */
+  live: GrantRecord[];
+  /** Every grant ever made, for idempotency and for returning released holds. */
+  grants: Map<string, GrantRecord>;
+  available: number;
+  held: number;
+  /** Earliest `expiresAt` among `live`, so the sweep costs one comparison when idle. */
+  nextGrantExpiry: number;
+  /** Holds in the order they were taken; lapsed ones are swept from the front. */
+  holdQueue: string[];
+  holdHead: number;
+  ledger: LedgerRow[];
+  /** False once a row was appended with an earlier `at` than its predecessor (a clock went back). */
+  ledgerInTimeOrder: boolean;
+  alerts: Set<string>;
+}
+
+/**
+ * The default, embedded store: everything in this process's memory, nothing persisted.
+ * Right for tests, demos and single-process hosts that rebuild state on start; use the
+ * SQLite, PostgreSQL or Redis store for anything that must survive a restart.
+ *
+ * Each method runs synchronously to completion before it returns its promise, so each is
+ * atomic within the process.
+ *
+ * @example
+ * ```ts
+ * const meter = new CreditMeter({ storage: new MemoryStorage() });
+ * ```
+ */
+export class MemoryStorage implements CreditStorage {
+  readonly #workspaces = new Map<string, Slot>();
+  readonly #replies = new Map<string, ReplyRecord>();
+  readonly #allocations = new Map<string, Allocation[]>();
+  #sequence = 0;
+
+  /** Nothing to migrate: present so every store has the same life cycle. */
+  async migrate(): Promise<void> {}
+
+  /** Nothing to close. */
+  async close(): Promise<void> {}
+
+  async createWorkspace(command: CreateWorkspaceCommand): Promise<CreateWorkspaceOutcome> {
+    if (this.#workspaces.has(command.workspace.workspaceId)) return { status: 'exists' };
+    const grant = { ...command.grant };
+    const slot: Slot = {
+      record: { ...command.workspace },
+      live: [grant],
+      grants: new Map([[grant.grantId, grant]]),
+      available: grant.remaining,
+      held: 0,
+      nextGrantExpiry: grant.expiresAt ?? Infinity,
+      holdQueue: [],
+      holdHead: 0,
+      ledger: [],
+      ledgerInTimeOrder: true,
+      alerts: new Set(),
+    };
+    this.#workspaces.set(command.workspace.workspaceId, slot);
+    this.#append(slot, command.entry);
+    return { status: 'created', state: this.#state(slot) };
+  }
+
+  async getWorkspace(workspaceId: string, now: number): Promise<WorkspaceState | undefined> {
+    const slot = this.#workspaces.get(workspaceId);
+    if (!slot) return undefined;
+    if (now < slot.record.periodEnd) this.#sweep(slot, now, true);
+    return this.#state(slot);
+  }
+
+  async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
+    const { reply: input, now } = command;
+    const existing = this.#replies.get(input.replyId);
+    if (existing) return { status: 'exists', reply: existing };
+    if (!command.requireWorkspace) {
+      const reply = held(input);
+      this.#replies.set(reply.replyId, reply);
+      return { status: 'reserved', reply, available: 0 };
+    }
+    const slot = this.#workspaces.get(input.workspaceId);
+    if (!slot) return { status: 'workspace_not_found' };
+    if (now >= slot.record.periodEnd) return { status: 'renewal_due', workspace: { ...slot.record } };
+    this.#sweep(slot, now, false);
+    if (slot.available < input.amount) {
+      this.#sweep(slot, now, true);
+      if (slot.available < input.amount) {
+        const reply: ReplyRecord = { ...input, status: 'refused', finishedAt: now, entryId: null };
+        this.#replies.set(reply.replyId, reply);
+        return { status: 'insufficient', reply, available: slot.available, workspace: { ...slot.record } };
+      }
+    }
+    const reply = held(input);
+    this.#replies.set(reply.replyId, reply);
+    if (input.amount > 0) {
+      this.#allocations.set(reply.replyId, this.#take(slot, input.amount));
+      slot.held += input.amount;
+      slot.holdQueue.push(reply.replyId);
+    }
+    return { status: 'reserved', reply, available: slot.available };
+  }
+
+  async settle(command: SettleCommand): Promise<SettleOutcome> {
+    const reply = this.#replies.get(command.replyId);
+    if (!reply || reply.workspaceId !== command.workspaceId) return { status: 'not_found' };
+    const slot = this.#workspaces.get(reply.workspaceId);
+    switch (reply.status) {
+      case 'settled':
+        return {
+          status: 'settled',
+          reply,
+          entry: this.#entryOf(slot, reply),
+          replayed: true,
+          workspace: slot ? { ...slot.record } : null,
+        };
+      case 'held':
+        if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(reply, 'expired', command.now) };
+        break;
+      default:
+        return { status: reply.status, reply };
+    }
+    const entry = this.#appendTo(slot, reply.workspaceId, {
+      workspaceId: reply.workspaceId,
+      kind: 'reply',
+      amount: -reply.amount,
+      at: command.now,
+      replyId: reply.replyId,
+      agentId: reply.agentId,
+      conversationId: reply.conversationId,
+      model: reply.model,
+      route: reply.route,
+      priceVersion: reply.priceVersion,
+      grantId: null,
+      plan: null,
+    });
+    const settled: ReplyRecord = { ...reply, status: 'settled', finishedAt: command.now, entryId: entry.id };
+    this.#replies.set(reply.replyId, settled);
+    if (slot && reply.amount > 0) {
+      this.#allocations.delete(reply.replyId);
+      slot.held -= reply.amount;
+      slot.record.usedThisPeriod += reply.amount;
+    }
+    return { status: 'settled', reply: settled, entry, replayed: false, workspace: slot ? { ...slot.record } : null };
+  }
+
+  async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
+    const reply = this.#replies.get(command.replyId);
+    if (!reply || reply.workspaceId !== command.workspaceId) return { status: 'not_found' };
+    if (reply.status === 'released') return { status: 'released', reply, replayed: true };
+    if (reply.status !== 'held') return { status: reply.status, reply };
+    if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(reply, 'expired', command.now) };
+    return { status: 'released', reply: this.#finishHold(reply, 'released', command.now), replayed: false };
+  }
+
+  async renew(command: RenewCommand): Promise<RenewOutcome> {
+    const slot = this.#workspaces.get(command.workspaceId);
+    if (!slot) return { status: 'workspace_not_found' };
+    if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: { ...slot.record } };
+    const { now } = command;
+    this.#lapseHolds(slot, now, true);
+    let ending = 0;
+    for (const grant of slot.live) if (grant.kind === 'allotment') ending += grant.remaining;
+    const carried = Math.min(ending, command.rolloverCap);
+    let toCarry = carried;
+    for (const grant of slot.live) {
+      if (grant.kind !== 'allotment' || grant.remaining === 0) continue;
+      const kept = Math.min(grant.remaining, toCarry);
+      toCarry -= kept;
+      this.#expireGrant(slot, grant, grant.remaining - kept, now);
+      slot.available -= grant.remaining;
+      grant.remaining = 0;
+    }
+    slot.live = slot.live.filter((grant) => grant.kind !== 'allotment');
+    this.#expireGrants(slot, now);
+    const grant: GrantRecord = {
+      ...command.grant,
+      amount: command.grant.amount + carried,
+      remaining: command.grant.remaining + carried,
+    };
+    slot.record = { ...command.workspace };
+    this.#addGrant(slot, grant);
+    this.#append(slot, command.entry);
+    return { status: 'renewed', state: this.#state(slot), expired: ending - carried, carried };
+  }
+
+  async changePlan(command: ChangePlanCommand): Promise<ChangePlanOutcome> {
+    const slot = this.#workspaces.get(command.workspaceId);
+    if (!slot) return { status: 'workspace_not_found' };
+    if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: { ...slot.record } };
+    if (slot.available + slot.held + command.allotmentIncrease > MAX_MICROS) return { status: 'overflow' };
+    if (command.allotmentIncrease > 0) {
+      const grant = slot.grants.get(`period:${slot.record.periodIndex}`);
+      if (grant && slot.live.includes(grant)) {
+        grant.amount += command.allotmentIncrease;
+        grant.remaining += command.allotmentIncrease;
+        slot.available += command.allotmentIncrease;
+      } else {
+        this.#addGrant(slot, {
+          grantId: `period:${slot.record.periodIndex}`,
+          kind: 'allotment',
+          amount: command.allotmentIncrease,
+          remaining: command.allotmentIncrease,
+          expiresAt: slot.record.periodEnd,
+          createdAt: command.now,
+        });
+      }
+    }
+    slot.record = { ...command.workspace };
+    this.#append(slot, command.entry);
+    return { status: 'changed', state: this.#state(slot) };
+  }
+
+  async grant(command: GrantCommand): Promise<GrantOutcome> {
+    const slot = this.#workspaces.get(command.workspaceId);
+    if (!slot) return { status: 'workspace_not_found' };
+    const existing = slot.grants.get(command.grant.grantId);
+    if (existing) return { status: 'exists', grant: { ...existing } };
+    if (slot.available + slot.held + command.grant.amount > MAX_MICROS) return { status: 'overflow' };
+    this.#addGrant(slot, { ...command.grant });
+    this.#append(slot, command.entry);
+    return { status: 'granted', state: this.#state(slot) };
+  }
+
+  async claimAlert(command: ClaimAlertCommand): Promise<boolean> {
+    const slot = this.#workspaces.get(command.workspaceId);
+    if (!slot) return false;
+    const key = `${command.periodIndex}:${command.threshold}`;
+    if (slot.alerts.has(key)) return false;
+    slot.alerts.add(key);
+    return true;
+  }
+
+  async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    const rows = this.#ledgerOf(query.workspaceId);
+    const from = query.from ?? -Infinity;
+    const to = query.to ?? Infinity;
+    let start = 0;
+    if (query.afterId !== undefined) start = upperBound(rows, Number(query.afterId), (row) => Number(row.id));
+    else if (query.from !== undefined && this.#inTimeOrder(query.workspaceId)) start = lowerBound(rows, from, (row) => row.at);
+    const page: LedgerRow[] = [];
+    for (let i = start; i < rows.length && page.length < query.limit; i++) {
+      const row = rows[i]!;
+      if (row.at < from || row.at >= to) continue;
+      if (query.agentId !== undefined && row.agentId !== query.agentId) continue;
+      page.push(row);
+    }
+    return page;
+  }
+
+  async usage(query: UsageQuery): Promise<UsageAggregate[]> {
+    const rows = this.#ledgerOf(query.workspaceId);
+    const ordered = this.#inTimeOrder(query.workspaceId);
+    const start = ordered ? lowerBound(rows, query.from, (row) => row.at) : 0;
+    const field = query.groupBy === 'agent' ? 'agentId' : query.groupBy === 'model' ? 'model' : 'conversationId';
+    const groups = new Map<string, UsageAggregate>();
+    for (let i = start; i < rows.length; i++) {
+      const row = rows[i]!;
+      if (row.at >= query.to) {
+        if (ordered) break;
+        continue;
+      }
+      if (row.kind !== 'reply' || row.at < query.from) continue;
+      const key = row[field] ?? '';
+      const day = query.byDay ? row.at - (((row.at % DAY_MS) + DAY_MS) % DAY_MS) : undefined;
+      const id = day === undefined ? key : `${day}\u0000${key}`;
+      let group = groups.get(id);
+      if (!group) {
+        group = day === undefined ? { key, amount: 0, replies: 0 } : { key, day, amount: 0, replies: 0 };
+        groups.set(id, group);
+      }
+      group.amount -= row.amount;
+      group.replies += 1;
+    }
+    return [...groups.values()];
+  }
+
+  async getReply(replyId: string): Promise<ReplyRecord | undefined> {
+    return this.#replies.get(replyId);
+  }
+
+  // ─── internals ──────────────────────────────────────────────────────────
+
+  // Ledger rows of workspaces without a record (self-hosted mode) live here.
+  readonly #orphanLedgers = new Map<string, { rows: LedgerRow[]; inTimeOrder: boolean }>();
+
+  #ledgerOf(workspaceId: string): LedgerRow[] {
+    return this.#workspaces.get(workspaceId)?.ledger ?? this.#orphanLedgers.get(workspaceId)?.rows ?? [];
+  }
+
+  #inTimeOrder(workspaceId: string): boolean {
+    return this.#workspaces.get(workspaceId)?.ledgerInTimeOrder ?? this.#orphanLedgers.get(workspaceId)?.inTimeOrder ?? true;
+  }
+
+  #append(slot: Slot, input: LedgerRowInput): LedgerRow {
+    return this.#appendTo(slot, slot.record.workspaceId, input);
+  }
+
+  #appendTo(slot: Slot | undefined, workspaceId: string, input: LedgerRowInput): LedgerRow {
+    const row: LedgerRow = { id: String(++this.#sequence), ...input };
+    if (slot) {
+      const last = slot.ledger[slot.ledger.length - 1];
+      if (last && last.at > row.at) slot.ledgerInTimeOrder = false;
+      slot.ledger.push(row);
+      return row;
+    }
+    const target = this.#orphanLedgers.get(workspaceId) ?? { rows: [], inTimeOrder: true };
+    this.#orphanLedgers.set(workspaceId, target);
+    const last = target.rows[target.rows.length - 1];
+    if (last && last.at > row.at) target.inTimeOrder = false;
+    target.rows.push(row);
+    return row;
+  }
+
+  #entryOf(slot: Slot | undefined, reply: ReplyRecord): LedgerRow {
+    const rows = slot?.ledger ?? this.#orphanLedgers.get(reply.workspaceId)?.rows ?? [];
+    const index = lowerBound(rows, Number(reply.entryId), (row) => Number(row.id));
+    const row = rows[index];
+    if (!row || row.id !== reply.entryId) throw new Error(`ledger row ${String(reply.entryId)} of reply ${reply.replyId} is missing`);
+    return row;
+  }
+
+  /** Lapses holds that expired and expires grants that expired. `full` scans every hold. */
+  #sweep(slot: Slot, now: number, full: boolean): void {
+    this.#lapseHolds(slot, now, full);
+    if (now >= slot.nextGrantExpiry) this.#expireGrants(slot, now);
+  }
+
+  #lapseHolds(slot: Slot, now: number, full: boolean): void {
+    const queue = slot.holdQueue;
+    while (slot.holdHead < queue.length) {
+      const reply = this.#replies.get(queue[slot.holdHead]!)!;
+      if (reply.status === 'held' && reply.expiresAt > now) break;
+      if (reply.status === 'held') this.#finishHold(reply, 'expired', now);
+      slot.holdHead++;
+    }
+    if (full) {
+      // Holds with different TTLs can lapse out of queue order: look behind the head too.
+      const rest: string[] = [];
+      for (let i = slot.holdHead; i < queue.length; i++) {
+        const reply = this.#replies.get(queue[i]!)!;
+        if (reply.status !== 'held') continue;
+        if (reply.expiresAt <= now) this.#finishHold(reply, 'expired', now);
+        else rest.push(reply.replyId);
+      }
+      slot.holdQueue = rest;
+      slot.holdHead = 0;
+    } else if (slot.holdHead > 1024 && slot.holdHead * 2 > queue.length) {
+      slot.holdQueue = queue.slice(slot.holdHead);
+      slot.holdHead = 0;
+    }
+  }
+
+  /** Ends a hold without a charge, returning its credits to the grants they came from. */
+  #finishHold(reply: ReplyRecord, status: 'released' | 'expired', now: number): ReplyRecord {
+    const finished: ReplyRecord = { ...reply, status, finishedAt: now };
+    this.#replies.set(reply.replyId, finished);
+    const allocations = this.#allocations.get(reply.replyId);
+    const slot = this.#workspaces.get(reply.workspaceId);
+    if (allocations && slot) {
+      this.#allocations.delete(reply.replyId);
+      slot.held -= reply.amount;
+      for (const { grantId, amount } of allocations) {
+        const grant = slot.grants.get(grantId)!;
+        grant.remaining += amount;
+        if (slot.live.includes(grant) && (grant.expiresAt === null || grant.expiresAt > now)) {
+          slot.available += amount;
+        } else {
+          // The grant ran out of time while the credits were held: they expire now.
+          this.#expireGrant(slot, grant, amount, now);
+          grant.remaining -= amount;
+        }
+      }
+    }
+    return finished;
+  }
+
+  /** Takes `amount` from live grants in spending order. The caller checked `available`. */
+  #take(slot: Slot, amount: number): Allocation[] {
+    const allocations: Allocation[] = [];
+    let left = amount;
+    for (const grant of slot.live) {
+      if (grant.remaining === 0) continue;
+      const part = Math.min(grant.remaining, left);
+      grant.remaining -= part;
+      allocations.push({ grantId: grant.grantId, amount: part });
+      left -= part;
+      if (left === 0) break;
+    }
+    slot.available -= amount;
+    return allocations;
+  }
+
+  #addGrant(slot: Slot, grant: GrantRecord): void {
+    slot.grants.set(grant.grantId, grant);
+    let index = slot.live.length;
+    while (index > 0 && compareGrants(slot.live[index - 1]!, grant) > 0) index--;
+    slot.live.splice(index, 0, grant);
+    slot.available += grant.remaining;
+    if (grant.expiresAt !== null && grant.expiresAt < slot.nextGrantExpiry) slot.nextGrantExpiry = grant.expiresAt;
+  }
+
+  #expireGrants(slot: Slot, now: number): void {
+    let next = Infinity;
+    slot.live = slot.live.filter((grant) => {
+      if (grant.expiresAt === null || grant.expiresAt > now) {
+        if (grant.expiresAt !== null && grant.expiresAt < next) next = grant.expiresAt;
+        return true;
+      }
+      slot.available -= grant.remaining;
+      this.#expireGrant(slot, grant, grant.remaining, now);
+      grant.remaining = 0;
+      return false;
+    });
+    slot.nextGrantExpiry = next;
+  }
+
+  #expireGrant(slot: Slot, grant: GrantRecord, amount: number, now: number): void {
+    if (amount <= 0) return;
+    this.#append(slot, {
+      workspaceId: slot.record.workspaceId,
+      kind: 'expiry',
+      amount: -amount,
+      at: now,
+      replyId: null,
+      agentId: null,
+      conversationId: null,
+      model: null,
+      route: null,
+      priceVersion: null,
+      grantId: grant.grantId,
+      plan: null,
+    });
+  }
+
+  #state(slot: Slot): WorkspaceState {
+    return {
+      workspace: { ...slot.record },
+      grants: slot.live.filter((grant) => grant.remaining > 0).map((grant) => ({ ...grant })),
+      available: slot.available,
+      held: slot.held,
+    };
+  }
+}
+
+function held(input: ReserveCommand['reply']): ReplyRecord {
+  return { ...input, status: 'held', finishedAt: null, entryId: null };
+}
+
+function lowerBound<T>(items: readonly T[], value: number, key: (item: T) => number): number {
+  let lo = 0;
+  let hi = items.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (key(items[mid]!) < value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function upperBound<T>(items: readonly T[], value: number, key: (item: T) => number): number {
+  let lo = 0;
+  let hi = items.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (key(items[mid]!) <= value) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
