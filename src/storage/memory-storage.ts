@@ -154,7 +154,7 @@ export class MemoryStorage implements CreditStorage {
     const entry = this.#appendTo(slot, reply.workspaceId, {
       workspaceId: reply.workspaceId,
       kind: 'reply',
-      amount: -reply.amount,
+      amount: 0 - reply.amount, // not -amount: a free reply must not record -0
       at: command.now,
       replyId: reply.replyId,
       agentId: reply.agentId,
