@@ -1,0 +1,58 @@
+import { StorageError } from '../../core/errors.js';
+
+/** What `run()` reports: the shape better-sqlite3 returns. */
+export interface SqliteRunResult {
+  changes: number;
+  lastInsertRowid: number | bigint;
+}
+
+/**
+ * The few prepared-statement methods the SQLite store calls. A better-sqlite3 `Statement`
+ * satisfies it; the package never depends on better-sqlite3's types.
+ */
+export interface SqliteStatement {
+  run(...params: unknown[]): SqliteRunResult;
+  get(...params: unknown[]): unknown;
+  all(...params: unknown[]): unknown[];
+  /** The store turns safe integers off on its own statements: amounts are JS numbers. */
+  safeIntegers(toggle?: boolean): unknown;
+}
+
+/**
+ * The few database methods the SQLite store calls, typed structurally (as Kysely does) so
+ * an existing better-sqlite3 `Database` can be passed in without this package depending on
+ * better-sqlite3 at runtime or in its types.
+ */
+export interface SqliteDatabase {
+  prepare(source: string): SqliteStatement;
+  exec(source: string): unknown;
+  close(): unknown;
+  /** True while a transaction is open on this connection. */
+  readonly inTransaction: boolean;
+}
+
+type DatabaseConstructor = new (filename: string) => SqliteDatabase;
+
+/**
+ * Loads better-sqlite3 on first use, so importing the adapter never loads the native
+ * driver, and turns a missing package into an error that says what to install.
+ */
+export async function openDatabase(filename: string): Promise<SqliteDatabase> {
+  let loaded: unknown;
+  try {
+    loaded = await import('better-sqlite3');
+  } catch (error) {
+    throw new StorageError(
+      'load driver',
+      new Error('the optional peer dependency better-sqlite3 is not installed; run `npm install better-sqlite3`', { cause: error }),
+      'sqlite',
+    );
+  }
+  const module = loaded as { default?: unknown };
+  const Database = (typeof module.default === 'function' ? module.default : loaded) as DatabaseConstructor;
+  try {
+    return new Database(filename);
+  } catch (error) {
+    throw new StorageError('open', error, 'sqlite');
+  }
+}
