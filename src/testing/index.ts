@@ -1,0 +1,16 @@
+/**
+ * `@bookbag/credits/testing`: the storage conformance kit and a recording fake provider.
+ * Needs vitest (a dev dependency of the project that runs it).
+ *
+ * @packageDocumentation
+ */
+export { CONFORMANCE_EPOCH, conformanceCases, runConformanceCase, runStorageConformance } from './conformance.js';
+export { FakeProvider } from './fake-provider.js';
+
+export type {
+  ConformanceCase,
+  ConformanceConcurrency,
+  ConformanceContext,
+  StorageConformanceOptions,
+} from './conformance.js';
+export type { FakeProviderCall, FakeProviderOptions } from './fake-provider.js';
