@@ -1,0 +1,13 @@
+/**
+ * The Redis store: `import { RedisStorage } from '@bookbag/credits/redis'`.
+ *
+ * @packageDocumentation
+ */
+export { RedisStorage } from './redis-storage.js';
+export type {
+  RedisClientLike,
+  RedisStorageBaseOptions,
+  RedisStorageClientOptions,
+  RedisStorageOptions,
+  RedisStorageUrlOptions,
+} from './redis-storage.js';

@@ -1,0 +1,601 @@
+/**
+ * The Lua scripts behind {@link RedisStorage}: one script per contract method, each run
+ * atomically by Redis. Every script starts with {@link PRELUDE}, which derives the keys of
+ * one workspace from a base `<prefix>{<workspaceId>}:` passed as `ARGV[1]` (the hash tag
+ * puts a workspace's keys in one cluster slot) and holds the shared arithmetic.
+ *
+ * Key layout under base `B` (see docs/adapters/redis.md):
+ * - `B w`  hash: the workspace record plus `available` and `held` (micro-credits)
+ * - `B g`  hash: every grant ever made, `grantId` → `kind|amount|remaining|expiresAt|createdAt`
+ * - `B l`  sorted set of live (unexpired) grants in spending order: score `expiresAt`
+ *          (`+inf` for never), member `<createdAt+10^15, 17 digits><grantId>`
+ * - `B h`  sorted set of open holds: score `expiresAt`, member `replyId`
+ * - `B r`  sorted set of ledger rows: score = row id, member = the row as JSON
+ * - `B t`  sorted set indexing ledger rows by time: score `at`, member = 16-digit row id
+ * - `B u`  string, present once a row was appended with an earlier `at` than a previous one
+ * - `B a`  set of claimed alerts
+ * - `B d`  sorted set of UTC days that have `reply` rows
+ * - `B d:<day>:<a|m|c>` hash: per-day usage rollup by agent, model or conversation:
+ *          `s:<key>` micro-credits, `n:<key>` replies, `f:<key>` first row id
+ * Outside the workspace slot: `<prefix>seq` (the ledger id counter, INCR) and
+ * `<prefix>reply:<replyId>` (the reply record hash, which is also the global reply index).
+ *
+ * Numbers: Lua numbers are doubles, exact for integers up to 2^53. Every number written to
+ * Redis or returned goes through `fmt` (`%.0f`) because Lua's own `tostring` keeps only 14
+ * significant digits.
+ */
+
+const PRELUDE = /* lua */ `
+local B = ARGV[1]
+local RP = ARGV[2]
+local WS, GR, LIVE, HOLDS, LEDGER, AT, UNORD, ALERTS, DAYS =
+  B .. 'w', B .. 'g', B .. 'l', B .. 'h', B .. 'r', B .. 't', B .. 'u', B .. 'a', B .. 'd'
+local SEQ = KEYS[2]
+local MAX_MICROS = 9007199254740991
+local DAY_MS = 86400000
+local NULL = cjson.null
+
+local function fmt(n) return string.format('%.0f', n) end
+local function pad(id) return string.format('%016.0f', id) end
+local function opt(s) if s == nil or s == '' then return nil end return s end
+
+local function hash(key)
+  local flat = redis.call('HGETALL', key)
+  local t = {}
+  for i = 1, #flat, 2 do t[flat[i]] = flat[i + 1] end
+  return t, flat
+end
+
+-- grants
+local function gdecode(id, s)
+  local kind, amount, remaining, exp, created = string.match(s, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  local g = { id = id, kind = kind, amount = tonumber(amount), remaining = tonumber(remaining), created = tonumber(created) }
+  if exp ~= '' then g.exp = tonumber(exp) end
+  return g
+end
+local function gencode(g)
+  local exp = ''
+  if g.exp ~= nil then exp = fmt(g.exp) end
+  return g.kind .. '|' .. fmt(g.amount) .. '|' .. fmt(g.remaining) .. '|' .. exp .. '|' .. fmt(g.created)
+end
+local function gmember(g) return string.format('%017.0f', g.created + 1e15) .. g.id end
+local function gscore(g) if g.exp == nil then return '+inf' end return fmt(g.exp) end
+local function gsave(g) redis.call('HSET', GR, g.id, gencode(g)) end
+local function gload(id)
+  local s = redis.call('HGET', GR, id)
+  if not s then return nil end
+  return gdecode(id, s)
+end
+local function glive(g) return redis.call('ZSCORE', LIVE, gmember(g)) ~= false end
+
+-- money of the workspace, written back by save()
+local avail, held = 0, 0
+local function load_money(w) avail = tonumber(w.available) or 0; held = tonumber(w.held) or 0 end
+local function save_money() redis.call('HSET', WS, 'available', fmt(avail), 'held', fmt(held)) end
+
+-- ledger
+local function push_row(id, at, json)
+  redis.call('ZADD', LEDGER, fmt(id), json)
+  local last = redis.call('ZREVRANGE', AT, 0, 0, 'WITHSCORES')
+  if last[2] ~= nil and tonumber(last[2]) > at then redis.call('SET', UNORD, '1') end
+  redis.call('ZADD', AT, fmt(at), pad(id))
+end
+local function append_entry(json_tail, at)
+  -- json_tail is the row without its id, encoded by the client: '[<workspaceId>,...]'
+  local id = redis.call('INCR', SEQ)
+  local json = '["' .. fmt(id) .. '",' .. string.sub(json_tail, 2)
+  push_row(id, at, json)
+  return json
+end
+local function expiry_row(ws, grant_id, amount, now)
+  if amount <= 0 then return end
+  local id = redis.call('INCR', SEQ)
+  local json = cjson.encode({ fmt(id), ws, 'expiry', fmt(-amount), fmt(now), NULL, NULL, NULL, NULL, NULL, NULL, grant_id, NULL })
+  push_row(id, now, json)
+end
+
+local function add_grant(g)
+  gsave(g)
+  redis.call('ZADD', LIVE, gscore(g), gmember(g))
+  avail = avail + g.remaining
+end
+
+-- holds
+local function parse_alloc(s)
+  local out = {}
+  local pos = 1
+  while pos <= #s do
+    local amount, len, start = string.match(s, '^(%d+):(%d+):()', pos)
+    local stop = start + tonumber(len) - 1
+    out[#out + 1] = { id = string.sub(s, start, stop), amount = tonumber(amount) }
+    pos = stop + 1
+  end
+  return out
+end
+
+-- Ends a hold without a charge, returning its credits to the grants they came from;
+-- credits of a grant that expired meanwhile expire now. ws_exists: a workspace record exists.
+local function finish_hold(rkey, rec, status, now, ws_exists)
+  rec.status = status
+  rec.finishedAt = fmt(now)
+  redis.call('HSET', rkey, 'status', status, 'finishedAt', rec.finishedAt)
+  redis.call('ZREM', HOLDS, rec.replyId)
+  if rec.alloc ~= nil then
+    if ws_exists then
+      held = held - tonumber(rec.amount)
+      for _, part in ipairs(parse_alloc(rec.alloc)) do
+        local g = gload(part.id)
+        if g ~= nil and glive(g) and (g.exp == nil or g.exp > now) then
+          g.remaining = g.remaining + part.amount
+          gsave(g)
+          avail = avail + part.amount
+        else
+          expiry_row(rec.workspaceId, part.id, part.amount, now)
+        end
+      end
+    end
+    redis.call('HDEL', rkey, 'alloc')
+    rec.alloc = nil
+  end
+end
+
+local function sweep_holds(now, ws_exists)
+  local due = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', fmt(now))
+  for _, reply_id in ipairs(due) do
+    local rkey = RP .. reply_id
+    local rec = hash(rkey)
+    if rec.status == 'held' then finish_hold(rkey, rec, 'expired', now, ws_exists)
+    else redis.call('ZREM', HOLDS, reply_id) end
+  end
+end
+
+local function expire_grants(ws, now)
+  local first = redis.call('ZRANGE', LIVE, 0, 0, 'WITHSCORES')
+  if first[2] == nil or first[2] == 'inf' or tonumber(first[2]) > now then return end
+  local due = redis.call('ZRANGEBYSCORE', LIVE, '-inf', fmt(now))
+  for _, member in ipairs(due) do
+    local g = gload(string.sub(member, 18))
+    if g ~= nil and g.remaining > 0 then
+      avail = avail - g.remaining
+      expiry_row(ws, g.id, g.remaining, now)
+      g.remaining = 0
+      gsave(g)
+    end
+    redis.call('ZREM', LIVE, member)
+  end
+end
+
+local function sweep(ws, now)
+  sweep_holds(now, true)
+  expire_grants(ws, now)
+end
+
+-- Live grants with credits left, in spending order, as a flat list id, encoded, ...
+local function live_grants()
+  local out = {}
+  for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+    local id = string.sub(member, 18)
+    local s = redis.call('HGET', GR, id)
+    if s and gdecode(id, s).remaining > 0 then
+      out[#out + 1] = id
+      out[#out + 1] = s
+    end
+  end
+  return out
+end
+
+local function state()
+  local _, flat = hash(WS)
+  return { flat, live_grants(), fmt(avail), fmt(held) }
+end
+
+local function replace_record(from)
+  redis.call('HDEL', WS, 'pendingPlan', 'pendingAllotment')
+  local pairs_ = {}
+  for i = from, #ARGV do pairs_[#pairs_ + 1] = ARGV[i] end
+  redis.call('HSET', WS, unpack(pairs_))
+end
+`;
+
+/** Loads or checks nothing: writes the schema version. KEYS: [schemaKey]. ARGV: [version]. */
+const MIGRATE = /* lua */ `
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return redis.error_reply('ERR credits schema ' .. current .. ' is newer than this library (' .. ARGV[1] .. ')')
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return ARGV[1]
+`;
+
+/**
+ * KEYS: [ws, seq]. ARGV: base, replyPrefix, grantId, kind, amount, remaining, expiresAt,
+ * createdAt, entryJson, entryAt, ...record pairs.
+ */
+const CREATE_WORKSPACE = /* lua */ `
+if redis.call('EXISTS', WS) == 1 then return { 'exists' } end
+replace_record(11)
+avail, held = 0, 0
+add_grant({ id = ARGV[3], kind = ARGV[4], amount = tonumber(ARGV[5]), remaining = tonumber(ARGV[6]),
+  exp = tonumber(opt(ARGV[7])), created = tonumber(ARGV[8]) })
+save_money()
+append_entry(ARGV[9], tonumber(ARGV[10]))
+return { 'created', state() }
+`;
+
+/** KEYS: [ws, seq]. ARGV: base, replyPrefix, workspaceId, now. */
+const GET_WORKSPACE = /* lua */ `
+local w = hash(WS)
+if w.workspaceId == nil then return { 'none' } end
+load_money(w)
+local now = tonumber(ARGV[4])
+if now < tonumber(w.periodEnd) then
+  sweep(ARGV[3], now)
+  save_money()
+end
+return { 'found', state() }
+`;
+
+/**
+ * KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, requireWorkspace, now, replyId,
+ * workspaceId, agentId, conversationId, model, route, amount, priceVersion, createdAt, expiresAt.
+ */
+const RESERVE = /* lua */ `
+local rkey = KEYS[3]
+if redis.call('EXISTS', rkey) == 1 then
+  local _, flat = hash(rkey)
+  return { 'exists', flat }
+end
+local now = tonumber(ARGV[4])
+local amount = tonumber(ARGV[11])
+local function record(status)
+  local r = { 'replyId', ARGV[5], 'workspaceId', ARGV[6], 'agentId', ARGV[7], 'conversationId', ARGV[8],
+    'model', ARGV[9], 'route', ARGV[10], 'amount', ARGV[11], 'priceVersion', ARGV[12], 'status', status,
+    'createdAt', ARGV[13], 'expiresAt', ARGV[14] }
+  if status ~= 'held' then
+    r[#r + 1] = 'finishedAt'
+    r[#r + 1] = fmt(now)
+  end
+  redis.call('HSET', rkey, unpack(r))
+  return r
+end
+if ARGV[3] ~= '1' then return { 'reserved', record('held'), '0' } end
+local w, wflat = hash(WS)
+if w.workspaceId == nil then return { 'workspace_not_found' } end
+if now >= tonumber(w.periodEnd) then return { 'renewal_due', wflat } end
+load_money(w)
+sweep(ARGV[6], now)
+if avail < amount then
+  save_money()
+  local r = record('refused')
+  return { 'insufficient', r, fmt(avail), wflat }
+end
+local r = record('held')
+if amount > 0 then
+  local left = amount
+  local alloc = {}
+  for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+    local g = gload(string.sub(member, 18))
+    if g.remaining > 0 then
+      local part = math.min(g.remaining, left)
+      g.remaining = g.remaining - part
+      gsave(g)
+      alloc[#alloc + 1] = fmt(part) .. ':' .. #g.id .. ':' .. g.id
+      left = left - part
+      if left == 0 then break end
+    end
+  end
+  avail = avail - amount
+  held = held + amount
+  redis.call('HSET', rkey, 'alloc', table.concat(alloc))
+  redis.call('ZADD', HOLDS, ARGV[14], ARGV[5])
+end
+save_money()
+return { 'reserved', r, fmt(avail) }
+`;
+
+/** KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, workspaceId, now. */
+const SETTLE = /* lua */ `
+local rkey = KEYS[3]
+local rec, rflat = hash(rkey)
+if rec.replyId == nil or rec.workspaceId ~= ARGV[3] then return { 'not_found' } end
+local now = tonumber(ARGV[4])
+local w, wflat = hash(WS)
+local ws_exists = w.workspaceId ~= nil
+if rec.status == 'settled' then
+  local rows = redis.call('ZRANGEBYSCORE', LEDGER, rec.entryId, rec.entryId)
+  if ws_exists then return { 'settled', rflat, rows[1], '1', wflat } end
+  return { 'settled', rflat, rows[1], '1' }
+end
+if rec.status ~= 'held' then return { rec.status, rflat } end
+if tonumber(rec.expiresAt) <= now then
+  load_money(w)
+  finish_hold(rkey, rec, 'expired', now, ws_exists)
+  if ws_exists then save_money() end
+  local _, flat = hash(rkey)
+  return { 'expired', flat }
+end
+local amount = tonumber(rec.amount)
+local id = redis.call('INCR', SEQ)
+local json = cjson.encode({ fmt(id), rec.workspaceId, 'reply', fmt(-amount), fmt(now), rec.replyId, rec.agentId,
+  rec.conversationId, rec.model, rec.route, rec.priceVersion, NULL, NULL })
+push_row(id, now, json)
+-- per-day usage rollups
+local day = now - (now % DAY_MS)
+local dayKey = fmt(day)
+redis.call('ZADD', DAYS, dayKey, dayKey)
+local groups = { a = rec.agentId, m = rec.model, c = rec.conversationId }
+for g, key in pairs(groups) do
+  local hk = B .. 'd:' .. dayKey .. ':' .. g
+  redis.call('HINCRBY', hk, 's:' .. key, fmt(amount))
+  if redis.call('HINCRBY', hk, 'n:' .. key, 1) == 1 then redis.call('HSET', hk, 'f:' .. key, fmt(id)) end
+end
+redis.call('HSET', rkey, 'status', 'settled', 'finishedAt', fmt(now), 'entryId', fmt(id))
+if rec.alloc ~= nil then redis.call('HDEL', rkey, 'alloc') end
+redis.call('ZREM', HOLDS, rec.replyId)
+local _, flat = hash(rkey)
+if ws_exists then
+  if amount > 0 then
+    load_money(w)
+    held = held - amount
+    local used = fmt(tonumber(w.usedThisPeriod) + amount)
+    redis.call('HSET', WS, 'held', fmt(held), 'usedThisPeriod', used)
+    _, wflat = hash(WS)
+  end
+  return { 'settled', flat, json, '0', wflat }
+end
+return { 'settled', flat, json, '0' }
+`;
+
+/** KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, workspaceId, now. */
+const RELEASE = /* lua */ `
+local rkey = KEYS[3]
+local rec, rflat = hash(rkey)
+if rec.replyId == nil or rec.workspaceId ~= ARGV[3] then return { 'not_found' } end
+if rec.status == 'released' then return { 'released', rflat, '1' } end
+if rec.status ~= 'held' then return { rec.status, rflat } end
+local now = tonumber(ARGV[4])
+local w = hash(WS)
+local ws_exists = w.workspaceId ~= nil
+load_money(w)
+local status = 'released'
+if tonumber(rec.expiresAt) <= now then status = 'expired' end
+finish_hold(rkey, rec, status, now, ws_exists)
+if ws_exists then save_money() end
+local _, flat = hash(rkey)
+return { status, flat, '0' }
+`;
+
+/**
+ * KEYS: [ws, seq]. ARGV: base, replyPrefix, workspaceId, expectedVersion, rolloverCap,
+ * grantId, kind, amount, remaining, expiresAt, createdAt, entryJson, entryAt, now, ...record pairs.
+ */
+const RENEW = /* lua */ `
+local w, wflat = hash(WS)
+if w.workspaceId == nil then return { 'workspace_not_found' } end
+if w.version ~= ARGV[4] then return { 'stale', wflat } end
+local ws = ARGV[3]
+local now = tonumber(ARGV[14])
+load_money(w)
+sweep_holds(now, true)
+local allotments = {}
+local ending = 0
+for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+  local g = gload(string.sub(member, 18))
+  if g.kind == 'allotment' then
+    ending = ending + g.remaining
+    allotments[#allotments + 1] = { g = g, member = member }
+  end
+end
+local carried = math.min(ending, tonumber(ARGV[5]))
+local to_carry = carried
+for _, item in ipairs(allotments) do
+  local g = item.g
+  if g.remaining > 0 then
+    local kept = math.min(g.remaining, to_carry)
+    to_carry = to_carry - kept
+    expiry_row(ws, g.id, g.remaining - kept, now)
+    avail = avail - g.remaining
+    g.remaining = 0
+    gsave(g)
+  end
+  redis.call('ZREM', LIVE, item.member)
+end
+expire_grants(ws, now)
+replace_record(15)
+add_grant({ id = ARGV[6], kind = ARGV[7], amount = tonumber(ARGV[8]) + carried, remaining = tonumber(ARGV[9]) + carried,
+  exp = tonumber(opt(ARGV[10])), created = tonumber(ARGV[11]) })
+save_money()
+append_entry(ARGV[12], tonumber(ARGV[13]))
+return { 'renewed', state(), fmt(ending - carried), fmt(carried) }
+`;
+
+/**
+ * KEYS: [ws, seq]. ARGV: base, replyPrefix, workspaceId, expectedVersion, allotmentIncrease,
+ * entryJson, entryAt, now, ...record pairs.
+ */
+const CHANGE_PLAN = /* lua */ `
+local w, wflat = hash(WS)
+if w.workspaceId == nil then return { 'workspace_not_found' } end
+if w.version ~= ARGV[4] then return { 'stale', wflat } end
+load_money(w)
+local increase = tonumber(ARGV[5])
+if avail + held + increase > MAX_MICROS then return { 'overflow' } end
+if increase > 0 then
+  local id = 'period:' .. w.periodIndex
+  local g = gload(id)
+  if g ~= nil and glive(g) then
+    g.amount = g.amount + increase
+    g.remaining = g.remaining + increase
+    gsave(g)
+    avail = avail + increase
+  else
+    if g ~= nil then redis.call('ZREM', LIVE, gmember(g)) end
+    add_grant({ id = id, kind = 'allotment', amount = increase, remaining = increase,
+      exp = tonumber(w.periodEnd), created = tonumber(ARGV[8]) })
+  end
+end
+replace_record(9)
+save_money()
+append_entry(ARGV[6], tonumber(ARGV[7]))
+return { 'changed', state() }
+`;
+
+/**
+ * KEYS: [ws, seq]. ARGV: base, replyPrefix, grantId, kind, amount, remaining, expiresAt,
+ * createdAt, entryJson, entryAt.
+ */
+const GRANT = /* lua */ `
+local w = hash(WS)
+if w.workspaceId == nil then return { 'workspace_not_found' } end
+local existing = redis.call('HGET', GR, ARGV[3])
+if existing then return { 'exists', ARGV[3], existing } end
+load_money(w)
+local amount = tonumber(ARGV[5])
+if avail + held + amount > MAX_MICROS then return { 'overflow' } end
+add_grant({ id = ARGV[3], kind = ARGV[4], amount = amount, remaining = tonumber(ARGV[6]),
+  exp = tonumber(opt(ARGV[7])), created = tonumber(ARGV[8]) })
+save_money()
+append_entry(ARGV[9], tonumber(ARGV[10]))
+return { 'granted', state() }
+`;
+
+/** KEYS: [ws, seq]. ARGV: base, replyPrefix, alertKey. */
+const CLAIM_ALERT = /* lua */ `
+if redis.call('EXISTS', WS) == 0 then return 0 end
+return redis.call('SADD', ALERTS, ARGV[3])
+`;
+
+/** KEYS: [ws, seq]. ARGV: base, replyPrefix, afterId, from, to, agentId ('' = any), hasAgent, limit. */
+const LEDGER_PAGE = /* lua */ `
+local limit = tonumber(ARGV[8])
+local page = {}
+if limit <= 0 then return page end
+local from, to = tonumber(opt(ARGV[4])), tonumber(opt(ARGV[5]))
+local agent = nil
+if ARGV[7] == '1' then agent = ARGV[6] end
+local ordered = redis.call('EXISTS', UNORD) == 0
+local cursor = '-inf'
+local after = tonumber(opt(ARGV[3]))
+if after ~= nil then
+  cursor = '(' .. fmt(after)
+elseif from ~= nil and ordered then
+  local first = redis.call('ZRANGEBYSCORE', AT, fmt(from), '+inf', 'LIMIT', 0, 1)
+  if first[1] == nil then return page end
+  cursor = fmt(tonumber(first[1]))
+end
+local batch = math.max(limit, 64)
+if batch > 1000 then batch = 1000 end
+while true do
+  local rows = redis.call('ZRANGEBYSCORE', LEDGER, cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+  if rows[1] == nil then return page end
+  for i = 1, #rows, 2 do
+    local json = rows[i]
+    local row = cjson.decode(json)
+    local at = tonumber(row[5])
+    if to ~= nil and at >= to then
+      if ordered then return page end
+    elseif (from == nil or at >= from) and (agent == nil or row[7] == agent) then
+      page[#page + 1] = json
+      if #page >= limit then return page end
+    end
+    cursor = '(' .. rows[i + 1]
+  end
+end
+`;
+
+/** KEYS: [ws, seq]. ARGV: base, replyPrefix, from, to, group (a|m|c), byDay (1|0). */
+const USAGE = /* lua */ `
+local from, to = tonumber(ARGV[3]), tonumber(ARGV[4])
+local group = ARGV[5]
+local by_day = ARGV[6] == '1'
+local field = 7
+if group == 'm' then field = 9 elseif group == 'c' then field = 8 end
+local groups, order = {}, {}
+local function add(key, day, amount, n, first)
+  local gid = key
+  if by_day then gid = fmt(day) .. '\\0' .. key end
+  local e = groups[gid]
+  if e == nil then
+    e = { key = key, day = day, amount = 0, n = 0, first = first }
+    groups[gid] = e
+    order[#order + 1] = gid
+  end
+  e.amount = e.amount + amount
+  e.n = e.n + n
+  if first < e.first then e.first = first end
+end
+local function scan(lo, hi)
+  if lo >= hi then return end
+  local ids = redis.call('ZRANGEBYSCORE', AT, fmt(lo), '(' .. fmt(hi))
+  for _, padded in ipairs(ids) do
+    local id = fmt(tonumber(padded))
+    local json = redis.call('ZRANGEBYSCORE', LEDGER, id, id)[1]
+    if json ~= nil then
+      local row = cjson.decode(json)
+      if row[3] == 'reply' then
+        local key = row[field]
+        if key == nil or key == NULL then key = '' end
+        local at = tonumber(row[5])
+        add(key, at - (at % DAY_MS), -tonumber(row[4]), 1, tonumber(row[1]))
+      end
+    end
+  end
+end
+if from < to then
+  local full_start = from + ((DAY_MS - (from % DAY_MS)) % DAY_MS)
+  local full_end = to - (to % DAY_MS)
+  if full_start >= full_end then
+    scan(from, to)
+  else
+    scan(from, full_start)
+    for _, day in ipairs(redis.call('ZRANGEBYSCORE', DAYS, fmt(full_start), '(' .. fmt(full_end))) do
+      local flat = redis.call('HGETALL', B .. 'd:' .. day .. ':' .. group)
+      local sums, counts, firsts = {}, {}, {}
+      for i = 1, #flat, 2 do
+        local f, v = flat[i], flat[i + 1]
+        local kind, key = string.sub(f, 1, 1), string.sub(f, 3)
+        if kind == 's' then sums[key] = tonumber(v)
+        elseif kind == 'n' then counts[key] = tonumber(v)
+        else firsts[key] = tonumber(v) end
+      end
+      local d = tonumber(day)
+      for key, n in pairs(counts) do add(key, d, sums[key] or 0, n, firsts[key] or 0) end
+    end
+    scan(full_end, to)
+  end
+end
+local out = {}
+for _, gid in ipairs(order) do
+  local e = groups[gid]
+  out[#out + 1] = { e.key, fmt(e.day), fmt(e.amount), fmt(e.n), fmt(e.first) }
+end
+return out
+`;
+
+/** KEYS: [reply]. */
+const GET_REPLY = /* lua */ `
+return redis.call('HGETALL', KEYS[1])
+`;
+
+/** The version written to `<prefix>schema` by `migrate()`. */
+export const SCHEMA_VERSION = 1;
+
+/** Every script by operation name. Scripts that share key derivation start with the prelude. */
+export const SCRIPTS = {
+  migrate: MIGRATE,
+  createWorkspace: PRELUDE + CREATE_WORKSPACE,
+  getWorkspace: PRELUDE + GET_WORKSPACE,
+  reserve: PRELUDE + RESERVE,
+  settle: PRELUDE + SETTLE,
+  release: PRELUDE + RELEASE,
+  renew: PRELUDE + RENEW,
+  changePlan: PRELUDE + CHANGE_PLAN,
+  grant: PRELUDE + GRANT,
+  claimAlert: PRELUDE + CLAIM_ALERT,
+  ledger: PRELUDE + LEDGER_PAGE,
+  usage: PRELUDE + USAGE,
+  getReply: GET_REPLY,
+} as const;
+
+/** The name of one script. */
+export type ScriptName = keyof typeof SCRIPTS;
