@@ -1,0 +1,17 @@
+/**
+ * The PostgreSQL store, at `@bookbag/credits/postgres`. Importing it does not load `pg`:
+ * the driver (an optional peer dependency) is loaded on first use.
+ *
+ * @packageDocumentation
+ */
+export { PostgresStorage } from './postgres-storage.js';
+export type {
+  PostgresConnectionOptions,
+  PostgresGroupCommitOptions,
+  PostgresPool,
+  PostgresPoolClient,
+  PostgresPoolOptions,
+  PostgresQuery,
+  PostgresQueryResult,
+  PostgresStorageOptions,
+} from './postgres-storage.js';

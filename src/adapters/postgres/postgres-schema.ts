@@ -1,0 +1,675 @@
+/**
+ * The PostgreSQL schema of the credits store: tables, indexes and the PL/pgSQL functions
+ * that run each contract operation server-side, so that an operation costs one statement
+ * and a whole group-commit batch one round trip.
+ *
+ * Every name is built from a validated schema and table prefix, so several stores can
+ * live side by side on one database.
+ */
+
+/** The qualified, quoted names of everything one store owns. */
+export interface SchemaNames {
+  /** The schema, quoted. */
+  readonly schema: string;
+  /** The advisory-lock key text and prepared-statement prefix: `schema.prefix`. */
+  readonly key: string;
+  readonly workspaces: string;
+  readonly grants: string;
+  readonly replies: string;
+  readonly ledger: string;
+  readonly alerts: string;
+  readonly migrations: string;
+  /** Returns the qualified, quoted name of one of the store's functions. */
+  fn(name: string): string;
+  /** Returns an unqualified, quoted name for an index or constraint. */
+  local(name: string): string;
+}
+
+const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** The longest table prefix: leaves room for the longest suffix within PostgreSQL's 63 bytes. */
+export const MAX_PREFIX_LENGTH = 40;
+
+/** Returns why `value` is not a usable schema name or table prefix, or undefined when it is. */
+export function identifierProblem(value: unknown, kind: 'schema' | 'tablePrefix'): string | undefined {
+  if (typeof value !== 'string') return 'must be a string';
+  if (kind === 'tablePrefix' && value === '') return undefined;
+  if (!IDENTIFIER.test(value)) return 'must start with a letter or underscore and hold only letters, digits and underscores';
+  const max = kind === 'schema' ? 63 : MAX_PREFIX_LENGTH;
+  if (value.length > max) return `must be at most ${max} characters`;
+  return undefined;
+}
+
+function quote(identifier: string): string {
+  return `"${identifier}"`;
+}
+
+/** Builds the names of a store's objects in `schema` with `prefix`. Both must be valid. */
+export function schemaNames(schema: string, prefix: string): SchemaNames {
+  const q = quote(schema);
+  const table = (name: string) => `${q}.${quote(prefix + name)}`;
+  return {
+    schema: q,
+    key: `${schema}.${prefix}`,
+    workspaces: table('workspaces'),
+    grants: table('grants'),
+    replies: table('replies'),
+    ledger: table('ledger'),
+    alerts: table('alerts'),
+    migrations: table('migrations'),
+    fn: table,
+    local: (name: string) => quote(prefix + name),
+  };
+}
+
+/** The largest amount a store holds: 2⁵³ − 1 micro-credits (MAX_MICROS). */
+const MAX_MICROS_SQL = '9007199254740991';
+
+/**
+ * The schema, as numbered steps. Step n brings the schema from version n − 1 to n; each
+ * runs in the migration transaction under an advisory lock, so racing servers apply it once.
+ */
+export function migrations(n: SchemaNames): readonly string[] {
+  const W = n.workspaces;
+  const G = n.grants;
+  const R = n.replies;
+  const L = n.ledger;
+  const A = n.alerts;
+  const F = (name: string) => n.fn(name);
+  // Grants are spent soonest-expiring first, never-expiring last, then oldest, then by id
+  // (ids are COLLATE "C": byte order, as compareGrants compares code units).
+  const SPENDING_ORDER = 'expires_at ASC NULLS LAST, created_at, grant_id';
+
+  const v1 = /* sql */ `
+CREATE TABLE IF NOT EXISTS ${W} (
+  workspace_id text COLLATE "C" PRIMARY KEY,
+  plan text NOT NULL,
+  allotment bigint NOT NULL,
+  pending_plan text,
+  pending_allotment bigint,
+  anchor bigint NOT NULL,
+  period_index bigint NOT NULL,
+  period_start bigint NOT NULL,
+  period_end bigint NOT NULL,
+  used_this_period bigint NOT NULL,
+  version bigint NOT NULL,
+  created_at bigint NOT NULL,
+  available bigint NOT NULL,
+  held bigint NOT NULL,
+  CONSTRAINT ${n.local('workspaces_available_check')} CHECK (available >= 0)
+) WITH (fillfactor = 50);
+
+CREATE TABLE IF NOT EXISTS ${G} (
+  workspace_id text COLLATE "C" NOT NULL,
+  grant_id text COLLATE "C" NOT NULL,
+  kind text NOT NULL,
+  amount bigint NOT NULL,
+  remaining bigint NOT NULL,
+  expires_at bigint,
+  created_at bigint NOT NULL,
+  live boolean NOT NULL DEFAULT true,
+  PRIMARY KEY (workspace_id, grant_id),
+  CONSTRAINT ${n.local('grants_remaining_check')} CHECK (remaining >= 0)
+) WITH (fillfactor = 70);
+CREATE INDEX IF NOT EXISTS ${n.local('grants_live_idx')} ON ${G} (workspace_id, expires_at) WHERE live;
+
+CREATE TABLE IF NOT EXISTS ${R} (
+  reply_id text COLLATE "C" PRIMARY KEY,
+  seq bigint GENERATED ALWAYS AS IDENTITY,
+  workspace_id text COLLATE "C" NOT NULL,
+  agent_id text NOT NULL,
+  conversation_id text NOT NULL,
+  model text NOT NULL,
+  route text NOT NULL,
+  amount bigint NOT NULL,
+  price_version text NOT NULL,
+  status text NOT NULL,
+  created_at bigint NOT NULL,
+  expires_at bigint NOT NULL,
+  finished_at bigint,
+  entry_id bigint,
+  allocations jsonb
+);
+-- Holds that took credits from a workspace's grants, for the lapse sweep.
+CREATE INDEX IF NOT EXISTS ${n.local('replies_held_idx')} ON ${R} (workspace_id, expires_at)
+  WHERE status = 'held' AND allocations IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS ${L} (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  workspace_id text COLLATE "C" NOT NULL,
+  kind text NOT NULL,
+  amount bigint NOT NULL,
+  at bigint NOT NULL,
+  reply_id text,
+  agent_id text,
+  conversation_id text,
+  model text,
+  route text,
+  price_version text,
+  grant_id text,
+  plan text
+);
+CREATE INDEX IF NOT EXISTS ${n.local('ledger_ws_id_idx')} ON ${L} (workspace_id, id);
+CREATE INDEX IF NOT EXISTS ${n.local('ledger_ws_at_idx')} ON ${L} (workspace_id, at);
+CREATE INDEX IF NOT EXISTS ${n.local('ledger_ws_agent_idx')} ON ${L} (workspace_id, agent_id, id) WHERE agent_id IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS ${A} (
+  workspace_id text COLLATE "C" NOT NULL,
+  period_index bigint NOT NULL,
+  threshold double precision NOT NULL,
+  PRIMARY KEY (workspace_id, period_index, threshold)
+);
+
+-- ─── JSON shapes returned to the adapter ──────────────────────────────────
+
+CREATE OR REPLACE FUNCTION ${F('ws_json')}(w ${W}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+  SELECT jsonb_build_object(
+    'workspaceId', w.workspace_id, 'plan', w.plan, 'allotment', w.allotment,
+    'pendingPlan', w.pending_plan, 'pendingAllotment', w.pending_allotment, 'anchor', w.anchor,
+    'periodIndex', w.period_index, 'periodStart', w.period_start, 'periodEnd', w.period_end,
+    'usedThisPeriod', w.used_this_period, 'version', w.version, 'createdAt', w.created_at)
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('reply_json')}(r ${R}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+  SELECT jsonb_build_object(
+    'replyId', r.reply_id, 'workspaceId', r.workspace_id, 'agentId', r.agent_id,
+    'conversationId', r.conversation_id, 'model', r.model, 'route', r.route, 'amount', r.amount,
+    'priceVersion', r.price_version, 'status', r.status, 'createdAt', r.created_at,
+    'expiresAt', r.expires_at, 'finishedAt', r.finished_at, 'entryId', r.entry_id::text)
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('grant_json')}(g ${G}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+  SELECT jsonb_build_object(
+    'grantId', g.grant_id, 'kind', g.kind, 'amount', g.amount, 'remaining', g.remaining,
+    'expiresAt', g.expires_at, 'createdAt', g.created_at)
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('ledger_json')}(l ${L}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+  SELECT jsonb_build_object(
+    'id', l.id::text, 'workspaceId', l.workspace_id, 'kind', l.kind, 'amount', l.amount, 'at', l.at,
+    'replyId', l.reply_id, 'agentId', l.agent_id, 'conversationId', l.conversation_id,
+    'model', l.model, 'route', l.route, 'priceVersion', l.price_version, 'grantId', l.grant_id,
+    'plan', l.plan)
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('state')}(p_ws text) RETURNS jsonb LANGUAGE sql AS $fn$
+  SELECT jsonb_build_object(
+    'workspace', ${F('ws_json')}(w), 'available', w.available, 'held', w.held,
+    'grants', COALESCE((
+      SELECT jsonb_agg(${F('grant_json')}(g) ORDER BY g.expires_at ASC NULLS LAST, g.created_at, g.grant_id)
+      FROM ${G} g WHERE g.workspace_id = p_ws AND g.live AND g.remaining > 0), '[]'::jsonb))
+  FROM ${W} w WHERE w.workspace_id = p_ws
+$fn$;
+
+-- ─── building blocks ─────────────────────────────────────────────────────
+
+CREATE OR REPLACE FUNCTION ${F('append')}(e jsonb) RETURNS ${L} LANGUAGE sql AS $fn$
+  INSERT INTO ${L} (workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route,
+                    price_version, grant_id, plan)
+  VALUES (e->>'workspaceId', e->>'kind', (e->>'amount')::bigint, (e->>'at')::bigint, e->>'replyId',
+          e->>'agentId', e->>'conversationId', e->>'model', e->>'route', e->>'priceVersion',
+          e->>'grantId', e->>'plan')
+  RETURNING *
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('expire')}(p_ws text, p_grant text, p_amount bigint, p_now bigint)
+RETURNS void LANGUAGE sql AS $fn$
+  INSERT INTO ${L} (workspace_id, kind, amount, at, grant_id)
+  SELECT p_ws, 'expiry', -p_amount, p_now, p_grant WHERE p_amount > 0
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('set_ws')}(p_ws text, v jsonb) RETURNS void LANGUAGE sql AS $fn$
+  UPDATE ${W} SET
+    plan = v->>'plan', allotment = (v->>'allotment')::bigint, pending_plan = v->>'pendingPlan',
+    pending_allotment = (v->>'pendingAllotment')::bigint, anchor = (v->>'anchor')::bigint,
+    period_index = (v->>'periodIndex')::bigint, period_start = (v->>'periodStart')::bigint,
+    period_end = (v->>'periodEnd')::bigint, used_this_period = (v->>'usedThisPeriod')::bigint,
+    version = (v->>'version')::bigint, created_at = (v->>'createdAt')::bigint
+  WHERE workspace_id = p_ws
+$fn$;
+
+-- Ends a hold without a charge: credits go back to the grants they came from, or expire
+-- at once with an expiry row when their grant ran out of time meanwhile.
+CREATE OR REPLACE FUNCTION ${F('finish_hold')}(r ${R}, p_status text, p_now bigint)
+RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_item record;
+  v_grant record;
+  v_amount bigint;
+  v_back bigint := 0;
+BEGIN
+  UPDATE ${R} SET status = p_status, finished_at = p_now WHERE reply_id = r.reply_id RETURNING * INTO r;
+  IF r.allocations IS NOT NULL THEN
+    PERFORM 1 FROM ${W} WHERE workspace_id = r.workspace_id;
+    IF FOUND THEN
+      FOR v_item IN
+        SELECT e.value FROM jsonb_array_elements(r.allocations) WITH ORDINALITY AS e(value, n) ORDER BY e.n
+      LOOP
+        v_amount := (v_item.value->>'amount')::bigint;
+        SELECT live, expires_at INTO v_grant FROM ${G}
+          WHERE workspace_id = r.workspace_id AND grant_id = v_item.value->>'grantId';
+        IF FOUND AND v_grant.live AND (v_grant.expires_at IS NULL OR v_grant.expires_at > p_now) THEN
+          UPDATE ${G} SET remaining = remaining + v_amount
+            WHERE workspace_id = r.workspace_id AND grant_id = v_item.value->>'grantId';
+          v_back := v_back + v_amount;
+        ELSE
+          PERFORM ${F('expire')}(r.workspace_id, v_item.value->>'grantId', v_amount, p_now);
+        END IF;
+      END LOOP;
+      UPDATE ${W} SET held = held - r.amount, available = available + v_back WHERE workspace_id = r.workspace_id;
+    END IF;
+  END IF;
+  RETURN ${F('reply_json')}(r);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('lapse_holds')}(p_ws text, p_now bigint) RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+  r ${R};
+  v_any boolean := false;
+BEGIN
+  FOR r IN
+    SELECT * FROM ${R}
+    WHERE workspace_id = p_ws AND status = 'held' AND allocations IS NOT NULL AND expires_at <= p_now
+    ORDER BY seq
+  LOOP
+    PERFORM ${F('finish_hold')}(r, 'expired', p_now);
+    v_any := true;
+  END LOOP;
+  RETURN v_any;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('expire_grants')}(p_ws text, p_now bigint) RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+  g record;
+  v_gone bigint := 0;
+  v_any boolean := false;
+BEGIN
+  FOR g IN
+    SELECT grant_id, remaining FROM ${G}
+    WHERE workspace_id = p_ws AND live AND expires_at <= p_now
+    ORDER BY ${SPENDING_ORDER}
+  LOOP
+    PERFORM ${F('expire')}(p_ws, g.grant_id, g.remaining, p_now);
+    v_gone := v_gone + g.remaining;
+    v_any := true;
+  END LOOP;
+  IF v_any THEN
+    UPDATE ${G} SET live = false, remaining = 0 WHERE workspace_id = p_ws AND live AND expires_at <= p_now;
+    UPDATE ${W} SET available = available - v_gone WHERE workspace_id = p_ws;
+  END IF;
+  RETURN v_any;
+END
+$fn$;
+
+-- Lapses holds whose time is up, then expires grants whose time is up. True if anything changed.
+CREATE OR REPLACE FUNCTION ${F('sweep')}(p_ws text, p_now bigint) RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_holds boolean;
+  v_grants boolean;
+BEGIN
+  v_holds := ${F('lapse_holds')}(p_ws, p_now);
+  v_grants := ${F('expire_grants')}(p_ws, p_now);
+  RETURN v_holds OR v_grants;
+END
+$fn$;
+
+-- ─── the contract operations: one call each, a JSON command in, a JSON outcome out ───
+
+CREATE OR REPLACE FUNCTION ${F('create_workspace')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v jsonb := c->'workspace';
+  g jsonb := c->'grant';
+  v_ws text := c->'workspace'->>'workspaceId';
+BEGIN
+  INSERT INTO ${W} (workspace_id, plan, allotment, pending_plan, pending_allotment, anchor, period_index,
+                    period_start, period_end, used_this_period, version, created_at, available, held)
+  VALUES (v_ws, v->>'plan', (v->>'allotment')::bigint, v->>'pendingPlan', (v->>'pendingAllotment')::bigint,
+          (v->>'anchor')::bigint, (v->>'periodIndex')::bigint, (v->>'periodStart')::bigint,
+          (v->>'periodEnd')::bigint, (v->>'usedThisPeriod')::bigint, (v->>'version')::bigint,
+          (v->>'createdAt')::bigint, (g->>'remaining')::bigint, 0)
+  ON CONFLICT (workspace_id) DO NOTHING;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('status', 'exists');
+  END IF;
+  INSERT INTO ${G} (workspace_id, grant_id, kind, amount, remaining, expires_at, created_at)
+  VALUES (v_ws, g->>'grantId', g->>'kind', (g->>'amount')::bigint, (g->>'remaining')::bigint,
+          (g->>'expiresAt')::bigint, (g->>'createdAt')::bigint);
+  PERFORM ${F('append')}(c->'entry');
+  RETURN jsonb_build_object('status', 'created', 'state', ${F('state')}(v_ws));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('get_workspace')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_ws text := c->>'workspaceId';
+  v_now bigint := (c->>'now')::bigint;
+  w ${W};
+BEGIN
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('status', 'missing');
+  END IF;
+  -- At or past the period end nothing is swept: the caller renews first, so rollover sees the ending allotment.
+  IF v_now < w.period_end THEN
+    PERFORM ${F('sweep')}(v_ws, v_now);
+  END IF;
+  RETURN jsonb_build_object('status', 'found', 'state', ${F('state')}(v_ws));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('reserve')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  p jsonb := c->'reply';
+  v_id text := c->'reply'->>'replyId';
+  v_ws text := c->'reply'->>'workspaceId';
+  v_amount bigint := (c->'reply'->>'amount')::bigint;
+  v_now bigint := (c->>'now')::bigint;
+  v_status text := 'held';
+  v_finished bigint;
+  v_left bigint;
+  v_part bigint;
+  v_alloc jsonb;
+  g record;
+  r ${R};
+  w ${W};
+BEGIN
+  SELECT * INTO r FROM ${R} WHERE reply_id = v_id;
+  IF FOUND THEN
+    RETURN jsonb_build_object('status', 'exists', 'reply', ${F('reply_json')}(r));
+  END IF;
+  IF (c->>'requireWorkspace')::boolean THEN
+    SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+    IF NOT FOUND THEN
+      RETURN jsonb_build_object('status', 'workspace_not_found');
+    END IF;
+    IF v_now >= w.period_end THEN
+      RETURN jsonb_build_object('status', 'renewal_due', 'workspace', ${F('ws_json')}(w));
+    END IF;
+    IF ${F('sweep')}(v_ws, v_now) THEN
+      SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
+    END IF;
+    IF w.available < v_amount THEN
+      v_status := 'refused';
+      v_finished := v_now;
+    ELSIF v_amount > 0 THEN
+      v_left := v_amount;
+      v_alloc := '[]'::jsonb;
+      FOR g IN
+        SELECT grant_id, remaining FROM ${G}
+        WHERE workspace_id = v_ws AND live AND remaining > 0
+        ORDER BY ${SPENDING_ORDER}
+      LOOP
+        v_part := LEAST(g.remaining, v_left);
+        UPDATE ${G} SET remaining = remaining - v_part WHERE workspace_id = v_ws AND grant_id = g.grant_id;
+        v_alloc := v_alloc || jsonb_build_array(jsonb_build_object('grantId', g.grant_id, 'amount', v_part));
+        v_left := v_left - v_part;
+        EXIT WHEN v_left = 0;
+      END LOOP;
+      IF v_left > 0 THEN
+        RAISE EXCEPTION 'the grants of workspace % do not cover its available balance', v_ws;
+      END IF;
+      UPDATE ${W} SET available = available - v_amount, held = held + v_amount
+        WHERE workspace_id = v_ws RETURNING * INTO w;
+    END IF;
+  END IF;
+  INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
+                    status, created_at, expires_at, finished_at, allocations)
+  VALUES (v_id, v_ws, p->>'agentId', p->>'conversationId', p->>'model', p->>'route', v_amount,
+          p->>'priceVersion', v_status, (p->>'createdAt')::bigint, (p->>'expiresAt')::bigint, v_finished, v_alloc)
+  RETURNING * INTO r;
+  IF NOT (c->>'requireWorkspace')::boolean THEN
+    RETURN jsonb_build_object('status', 'reserved', 'reply', ${F('reply_json')}(r), 'available', 0);
+  END IF;
+  IF v_status = 'refused' THEN
+    RETURN jsonb_build_object('status', 'insufficient', 'reply', ${F('reply_json')}(r),
+                              'available', w.available, 'workspace', ${F('ws_json')}(w));
+  END IF;
+  RETURN jsonb_build_object('status', 'reserved', 'reply', ${F('reply_json')}(r), 'available', w.available);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('settle')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_now bigint := (c->>'now')::bigint;
+  v_has_ws boolean;
+  r ${R};
+  w ${W};
+  l ${L};
+BEGIN
+  SELECT * INTO r FROM ${R} WHERE reply_id = c->>'replyId' FOR UPDATE;
+  IF NOT FOUND OR r.workspace_id <> c->>'workspaceId' THEN
+    RETURN jsonb_build_object('status', 'not_found');
+  END IF;
+  SELECT * INTO w FROM ${W} WHERE workspace_id = r.workspace_id;
+  v_has_ws := FOUND;
+  IF r.status = 'settled' THEN
+    SELECT * INTO l FROM ${L} WHERE id = r.entry_id;
+    IF NOT FOUND THEN
+      RAISE EXCEPTION 'ledger row % of reply % is missing', r.entry_id, r.reply_id;
+    END IF;
+    RETURN jsonb_build_object('status', 'settled', 'reply', ${F('reply_json')}(r), 'entry', ${F('ledger_json')}(l),
+                              'replayed', true, 'workspace', CASE WHEN v_has_ws THEN ${F('ws_json')}(w) END);
+  ELSIF r.status <> 'held' THEN
+    RETURN jsonb_build_object('status', r.status, 'reply', ${F('reply_json')}(r));
+  ELSIF r.expires_at <= v_now THEN
+    RETURN jsonb_build_object('status', 'expired', 'reply', ${F('finish_hold')}(r, 'expired', v_now));
+  END IF;
+  INSERT INTO ${L} (workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route, price_version)
+  VALUES (r.workspace_id, 'reply', -r.amount, v_now, r.reply_id, r.agent_id, r.conversation_id, r.model,
+          r.route, r.price_version)
+  RETURNING * INTO l;
+  UPDATE ${R} SET status = 'settled', finished_at = v_now, entry_id = l.id WHERE reply_id = r.reply_id RETURNING * INTO r;
+  IF v_has_ws AND r.amount > 0 THEN
+    UPDATE ${W} SET held = held - r.amount, used_this_period = used_this_period + r.amount
+      WHERE workspace_id = r.workspace_id RETURNING * INTO w;
+  END IF;
+  RETURN jsonb_build_object('status', 'settled', 'reply', ${F('reply_json')}(r), 'entry', ${F('ledger_json')}(l),
+                            'replayed', false, 'workspace', CASE WHEN v_has_ws THEN ${F('ws_json')}(w) END);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('release')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_now bigint := (c->>'now')::bigint;
+  r ${R};
+BEGIN
+  SELECT * INTO r FROM ${R} WHERE reply_id = c->>'replyId' FOR UPDATE;
+  IF NOT FOUND OR r.workspace_id <> c->>'workspaceId' THEN
+    RETURN jsonb_build_object('status', 'not_found');
+  END IF;
+  IF r.status = 'released' THEN
+    RETURN jsonb_build_object('status', 'released', 'reply', ${F('reply_json')}(r), 'replayed', true);
+  ELSIF r.status <> 'held' THEN
+    RETURN jsonb_build_object('status', r.status, 'reply', ${F('reply_json')}(r));
+  ELSIF r.expires_at <= v_now THEN
+    RETURN jsonb_build_object('status', 'expired', 'reply', ${F('finish_hold')}(r, 'expired', v_now));
+  END IF;
+  RETURN jsonb_build_object('status', 'released', 'reply', ${F('finish_hold')}(r, 'released', v_now), 'replayed', false);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('renew')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_ws text := c->>'workspaceId';
+  v_now bigint := (c->>'now')::bigint;
+  v_cap bigint := (c->>'rolloverCap')::bigint;
+  gr jsonb := c->'grant';
+  v_ending bigint;
+  v_carried bigint;
+  v_to_carry bigint;
+  v_kept bigint;
+  v_remaining bigint;
+  g record;
+  w ${W};
+BEGIN
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('status', 'workspace_not_found');
+  END IF;
+  IF w.version <> (c->>'expectedVersion')::bigint THEN
+    RETURN jsonb_build_object('status', 'stale', 'workspace', ${F('ws_json')}(w));
+  END IF;
+  PERFORM ${F('lapse_holds')}(v_ws, v_now);
+  SELECT COALESCE(sum(remaining), 0) INTO v_ending FROM ${G} WHERE workspace_id = v_ws AND live AND kind = 'allotment';
+  v_carried := LEAST(v_ending, v_cap);
+  v_to_carry := v_carried;
+  FOR g IN
+    SELECT grant_id, remaining FROM ${G}
+    WHERE workspace_id = v_ws AND live AND kind = 'allotment' AND remaining > 0
+    ORDER BY ${SPENDING_ORDER}
+  LOOP
+    v_kept := LEAST(g.remaining, v_to_carry);
+    v_to_carry := v_to_carry - v_kept;
+    PERFORM ${F('expire')}(v_ws, g.grant_id, g.remaining - v_kept, v_now);
+  END LOOP;
+  UPDATE ${G} SET remaining = 0, live = false WHERE workspace_id = v_ws AND live AND kind = 'allotment';
+  UPDATE ${W} SET available = available - v_ending WHERE workspace_id = v_ws;
+  PERFORM ${F('expire_grants')}(v_ws, v_now);
+  v_remaining := (gr->>'remaining')::bigint + v_carried;
+  INSERT INTO ${G} (workspace_id, grant_id, kind, amount, remaining, expires_at, created_at)
+  VALUES (v_ws, gr->>'grantId', gr->>'kind', (gr->>'amount')::bigint + v_carried, v_remaining,
+          (gr->>'expiresAt')::bigint, (gr->>'createdAt')::bigint)
+  ON CONFLICT (workspace_id, grant_id) DO UPDATE SET
+    kind = EXCLUDED.kind, amount = EXCLUDED.amount, remaining = EXCLUDED.remaining,
+    expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, live = true;
+  UPDATE ${W} SET available = available + v_remaining WHERE workspace_id = v_ws;
+  PERFORM ${F('set_ws')}(v_ws, c->'workspace');
+  PERFORM ${F('append')}(c->'entry');
+  RETURN jsonb_build_object('status', 'renewed', 'state', ${F('state')}(v_ws),
+                            'expired', v_ending - v_carried, 'carried', v_carried);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('change_plan')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_ws text := c->>'workspaceId';
+  v_now bigint := (c->>'now')::bigint;
+  v_increase bigint := (c->>'allotmentIncrease')::bigint;
+  w ${W};
+BEGIN
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('status', 'workspace_not_found');
+  END IF;
+  IF w.version <> (c->>'expectedVersion')::bigint THEN
+    RETURN jsonb_build_object('status', 'stale', 'workspace', ${F('ws_json')}(w));
+  END IF;
+  IF w.available + w.held + v_increase > ${MAX_MICROS_SQL} THEN
+    RETURN jsonb_build_object('status', 'overflow');
+  END IF;
+  IF v_increase > 0 THEN
+    UPDATE ${G} SET amount = amount + v_increase, remaining = remaining + v_increase
+      WHERE workspace_id = v_ws AND grant_id = 'period:' || w.period_index AND live;
+    IF NOT FOUND THEN
+      INSERT INTO ${G} (workspace_id, grant_id, kind, amount, remaining, expires_at, created_at)
+      VALUES (v_ws, 'period:' || w.period_index, 'allotment', v_increase, v_increase, w.period_end, v_now)
+      ON CONFLICT (workspace_id, grant_id) DO UPDATE SET
+        kind = EXCLUDED.kind, amount = EXCLUDED.amount, remaining = EXCLUDED.remaining,
+        expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, live = true;
+    END IF;
+    UPDATE ${W} SET available = available + v_increase WHERE workspace_id = v_ws;
+  END IF;
+  PERFORM ${F('set_ws')}(v_ws, c->'workspace');
+  PERFORM ${F('append')}(c->'entry');
+  RETURN jsonb_build_object('status', 'changed', 'state', ${F('state')}(v_ws));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('add_grant')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_ws text := c->>'workspaceId';
+  gr jsonb := c->'grant';
+  w ${W};
+  g ${G};
+BEGIN
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN jsonb_build_object('status', 'workspace_not_found');
+  END IF;
+  SELECT * INTO g FROM ${G} WHERE workspace_id = v_ws AND grant_id = gr->>'grantId';
+  IF FOUND THEN
+    RETURN jsonb_build_object('status', 'exists', 'grant', ${F('grant_json')}(g));
+  END IF;
+  IF w.available + w.held + (gr->>'amount')::bigint > ${MAX_MICROS_SQL} THEN
+    RETURN jsonb_build_object('status', 'overflow');
+  END IF;
+  INSERT INTO ${G} (workspace_id, grant_id, kind, amount, remaining, expires_at, created_at)
+  VALUES (v_ws, gr->>'grantId', gr->>'kind', (gr->>'amount')::bigint, (gr->>'remaining')::bigint,
+          (gr->>'expiresAt')::bigint, (gr->>'createdAt')::bigint);
+  UPDATE ${W} SET available = available + (gr->>'remaining')::bigint WHERE workspace_id = v_ws;
+  PERFORM ${F('append')}(c->'entry');
+  RETURN jsonb_build_object('status', 'granted', 'state', ${F('state')}(v_ws));
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('claim_alert')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+BEGIN
+  PERFORM 1 FROM ${W} WHERE workspace_id = c->>'workspaceId';
+  IF NOT FOUND THEN
+    RETURN 'false'::jsonb;
+  END IF;
+  INSERT INTO ${A} (workspace_id, period_index, threshold)
+  VALUES (c->>'workspaceId', (c->>'periodIndex')::bigint, (c->>'threshold')::double precision)
+  ON CONFLICT DO NOTHING;
+  RETURN to_jsonb(FOUND);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION ${F('dispatch')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+BEGIN
+  CASE c->>'op'
+    WHEN 'reserve' THEN RETURN ${F('reserve')}(c);
+    WHEN 'settle' THEN RETURN ${F('settle')}(c);
+    WHEN 'release' THEN RETURN ${F('release')}(c);
+    WHEN 'getWorkspace' THEN RETURN ${F('get_workspace')}(c);
+    WHEN 'createWorkspace' THEN RETURN ${F('create_workspace')}(c);
+    WHEN 'renew' THEN RETURN ${F('renew')}(c);
+    WHEN 'changePlan' THEN RETURN ${F('change_plan')}(c);
+    WHEN 'grant' THEN RETURN ${F('add_grant')}(c);
+    WHEN 'claimAlert' THEN RETURN ${F('claim_alert')}(c);
+    ELSE RAISE EXCEPTION 'unknown credits operation %', c->>'op';
+  END CASE;
+END
+$fn$;
+
+-- One group-commit batch: locks every workspace it touches in a fixed order (so batches on
+-- other connections never deadlock), then runs each operation in its own subtransaction
+-- (a savepoint), so a failing operation rolls back alone and its neighbours still commit.
+CREATE OR REPLACE FUNCTION ${F('run')}(p_ops jsonb, p_lock text[]) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_op jsonb;
+  v_res jsonb;
+  v_tries int;
+  v_out jsonb[] := '{}';
+BEGIN
+  PERFORM 1 FROM ${W} WHERE workspace_id = ANY (p_lock) ORDER BY workspace_id FOR UPDATE;
+  FOR v_op IN SELECT e.value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS e(value, n) ORDER BY e.n LOOP
+    v_res := NULL;
+    v_tries := 0;
+    WHILE v_res IS NULL LOOP
+      BEGIN
+        v_res := ${F('dispatch')}(v_op);
+      EXCEPTION
+        -- These abort the whole batch; the adapter runs it again.
+        WHEN deadlock_detected OR serialization_failure THEN RAISE;
+        -- A racing transaction inserted the same id and has committed now: run the operation
+        -- again, it sees the row (a replay).
+        WHEN unique_violation THEN
+          v_tries := v_tries + 1;
+          IF v_tries > 1 THEN
+            v_res := jsonb_build_object('error', SQLERRM, 'code', SQLSTATE);
+          END IF;
+        WHEN OTHERS THEN
+          v_res := jsonb_build_object('error', SQLERRM, 'code', SQLSTATE);
+      END;
+    END LOOP;
+    v_out := array_append(v_out, v_res);
+  END LOOP;
+  RETURN to_jsonb(v_out);
+END
+$fn$;
+`;
+  return [v1];
+}
