@@ -117,7 +117,7 @@ export class MemoryStorage implements CreditStorage {
     if (slot.available < input.amount) {
       this.#sweep(slot, now, true);
       if (slot.available < input.amount) {
-        const reply: ReplyRecord = { ...input, status: 'refused', finishedAt: now, entryId: null };
+        const reply = record(input, 'refused', now, null);
         this.#replies.set(reply.replyId, reply);
         return { status: 'insufficient', reply, available: slot.available, workspace: { ...slot.record } };
       }
@@ -165,7 +165,7 @@ export class MemoryStorage implements CreditStorage {
       grantId: null,
       plan: null,
     });
-    const settled: ReplyRecord = { ...reply, status: 'settled', finishedAt: command.now, entryId: entry.id };
+    const settled = record(reply, 'settled', command.now, entry.id);
     this.#replies.set(reply.replyId, settled);
     if (slot && reply.amount > 0) {
       this.#allocations.delete(reply.replyId);
@@ -328,7 +328,21 @@ export class MemoryStorage implements CreditStorage {
   }
 
   #appendTo(slot: Slot | undefined, workspaceId: string, input: LedgerRowInput): LedgerRow {
-    const row: LedgerRow = { id: String(++this.#sequence), ...input };
+    const row: LedgerRow = {
+      id: String(++this.#sequence),
+      workspaceId: input.workspaceId,
+      kind: input.kind,
+      amount: input.amount,
+      at: input.at,
+      replyId: input.replyId,
+      agentId: input.agentId,
+      conversationId: input.conversationId,
+      model: input.model,
+      route: input.route,
+      priceVersion: input.priceVersion,
+      grantId: input.grantId,
+      plan: input.plan,
+    };
     if (slot) {
       const last = slot.ledger[slot.ledger.length - 1];
       if (last && last.at > row.at) slot.ledgerInTimeOrder = false;
@@ -384,7 +398,7 @@ export class MemoryStorage implements CreditStorage {
 
   /** Ends a hold without a charge, returning its credits to the grants they came from. */
   #finishHold(reply: ReplyRecord, status: 'released' | 'expired', now: number): ReplyRecord {
-    const finished: ReplyRecord = { ...reply, status, finishedAt: now };
+    const finished = record(reply, status, now, null);
     this.#replies.set(reply.replyId, finished);
     const allocations = this.#allocations.get(reply.replyId);
     const slot = this.#workspaces.get(reply.workspaceId);
@@ -475,7 +489,26 @@ export class MemoryStorage implements CreditStorage {
 }
 
 function held(input: ReserveCommand['reply']): ReplyRecord {
-  return { ...input, status: 'held', finishedAt: null, entryId: null };
+  return record(input, 'held', null, null);
+}
+
+// Every record is built with the same literal shape, which keeps V8's hot path monomorphic.
+function record(from: ReserveCommand['reply'], status: ReplyRecord['status'], finishedAt: number | null, entryId: string | null): ReplyRecord {
+  return {
+    replyId: from.replyId,
+    workspaceId: from.workspaceId,
+    agentId: from.agentId,
+    conversationId: from.conversationId,
+    model: from.model,
+    route: from.route,
+    amount: from.amount,
+    priceVersion: from.priceVersion,
+    status,
+    createdAt: from.createdAt,
+    expiresAt: from.expiresAt,
+    finishedAt,
+    entryId,
+  };
 }
 
 function lowerBound<T>(items: readonly T[], value: number, key: (item: T) => number): number {
