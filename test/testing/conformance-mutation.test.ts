@@ -1,0 +1,247 @@
+/**
+ * A mutation test of the conformance kit: each store below is MemoryStorage with one
+ * deliberate, realistic bug. The kit must fail every one of them, in the cases named.
+ */
+import { describe, expect, it } from 'vitest';
+import { MemoryStorage } from '../../src/index.js';
+import type {
+  ClaimAlertCommand,
+  CreditStorage,
+  GrantCommand,
+  GrantOutcome,
+  LedgerQuery,
+  LedgerRow,
+  RenewCommand,
+  RenewOutcome,
+  ReserveCommand,
+  ReserveOutcome,
+  SettleCommand,
+  SettleOutcome,
+  UsageAggregate,
+  UsageQuery,
+} from '../../src/index.js';
+import { conformanceCases, runConformanceCase, type StorageConformanceOptions } from '../../src/testing/index.js';
+
+const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/**
+ * Reads the balance, awaits a tick, then writes whatever the stale read allowed: the
+ * read-then-write race of a naive SQL adapter (`SELECT balance` … `UPDATE`). Where the
+ * stale read said "enough" but the store no longer has it, the hold goes through anyway,
+ * as an unguarded UPDATE would (modelled as an overdraft grant so the ledger stays summable).
+ */
+class ReadThenWriteReserve extends MemoryStorage {
+  override async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
+    if (!command.requireWorkspace) return super.reserve(command);
+    const seen = await this.getWorkspace(command.reply.workspaceId, command.now);
+    await tick();
+    if (!seen || seen.available < command.reply.amount) return super.reserve(command);
+    const current = await this.getWorkspace(command.reply.workspaceId, command.now);
+    const shortfall = command.reply.amount - (current?.available ?? 0);
+    if (shortfall > 0 && !(await this.getReply(command.reply.replyId))) {
+      const grantId = `topup:overdraft:${command.reply.replyId}`;
+      await super.grant({
+        workspaceId: command.reply.workspaceId,
+        grant: { grantId, kind: 'topup', amount: shortfall, remaining: shortfall, expiresAt: null, createdAt: command.now },
+        entry: {
+          workspaceId: command.reply.workspaceId,
+          kind: 'topup',
+          amount: shortfall,
+          at: command.now,
+          replyId: null,
+          agentId: null,
+          conversationId: null,
+          model: null,
+          route: null,
+          priceVersion: null,
+          grantId,
+          plan: null,
+        },
+        now: command.now,
+      });
+    }
+    return super.reserve(command);
+  }
+}
+
+/** Settles a replayed reply again: a retry charges twice (no "already settled" check). */
+class DoubleChargeOnReplay extends MemoryStorage {
+  override async settle(command: SettleCommand): Promise<SettleOutcome> {
+    const outcome = await super.settle(command);
+    if (outcome.status !== 'settled' || !outcome.replayed) return outcome;
+    const { reply } = outcome;
+    const again = await super.reserve({
+      reply: { ...reply, replyId: `${reply.replyId}:again:${command.now}:${Math.random()}`, createdAt: command.now, expiresAt: command.now + 60_000 },
+      now: command.now,
+      requireWorkspace: outcome.workspace !== null,
+    });
+    if (again.status !== 'reserved') return outcome;
+    const charged = await super.settle({ ...command, replyId: again.reply.replyId });
+    if (charged.status !== 'settled') return outcome;
+    return { ...charged, reply, replayed: false };
+  }
+}
+
+/** Renews whatever the version: the `WHERE version = $expected` guard was forgotten. */
+class UnguardedRenew extends MemoryStorage {
+  override async renew(command: RenewCommand): Promise<RenewOutcome> {
+    const outcome = await super.renew(command);
+    if (outcome.status !== 'stale') return outcome;
+    const { workspace } = outcome;
+    const next = workspace.periodIndex + 1;
+    return super.renew({ ...command, expectedVersion: workspace.version, workspace: { ...command.workspace, version: workspace.version + 1 }, grant: { ...command.grant, grantId: `period:${next}` }, entry: { ...command.entry, grantId: `period:${next}` } });
+  }
+}
+
+/** Settles with the hold's creation time: a lapsed hold is still charged. */
+class SettlesLapsedHolds extends MemoryStorage {
+  override async settle(command: SettleCommand): Promise<SettleOutcome> {
+    const reply = await this.getReply(command.replyId);
+    return super.settle(reply?.status === 'held' ? { ...command, now: Math.min(command.now, reply.createdAt) } : command);
+  }
+}
+
+/** Drops a top-up's expiry on write (a column left out of the INSERT). */
+class ForgetsGrantExpiry extends MemoryStorage {
+  override grant(command: GrantCommand): Promise<GrantOutcome> {
+    return super.grant({ ...command, grant: { ...command.grant, expiresAt: null } });
+  }
+}
+
+/** Claims an alert every time: the unique key on (workspace, period, threshold) is missing. */
+class AlertsEveryTime extends MemoryStorage {
+  override async claimAlert(command: ClaimAlertCommand): Promise<boolean> {
+    await super.claimAlert(command);
+    return true;
+  }
+}
+
+/** Pages with `id >= afterId` instead of `id > afterId`: each page repeats the previous page's last row. */
+class InclusiveCursor extends MemoryStorage {
+  override async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    if (query.afterId === undefined) return super.ledger(query);
+    const { afterId, ...rest } = query;
+    const all = await super.ledger({ ...rest, limit: Number.MAX_SAFE_INTEGER });
+    return all.filter((row) => BigInt(row.id) >= BigInt(afterId)).slice(0, query.limit);
+  }
+}
+
+/** Treats the usage window as closed: `at <= to`. */
+class ClosedUsageWindow extends MemoryStorage {
+  override usage(query: UsageQuery): Promise<UsageAggregate[]> {
+    return super.usage({ ...query, to: query.to + 1 });
+  }
+}
+
+interface Mutant {
+  readonly name: string;
+  readonly create: () => CreditStorage;
+  /** Cases that must fail against this store (more may). */
+  readonly caughtBy: readonly string[];
+}
+
+const mutants: readonly Mutant[] = [
+  {
+    name: 'read-then-write reserve',
+    create: () => new ReadThenWriteReserve(),
+    caughtBy: [
+      'reserve - concurrent reserves never overspend',
+      'concurrency - replies from several meters never overspend',
+      'concurrency - reserves from several meters hold exactly the affordable amount',
+    ],
+  },
+  {
+    name: 'double charge on a replayed settle',
+    create: () => new DoubleChargeOnReplay(),
+    caughtBy: [
+      'settle - a replay returns the same row with replayed true and charges nothing more',
+      'settle - concurrent settles of one reply charge once',
+      'concurrency - settles of one replyId from several meters charge once',
+    ],
+  },
+  {
+    name: 'renew without the version guard',
+    create: () => new UnguardedRenew(),
+    caughtBy: [
+      'renew - a stale expectedVersion returns stale and changes nothing',
+      'renew - exactly once under racing callers',
+      'renew - through CreditMeter, concurrent operations just after a period end renew once',
+    ],
+  },
+  {
+    name: 'settle charges a lapsed hold',
+    create: () => new SettlesLapsedHolds(),
+    caughtBy: ['settle - after the hold expired returns expired and returns the credits'],
+  },
+  {
+    name: 'grant drops the expiry',
+    create: () => new ForgetsGrantExpiry(),
+    caughtBy: [
+      'reserve - spends a grant expiring before the period end before the allotment',
+      'reserve - never spends an expired grant',
+      'release - credits of a grant that expired while held expire with an expiry row',
+    ],
+  },
+  {
+    name: 'claimAlert without a unique key',
+    create: () => new AlertsEveryTime(),
+    caughtBy: ['claimAlert - true once per workspace, period and threshold', 'claimAlert - concurrent claims succeed once'],
+  },
+  {
+    name: 'inclusive ledger cursor',
+    create: () => new InclusiveCursor(),
+    caughtBy: ['ledger - limit and afterId page through every row exactly once', 'ledger - filters and windows combine with paging'],
+  },
+  {
+    name: 'closed usage window',
+    create: () => new ClosedUsageWindow(),
+    caughtBy: ['usage - the window is half-open'],
+  },
+];
+
+// Small races keep the mutation run fast; they are still large enough to expose each race.
+const concurrency = { meters: 3, requests: 60, affordable: 20 };
+
+function options(name: string, create: () => CreditStorage): StorageConformanceOptions {
+  return { name, create, concurrency };
+}
+
+/** Runs every case against a store; returns the names that failed, with their first message. */
+async function failures(store: StorageConformanceOptions): Promise<Map<string, string>> {
+  const failed = new Map<string, string>();
+  for (const testCase of conformanceCases) {
+    try {
+      await runConformanceCase(store, testCase);
+    } catch (error) {
+      // A crash in the kit is not a catch: only assertion failures count.
+      expect(error, `"${testCase.name}" crashed instead of failing an assertion`).not.toBeInstanceOf(TypeError);
+      expect(error).not.toBeInstanceOf(ReferenceError);
+      failed.set(testCase.name, error instanceof Error ? error.message.split('\n')[0]! : String(error));
+    }
+  }
+  return failed;
+}
+
+describe('conformance kit mutation test', () => {
+  it('the unbroken memory store passes every case', async () => {
+    expect([...(await failures(options('memory', () => new MemoryStorage())))]).toEqual([]);
+  });
+
+  for (const mutant of mutants) {
+    it(`catches: ${mutant.name}`, async () => {
+      for (const name of mutant.caughtBy) expect(conformanceCases.map((c) => c.name), 'a case named in caughtBy').toContain(name);
+      const failed = await failures(options(mutant.name, mutant.create));
+      for (const name of mutant.caughtBy) expect(failed.has(name), `"${name}" must fail against "${mutant.name}"`).toBe(true);
+    });
+  }
+
+  it('runConformanceCase rejects on the broken store and resolves on the sound one', async () => {
+    const name = 'reserve - concurrent reserves never overspend';
+    await expect(runConformanceCase(options('racy', () => new ReadThenWriteReserve()), name)).rejects.toThrow();
+    await expect(runConformanceCase(options('memory', () => new MemoryStorage()), name)).resolves.toBeUndefined();
+  });
+
+  it('an unknown case name is an error', async () => {
+    await expect(runConformanceCase(options('memory', () => new MemoryStorage()), 'reserve - no such case')).rejects.toThrow(/no conformance case/);
+  });
+});
