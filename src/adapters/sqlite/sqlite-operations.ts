@@ -156,7 +156,7 @@ export class SqliteOperations {
     );
     this.#workspaceHeld = this.#prepare(`UPDATE ${p}workspaces SET held = ? WHERE workspace_id = ?`);
     this.#workspaceCharge = this.#prepare(
-      `UPDATE ${p}workspaces SET held = held - ?1, used_this_period = used_this_period + ?1 WHERE workspace_id = ?2
+      `UPDATE ${p}workspaces SET held = held - ?, used_this_period = used_this_period + ? WHERE workspace_id = ?
        RETURNING ${WORKSPACE_COLUMNS}`,
     );
     this.#grantsLive = this.#prepare(
@@ -299,7 +299,7 @@ export class SqliteOperations {
     const settled: ReplyRecord = { ...reply, status: 'settled', finishedAt: command.now, entryId: entry.id };
     let workspace: WorkspaceRecord | null;
     if (row.amount > 0) {
-      const updated = this.#workspaceCharge.get(row.amount, row.workspace_id) as WorkspaceRow | undefined;
+      const updated = this.#workspaceCharge.get(row.amount, row.amount, row.workspace_id) as WorkspaceRow | undefined;
       workspace = updated ? recordOf(updated) : null;
     } else {
       workspace = this.#record(row.workspace_id);
