@@ -168,6 +168,10 @@ const MAX_BATCH_RETRIES = 5;
  * ```
  */
 export class PostgresStorage implements CreditStorage {
+  /** The schema holding the store's tables. */
+  readonly schema: string;
+  /** The prefix of the store's table and function names. */
+  readonly tablePrefix: string;
   readonly #names: SchemaNames;
   readonly #connectionString: string | undefined;
   readonly #poolSize: number;
@@ -182,7 +186,9 @@ export class PostgresStorage implements CreditStorage {
   constructor(options: PostgresStorageOptions) {
     const issues = validate(options);
     if (issues.length > 0) throw new InvalidInputError(issues);
-    this.#names = schemaNames(options.schema ?? 'public', options.tablePrefix ?? 'credits_');
+    this.schema = options.schema ?? 'public';
+    this.tablePrefix = options.tablePrefix ?? 'credits_';
+    this.#names = schemaNames(this.schema, this.tablePrefix);
     this.#connectionString = options.connectionString;
     this.#poolSize = options.poolSize ?? 10;
     this.#ownsPool = options.pool === undefined;
@@ -268,13 +274,13 @@ export class PostgresStorage implements CreditStorage {
     if (query.from !== undefined) where.push(`at >= ${param(query.from)}`);
     if (query.to !== undefined) where.push(`at < ${param(query.to)}`);
     if (query.agentId !== undefined) where.push(`agent_id = ${param(query.agentId)}`);
-    if (query.afterId !== undefined && /^\d{1,19}$/.test(query.afterId)) where.push(`id > ${param(query.afterId)}::bigint`);
+    if (query.afterId !== undefined && /^\d{1,19}$/.test(query.afterId)) where.push(`l.id > ${param(query.afterId)}::bigint`);
     const limit = param(Math.max(0, Math.floor(query.limit)));
     const rows = await this.#read(
       'ledger',
-      `SELECT id::text AS id, workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route,
+      `SELECT l.id::text AS id, workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route,
               price_version, grant_id, plan
-         FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY id LIMIT ${limit}`,
+         FROM ${this.#names.ledger} l WHERE ${where.join(' AND ')} ORDER BY l.id LIMIT ${limit}`,
       values,
     );
     return rows.map(ledgerRow);
