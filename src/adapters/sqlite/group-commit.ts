@@ -1,5 +1,6 @@
 import { CreditsError, StorageError } from '../../core/errors.js';
 import type { SqliteDatabase, SqliteStatement } from './sqlite-driver.js';
+import type { BatchHooks } from './sqlite-operations.js';
 
 interface Job {
   operation: string;
@@ -24,6 +25,7 @@ type Result = { ok: true; value: unknown } | { ok: false; error: unknown };
 export class GroupCommit {
   readonly #db: SqliteDatabase;
   readonly #maxBatch: number;
+  readonly #hooks: BatchHooks;
   readonly #begin: SqliteStatement;
   readonly #commit: SqliteStatement;
   readonly #rollback: SqliteStatement;
@@ -34,9 +36,10 @@ export class GroupCommit {
   #scheduled = false;
   #idle: (() => void)[] = [];
 
-  constructor(db: SqliteDatabase, maxBatch: number) {
+  constructor(db: SqliteDatabase, maxBatch: number, hooks: BatchHooks) {
     this.#db = db;
     this.#maxBatch = maxBatch;
+    this.#hooks = hooks;
     this.#begin = db.prepare('BEGIN IMMEDIATE');
     this.#commit = db.prepare('COMMIT');
     this.#rollback = db.prepare('ROLLBACK');
@@ -81,20 +84,31 @@ export class GroupCommit {
 
   #write(batch: Job[]): void {
     try {
+      this.#writeBatch(batch);
+    } finally {
+      this.#hooks.batchEnded();
+    }
+  }
+
+  #writeBatch(batch: Job[]): void {
+    try {
       this.#begin.run();
     } catch (error) {
       for (const job of batch) job.reject(storageError(job.operation, error));
       return;
     }
+    this.#hooks.batchStarted();
     const results: Result[] = [];
     for (let index = 0; index < batch.length; index++) {
       const job = batch[index]!;
       try {
+        this.#hooks.operationStarted();
         this.#savepoint.run();
         const value = job.run();
         this.#release.run();
         results.push({ ok: true, value });
       } catch (error) {
+        this.#hooks.operationFailed();
         if (this.#undo()) {
           results.push({ ok: false, error: wrap(job.operation, error) });
           continue;
@@ -109,6 +123,7 @@ export class GroupCommit {
       }
     }
     try {
+      this.#hooks.beforeCommit();
       this.#commit.run();
     } catch (error) {
       try {

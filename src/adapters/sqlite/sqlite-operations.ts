@@ -93,14 +93,32 @@ interface LedgerDbRow {
 }
 
 /**
- * A workspace loaded inside a transaction: its record, its live grants in spending order
- * (mutable; every change is written through at once) and its held total.
+ * A workspace as cached for one batch transaction: its record, its live grants in spending
+ * order, its held total and a lower bound on when its next hold lapses. The batch holds the
+ * write lock, so nobody else can change these rows until it commits; hot-path changes
+ * (balances, held, used) stay here and are written once, just before the COMMIT.
  */
 interface Slot {
   record: WorkspaceRecord;
   live: GrantRecord[];
   held: number;
-  heldChanged: boolean;
+  /** No hold of this workspace lapses before this instant (a lower bound). */
+  holdFloor: number;
+  dirty: boolean;
+}
+
+/** Implemented by the operations so the group commit can keep their batch cache coherent. */
+export interface BatchHooks {
+  /** A batch transaction began. */
+  batchStarted(): void;
+  /** An operation is about to run inside its savepoint. */
+  operationStarted(): void;
+  /** The operation threw and its savepoint was rolled back: undo its cached changes. */
+  operationFailed(): void;
+  /** Writes what the batch changed in its cache; runs just before COMMIT. */
+  beforeCommit(): void;
+  /** The batch committed or rolled back: forget the cache. */
+  batchEnded(): void;
 }
 
 const WORKSPACE_COLUMNS = `workspace_id, plan, allotment, pending_plan, pending_allotment, anchor, period_index,
@@ -111,25 +129,26 @@ const LEDGER_COLUMNS = `id, workspace_id, kind, amount, at, reply_id, agent_id, 
   price_version, grant_id, plan`;
 
 /**
- * The contract's operations as synchronous code over prepared statements. Each method
- * must run inside a transaction (the group commit opens it and a savepoint around each
- * call); this class never begins or ends one. It mirrors MemoryStorage step by step, so
- * both stores write the same ledger rows in the same order.
+ * The contract's operations as synchronous code over prepared statements. Each writing
+ * method runs inside a batch transaction opened by the group commit, in a savepoint of its
+ * own; this class never begins or ends one. It mirrors MemoryStorage step by step, so both
+ * stores write the same ledger rows in the same order.
  */
-export class SqliteOperations {
+export class SqliteOperations implements BatchHooks {
   readonly #db: SqliteDatabase;
   readonly #p: string;
   readonly #statements = new Map<string, SqliteStatement>();
+  /** Workspaces read in this batch (null: known not to exist). */
+  readonly #cache = new Map<string, Slot | null>();
+  /** What the running operation found in the cache before touching it, to undo on failure. */
+  readonly #undo = new Map<string, Slot | null | undefined>();
 
   readonly #workspaceGet: SqliteStatement;
   readonly #workspaceInsert: SqliteStatement;
   readonly #workspaceReplace: SqliteStatement;
-  readonly #workspaceHeld: SqliteStatement;
-  readonly #workspaceCharge: SqliteStatement;
   readonly #grantsLive: SqliteStatement;
   readonly #grantGet: SqliteStatement;
   readonly #grantUpsert: SqliteStatement;
-  readonly #grantRemaining: SqliteStatement;
   readonly #grantResize: SqliteStatement;
   readonly #grantRetire: SqliteStatement;
   readonly #replyGet: SqliteStatement;
@@ -137,6 +156,7 @@ export class SqliteOperations {
   readonly #replyFinish: SqliteStatement;
   readonly #replySettle: SqliteStatement;
   readonly #holdsLapsed: SqliteStatement;
+  readonly #holdFloor: SqliteStatement;
   readonly #ledgerInsert: SqliteStatement;
   readonly #ledgerGet: SqliteStatement;
   readonly #alertClaim: SqliteStatement;
@@ -154,11 +174,6 @@ export class SqliteOperations {
         period_index = ?, period_start = ?, period_end = ?, used_this_period = ?, version = ?, created_at = ?, held = ?
        WHERE workspace_id = ?`,
     );
-    this.#workspaceHeld = this.#prepare(`UPDATE ${p}workspaces SET held = ? WHERE workspace_id = ?`);
-    this.#workspaceCharge = this.#prepare(
-      `UPDATE ${p}workspaces SET held = held - ?, used_this_period = used_this_period + ? WHERE workspace_id = ?
-       RETURNING ${WORKSPACE_COLUMNS}`,
-    );
     this.#grantsLive = this.#prepare(
       `SELECT grant_id, kind, amount, remaining, expires_at, created_at, live FROM ${p}grants
        WHERE workspace_id = ? AND live = 1`,
@@ -173,20 +188,24 @@ export class SqliteOperations {
        ON CONFLICT (workspace_id, grant_id) DO UPDATE SET kind = excluded.kind, amount = excluded.amount,
          remaining = excluded.remaining, expires_at = excluded.expires_at, created_at = excluded.created_at, live = 1`,
     );
-    this.#grantRemaining = this.#prepare(`UPDATE ${p}grants SET remaining = ? WHERE workspace_id = ? AND grant_id = ?`);
     this.#grantResize = this.#prepare(`UPDATE ${p}grants SET amount = ?, remaining = ? WHERE workspace_id = ? AND grant_id = ?`);
     this.#grantRetire = this.#prepare(`UPDATE ${p}grants SET remaining = 0, live = 0 WHERE workspace_id = ? AND grant_id = ?`);
     this.#replyGet = this.#prepare(`SELECT ${REPLY_COLUMNS} FROM ${p}replies WHERE reply_id = ?`);
     this.#replyInsert = this.#prepare(
-      `INSERT INTO ${p}replies (${REPLY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)`,
+      `INSERT INTO ${p}replies (${REPLY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)
+       ON CONFLICT (reply_id) DO NOTHING`,
     );
     this.#replyFinish = this.#prepare(`UPDATE ${p}replies SET status = ?, finished_at = ?, allocations = NULL WHERE reply_id = ?`);
     this.#replySettle = this.#prepare(
       `UPDATE ${p}replies SET status = 'settled', finished_at = ?, entry_id = ?, allocations = NULL WHERE reply_id = ?`,
     );
+    // Only holds with allocations lapse by sweep (as in MemoryStorage): free holds just expire at settle.
     this.#holdsLapsed = this.#prepare(
       `SELECT ${REPLY_COLUMNS} FROM ${p}replies
        WHERE workspace_id = ? AND status = 'held' AND expires_at <= ? AND allocations IS NOT NULL ORDER BY rowid`,
+    );
+    this.#holdFloor = this.#prepare(
+      `SELECT MIN(expires_at) AS floor FROM ${p}replies WHERE workspace_id = ? AND status = 'held' AND allocations IS NOT NULL`,
     );
     this.#ledgerInsert = this.#prepare(
       `INSERT INTO ${p}ledger (workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route,
@@ -196,11 +215,44 @@ export class SqliteOperations {
     this.#alertClaim = this.#prepare(`INSERT INTO ${p}alerts (workspace_id, alert_key) VALUES (?, ?) ON CONFLICT DO NOTHING`);
   }
 
-  // ─── the contract, one transaction (savepoint) each ─────────────────────
+  // ─── batch hooks ────────────────────────────────────────────────────────
+
+  batchStarted(): void {
+    this.#cache.clear();
+    this.#undo.clear();
+  }
+
+  operationStarted(): void {
+    this.#undo.clear();
+  }
+
+  operationFailed(): void {
+    for (const [workspaceId, before] of this.#undo) {
+      if (before === undefined) this.#cache.delete(workspaceId);
+      else this.#cache.set(workspaceId, before);
+    }
+    this.#undo.clear();
+  }
+
+  beforeCommit(): void {
+    for (const slot of this.#cache.values()) {
+      if (!slot?.dirty) continue;
+      this.#saveRecord(slot);
+      for (const grant of slot.live) this.#grantResize.run(grant.amount, grant.remaining, slot.record.workspaceId, grant.grantId);
+      slot.dirty = false;
+    }
+  }
+
+  batchEnded(): void {
+    this.#cache.clear();
+    this.#undo.clear();
+  }
+
+  // ─── the contract, one savepoint each ───────────────────────────────────
 
   createWorkspace(command: CreateWorkspaceCommand): CreateWorkspaceOutcome {
     const w = command.workspace;
-    if (this.#workspaceGet.get(w.workspaceId) !== undefined) return { status: 'exists' };
+    if (this.#slot(w.workspaceId)) return { status: 'exists' };
     this.#workspaceInsert.run(
       w.workspaceId,
       w.plan,
@@ -215,49 +267,54 @@ export class SqliteOperations {
       w.version,
       w.createdAt,
     );
-    const slot: Slot = { record: { ...w }, live: [], held: 0, heldChanged: false };
+    const slot: Slot = { record: { ...w }, live: [], held: 0, holdFloor: Infinity, dirty: false };
+    this.#cache.set(w.workspaceId, slot);
     this.#addGrant(slot, { ...command.grant });
     this.#append(command.entry);
     return { status: 'created', state: stateOf(slot) };
   }
 
   getWorkspace(workspaceId: string, now: number): WorkspaceState | undefined {
-    const slot = this.#load(workspaceId);
+    const slot = this.#slot(workspaceId);
     if (!slot) return undefined;
     if (now < slot.record.periodEnd) this.#sweep(slot, now);
-    this.#saveHeld(slot);
     return stateOf(slot);
   }
 
   reserve(command: ReserveCommand): ReserveOutcome {
     const { reply: input, now } = command;
-    const existing = this.#replyGet.get(input.replyId) as ReplyRow | undefined;
-    if (existing) return { status: 'exists', reply: replyOf(existing) };
     if (!command.requireWorkspace) {
       const reply: ReplyRecord = { ...input, status: 'held', finishedAt: null, entryId: null };
-      this.#insertReply(reply, null);
-      return { status: 'reserved', reply, available: 0 };
+      return this.#insertReply(reply, null) ? { status: 'reserved', reply, available: 0 } : this.#exists(input.replyId);
     }
-    const slot = this.#load(input.workspaceId);
-    if (!slot) return { status: 'workspace_not_found' };
-    if (now >= slot.record.periodEnd) return { status: 'renewal_due', workspace: { ...slot.record } };
-    this.#sweep(slot, now);
-    const available = availableOf(slot);
+    const slot = this.#slot(input.workspaceId);
+    // Fast path: nothing to sweep, so nothing is written before the reply row, whose insert
+    // tells whether the id exists. Otherwise look the id up first, as the contract orders.
+    const quiet = slot !== undefined && now < slot.record.periodEnd && !this.#sweepDue(slot, now);
+    if (!quiet) {
+      const existing = this.#replyGet.get(input.replyId) as ReplyRow | undefined;
+      if (existing) return { status: 'exists', reply: replyOf(existing) };
+      if (!slot) return { status: 'workspace_not_found' };
+      if (now >= slot.record.periodEnd) return { status: 'renewal_due', workspace: { ...slot.record } };
+      this.#sweep(slot, now);
+    }
+    const available = availableOf(slot!);
     if (available < input.amount) {
       const reply: ReplyRecord = { ...input, status: 'refused', finishedAt: now, entryId: null };
-      this.#insertReply(reply, null);
-      this.#saveHeld(slot);
-      return { status: 'insufficient', reply, available, workspace: { ...slot.record } };
+      if (!this.#insertReply(reply, null)) return this.#exists(input.replyId);
+      return { status: 'insufficient', reply, available, workspace: { ...slot!.record } };
     }
     const reply: ReplyRecord = { ...input, status: 'held', finishedAt: null, entryId: null };
-    let allocations: string | null = null;
-    if (input.amount > 0) {
-      allocations = JSON.stringify(this.#take(slot, input.amount));
-      slot.held += input.amount;
-      slot.heldChanged = true;
+    if (input.amount === 0) return this.#insertReply(reply, null) ? { status: 'reserved', reply, available } : this.#exists(input.replyId);
+    const before = slot!.live.map((grant) => grant.remaining);
+    const allocations = this.#take(slot!, input.amount);
+    if (!this.#insertReply(reply, JSON.stringify(allocations))) {
+      slot!.live.forEach((grant, index) => (grant.remaining = before[index]!));
+      return this.#exists(input.replyId);
     }
-    this.#insertReply(reply, allocations);
-    this.#saveHeld(slot);
+    slot!.held += input.amount;
+    slot!.dirty = true;
+    if (input.expiresAt < slot!.holdFloor) slot!.holdFloor = input.expiresAt;
     return { status: 'reserved', reply, available: available - input.amount };
   }
 
@@ -266,14 +323,10 @@ export class SqliteOperations {
     if (!row || row.workspace_id !== command.workspaceId) return { status: 'not_found' };
     const reply = replyOf(row);
     switch (row.status) {
-      case 'settled':
-        return {
-          status: 'settled',
-          reply,
-          entry: this.#entryOf(reply),
-          replayed: true,
-          workspace: this.#record(row.workspace_id),
-        };
+      case 'settled': {
+        const slot = this.#slot(row.workspace_id);
+        return { status: 'settled', reply, entry: this.#entryOf(reply), replayed: true, workspace: slot ? { ...slot.record } : null };
+      }
       case 'held':
         if (row.expires_at <= command.now) return { status: 'expired', reply: this.#finishHold(row, 'expired', command.now) };
         break;
@@ -297,14 +350,13 @@ export class SqliteOperations {
     });
     this.#replySettle.run(command.now, Number(entry.id), row.reply_id);
     const settled: ReplyRecord = { ...reply, status: 'settled', finishedAt: command.now, entryId: entry.id };
-    let workspace: WorkspaceRecord | null;
-    if (row.amount > 0) {
-      const updated = this.#workspaceCharge.get(row.amount, row.amount, row.workspace_id) as WorkspaceRow | undefined;
-      workspace = updated ? recordOf(updated) : null;
-    } else {
-      workspace = this.#record(row.workspace_id);
+    const slot = this.#slot(row.workspace_id);
+    if (slot && row.amount > 0) {
+      slot.held -= row.amount;
+      slot.record.usedThisPeriod += row.amount;
+      slot.dirty = true;
     }
-    return { status: 'settled', reply: settled, entry, replayed: false, workspace };
+    return { status: 'settled', reply: settled, entry, replayed: false, workspace: slot ? { ...slot.record } : null };
   }
 
   release(command: ReleaseCommand): ReleaseOutcome {
@@ -317,7 +369,7 @@ export class SqliteOperations {
   }
 
   renew(command: RenewCommand): RenewOutcome {
-    const slot = this.#load(command.workspaceId);
+    const slot = this.#slot(command.workspaceId);
     if (!slot) return { status: 'workspace_not_found' };
     if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: { ...slot.record } };
     const { now } = command;
@@ -331,7 +383,7 @@ export class SqliteOperations {
       if (grant.remaining > 0) {
         const kept = Math.min(grant.remaining, toCarry);
         toCarry -= kept;
-        this.#expireGrant(slot, grant, grant.remaining - kept, now);
+        this.#appendExpiry(slot.record.workspaceId, grant.grantId, grant.remaining - kept, now);
         grant.remaining = 0;
       }
       this.#grantRetire.run(slot.record.workspaceId, grant.grantId);
@@ -339,7 +391,7 @@ export class SqliteOperations {
     slot.live = slot.live.filter((grant) => grant.kind !== 'allotment');
     this.#expireGrants(slot, now);
     slot.record = { ...command.workspace };
-    this.#saveRecord(command.workspaceId, slot);
+    this.#saveRecord(slot);
     this.#addGrant(slot, {
       ...command.grant,
       amount: command.grant.amount + carried,
@@ -350,7 +402,7 @@ export class SqliteOperations {
   }
 
   changePlan(command: ChangePlanCommand): ChangePlanOutcome {
-    const slot = this.#load(command.workspaceId);
+    const slot = this.#slot(command.workspaceId);
     if (!slot) return { status: 'workspace_not_found' };
     if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: { ...slot.record } };
     if (availableOf(slot) + slot.held + command.allotmentIncrease > MAX_MICROS) return { status: 'overflow' };
@@ -360,7 +412,7 @@ export class SqliteOperations {
       if (grant) {
         grant.amount += command.allotmentIncrease;
         grant.remaining += command.allotmentIncrease;
-        this.#grantResize.run(grant.amount, grant.remaining, command.workspaceId, grantId);
+        this.#grantResize.run(grant.amount, grant.remaining, slot.record.workspaceId, grantId);
       } else {
         this.#addGrant(slot, {
           grantId,
@@ -373,14 +425,16 @@ export class SqliteOperations {
       }
     }
     slot.record = { ...command.workspace };
-    this.#saveRecord(command.workspaceId, slot);
+    this.#saveRecord(slot);
     this.#append(command.entry);
     return { status: 'changed', state: stateOf(slot) };
   }
 
   grant(command: GrantCommand): GrantOutcome {
-    const slot = this.#load(command.workspaceId);
+    const slot = this.#slot(command.workspaceId);
     if (!slot) return { status: 'workspace_not_found' };
+    const cached = slot.live.find((candidate) => candidate.grantId === command.grant.grantId);
+    if (cached) return { status: 'exists', grant: { ...cached } };
     const existing = this.#grantGet.get(command.workspaceId, command.grant.grantId) as GrantRow | undefined;
     if (existing) return { status: 'exists', grant: grantOf(existing) };
     if (availableOf(slot) + slot.held + command.grant.amount > MAX_MICROS) return { status: 'overflow' };
@@ -390,7 +444,7 @@ export class SqliteOperations {
   }
 
   claimAlert(command: ClaimAlertCommand): boolean {
-    if (this.#workspaceGet.get(command.workspaceId) === undefined) return false;
+    if (!this.#slot(command.workspaceId)) return false;
     return this.#alertClaim.run(command.workspaceId, `${command.periodIndex}:${command.threshold}`).changes === 1;
   }
 
@@ -473,26 +527,28 @@ export class SqliteOperations {
     return statement;
   }
 
-  #load(workspaceId: string): Slot | undefined {
+  /**
+   * The workspace from the batch cache, read on first use. Remembers what the cache held
+   * before the running operation touched it, so a failed operation leaves no trace.
+   */
+  #slot(workspaceId: string): Slot | undefined {
+    const cached = this.#cache.get(workspaceId);
+    if (!this.#undo.has(workspaceId)) this.#undo.set(workspaceId, cached === undefined ? undefined : copySlot(cached));
+    if (cached !== undefined) return cached ?? undefined;
     const row = this.#workspaceGet.get(workspaceId) as WorkspaceRow | undefined;
-    if (!row) return undefined;
+    if (!row) {
+      this.#cache.set(workspaceId, null);
+      return undefined;
+    }
     const live = (this.#grantsLive.all(workspaceId) as GrantRow[]).map(grantOf);
     if (live.length > 1) live.sort(compareGrants);
-    return { record: recordOf(row), live, held: row.held, heldChanged: false };
+    const floor = (this.#holdFloor.get(workspaceId) as { floor: number | null }).floor;
+    const slot: Slot = { record: recordOf(row), live, held: row.held, holdFloor: floor ?? Infinity, dirty: false };
+    this.#cache.set(workspaceId, slot);
+    return slot;
   }
 
-  #record(workspaceId: string): WorkspaceRecord | null {
-    const row = this.#workspaceGet.get(workspaceId) as WorkspaceRow | undefined;
-    return row ? recordOf(row) : null;
-  }
-
-  #saveHeld(slot: Slot): void {
-    if (!slot.heldChanged) return;
-    this.#workspaceHeld.run(slot.held, slot.record.workspaceId);
-    slot.heldChanged = false;
-  }
-
-  #saveRecord(workspaceId: string, slot: Slot): void {
+  #saveRecord(slot: Slot): void {
     const w = slot.record;
     this.#workspaceReplace.run(
       w.plan,
@@ -507,27 +563,33 @@ export class SqliteOperations {
       w.version,
       w.createdAt,
       slot.held,
-      workspaceId,
+      w.workspaceId,
     );
-    slot.heldChanged = false;
   }
 
-  #insertReply(reply: ReplyRecord, allocations: string | null): void {
-    this.#replyInsert.run(
-      reply.replyId,
-      reply.workspaceId,
-      reply.agentId,
-      reply.conversationId,
-      reply.model,
-      reply.route,
-      reply.amount,
-      reply.priceVersion,
-      reply.status,
-      reply.createdAt,
-      reply.expiresAt,
-      reply.finishedAt,
-      allocations,
+  /** Inserts the reply unless its id exists; false when it does. */
+  #insertReply(reply: ReplyRecord, allocations: string | null): boolean {
+    return (
+      this.#replyInsert.run(
+        reply.replyId,
+        reply.workspaceId,
+        reply.agentId,
+        reply.conversationId,
+        reply.model,
+        reply.route,
+        reply.amount,
+        reply.priceVersion,
+        reply.status,
+        reply.createdAt,
+        reply.expiresAt,
+        reply.finishedAt,
+        allocations,
+      ).changes === 1
     );
+  }
+
+  #exists(replyId: string): ReserveOutcome {
+    return { status: 'exists', reply: replyOf(this.#replyGet.get(replyId) as ReplyRow) };
   }
 
   #append(input: LedgerRowInput): LedgerRow {
@@ -568,54 +630,44 @@ export class SqliteOperations {
     return ledgerRowOf(row);
   }
 
+  #sweepDue(slot: Slot, now: number): boolean {
+    return now >= slot.holdFloor || slot.live.some((grant) => grant.expiresAt !== null && grant.expiresAt <= now);
+  }
+
   /** Lapses every hold whose time is up, then expires every grant whose time is up. */
   #sweep(slot: Slot, now: number): void {
-    this.#lapseHolds(slot, now);
+    if (now >= slot.holdFloor) this.#lapseHolds(slot, now);
     if (slot.live.some((grant) => grant.expiresAt !== null && grant.expiresAt <= now)) this.#expireGrants(slot, now);
   }
 
   #lapseHolds(slot: Slot, now: number): void {
-    const lapsed = this.#holdsLapsed.all(slot.record.workspaceId, now) as ReplyRow[];
-    for (const row of lapsed) this.#finishHold(row, 'expired', now, slot);
+    const workspaceId = slot.record.workspaceId;
+    const lapsed = this.#holdsLapsed.all(workspaceId, now) as ReplyRow[];
+    for (const row of lapsed) this.#finishHold(row, 'expired', now);
+    slot.holdFloor = (this.#holdFloor.get(workspaceId) as { floor: number | null }).floor ?? Infinity;
   }
 
   /**
    * Ends a hold without a charge, returning its credits to the grants they came from; a
-   * grant that ran out of time meanwhile expires them at once. With `slot`, works on the
-   * loaded workspace; without, reads the grants it needs and writes `held` itself.
+   * grant that ran out of time meanwhile expires them at once.
    */
-  #finishHold(row: ReplyRow, status: 'released' | 'expired', now: number, slot?: Slot): ReplyRecord {
+  #finishHold(row: ReplyRow, status: 'released' | 'expired', now: number): ReplyRecord {
     this.#replyFinish.run(status, now, row.reply_id);
     const finished: ReplyRecord = { ...replyOf(row), status, finishedAt: now };
     if (row.allocations === null) return finished;
-    const allocations = JSON.parse(row.allocations) as Allocation[];
-    const workspaceId = row.workspace_id;
-    for (const { grantId, amount } of allocations) {
-      let grant: GrantRecord | undefined;
-      let live: boolean;
-      if (slot) {
-        grant = slot.live.find((candidate) => candidate.grantId === grantId);
-        live = grant !== undefined;
-      } else {
-        const stored = this.#grantGet.get(workspaceId, grantId) as GrantRow | undefined;
-        grant = stored ? grantOf(stored) : undefined;
-        live = stored?.live === 1;
-      }
-      if (grant && live && (grant.expiresAt === null || grant.expiresAt > now)) {
+    const slot = this.#slot(row.workspace_id);
+    if (!slot) return finished;
+    for (const { grantId, amount } of JSON.parse(row.allocations) as Allocation[]) {
+      const grant = slot.live.find((candidate) => candidate.grantId === grantId);
+      if (grant && (grant.expiresAt === null || grant.expiresAt > now)) {
         grant.remaining += amount;
-        this.#grantRemaining.run(grant.remaining, workspaceId, grantId);
       } else {
         // The grant ran out of time while the credits were held: they expire now.
-        this.#appendExpiry(workspaceId, grantId, amount, now);
+        this.#appendExpiry(slot.record.workspaceId, grantId, amount, now);
       }
     }
-    if (slot) {
-      slot.held -= row.amount;
-      slot.heldChanged = true;
-    } else {
-      const current = this.#workspaceGet.get(workspaceId) as WorkspaceRow | undefined;
-      if (current) this.#workspaceHeld.run(current.held - row.amount, workspaceId);
-    }
+    slot.held -= row.amount;
+    slot.dirty = true;
     return finished;
   }
 
@@ -627,7 +679,6 @@ export class SqliteOperations {
       if (grant.remaining === 0) continue;
       const part = Math.min(grant.remaining, left);
       grant.remaining -= part;
-      this.#grantRemaining.run(grant.remaining, slot.record.workspaceId, grant.grantId);
       allocations.push({ grantId: grant.grantId, amount: part });
       left -= part;
       if (left === 0) break;
@@ -649,20 +700,18 @@ export class SqliteOperations {
     let index = slot.live.length;
     while (index > 0 && compareGrants(slot.live[index - 1]!, grant) > 0) index--;
     slot.live.splice(index, 0, grant);
+    slot.dirty = true;
   }
 
   #expireGrants(slot: Slot, now: number): void {
     slot.live = slot.live.filter((grant) => {
       if (grant.expiresAt === null || grant.expiresAt > now) return true;
-      this.#expireGrant(slot, grant, grant.remaining, now);
+      this.#appendExpiry(slot.record.workspaceId, grant.grantId, grant.remaining, now);
       grant.remaining = 0;
       this.#grantRetire.run(slot.record.workspaceId, grant.grantId);
       return false;
     });
-  }
-
-  #expireGrant(slot: Slot, grant: GrantRecord, amount: number, now: number): void {
-    this.#appendExpiry(slot.record.workspaceId, grant.grantId, amount, now);
+    slot.dirty = true;
   }
 
   #appendExpiry(workspaceId: string, grantId: string, amount: number, now: number): void {
@@ -682,6 +731,11 @@ export class SqliteOperations {
       plan: null,
     });
   }
+}
+
+function copySlot(slot: Slot | null): Slot | null {
+  if (slot === null) return null;
+  return { ...slot, record: { ...slot.record }, live: slot.live.map((grant) => ({ ...grant })) };
 }
 
 function availableOf(slot: Slot): number {

@@ -263,7 +263,8 @@ export class SqliteStorage implements CreditStorage {
       db.exec('PRAGMA journal_mode = WAL');
       db.exec(`PRAGMA synchronous = ${this.#synchronous}`);
       migrateSchema(db, this.#prefix);
-      const runtime = { db, operations: new SqliteOperations(db, this.#prefix), commits: new GroupCommit(db, this.#maxBatchSize) };
+      const operations = new SqliteOperations(db, this.#prefix);
+      const runtime = { db, operations, commits: new GroupCommit(db, this.#maxBatchSize, operations) };
       if (this.#closed) throw new Error('the store was closed while it opened');
       return runtime;
     } catch (error) {
