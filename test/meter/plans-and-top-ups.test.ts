@@ -147,3 +147,32 @@ describe('addCredits (top-ups)', () => {
     expect(Number((await meter.getWorkspace('ws')).topUpBalance)).toBe(9 * 999_999_999);
   });
 });
+
+describe('the worked example of docs/periods-and-plans.md', () => {
+  it('ends April 10 with 3,000 credits on Hobby', async () => {
+    const { meter, clock } = harness({ start: '2026-03-10T00:00:00Z' });
+    const balance = async () => Number((await meter.getWorkspace('ws')).balance);
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    for (let i = 0; i < 300; i++) await meter.reply(turn(i, 'gpt-4o'));
+    expect(await balance()).toBe(500);
+    clock.set('2026-03-19T00:00:00Z');
+    await meter.addCredits({ workspaceId: 'ws', credits: 1000, grantId: 'pi_1' });
+    expect(await balance()).toBe(1500);
+    clock.set('2026-03-20T00:00:00Z');
+    await meter.changePlan({ workspaceId: 'ws', plan: 'pro' });
+    expect(await balance()).toBe(39_500);
+    clock.set('2026-03-25T00:00:00Z');
+    for (let i = 0; i < 100; i++) await meter.reply(turn(i, 'claude-sonnet-4-6'));
+    expect(await balance()).toBe(39_100);
+    clock.set('2026-03-28T00:00:00Z');
+    await meter.changePlan({ workspaceId: 'ws', plan: 'hobby' });
+    clock.set('2026-04-10T00:00:00Z');
+    const ws = await meter.getWorkspace('ws');
+    expect([ws.plan, Number(ws.balance), Number(ws.topUpBalance), ws.renewsAt.toISOString()]).toEqual(['hobby', 3000, 1000, '2026-05-10T00:00:00.000Z']);
+    const last = (await meter.ledger({ workspaceId: 'ws', limit: 1000 })).entries.slice(-2);
+    expect(last.map((e) => [e.kind, Number(e.credits)])).toEqual([
+      ['expiry', -38_100],
+      ['grant', 2000],
+    ]);
+  });
+});
