@@ -378,6 +378,41 @@ define('createWorkspace - concurrent creates of one id create it once', async (c
   expect(await allRows(ctx.storage, workspaceId)).toHaveLength(1);
 });
 
+define('createWorkspace - ids with any characters round-trip and never collide', async (ctx) => {
+  // Quotes, SQL and LIKE metacharacters, key separators, non-ASCII, and the longest id accepted (255).
+  const base = ctx.id('ws');
+  const suffixes = [`'"; DROP TABLE ledger; --`, ':a', ':a:b', '%_\\*?[]{x}', ' wś 漢字 🙂', '.'];
+  const ids = suffixes.map((suffix) => base + suffix);
+  ids.push(base + 'x'.repeat(255 - base.length));
+  for (const [index, workspaceId] of ids.entries()) {
+    const workspace = workspaceRecord(workspaceId, (index + 1) * C);
+    const outcome = await ctx.storage.createWorkspace({
+      workspace,
+      grant: allotmentGrant(0, (index + 1) * C, workspace.periodEnd, workspace.createdAt),
+      entry: { ...blankRow(workspaceId, 'grant', (index + 1) * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
+    });
+    expect(outcome.status, `createWorkspace(${JSON.stringify(workspaceId)})`).toBe('created');
+    ctx.track(workspaceId);
+  }
+  for (const [index, workspaceId] of ids.entries()) {
+    const agentId = `agent ${suffixes[index % suffixes.length]}`;
+    const replyId = `${ctx.id('reply')}${suffixes[index % suffixes.length]}`;
+    const entry = await charge(ctx, workspaceId, 1 * C, { replyId, agentId, conversationId: `conv${suffixes[index % suffixes.length]}`, model: `model ${index} ✓` });
+    expect(entry).toMatchObject({ workspaceId, replyId, agentId });
+    expect((await ctx.storage.getReply(replyId))?.workspaceId).toBe(workspaceId);
+  }
+  for (const [index, workspaceId] of ids.entries()) {
+    const current = await state(ctx, workspaceId);
+    expect(current.workspace.workspaceId).toBe(workspaceId);
+    expect(current.available, `available of ${JSON.stringify(workspaceId)}`).toBe(index * C);
+    const rows = await allRows(ctx.storage, workspaceId);
+    expect(rows.map((row) => row.workspaceId)).toEqual([workspaceId, workspaceId]);
+    const usage = await ctx.storage.usage({ workspaceId, from: ctx.now(), to: ctx.now() + 1, groupBy: 'model', byDay: false });
+    expect(usage.map((row) => row.key)).toEqual([`model ${index} ✓`]);
+  }
+  expect(await ctx.storage.getWorkspace(`${base}:a:`, ctx.now())).toBeUndefined();
+});
+
 // getWorkspace ---------------------------------------------------------------
 
 define('getWorkspace - an unknown workspace is undefined', async (ctx) => {
@@ -396,6 +431,42 @@ define('getWorkspace - lists live grants with credits left in spending order', a
   expect(current.grants.find((g) => g.grantId === empty)).toBeUndefined();
   expect(current.available).toBe(sum(current.grants.map((g) => g.remaining)));
   expect(current.available).toBe(15 * C);
+});
+
+define('getWorkspace - sweeps nothing at or after the period end', async (ctx) => {
+  const workspace = await newWorkspace(ctx, 10 * C);
+  const at = workspace.periodEnd - 10 * MINUTE;
+  const reply = await hold(ctx, workspace.workspaceId, 4 * C, { now: at, ttl: MINUTE });
+  // The hold lapsed before the period end, but the renewal must see the period as it ended.
+  for (const now of [workspace.periodEnd, workspace.periodEnd + DAY]) {
+    const current = await state(ctx, workspace.workspaceId, now);
+    expect(current.held).toBe(4 * C);
+    expect(current.available).toBe(6 * C);
+    expect(current.grants.map((g) => g.grantId)).toEqual(['period:0']);
+  }
+  expect((await ctx.storage.getReply(reply.replyId))?.status).toBe('held');
+  expect(await allRows(ctx.storage, workspace.workspaceId)).toHaveLength(1);
+  // Before the end, the same read sweeps the lapsed hold.
+  const before = await state(ctx, workspace.workspaceId, workspace.periodEnd - 1);
+  expect(before.held).toBe(0);
+  expect(before.available).toBe(10 * C);
+});
+
+define('getReply - an unknown reply is undefined', async (ctx) => {
+  expect(await ctx.storage.getReply(ctx.id('nope'))).toBeUndefined();
+});
+
+define('migrate - running it again keeps every record', async (ctx) => {
+  const { workspaceId } = await newWorkspace(ctx, 10 * C);
+  const reply = await hold(ctx, workspaceId, 2 * C);
+  const entry = await charge(ctx, workspaceId, 1 * C);
+  const before = await state(ctx, workspaceId);
+  await ctx.storage.migrate();
+  await ctx.storage.migrate();
+  expect(await state(ctx, workspaceId)).toEqual(before);
+  expect(await ctx.storage.getReply(reply.replyId)).toEqual(reply);
+  expect((await allRows(ctx.storage, workspaceId)).map((row) => row.id)).toContain(entry.id);
+  expect((await ctx.storage.settle({ replyId: reply.replyId, workspaceId, now: ctx.now() })).status).toBe('settled');
 });
 
 // reserve --------------------------------------------------------------------
@@ -603,6 +674,39 @@ define('reserve - concurrent reserves of one replyId create one hold', async (ct
   const current = await state(ctx, workspaceId);
   expect(current.held).toBe(1 * C);
   expect(current.available).toBe(99 * C);
+});
+
+define('reserve - a free reply is held even at a zero balance', async (ctx) => {
+  const { workspaceId } = await newWorkspace(ctx, 1 * C);
+  await charge(ctx, workspaceId, 1 * C);
+  expect((await reserve(ctx, workspaceId, 1)).status).toBe('insufficient');
+  const outcome = await reserve(ctx, workspaceId, 0, { route: 'byo' });
+  expect(outcome.status).toBe('reserved');
+  if (outcome.status !== 'reserved') return;
+  expect(outcome.available).toBe(0);
+  const settled = await ctx.storage.settle({ replyId: outcome.reply.replyId, workspaceId, now: ctx.now() });
+  expect(settled.status).toBe('settled');
+  const current = await state(ctx, workspaceId);
+  expect(current.available).toBe(0);
+  expect(current.held).toBe(0);
+});
+
+define('reserve - concurrent reserves in several workspaces stay independent', async (ctx) => {
+  const workspaces = await Promise.all(Array.from({ length: 5 }, (_, i) => newWorkspace(ctx, (10 + i) * C)));
+  const perWorkspace = 25;
+  const outcomes = await Promise.all(
+    Array.from({ length: workspaces.length * perWorkspace }, (_, i) => {
+      const { workspaceId } = workspaces[i % workspaces.length]!;
+      return reserve(ctx, workspaceId, 1 * C).then((outcome) => ({ workspaceId, outcome }));
+    }),
+  );
+  for (const [i, { workspaceId }] of workspaces.entries()) {
+    const mine = outcomes.filter((o) => o.workspaceId === workspaceId);
+    expect(mine.filter((o) => o.outcome.status === 'reserved'), `holds in workspace ${i}`).toHaveLength(10 + i);
+    const current = await state(ctx, workspaceId);
+    expect(current.held).toBe((10 + i) * C);
+    expect(current.available).toBe(0);
+  }
 });
 
 // settle ---------------------------------------------------------------------
@@ -877,6 +981,19 @@ define('hold expiry - holds with different lifetimes lapse independently', async
   const current = await state(ctx, workspaceId);
   expect(current.held).toBe(10 * C);
   expect(current.available).toBe(0);
+});
+
+define('hold expiry - credits of a lapsed hold from an expired grant expire with an expiry row', async (ctx) => {
+  const { workspaceId } = await newWorkspace(ctx, 10 * C);
+  const promo = await addTopUp(ctx, workspaceId, 5 * C, { expiresAt: ctx.now() + HOUR });
+  const reply = await hold(ctx, workspaceId, 7 * C, { ttl: 2 * HOUR }); // 5 from the promo, 2 from the allotment
+  ctx.advance(2 * HOUR);
+  const current = await state(ctx, workspaceId);
+  expect(current.held).toBe(0);
+  expect(current.available).toBe(10 * C);
+  expect((await ctx.storage.getReply(reply.replyId))?.status).toBe('expired');
+  const expired = (await allRows(ctx.storage, workspaceId)).filter((row) => row.kind === 'expiry' && row.grantId === promo);
+  expect(sum(expired.map((row) => row.amount))).toBe(-5 * C);
 });
 
 // renew ----------------------------------------------------------------------
@@ -1597,6 +1714,34 @@ define('concurrency - a failing provider charges nothing under load', async (ctx
   expect(Number(summary.balance)).toBe(10);
   expect(Number(summary.held)).toBe(0);
   expect((await allRows(ctx.storage, workspaceId)).filter((row) => row.kind === 'reply')).toHaveLength(0);
+});
+
+define('concurrency - mixed reserve, settle and release traffic keeps the ledger exact', async (ctx) => {
+  const { meters: count, requests, affordable } = ctx.concurrency;
+  const fleet = meters(ctx, count);
+  const workspaceId = await fundedWorkspace(ctx, fleet[0]!, affordable);
+  const { result, lowest } = await watchBalance(
+    ctx,
+    workspaceId,
+    race(requests, async (i) => {
+      const meter = fleet[i % fleet.length]!;
+      const hold = await meter.reserve({ workspaceId, agentId: 'agent_a', conversationId: `conv_${i}`, model: ONE_CREDIT_MODEL });
+      const other = fleet[(i + 1) % fleet.length]!;
+      if (i % 3 === 0) return { kind: 'settled', charge: await other.settle({ workspaceId, replyId: hold.replyId }) } as const;
+      if (i % 3 === 1) return { kind: 'released', release: await other.release({ workspaceId, replyId: hold.replyId }) } as const;
+      return { kind: 'held' } as const;
+    }),
+  );
+  expect(result.errors.every((code) => code === 'INSUFFICIENT_CREDITS')).toBe(true);
+  expect(lowest).toBeGreaterThanOrEqual(0);
+  const settled = result.ok.filter((r) => r.kind === 'settled').length;
+  const held = result.ok.filter((r) => r.kind === 'held').length;
+  expect(settled + held).toBeLessThanOrEqual(affordable);
+  const summary = await fleet[0]!.getWorkspace(workspaceId);
+  expect(Number(summary.held)).toBe(held);
+  expect(Number(summary.balance)).toBe(affordable - settled - held);
+  expect(Number(summary.usedThisPeriod)).toBe(settled);
+  expect((await allRows(ctx.storage, workspaceId)).filter((row) => row.kind === 'reply')).toHaveLength(settled);
 });
 
 /** Every case of the kit, in the order they run. Run one with {@link runConformanceCase}. */
