@@ -78,6 +78,8 @@ export function migrations(n: SchemaNames): readonly string[] {
   const F = (name: string) => n.fn(name);
   // Grants are spent soonest-expiring first, never-expiring last, then oldest, then by id
   // (ids are COLLATE "C": byte order, as compareGrants compares code units).
+  // The advisory-lock space of this store's workspaces (keys are hashtext of the ids).
+  const LOCK_SPACE = `hashtext('${n.key}')`;
   const SPENDING_ORDER = 'expires_at ASC NULLS LAST, created_at, grant_id';
 
   const v1 = /* sql */ `
@@ -96,6 +98,8 @@ CREATE TABLE IF NOT EXISTS ${W} (
   created_at bigint NOT NULL,
   available bigint NOT NULL,
   held bigint NOT NULL,
+  -- No hold lapses and no grant expires before this instant: the sweep is skipped until then.
+  sweep_at bigint NOT NULL,
   CONSTRAINT ${n.local('workspaces_available_check')} CHECK (available >= 0)
 ) WITH (fillfactor = 50);
 
@@ -192,40 +196,49 @@ CREATE OR REPLACE FUNCTION ${F('ledger_json')}(l ${L}) RETURNS jsonb LANGUAGE sq
     'plan', l.plan)
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('state')}(p_ws text) RETURNS jsonb LANGUAGE sql AS $fn$
-  SELECT jsonb_build_object(
-    'workspace', ${F('ws_json')}(w), 'available', w.available, 'held', w.held,
-    'grants', COALESCE((
-      SELECT jsonb_agg(${F('grant_json')}(g) ORDER BY g.expires_at ASC NULLS LAST, g.created_at, g.grant_id)
-      FROM ${G} g WHERE g.workspace_id = p_ws AND g.live AND g.remaining > 0), '[]'::jsonb))
-  FROM ${W} w WHERE w.workspace_id = p_ws
+CREATE OR REPLACE FUNCTION ${F('state')}(p_ws text) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  w ${W};
+  v_grants jsonb;
+BEGIN
+  SELECT * INTO w FROM ${W} WHERE workspace_id = p_ws;
+  SELECT COALESCE(jsonb_agg(${F('grant_json')}(g) ORDER BY g.expires_at ASC NULLS LAST, g.created_at, g.grant_id), '[]'::jsonb)
+    INTO v_grants FROM ${G} g WHERE g.workspace_id = p_ws AND g.live AND g.remaining > 0;
+  RETURN jsonb_build_object('workspace', ${F('ws_json')}(w), 'available', w.available, 'held', w.held, 'grants', v_grants);
+END
 $fn$;
 
 -- ─── building blocks ─────────────────────────────────────────────────────
 
-CREATE OR REPLACE FUNCTION ${F('append')}(e jsonb) RETURNS ${L} LANGUAGE sql AS $fn$
+CREATE OR REPLACE FUNCTION ${F('append')}(e jsonb) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
   INSERT INTO ${L} (workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route,
                     price_version, grant_id, plan)
   VALUES (e->>'workspaceId', e->>'kind', (e->>'amount')::bigint, (e->>'at')::bigint, e->>'replyId',
           e->>'agentId', e->>'conversationId', e->>'model', e->>'route', e->>'priceVersion',
-          e->>'grantId', e->>'plan')
-  RETURNING *
+          e->>'grantId', e->>'plan');
+END
 $fn$;
 
 CREATE OR REPLACE FUNCTION ${F('expire')}(p_ws text, p_grant text, p_amount bigint, p_now bigint)
-RETURNS void LANGUAGE sql AS $fn$
-  INSERT INTO ${L} (workspace_id, kind, amount, at, grant_id)
-  SELECT p_ws, 'expiry', -p_amount, p_now, p_grant WHERE p_amount > 0
+RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF p_amount > 0 THEN
+    INSERT INTO ${L} (workspace_id, kind, amount, at, grant_id) VALUES (p_ws, 'expiry', -p_amount, p_now, p_grant);
+  END IF;
+END
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('set_ws')}(p_ws text, v jsonb) RETURNS void LANGUAGE sql AS $fn$
+CREATE OR REPLACE FUNCTION ${F('set_ws')}(p_ws text, v jsonb) RETURNS void LANGUAGE plpgsql AS $fn$
+BEGIN
   UPDATE ${W} SET
     plan = v->>'plan', allotment = (v->>'allotment')::bigint, pending_plan = v->>'pendingPlan',
     pending_allotment = (v->>'pendingAllotment')::bigint, anchor = (v->>'anchor')::bigint,
     period_index = (v->>'periodIndex')::bigint, period_start = (v->>'periodStart')::bigint,
     period_end = (v->>'periodEnd')::bigint, used_this_period = (v->>'usedThisPeriod')::bigint,
     version = (v->>'version')::bigint, created_at = (v->>'createdAt')::bigint
-  WHERE workspace_id = p_ws
+  WHERE workspace_id = p_ws;
+END
 $fn$;
 
 -- Ends a hold without a charge: credits go back to the grants they came from, or expire
@@ -303,15 +316,27 @@ BEGIN
 END
 $fn$;
 
--- Lapses holds whose time is up, then expires grants whose time is up. True if anything changed.
-CREATE OR REPLACE FUNCTION ${F('sweep')}(p_ws text, p_now bigint) RETURNS boolean LANGUAGE plpgsql AS $fn$
-DECLARE
-  v_holds boolean;
-  v_grants boolean;
+-- Recomputes the instant before which no sweep is needed: the earliest live hold or grant expiry.
+CREATE OR REPLACE FUNCTION ${F('reset_sweep_at')}(p_ws text) RETURNS void LANGUAGE plpgsql AS $fn$
 BEGIN
-  v_holds := ${F('lapse_holds')}(p_ws, p_now);
-  v_grants := ${F('expire_grants')}(p_ws, p_now);
-  RETURN v_holds OR v_grants;
+  UPDATE ${W} SET sweep_at = LEAST(
+    COALESCE((SELECT min(expires_at) FROM ${R} WHERE workspace_id = p_ws AND status = 'held' AND allocations IS NOT NULL), ${MAX_MICROS_SQL}),
+    COALESCE((SELECT min(expires_at) FROM ${G} WHERE workspace_id = p_ws AND live), ${MAX_MICROS_SQL}))
+  WHERE workspace_id = p_ws;
+END
+$fn$;
+
+-- Lapses holds whose time is up, then expires grants whose time is up, when the workspace's
+-- sweep_at says something may be due. True if it ran.
+CREATE OR REPLACE FUNCTION ${F('sweep')}(p_ws text, p_now bigint, p_sweep_at bigint) RETURNS boolean LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF p_now < p_sweep_at THEN
+    RETURN false;
+  END IF;
+  PERFORM ${F('lapse_holds')}(p_ws, p_now);
+  PERFORM ${F('expire_grants')}(p_ws, p_now);
+  PERFORM ${F('reset_sweep_at')}(p_ws);
+  RETURN true;
 END
 $fn$;
 
@@ -324,11 +349,12 @@ DECLARE
   v_ws text := c->'workspace'->>'workspaceId';
 BEGIN
   INSERT INTO ${W} (workspace_id, plan, allotment, pending_plan, pending_allotment, anchor, period_index,
-                    period_start, period_end, used_this_period, version, created_at, available, held)
+                    period_start, period_end, used_this_period, version, created_at, available, held, sweep_at)
   VALUES (v_ws, v->>'plan', (v->>'allotment')::bigint, v->>'pendingPlan', (v->>'pendingAllotment')::bigint,
           (v->>'anchor')::bigint, (v->>'periodIndex')::bigint, (v->>'periodStart')::bigint,
           (v->>'periodEnd')::bigint, (v->>'usedThisPeriod')::bigint, (v->>'version')::bigint,
-          (v->>'createdAt')::bigint, (g->>'remaining')::bigint, 0)
+          (v->>'createdAt')::bigint, (g->>'remaining')::bigint, 0,
+          COALESCE((g->>'expiresAt')::bigint, ${MAX_MICROS_SQL}))
   ON CONFLICT (workspace_id) DO NOTHING;
   IF NOT FOUND THEN
     RETURN jsonb_build_object('status', 'exists');
@@ -353,7 +379,7 @@ BEGIN
   END IF;
   -- At or past the period end nothing is swept: the caller renews first, so rollover sees the ending allotment.
   IF v_now < w.period_end THEN
-    PERFORM ${F('sweep')}(v_ws, v_now);
+    PERFORM ${F('sweep')}(v_ws, v_now, w.sweep_at);
   END IF;
   RETURN jsonb_build_object('status', 'found', 'state', ${F('state')}(v_ws));
 END
@@ -380,14 +406,16 @@ BEGIN
     RETURN jsonb_build_object('status', 'exists', 'reply', ${F('reply_json')}(r));
   END IF;
   IF (c->>'requireWorkspace')::boolean THEN
-    SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+    -- The batch locked the row already (run() locks every workspace it touches).
+    SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
     IF NOT FOUND THEN
       RETURN jsonb_build_object('status', 'workspace_not_found');
     END IF;
     IF v_now >= w.period_end THEN
       RETURN jsonb_build_object('status', 'renewal_due', 'workspace', ${F('ws_json')}(w));
     END IF;
-    IF ${F('sweep')}(v_ws, v_now) THEN
+    IF v_now >= w.sweep_at THEN
+      PERFORM ${F('sweep')}(v_ws, v_now, w.sweep_at);
       SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
     END IF;
     IF w.available < v_amount THEN
@@ -410,23 +438,25 @@ BEGIN
       IF v_left > 0 THEN
         RAISE EXCEPTION 'the grants of workspace % do not cover its available balance', v_ws;
       END IF;
-      UPDATE ${W} SET available = available - v_amount, held = held + v_amount
-        WHERE workspace_id = v_ws RETURNING * INTO w;
+      UPDATE ${W} SET available = available - v_amount, held = held + v_amount,
+                      sweep_at = LEAST(sweep_at, (p->>'expiresAt')::bigint)
+        WHERE workspace_id = v_ws;
+      w.available := w.available - v_amount;
     END IF;
   END IF;
   INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
                     status, created_at, expires_at, finished_at, allocations)
   VALUES (v_id, v_ws, p->>'agentId', p->>'conversationId', p->>'model', p->>'route', v_amount,
-          p->>'priceVersion', v_status, (p->>'createdAt')::bigint, (p->>'expiresAt')::bigint, v_finished, v_alloc)
-  RETURNING * INTO r;
-  IF NOT (c->>'requireWorkspace')::boolean THEN
-    RETURN jsonb_build_object('status', 'reserved', 'reply', ${F('reply_json')}(r), 'available', 0);
+          p->>'priceVersion', v_status, (p->>'createdAt')::bigint, (p->>'expiresAt')::bigint, v_finished, v_alloc);
+  IF v_status = 'refused' THEN
+    SELECT * INTO r FROM ${R} WHERE reply_id = v_id;
   END IF;
   IF v_status = 'refused' THEN
     RETURN jsonb_build_object('status', 'insufficient', 'reply', ${F('reply_json')}(r),
                               'available', w.available, 'workspace', ${F('ws_json')}(w));
   END IF;
-  RETURN jsonb_build_object('status', 'reserved', 'reply', ${F('reply_json')}(r), 'available', w.available);
+  -- The held record is the command's reply as given: the adapter builds it, saving the JSON here.
+  RETURN jsonb_build_object('status', 'reserved', 'available', COALESCE(w.available, 0));
 END
 $fn$;
 
@@ -536,6 +566,7 @@ BEGIN
     expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, live = true;
   UPDATE ${W} SET available = available + v_remaining WHERE workspace_id = v_ws;
   PERFORM ${F('set_ws')}(v_ws, c->'workspace');
+  PERFORM ${F('reset_sweep_at')}(v_ws);
   PERFORM ${F('append')}(c->'entry');
   RETURN jsonb_build_object('status', 'renewed', 'state', ${F('state')}(v_ws),
                             'expired', v_ending - v_carried, 'carried', v_carried);
@@ -569,7 +600,7 @@ BEGIN
         kind = EXCLUDED.kind, amount = EXCLUDED.amount, remaining = EXCLUDED.remaining,
         expires_at = EXCLUDED.expires_at, created_at = EXCLUDED.created_at, live = true;
     END IF;
-    UPDATE ${W} SET available = available + v_increase WHERE workspace_id = v_ws;
+    UPDATE ${W} SET available = available + v_increase, sweep_at = LEAST(sweep_at, w.period_end) WHERE workspace_id = v_ws;
   END IF;
   PERFORM ${F('set_ws')}(v_ws, c->'workspace');
   PERFORM ${F('append')}(c->'entry');
@@ -598,7 +629,9 @@ BEGIN
   INSERT INTO ${G} (workspace_id, grant_id, kind, amount, remaining, expires_at, created_at)
   VALUES (v_ws, gr->>'grantId', gr->>'kind', (gr->>'amount')::bigint, (gr->>'remaining')::bigint,
           (gr->>'expiresAt')::bigint, (gr->>'createdAt')::bigint);
-  UPDATE ${W} SET available = available + (gr->>'remaining')::bigint WHERE workspace_id = v_ws;
+  UPDATE ${W} SET available = available + (gr->>'remaining')::bigint,
+                  sweep_at = LEAST(sweep_at, COALESCE((gr->>'expiresAt')::bigint, ${MAX_MICROS_SQL}))
+    WHERE workspace_id = v_ws;
   PERFORM ${F('append')}(c->'entry');
   RETURN jsonb_build_object('status', 'granted', 'state', ${F('state')}(v_ws));
 END
@@ -635,16 +668,23 @@ END
 $fn$;
 
 -- One group-commit batch: locks every workspace it touches in a fixed order (so batches on
--- other connections never deadlock), then runs each operation in its own subtransaction
+-- other connections never deadlock; every write of a workspace goes through here), then runs each operation in its own subtransaction
 -- (a savepoint), so a failing operation rolls back alone and its neighbours still commit.
 CREATE OR REPLACE FUNCTION ${F('run')}(p_ops jsonb, p_lock text[]) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
   v_op jsonb;
   v_res jsonb;
   v_tries int;
+  v_key int;
   v_out jsonb[] := '{}';
 BEGIN
-  PERFORM 1 FROM ${W} WHERE workspace_id = ANY (p_lock) ORDER BY workspace_id FOR UPDATE;
+  -- Transaction-scoped advisory locks on the workspace ids, taken in ascending key order.
+  -- Unlike row locks they need no row (a workspace created in this batch is covered too),
+  -- and an update in an operation's subtransaction of a row its parent locked would cost a
+  -- MultiXact per update.
+  FOR v_key IN SELECT DISTINCT hashtext(id) FROM unnest(p_lock) AS id ORDER BY 1 LOOP
+    PERFORM pg_advisory_xact_lock(${LOCK_SPACE}, v_key);
+  END LOOP;
   FOR v_op IN SELECT e.value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS e(value, n) ORDER BY e.n LOOP
     v_res := NULL;
     v_tries := 0;

@@ -240,7 +240,11 @@ export class PostgresStorage implements CreditStorage {
 
   async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
     const lock = command.requireWorkspace ? command.reply.workspaceId : null;
-    return (await this.#submit('reserve', { op: 'reserve', ...command }, lock)) as ReserveOutcome;
+    const outcome = (await this.#submit('reserve', { op: 'reserve', ...command }, lock)) as
+      | ReserveOutcome
+      | { status: 'reserved'; available: number; reply?: undefined };
+    if (outcome.status !== 'reserved' || outcome.reply) return outcome as ReserveOutcome;
+    return { status: 'reserved', reply: { ...command.reply, status: 'held', finishedAt: null, entryId: null }, available: outcome.available };
   }
 
   async settle(command: SettleCommand): Promise<SettleOutcome> {
