@@ -116,7 +116,8 @@ export class CreditMeter {
   readonly #timeoutMs: number | undefined;
   readonly #newReplyId: () => string;
   readonly #events: EventBus;
-  #migrated: Promise<void> | undefined;
+  // Mutable state on a frozen meter lives in this one object.
+  readonly #ready: { done: boolean; pending: Promise<void> | undefined } = { done: false, pending: undefined };
 
   constructor(options: CreditMeterOptions = {}) {
     const config = validateOptions(options);
@@ -879,18 +880,27 @@ export class CreditMeter {
   /** Runs a store call, migrating first, turning driver failures into `STORAGE_ERROR`. */
   async #store<T>(operation: string, call: (storage: CreditStorage) => Promise<T>): Promise<T> {
     try {
-      this.#migrated ??= this.storage.migrate();
-      await this.#migrated;
+      if (!this.#ready.done) await this.#migrate();
       const pending = call(this.storage);
       return this.#timeoutMs === undefined ? await pending : await withTimeout(pending, this.#timeoutMs, operation);
     } catch (error) {
       if (CreditsError.is(error)) throw error;
-      if (this.#migrated) {
-        // A failed migration is retried on the next call rather than cached forever.
-        this.#migrated.catch(() => (this.#migrated = undefined));
-      }
       throw new StorageError(operation, error);
     }
+  }
+
+  async #migrate(): Promise<void> {
+    // Concurrent first calls share one migration; a failed one is retried on the next call.
+    this.#ready.pending ??= this.storage.migrate().then(
+      () => {
+        this.#ready.done = true;
+      },
+      (error: unknown) => {
+        this.#ready.pending = undefined;
+        throw error;
+      },
+    );
+    await this.#ready.pending;
   }
 
   #summary(state: WorkspaceState): WorkspaceSummary {

@@ -29,6 +29,14 @@ import type {
 } from './storage.js';
 import { compareGrants, DAY_MS } from './storage-helpers.js';
 
+/** A live hold on credits: where they came from, and whether it is still open. */
+interface Hold {
+  replyId: string;
+  expiresAt: number;
+  allocations: Allocation[];
+  open: boolean;
+}
+
 interface Slot {
   record: WorkspaceRecord;
   /** Grants that have not expired, in spending order (some may have nothing left). */
@@ -40,7 +48,7 @@ interface Slot {
   /** Earliest `expiresAt` among `live`, so the sweep costs one comparison when idle. */
   nextGrantExpiry: number;
   /** Holds in the order they were taken; lapsed ones are swept from the front. */
-  holdQueue: string[];
+  holdQueue: Hold[];
   holdHead: number;
   ledger: LedgerRow[];
   /** False once a row was appended with an earlier `at` than its predecessor (a clock went back). */
@@ -64,7 +72,9 @@ interface Slot {
 export class MemoryStorage implements CreditStorage {
   readonly #workspaces = new Map<string, Slot>();
   readonly #replies = new Map<string, ReplyRecord>();
-  readonly #allocations = new Map<string, Allocation[]>();
+  readonly #holds = new Map<string, Hold>();
+  // Ledger rows of workspaces without a record (self-hosted mode) live here.
+  readonly #orphanLedgers = new Map<string, { rows: LedgerRow[]; inTimeOrder: boolean }>();
   #sequence = 0;
 
   /** Nothing to migrate: present so every store has the same life cycle. */
@@ -89,6 +99,13 @@ export class MemoryStorage implements CreditStorage {
       ledgerInTimeOrder: true,
       alerts: new Set(),
     };
+    // Rows written before the workspace existed (self-hosted mode) stay part of its ledger.
+    const earlier = this.#orphanLedgers.get(command.workspace.workspaceId);
+    if (earlier) {
+      slot.ledger = earlier.rows;
+      slot.ledgerInTimeOrder = earlier.inTimeOrder;
+      this.#orphanLedgers.delete(command.workspace.workspaceId);
+    }
     this.#workspaces.set(command.workspace.workspaceId, slot);
     this.#append(slot, command.entry);
     return { status: 'created', state: this.#state(slot) };
@@ -125,9 +142,10 @@ export class MemoryStorage implements CreditStorage {
     const reply = held(input);
     this.#replies.set(reply.replyId, reply);
     if (input.amount > 0) {
-      this.#allocations.set(reply.replyId, this.#take(slot, input.amount));
+      const hold: Hold = { replyId: reply.replyId, expiresAt: reply.expiresAt, allocations: this.#take(slot, input.amount), open: true };
+      this.#holds.set(reply.replyId, hold);
       slot.held += input.amount;
-      slot.holdQueue.push(reply.replyId);
+      slot.holdQueue.push(hold);
     }
     return { status: 'reserved', reply, available: slot.available };
   }
@@ -168,7 +186,7 @@ export class MemoryStorage implements CreditStorage {
     const settled = record(reply, 'settled', command.now, entry.id);
     this.#replies.set(reply.replyId, settled);
     if (slot && reply.amount > 0) {
-      this.#allocations.delete(reply.replyId);
+      this.#closeHold(reply.replyId);
       slot.held -= reply.amount;
       slot.record.usedThisPeriod += reply.amount;
     }
@@ -312,8 +330,6 @@ export class MemoryStorage implements CreditStorage {
 
   // ─── internals ──────────────────────────────────────────────────────────
 
-  // Ledger rows of workspaces without a record (self-hosted mode) live here.
-  readonly #orphanLedgers = new Map<string, { rows: LedgerRow[]; inTimeOrder: boolean }>();
 
   #ledgerOf(workspaceId: string): LedgerRow[] {
     return this.#workspaces.get(workspaceId)?.ledger ?? this.#orphanLedgers.get(workspaceId)?.rows ?? [];
@@ -374,19 +390,19 @@ export class MemoryStorage implements CreditStorage {
   #lapseHolds(slot: Slot, now: number, full: boolean): void {
     const queue = slot.holdQueue;
     while (slot.holdHead < queue.length) {
-      const reply = this.#replies.get(queue[slot.holdHead]!)!;
-      if (reply.status === 'held' && reply.expiresAt > now) break;
-      if (reply.status === 'held') this.#finishHold(reply, 'expired', now);
+      const hold = queue[slot.holdHead]!;
+      if (hold.open && hold.expiresAt > now) break;
+      if (hold.open) this.#finishHold(this.#replies.get(hold.replyId)!, 'expired', now);
       slot.holdHead++;
     }
     if (full) {
       // Holds with different TTLs can lapse out of queue order: look behind the head too.
-      const rest: string[] = [];
+      const rest: Hold[] = [];
       for (let i = slot.holdHead; i < queue.length; i++) {
-        const reply = this.#replies.get(queue[i]!)!;
-        if (reply.status !== 'held') continue;
-        if (reply.expiresAt <= now) this.#finishHold(reply, 'expired', now);
-        else rest.push(reply.replyId);
+        const hold = queue[i]!;
+        if (!hold.open) continue;
+        if (hold.expiresAt <= now) this.#finishHold(this.#replies.get(hold.replyId)!, 'expired', now);
+        else rest.push(hold);
       }
       slot.holdQueue = rest;
       slot.holdHead = 0;
@@ -396,16 +412,24 @@ export class MemoryStorage implements CreditStorage {
     }
   }
 
+  #closeHold(replyId: string): Hold | undefined {
+    const hold = this.#holds.get(replyId);
+    if (hold) {
+      hold.open = false;
+      this.#holds.delete(replyId);
+    }
+    return hold;
+  }
+
   /** Ends a hold without a charge, returning its credits to the grants they came from. */
   #finishHold(reply: ReplyRecord, status: 'released' | 'expired', now: number): ReplyRecord {
     const finished = record(reply, status, now, null);
     this.#replies.set(reply.replyId, finished);
-    const allocations = this.#allocations.get(reply.replyId);
+    const hold = this.#closeHold(reply.replyId);
     const slot = this.#workspaces.get(reply.workspaceId);
-    if (allocations && slot) {
-      this.#allocations.delete(reply.replyId);
+    if (hold && slot) {
       slot.held -= reply.amount;
-      for (const { grantId, amount } of allocations) {
+      for (const { grantId, amount } of hold.allocations) {
         const grant = slot.grants.get(grantId)!;
         grant.remaining += amount;
         if (slot.live.includes(grant) && (grant.expiresAt === null || grant.expiresAt > now)) {

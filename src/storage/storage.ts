@@ -305,8 +305,10 @@ export interface CreditStorage {
   /**
    * Holds `reply.amount` in one step. In order: an existing record with this replyId →
    * `exists`; no workspace (when required) → `workspace_not_found`; now ≥ periodEnd →
-   * `renewal_due`; sweep lapsed holds and expired grants as in `getWorkspace`; if the
-   * live grants cannot cover the amount → write a `refused` record, `insufficient`;
+   * `renewal_due`; sweep lapsed holds and expired grants as in `getWorkspace` (a store may
+   * leave a lapsed hold for later while the balance covers the amount, but must sweep every
+   * lapsed hold before refusing); if the live grants cannot cover the amount → write a
+   * `refused` record, `insufficient`;
    * else take the amount from live grants soonest-expiring first (never-expiring last,
    * ties by creation time then grantId) and write a `held` record.
    */
