@@ -136,6 +136,7 @@ export class FakeProvider implements ReplyProvider {
   async *stream(request: ReplyRequest, context: ReplyContext): AsyncGenerator<unknown> {
     const call = await this.#begin('stream', request, context);
     try {
+      context.signal?.throwIfAborted();
       const chunks = this.#options.chunks ?? [this.#output(request)];
       const failAfter = this.#options.failAfterChunks;
       for (let index = 0; index <= chunks.length; index++) {
@@ -169,7 +170,6 @@ export class FakeProvider implements ReplyProvider {
     if (context.apiKey !== undefined) this.#keys.set(call, context.apiKey);
     this.calls.push(call);
     await this.#options.onCall?.(call);
-    context.signal?.throwIfAborted();
     return call;
   }
 
