@@ -35,6 +35,7 @@ export function identifierProblem(value: unknown, kind: 'schema' | 'tablePrefix'
   if (typeof value !== 'string') return 'must be a string';
   if (kind === 'tablePrefix' && value === '') return undefined;
   if (!IDENTIFIER.test(value)) return 'must start with a letter or underscore and hold only letters, digits and underscores';
+  if (kind === 'schema' && /^pg_/i.test(value)) return 'must not start with pg_ (reserved for system schemas)';
   const max = kind === 'schema' ? 63 : MAX_PREFIX_LENGTH;
   if (value.length > max) return `must be at most ${max} characters`;
   return undefined;
