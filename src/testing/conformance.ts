@@ -67,6 +67,12 @@ export interface StorageConformanceOptions {
    */
   skip?: readonly string[];
   /**
+   * Cases of your own (e.g. for options only your store has), run after the kit's, each on a
+   * fresh store and followed by the same invariant check. Names follow `"<operation> - <behaviour>"`.
+   * @default []
+   */
+  cases?: readonly ConformanceCase[];
+  /**
    * Per-case timeout in ms, passed to `it`.
    * @default vitest's `testTimeout`
    */
@@ -996,6 +1002,25 @@ define('hold expiry - credits of a lapsed hold from an expired grant expire with
   expect(sum(expired.map((row) => row.amount))).toBe(-5 * C);
 });
 
+define('hold expiry - through CreditMeter, a hold nobody settles returns its credits after holdTtlMs', async (ctx) => {
+  const holdTtlMs = 5 * MINUTE;
+  const dying = new CreditMeter(meterOptions(ctx, { holdTtlMs }));
+  const workspaceId = await fundedWorkspace(ctx, dying, 3);
+  // This server reserves, then dies before it settles or releases.
+  const lost = await dying.reserve({ workspaceId, agentId: 'agent_a', conversationId: 'conv_1', model: ONE_CREDIT_MODEL });
+  await dying.reserve({ workspaceId, agentId: 'agent_a', conversationId: 'conv_2', model: ONE_CREDIT_MODEL });
+  const survivor = new CreditMeter(meterOptions(ctx, { holdTtlMs }));
+  expect(Number((await survivor.getWorkspace(workspaceId)).balance)).toBe(1);
+  ctx.advance(holdTtlMs - 1);
+  expect(Number((await survivor.getWorkspace(workspaceId)).held)).toBe(2);
+  ctx.advance(1);
+  const summary = await survivor.getWorkspace(workspaceId);
+  expect(Number(summary.balance)).toBe(3);
+  expect(Number(summary.held)).toBe(0);
+  await expect(survivor.settle({ workspaceId, replyId: lost.replyId })).rejects.toMatchObject({ code: 'HOLD_EXPIRED' });
+  expect((await allRows(ctx.storage, workspaceId)).filter((row) => row.kind === 'reply')).toHaveLength(0);
+});
+
 // renew ----------------------------------------------------------------------
 
 function renewCommand(workspace: WorkspaceRecord, options: { allotment?: number; rolloverCap?: number; expectedVersion?: number; now?: number } = {}) {
@@ -1758,6 +1783,19 @@ function resolveConcurrency(options: StorageConformanceOptions): Required<Confor
   return merged;
 }
 
+/** The kit's cases followed by the caller's, checked for names and duplicates. */
+function allCases(options: StorageConformanceOptions): readonly ConformanceCase[] {
+  const extra = options.cases ?? [];
+  if (extra.length === 0) return conformanceCases;
+  const names = new Set(conformanceCases.map((c) => c.name));
+  for (const testCase of extra) {
+    if (testCase.name.indexOf(' - ') <= 0) throw new Error(`conformance case "${testCase.name}" must be named "<operation> - <behaviour>"`);
+    if (names.has(testCase.name)) throw new Error(`duplicate conformance case "${testCase.name}"`);
+    names.add(testCase.name);
+  }
+  return [...conformanceCases, ...extra];
+}
+
 let runCounter = 0;
 
 function createContext(storage: CreditStorage, concurrency: Required<ConformanceConcurrency>): ConformanceContext {
@@ -1816,7 +1854,7 @@ async function checkInvariants(ctx: ConformanceContext): Promise<void> {
  * ```
  */
 export async function runConformanceCase(options: StorageConformanceOptions, testCase: string | ConformanceCase): Promise<void> {
-  const found = typeof testCase === 'string' ? conformanceCases.find((c) => c.name === testCase) : testCase;
+  const found = typeof testCase === 'string' ? allCases(options).find((c) => c.name === testCase) : testCase;
   if (!found) throw new Error(`no conformance case named "${String(testCase)}"`);
   const concurrency = resolveConcurrency(options);
   const storage = await options.create();
@@ -1851,12 +1889,13 @@ export async function runConformanceCase(options: StorageConformanceOptions, tes
  */
 export function runStorageConformance(options: StorageConformanceOptions): void {
   resolveConcurrency(options);
+  const every = allCases(options);
   const skip = new Set(options.skip ?? []);
   for (const name of skip) {
-    if (!conformanceCases.some((c) => c.name === name)) throw new Error(`skip: no conformance case named "${name}"`);
+    if (!every.some((c) => c.name === name)) throw new Error(`skip: no conformance case named "${name}"`);
   }
   const groups = new Map<string, ConformanceCase[]>();
-  for (const testCase of conformanceCases) {
+  for (const testCase of every) {
     const group = groups.get(testCase.group) ?? [];
     group.push(testCase);
     groups.set(testCase.group, group);

@@ -14,13 +14,15 @@ import type {
   RenewCommand,
   RenewOutcome,
   ReserveCommand,
+  ReplyRecord,
   ReserveOutcome,
   SettleCommand,
   SettleOutcome,
   UsageAggregate,
   UsageQuery,
+  WorkspaceState,
 } from '../../src/index.js';
-import { conformanceCases, runConformanceCase, type StorageConformanceOptions } from '../../src/testing/index.js';
+import { conformanceCases, runConformanceCase, type ConformanceContext, type StorageConformanceOptions } from '../../src/testing/index.js';
 
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -133,6 +135,42 @@ class ClosedUsageWindow extends MemoryStorage {
   }
 }
 
+/** Reads without sweeping: lapsed holds and expired grants are only cleaned up by writes. */
+class ReadsWithoutSweeping extends MemoryStorage {
+  override getWorkspace(workspaceId: string, now: number): Promise<WorkspaceState | undefined> {
+    return super.getWorkspace(workspaceId, Number.MIN_SAFE_INTEGER);
+  }
+}
+
+/** Checks the balance first and answers `insufficient` without writing the refused record. */
+class ForgetsRefusals extends MemoryStorage {
+  override async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
+    const current = command.requireWorkspace ? await super.getWorkspace(command.reply.workspaceId, command.now) : undefined;
+    const known = await this.getReply(command.reply.replyId);
+    if (current && !known && command.now < current.workspace.periodEnd && current.available < command.reply.amount) {
+      const reply: ReplyRecord = { ...command.reply, status: 'refused', finishedAt: command.now, entryId: null };
+      return { status: 'insufficient', reply, available: current.available, workspace: current.workspace };
+    }
+    return super.reserve(command);
+  }
+}
+
+/** Settles by replyId alone: the `AND workspace_id = $2` was left out. */
+class SettlesAnyWorkspace extends MemoryStorage {
+  override async settle(command: SettleCommand): Promise<SettleOutcome> {
+    const reply = await this.getReply(command.replyId);
+    return super.settle(reply ? { ...command, workspaceId: reply.workspaceId } : command);
+  }
+}
+
+/** Drops the ledger's upper time bound. */
+class LedgerIgnoresTo extends MemoryStorage {
+  override ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    const { to: _to, ...rest } = query;
+    return super.ledger(rest);
+  }
+}
+
 interface Mutant {
   readonly name: string;
   readonly create: () => CreditStorage;
@@ -193,6 +231,30 @@ const mutants: readonly Mutant[] = [
     caughtBy: ['ledger - limit and afterId page through every row exactly once', 'ledger - filters and windows combine with paging'],
   },
   {
+    name: 'getWorkspace without the sweep',
+    create: () => new ReadsWithoutSweeping(),
+    caughtBy: [
+      'hold expiry - a lapsed hold returns its credits on the next getWorkspace',
+      'reserve - an expired grant is swept by getWorkspace with one expiry row',
+      'hold expiry - through CreditMeter, a hold nobody settles returns its credits after holdTtlMs',
+    ],
+  },
+  {
+    name: 'refusal without a refused record',
+    create: () => new ForgetsRefusals(),
+    caughtBy: ['reserve - a refused replyId never charges later', 'reserve - refuses an amount above the balance, writes a refused record and changes nothing else'],
+  },
+  {
+    name: 'settle without the workspace check',
+    create: () => new SettlesAnyWorkspace(),
+    caughtBy: ["settle - an unknown reply or another workspace's reply returns not_found"],
+  },
+  {
+    name: 'ledger without the upper bound',
+    create: () => new LedgerIgnoresTo(),
+    caughtBy: ['ledger - from is inclusive and to is exclusive'],
+  },
+  {
     name: 'closed usage window',
     create: () => new ClosedUsageWindow(),
     caughtBy: ['usage - the window is half-open'],
@@ -239,6 +301,26 @@ describe('conformance kit mutation test', () => {
     const name = 'reserve - concurrent reserves never overspend';
     await expect(runConformanceCase(options('racy', () => new ReadThenWriteReserve()), name)).rejects.toThrow();
     await expect(runConformanceCase(options('memory', () => new MemoryStorage()), name)).resolves.toBeUndefined();
+  });
+
+  it('runs a case of the caller, with the invariant check after it', async () => {
+    const leaky = {
+      name: 'custom - a store that invents credits fails the invariant check',
+      group: 'custom',
+      run: async (ctx: ConformanceContext) => {
+        const workspaceId = ctx.id('ws');
+        const at = ctx.now();
+        await ctx.storage.createWorkspace({
+          workspace: { workspaceId, plan: 'p', allotment: 5, pendingPlan: null, pendingAllotment: null, anchor: at, periodIndex: 0, periodStart: at, periodEnd: at + 1_000_000, usedThisPeriod: 0, version: 0, createdAt: at },
+          grant: { grantId: 'period:0', kind: 'allotment', amount: 5, remaining: 5, expiresAt: at + 1_000_000, createdAt: at },
+          // The ledger row disagrees with the grant: the invariant check must notice.
+          entry: { workspaceId, kind: 'grant', amount: 4, at, replyId: null, agentId: null, conversationId: null, model: null, route: null, priceVersion: null, grantId: 'period:0', plan: 'p' },
+        });
+        ctx.track(workspaceId);
+      },
+    };
+    const store = { ...options('memory', () => new MemoryStorage()), cases: [leaky] };
+    await expect(runConformanceCase(store, leaky.name)).rejects.toThrow(/invariants: ledger sum/);
   });
 
   it('an unknown case name is an error', async () => {
