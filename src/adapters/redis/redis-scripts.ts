@@ -26,14 +26,18 @@
  */
 
 const PRELUDE = /* lua */ `
-local B = ARGV[1]
-local RP = ARGV[2]
-local WS, GR, LIVE, HOLDS, LEDGER, AT, UNORD, ALERTS, DAYS =
-  B .. 'w', B .. 'g', B .. 'l', B .. 'h', B .. 'r', B .. 't', B .. 'u', B .. 'a', B .. 'd'
+local B, RP, WS, GR, LIVE, HOLDS, LEDGER, AT, UNORD, ALERTS, DAYS
+-- Points the helpers at one workspace: base '<prefix>{<workspaceId>}:' and the reply key prefix.
+local function use(base, reply_prefix)
+  B, RP = base, reply_prefix
+  WS, GR, LIVE, HOLDS, LEDGER, AT, UNORD, ALERTS, DAYS =
+    B .. 'w', B .. 'g', B .. 'l', B .. 'h', B .. 'r', B .. 't', B .. 'u', B .. 'a', B .. 'd'
+end
 local SEQ = KEYS[2]
 local MAX_MICROS = 9007199254740991
 local DAY_MS = 86400000
 local NULL = cjson.null
+local OPS = {}
 
 local function fmt(n) return string.format('%.0f', n) end
 local function pad(id) return string.format('%016.0f', id) end
@@ -189,10 +193,10 @@ local function state()
   return { flat, live_grants(), fmt(avail), fmt(held) }
 end
 
-local function replace_record(from)
+local function replace_record(A, from)
   redis.call('HDEL', WS, 'pendingPlan', 'pendingAllotment')
   local pairs_ = {}
-  for i = from, #ARGV do pairs_[#pairs_ + 1] = ARGV[i] end
+  for i = from, #A do pairs_[#pairs_ + 1] = A[i] end
   redis.call('HSET', WS, unpack(pairs_))
 end
 `;
@@ -212,27 +216,31 @@ return ARGV[1]
  * createdAt, entryJson, entryAt, ...record pairs.
  */
 const CREATE_WORKSPACE = /* lua */ `
-if redis.call('EXISTS', WS) == 1 then return { 'exists' } end
-replace_record(11)
-avail, held = 0, 0
-add_grant({ id = ARGV[3], kind = ARGV[4], amount = tonumber(ARGV[5]), remaining = tonumber(ARGV[6]),
-  exp = tonumber(opt(ARGV[7])), created = tonumber(ARGV[8]) })
-save_money()
-append_entry(ARGV[9], tonumber(ARGV[10]))
-return { 'created', state() }
+OPS.createWorkspace = function(A)
+  if redis.call('EXISTS', WS) == 1 then return { 'exists' } end
+  replace_record(A, 11)
+  avail, held = 0, 0
+  add_grant({ id = A[3], kind = A[4], amount = tonumber(A[5]), remaining = tonumber(A[6]),
+    exp = tonumber(opt(A[7])), created = tonumber(A[8]) })
+  save_money()
+  append_entry(A[9], tonumber(A[10]))
+  return { 'created', state() }
+end
 `;
 
 /** KEYS: [ws, seq]. ARGV: base, replyPrefix, workspaceId, now. */
 const GET_WORKSPACE = /* lua */ `
-local w = hash(WS)
-if w.workspaceId == nil then return { 'none' } end
-load_money(w)
-local now = tonumber(ARGV[4])
-if now < tonumber(w.periodEnd) then
-  sweep(ARGV[3], now)
-  save_money()
+OPS.getWorkspace = function(A)
+  local w = hash(WS)
+  if w.workspaceId == nil then return { 'none' } end
+  load_money(w)
+  local now = tonumber(A[4])
+  if now < tonumber(w.periodEnd) then
+    sweep(A[3], now)
+    save_money()
+  end
+  return { 'found', state() }
 end
-return { 'found', state() }
 `;
 
 /**
@@ -240,129 +248,156 @@ return { 'found', state() }
  * workspaceId, agentId, conversationId, model, route, amount, priceVersion, createdAt, expiresAt.
  */
 const RESERVE = /* lua */ `
-local rkey = KEYS[3]
-if redis.call('EXISTS', rkey) == 1 then
-  local _, flat = hash(rkey)
-  return { 'exists', flat }
-end
-local now = tonumber(ARGV[4])
-local amount = tonumber(ARGV[11])
-local function record(status)
-  local r = { 'replyId', ARGV[5], 'workspaceId', ARGV[6], 'agentId', ARGV[7], 'conversationId', ARGV[8],
-    'model', ARGV[9], 'route', ARGV[10], 'amount', ARGV[11], 'priceVersion', ARGV[12], 'status', status,
-    'createdAt', ARGV[13], 'expiresAt', ARGV[14] }
-  if status ~= 'held' then
-    r[#r + 1] = 'finishedAt'
-    r[#r + 1] = fmt(now)
+OPS.reserve = function(A)
+  local rkey = RP .. A[5]
+  if redis.call('EXISTS', rkey) == 1 then
+    local _, flat = hash(rkey)
+    return { 'exists', flat }
   end
-  redis.call('HSET', rkey, unpack(r))
-  return r
-end
-if ARGV[3] ~= '1' then return { 'reserved', record('held'), '0' } end
-local w, wflat = hash(WS)
-if w.workspaceId == nil then return { 'workspace_not_found' } end
-if now >= tonumber(w.periodEnd) then return { 'renewal_due', wflat } end
-load_money(w)
-sweep(ARGV[6], now)
-if avail < amount then
-  save_money()
-  local r = record('refused')
-  return { 'insufficient', r, fmt(avail), wflat }
-end
-local r = record('held')
-if amount > 0 then
-  local left = amount
-  local alloc = {}
-  for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
-    local g = gload(string.sub(member, 18))
-    if g.remaining > 0 then
-      local part = math.min(g.remaining, left)
-      g.remaining = g.remaining - part
-      gsave(g)
-      alloc[#alloc + 1] = fmt(part) .. ':' .. #g.id .. ':' .. g.id
-      left = left - part
-      if left == 0 then break end
+  local now = tonumber(A[4])
+  local amount = tonumber(A[11])
+  local function record(status, alloc)
+    local r = { 'replyId', A[5], 'workspaceId', A[6], 'agentId', A[7], 'conversationId', A[8],
+      'model', A[9], 'route', A[10], 'amount', A[11], 'priceVersion', A[12], 'status', status,
+      'createdAt', A[13], 'expiresAt', A[14] }
+    if status ~= 'held' then
+      r[#r + 1] = 'finishedAt'
+      r[#r + 1] = fmt(now)
     end
+    if alloc ~= nil then
+      r[#r + 1] = 'alloc'
+      r[#r + 1] = alloc
+    end
+    redis.call('HSET', rkey, unpack(r))
+    return r
   end
-  avail = avail - amount
-  held = held + amount
-  redis.call('HSET', rkey, 'alloc', table.concat(alloc))
-  redis.call('ZADD', HOLDS, ARGV[14], ARGV[5])
+  if A[3] ~= '1' then return { 'reserved', record('held'), '0' } end
+  local w, wflat = hash(WS)
+  if w.workspaceId == nil then return { 'workspace_not_found' } end
+  if now >= tonumber(w.periodEnd) then return { 'renewal_due', wflat } end
+  load_money(w)
+  sweep(A[6], now)
+  if avail < amount then
+    save_money()
+    local r = record('refused')
+    return { 'insufficient', r, fmt(avail), wflat }
+  end
+  local alloc = nil
+  if amount > 0 then
+    local left = amount
+    local parts = {}
+    for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+      local g = gload(string.sub(member, 18))
+      if g.remaining > 0 then
+        local part = math.min(g.remaining, left)
+        g.remaining = g.remaining - part
+        gsave(g)
+        parts[#parts + 1] = fmt(part) .. ':' .. #g.id .. ':' .. g.id
+        left = left - part
+        if left == 0 then break end
+      end
+    end
+    avail = avail - amount
+    held = held + amount
+    alloc = table.concat(parts)
+    redis.call('ZADD', HOLDS, A[14], A[5])
+  end
+  local r = record('held', alloc)
+  save_money()
+  return { 'reserved', r, fmt(avail) }
 end
-save_money()
-return { 'reserved', r, fmt(avail) }
 `;
 
-/** KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, workspaceId, now. */
+/** KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, workspaceId, now, replyId. */
 const SETTLE = /* lua */ `
-local rkey = KEYS[3]
-local rec, rflat = hash(rkey)
-if rec.replyId == nil or rec.workspaceId ~= ARGV[3] then return { 'not_found' } end
-local now = tonumber(ARGV[4])
-local w, wflat = hash(WS)
-local ws_exists = w.workspaceId ~= nil
-if rec.status == 'settled' then
-  local rows = redis.call('ZRANGEBYSCORE', LEDGER, rec.entryId, rec.entryId)
-  if ws_exists then return { 'settled', rflat, rows[1], '1', wflat } end
-  return { 'settled', rflat, rows[1], '1' }
-end
-if rec.status ~= 'held' then return { rec.status, rflat } end
-if tonumber(rec.expiresAt) <= now then
-  load_money(w)
-  finish_hold(rkey, rec, 'expired', now, ws_exists)
-  if ws_exists then save_money() end
-  local _, flat = hash(rkey)
-  return { 'expired', flat }
-end
-local amount = tonumber(rec.amount)
-local id = redis.call('INCR', SEQ)
-local json = cjson.encode({ fmt(id), rec.workspaceId, 'reply', fmt(-amount), fmt(now), rec.replyId, rec.agentId,
-  rec.conversationId, rec.model, rec.route, rec.priceVersion, NULL, NULL })
-push_row(id, now, json)
--- per-day usage rollups
-local day = now - (now % DAY_MS)
-local dayKey = fmt(day)
-redis.call('ZADD', DAYS, dayKey, dayKey)
-local groups = { a = rec.agentId, m = rec.model, c = rec.conversationId }
-for g, key in pairs(groups) do
-  local hk = B .. 'd:' .. dayKey .. ':' .. g
-  redis.call('HINCRBY', hk, 's:' .. key, fmt(amount))
-  if redis.call('HINCRBY', hk, 'n:' .. key, 1) == 1 then redis.call('HSET', hk, 'f:' .. key, fmt(id)) end
-end
-redis.call('HSET', rkey, 'status', 'settled', 'finishedAt', fmt(now), 'entryId', fmt(id))
-if rec.alloc ~= nil then redis.call('HDEL', rkey, 'alloc') end
-redis.call('ZREM', HOLDS, rec.replyId)
-local _, flat = hash(rkey)
-if ws_exists then
-  if amount > 0 then
+OPS.settle = function(A)
+  local rkey = RP .. A[5]
+  local rec, rflat = hash(rkey)
+  if rec.replyId == nil or rec.workspaceId ~= A[3] then return { 'not_found' } end
+  local now = tonumber(A[4])
+  if rec.status == 'settled' then
+    local rows = redis.call('ZRANGEBYSCORE', LEDGER, rec.entryId, rec.entryId)
+    local _, wflat = hash(WS)
+    return { 'settled', rflat, rows[1], '1', wflat }
+  end
+  if rec.status ~= 'held' then return { rec.status, rflat } end
+  if tonumber(rec.expiresAt) <= now then
+    local w = hash(WS)
+    local ws_exists = w.workspaceId ~= nil
     load_money(w)
-    held = held - amount
+    finish_hold(rkey, rec, 'expired', now, ws_exists)
+    if ws_exists then save_money() end
+    local _, flat = hash(rkey)
+    return { 'expired', flat }
+  end
+  local amount = tonumber(rec.amount)
+  local id = redis.call('INCR', SEQ)
+  local sid, snow, samount = fmt(id), fmt(now), fmt(amount)
+  local json = cjson.encode({ sid, rec.workspaceId, 'reply', fmt(-amount), snow, rec.replyId, rec.agentId,
+    rec.conversationId, rec.model, rec.route, rec.priceVersion, NULL, NULL })
+  push_row(id, now, json)
+  -- per-day usage rollups; the day is listed when its first agent appears
+  local day = fmt(now - (now % DAY_MS))
+  local prefix = B .. 'd:' .. day .. ':'
+  local groups = { 'a', rec.agentId, 'm', rec.model, 'c', rec.conversationId }
+  for i = 1, 6, 2 do
+    local hk, key = prefix .. groups[i], groups[i + 1]
+    redis.call('HINCRBY', hk, 's:' .. key, samount)
+    if redis.call('HINCRBY', hk, 'n:' .. key, 1) == 1 then
+      redis.call('HSET', hk, 'f:' .. key, sid)
+      if i == 1 then redis.call('ZADD', DAYS, day, day) end
+    end
+  end
+  redis.call('HSET', rkey, 'status', 'settled', 'finishedAt', snow, 'entryId', sid)
+  local flat = {}
+  for i = 1, #rflat, 2 do
+    local f = rflat[i]
+    if f ~= 'status' and f ~= 'alloc' and f ~= 'finishedAt' and f ~= 'entryId' then
+      flat[#flat + 1] = f
+      flat[#flat + 1] = rflat[i + 1]
+    end
+  end
+  flat[#flat + 1] = 'status'; flat[#flat + 1] = 'settled'
+  flat[#flat + 1] = 'finishedAt'; flat[#flat + 1] = snow
+  flat[#flat + 1] = 'entryId'; flat[#flat + 1] = sid
+  if rec.alloc ~= nil then
+    redis.call('HDEL', rkey, 'alloc')
+    redis.call('ZREM', HOLDS, rec.replyId)
+  end
+  local wflat = redis.call('HGETALL', WS)
+  if wflat[1] ~= nil and amount > 0 then
+    local w = {}
+    for i = 1, #wflat, 2 do w[wflat[i]] = wflat[i + 1] end
+    local held_after = fmt(tonumber(w.held) - amount)
     local used = fmt(tonumber(w.usedThisPeriod) + amount)
-    redis.call('HSET', WS, 'held', fmt(held), 'usedThisPeriod', used)
-    _, wflat = hash(WS)
+    redis.call('HSET', WS, 'held', held_after, 'usedThisPeriod', used)
+    for i = 1, #wflat, 2 do
+      if wflat[i] == 'held' then wflat[i + 1] = held_after elseif wflat[i] == 'usedThisPeriod' then wflat[i + 1] = used end
+    end
   end
   return { 'settled', flat, json, '0', wflat }
 end
-return { 'settled', flat, json, '0' }
 `;
 
-/** KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, workspaceId, now. */
+/** KEYS: [ws, seq, reply]. ARGV: base, replyPrefix, workspaceId, now, replyId. */
 const RELEASE = /* lua */ `
-local rkey = KEYS[3]
-local rec, rflat = hash(rkey)
-if rec.replyId == nil or rec.workspaceId ~= ARGV[3] then return { 'not_found' } end
-if rec.status == 'released' then return { 'released', rflat, '1' } end
-if rec.status ~= 'held' then return { rec.status, rflat } end
-local now = tonumber(ARGV[4])
-local w = hash(WS)
-local ws_exists = w.workspaceId ~= nil
-load_money(w)
-local status = 'released'
-if tonumber(rec.expiresAt) <= now then status = 'expired' end
-finish_hold(rkey, rec, status, now, ws_exists)
-if ws_exists then save_money() end
-local _, flat = hash(rkey)
-return { status, flat, '0' }
+OPS.release = function(A)
+  local rkey = RP .. A[5]
+  local rec, rflat = hash(rkey)
+  if rec.replyId == nil or rec.workspaceId ~= A[3] then return { 'not_found' } end
+  if rec.status == 'released' then return { 'released', rflat, '1' } end
+  if rec.status ~= 'held' then return { rec.status, rflat } end
+  local now = tonumber(A[4])
+  local w = hash(WS)
+  local ws_exists = w.workspaceId ~= nil
+  load_money(w)
+  local status = 'released'
+  if tonumber(rec.expiresAt) <= now then status = 'expired' end
+  finish_hold(rkey, rec, status, now, ws_exists)
+  if ws_exists then save_money() end
+  local _, flat = hash(rkey)
+  return { status, flat, '0' }
+end
 `;
 
 /**
@@ -370,43 +405,45 @@ return { status, flat, '0' }
  * grantId, kind, amount, remaining, expiresAt, createdAt, entryJson, entryAt, now, ...record pairs.
  */
 const RENEW = /* lua */ `
-local w, wflat = hash(WS)
-if w.workspaceId == nil then return { 'workspace_not_found' } end
-if w.version ~= ARGV[4] then return { 'stale', wflat } end
-local ws = ARGV[3]
-local now = tonumber(ARGV[14])
-load_money(w)
-sweep_holds(now, true)
-local allotments = {}
-local ending = 0
-for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
-  local g = gload(string.sub(member, 18))
-  if g.kind == 'allotment' then
-    ending = ending + g.remaining
-    allotments[#allotments + 1] = { g = g, member = member }
+OPS.renew = function(A)
+  local w, wflat = hash(WS)
+  if w.workspaceId == nil then return { 'workspace_not_found' } end
+  if w.version ~= A[4] then return { 'stale', wflat } end
+  local ws = A[3]
+  local now = tonumber(A[14])
+  load_money(w)
+  sweep_holds(now, true)
+  local allotments = {}
+  local ending = 0
+  for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
+    local g = gload(string.sub(member, 18))
+    if g.kind == 'allotment' then
+      ending = ending + g.remaining
+      allotments[#allotments + 1] = { g = g, member = member }
+    end
   end
-end
-local carried = math.min(ending, tonumber(ARGV[5]))
-local to_carry = carried
-for _, item in ipairs(allotments) do
-  local g = item.g
-  if g.remaining > 0 then
-    local kept = math.min(g.remaining, to_carry)
-    to_carry = to_carry - kept
-    expiry_row(ws, g.id, g.remaining - kept, now)
-    avail = avail - g.remaining
-    g.remaining = 0
-    gsave(g)
+  local carried = math.min(ending, tonumber(A[5]))
+  local to_carry = carried
+  for _, item in ipairs(allotments) do
+    local g = item.g
+    if g.remaining > 0 then
+      local kept = math.min(g.remaining, to_carry)
+      to_carry = to_carry - kept
+      expiry_row(ws, g.id, g.remaining - kept, now)
+      avail = avail - g.remaining
+      g.remaining = 0
+      gsave(g)
+    end
+    redis.call('ZREM', LIVE, item.member)
   end
-  redis.call('ZREM', LIVE, item.member)
+  expire_grants(ws, now)
+  replace_record(A, 15)
+  add_grant({ id = A[6], kind = A[7], amount = tonumber(A[8]) + carried, remaining = tonumber(A[9]) + carried,
+    exp = tonumber(opt(A[10])), created = tonumber(A[11]) })
+  save_money()
+  append_entry(A[12], tonumber(A[13]))
+  return { 'renewed', state(), fmt(ending - carried), fmt(carried) }
 end
-expire_grants(ws, now)
-replace_record(15)
-add_grant({ id = ARGV[6], kind = ARGV[7], amount = tonumber(ARGV[8]) + carried, remaining = tonumber(ARGV[9]) + carried,
-  exp = tonumber(opt(ARGV[10])), created = tonumber(ARGV[11]) })
-save_money()
-append_entry(ARGV[12], tonumber(ARGV[13]))
-return { 'renewed', state(), fmt(ending - carried), fmt(carried) }
 `;
 
 /**
@@ -414,30 +451,32 @@ return { 'renewed', state(), fmt(ending - carried), fmt(carried) }
  * entryJson, entryAt, now, ...record pairs.
  */
 const CHANGE_PLAN = /* lua */ `
-local w, wflat = hash(WS)
-if w.workspaceId == nil then return { 'workspace_not_found' } end
-if w.version ~= ARGV[4] then return { 'stale', wflat } end
-load_money(w)
-local increase = tonumber(ARGV[5])
-if avail + held + increase > MAX_MICROS then return { 'overflow' } end
-if increase > 0 then
-  local id = 'period:' .. w.periodIndex
-  local g = gload(id)
-  if g ~= nil and glive(g) then
-    g.amount = g.amount + increase
-    g.remaining = g.remaining + increase
-    gsave(g)
-    avail = avail + increase
-  else
-    if g ~= nil then redis.call('ZREM', LIVE, gmember(g)) end
-    add_grant({ id = id, kind = 'allotment', amount = increase, remaining = increase,
-      exp = tonumber(w.periodEnd), created = tonumber(ARGV[8]) })
+OPS.changePlan = function(A)
+  local w, wflat = hash(WS)
+  if w.workspaceId == nil then return { 'workspace_not_found' } end
+  if w.version ~= A[4] then return { 'stale', wflat } end
+  load_money(w)
+  local increase = tonumber(A[5])
+  if avail + held + increase > MAX_MICROS then return { 'overflow' } end
+  if increase > 0 then
+    local id = 'period:' .. w.periodIndex
+    local g = gload(id)
+    if g ~= nil and glive(g) then
+      g.amount = g.amount + increase
+      g.remaining = g.remaining + increase
+      gsave(g)
+      avail = avail + increase
+    else
+      if g ~= nil then redis.call('ZREM', LIVE, gmember(g)) end
+      add_grant({ id = id, kind = 'allotment', amount = increase, remaining = increase,
+        exp = tonumber(w.periodEnd), created = tonumber(A[8]) })
+    end
   end
+  replace_record(A, 9)
+  save_money()
+  append_entry(A[6], tonumber(A[7]))
+  return { 'changed', state() }
 end
-replace_record(9)
-save_money()
-append_entry(ARGV[6], tonumber(ARGV[7]))
-return { 'changed', state() }
 `;
 
 /**
@@ -445,131 +484,139 @@ return { 'changed', state() }
  * createdAt, entryJson, entryAt.
  */
 const GRANT = /* lua */ `
-local w = hash(WS)
-if w.workspaceId == nil then return { 'workspace_not_found' } end
-local existing = redis.call('HGET', GR, ARGV[3])
-if existing then return { 'exists', ARGV[3], existing } end
-load_money(w)
-local amount = tonumber(ARGV[5])
-if avail + held + amount > MAX_MICROS then return { 'overflow' } end
-add_grant({ id = ARGV[3], kind = ARGV[4], amount = amount, remaining = tonumber(ARGV[6]),
-  exp = tonumber(opt(ARGV[7])), created = tonumber(ARGV[8]) })
-save_money()
-append_entry(ARGV[9], tonumber(ARGV[10]))
-return { 'granted', state() }
+OPS.grant = function(A)
+  local w = hash(WS)
+  if w.workspaceId == nil then return { 'workspace_not_found' } end
+  local existing = redis.call('HGET', GR, A[3])
+  if existing then return { 'exists', A[3], existing } end
+  load_money(w)
+  local amount = tonumber(A[5])
+  if avail + held + amount > MAX_MICROS then return { 'overflow' } end
+  add_grant({ id = A[3], kind = A[4], amount = amount, remaining = tonumber(A[6]),
+    exp = tonumber(opt(A[7])), created = tonumber(A[8]) })
+  save_money()
+  append_entry(A[9], tonumber(A[10]))
+  return { 'granted', state() }
+end
 `;
 
 /** KEYS: [ws, seq]. ARGV: base, replyPrefix, alertKey. */
 const CLAIM_ALERT = /* lua */ `
-if redis.call('EXISTS', WS) == 0 then return 0 end
-return redis.call('SADD', ALERTS, ARGV[3])
+OPS.claimAlert = function(A)
+  if redis.call('EXISTS', WS) == 0 then return 0 end
+  return redis.call('SADD', ALERTS, A[3])
+end
 `;
 
 /** KEYS: [ws, seq]. ARGV: base, replyPrefix, afterId, from, to, agentId ('' = any), hasAgent, limit. */
 const LEDGER_PAGE = /* lua */ `
-local limit = tonumber(ARGV[8])
-local page = {}
-if limit <= 0 then return page end
-local from, to = tonumber(opt(ARGV[4])), tonumber(opt(ARGV[5]))
-local agent = nil
-if ARGV[7] == '1' then agent = ARGV[6] end
-local ordered = redis.call('EXISTS', UNORD) == 0
-local cursor = '-inf'
-local after = tonumber(opt(ARGV[3]))
-if after ~= nil then
-  cursor = '(' .. fmt(after)
-elseif from ~= nil and ordered then
-  local first = redis.call('ZRANGEBYSCORE', AT, fmt(from), '+inf', 'LIMIT', 0, 1)
-  if first[1] == nil then return page end
-  cursor = fmt(tonumber(first[1]))
-end
-local batch = math.max(limit, 64)
-if batch > 1000 then batch = 1000 end
-while true do
-  local rows = redis.call('ZRANGEBYSCORE', LEDGER, cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
-  if rows[1] == nil then return page end
-  for i = 1, #rows, 2 do
-    local json = rows[i]
-    local row = cjson.decode(json)
-    local at = tonumber(row[5])
-    if to ~= nil and at >= to then
-      if ordered then return page end
-    elseif (from == nil or at >= from) and (agent == nil or row[7] == agent) then
-      page[#page + 1] = json
-      if #page >= limit then return page end
+OPS.ledger = function(A)
+  local limit = tonumber(A[8])
+  local page = {}
+  if limit <= 0 then return page end
+  local from, to = tonumber(opt(A[4])), tonumber(opt(A[5]))
+  local agent = nil
+  if A[7] == '1' then agent = A[6] end
+  local ordered = redis.call('EXISTS', UNORD) == 0
+  local cursor = '-inf'
+  local after = tonumber(opt(A[3]))
+  if after ~= nil then
+    cursor = '(' .. fmt(after)
+  elseif from ~= nil and ordered then
+    local first = redis.call('ZRANGEBYSCORE', AT, fmt(from), '+inf', 'LIMIT', 0, 1)
+    if first[1] == nil then return page end
+    cursor = fmt(tonumber(first[1]))
+  end
+  local batch = math.max(limit, 64)
+  if batch > 1000 then batch = 1000 end
+  while true do
+    local rows = redis.call('ZRANGEBYSCORE', LEDGER, cursor, '+inf', 'WITHSCORES', 'LIMIT', 0, batch)
+    if rows[1] == nil then return page end
+    for i = 1, #rows, 2 do
+      local json = rows[i]
+      local row = cjson.decode(json)
+      local at = tonumber(row[5])
+      if to ~= nil and at >= to then
+        if ordered then return page end
+      elseif (from == nil or at >= from) and (agent == nil or row[7] == agent) then
+        page[#page + 1] = json
+        if #page >= limit then return page end
+      end
+      cursor = '(' .. rows[i + 1]
     end
-    cursor = '(' .. rows[i + 1]
   end
 end
 `;
 
 /** KEYS: [ws, seq]. ARGV: base, replyPrefix, from, to, group (a|m|c), byDay (1|0). */
 const USAGE = /* lua */ `
-local from, to = tonumber(ARGV[3]), tonumber(ARGV[4])
-local group = ARGV[5]
-local by_day = ARGV[6] == '1'
-local field = 7
-if group == 'm' then field = 9 elseif group == 'c' then field = 8 end
-local groups, order = {}, {}
-local function add(key, day, amount, n, first)
-  local gid = key
-  if by_day then gid = fmt(day) .. '\\0' .. key end
-  local e = groups[gid]
-  if e == nil then
-    e = { key = key, day = day, amount = 0, n = 0, first = first }
-    groups[gid] = e
-    order[#order + 1] = gid
+OPS.usage = function(A)
+  local from, to = tonumber(A[3]), tonumber(A[4])
+  local group = A[5]
+  local by_day = A[6] == '1'
+  local field = 7
+  if group == 'm' then field = 9 elseif group == 'c' then field = 8 end
+  local groups, order = {}, {}
+  local function add(key, day, amount, n, first)
+    local gid = key
+    if by_day then gid = fmt(day) .. '\\0' .. key end
+    local e = groups[gid]
+    if e == nil then
+      e = { key = key, day = day, amount = 0, n = 0, first = first }
+      groups[gid] = e
+      order[#order + 1] = gid
+    end
+    e.amount = e.amount + amount
+    e.n = e.n + n
+    if first < e.first then e.first = first end
   end
-  e.amount = e.amount + amount
-  e.n = e.n + n
-  if first < e.first then e.first = first end
-end
-local function scan(lo, hi)
-  if lo >= hi then return end
-  local ids = redis.call('ZRANGEBYSCORE', AT, fmt(lo), '(' .. fmt(hi))
-  for _, padded in ipairs(ids) do
-    local id = fmt(tonumber(padded))
-    local json = redis.call('ZRANGEBYSCORE', LEDGER, id, id)[1]
-    if json ~= nil then
-      local row = cjson.decode(json)
-      if row[3] == 'reply' then
-        local key = row[field]
-        if key == nil or key == NULL then key = '' end
-        local at = tonumber(row[5])
-        add(key, at - (at % DAY_MS), -tonumber(row[4]), 1, tonumber(row[1]))
+  local function scan(lo, hi)
+    if lo >= hi then return end
+    local ids = redis.call('ZRANGEBYSCORE', AT, fmt(lo), '(' .. fmt(hi))
+    for _, padded in ipairs(ids) do
+      local id = fmt(tonumber(padded))
+      local json = redis.call('ZRANGEBYSCORE', LEDGER, id, id)[1]
+      if json ~= nil then
+        local row = cjson.decode(json)
+        if row[3] == 'reply' then
+          local key = row[field]
+          if key == nil or key == NULL then key = '' end
+          local at = tonumber(row[5])
+          add(key, at - (at % DAY_MS), -tonumber(row[4]), 1, tonumber(row[1]))
+        end
       end
     end
   end
-end
-if from < to then
-  local full_start = from + ((DAY_MS - (from % DAY_MS)) % DAY_MS)
-  local full_end = to - (to % DAY_MS)
-  if full_start >= full_end then
-    scan(from, to)
-  else
-    scan(from, full_start)
-    for _, day in ipairs(redis.call('ZRANGEBYSCORE', DAYS, fmt(full_start), '(' .. fmt(full_end))) do
-      local flat = redis.call('HGETALL', B .. 'd:' .. day .. ':' .. group)
-      local sums, counts, firsts = {}, {}, {}
-      for i = 1, #flat, 2 do
-        local f, v = flat[i], flat[i + 1]
-        local kind, key = string.sub(f, 1, 1), string.sub(f, 3)
-        if kind == 's' then sums[key] = tonumber(v)
-        elseif kind == 'n' then counts[key] = tonumber(v)
-        else firsts[key] = tonumber(v) end
+  if from < to then
+    local full_start = from + ((DAY_MS - (from % DAY_MS)) % DAY_MS)
+    local full_end = to - (to % DAY_MS)
+    if full_start >= full_end then
+      scan(from, to)
+    else
+      scan(from, full_start)
+      for _, day in ipairs(redis.call('ZRANGEBYSCORE', DAYS, fmt(full_start), '(' .. fmt(full_end))) do
+        local flat = redis.call('HGETALL', B .. 'd:' .. day .. ':' .. group)
+        local sums, counts, firsts = {}, {}, {}
+        for i = 1, #flat, 2 do
+          local f, v = flat[i], flat[i + 1]
+          local kind, key = string.sub(f, 1, 1), string.sub(f, 3)
+          if kind == 's' then sums[key] = tonumber(v)
+          elseif kind == 'n' then counts[key] = tonumber(v)
+          else firsts[key] = tonumber(v) end
+        end
+        local d = tonumber(day)
+        for key, n in pairs(counts) do add(key, d, sums[key] or 0, n, firsts[key] or 0) end
       end
-      local d = tonumber(day)
-      for key, n in pairs(counts) do add(key, d, sums[key] or 0, n, firsts[key] or 0) end
+      scan(full_end, to)
     end
-    scan(full_end, to)
   end
+  local out = {}
+  for _, gid in ipairs(order) do
+    local e = groups[gid]
+    out[#out + 1] = { e.key, fmt(e.day), fmt(e.amount), fmt(e.n), fmt(e.first) }
+  end
+  return out
 end
-local out = {}
-for _, gid in ipairs(order) do
-  local e = groups[gid]
-  out[#out + 1] = { e.key, fmt(e.day), fmt(e.amount), fmt(e.n), fmt(e.first) }
-end
-return out
 `;
 
 /** KEYS: [reply]. */
@@ -580,21 +627,48 @@ return redis.call('HGETALL', KEYS[1])
 /** The version written to `<prefix>schema` by `migrate()`. */
 export const SCHEMA_VERSION = 1;
 
+/** Runs one operation: `ARGV` is its argument list. */
+function single(name: string, body: string): string {
+  return `${PRELUDE}${body}\nuse(ARGV[1], ARGV[2])\nreturn OPS.${name}(ARGV)\n`;
+}
+
+/**
+ * Runs several hot-path operations (reserve, settle, release) of one workspace in one call,
+ * each to completion in arrival order, and returns their results in a list. The client
+ * gathers the calls made in one event-loop tick into one batch (group commit): each keeps
+ * its own outcome, and the batch as a whole is atomic. KEYS: [ws, seq].
+ * ARGV: count, then per operation: name, argc, args...
+ */
+const BATCH = /* lua */ `
+local out = {}
+local i = 2
+for k = 1, tonumber(ARGV[1]) do
+  local name, argc = ARGV[i], tonumber(ARGV[i + 1])
+  local A = {}
+  for j = 1, argc do A[j] = ARGV[i + 1 + j] end
+  i = i + 2 + argc
+  use(A[1], A[2])
+  out[k] = OPS[name](A)
+end
+return out
+`;
+
 /** Every script by operation name. Scripts that share key derivation start with the prelude. */
 export const SCRIPTS = {
   migrate: MIGRATE,
-  createWorkspace: PRELUDE + CREATE_WORKSPACE,
-  getWorkspace: PRELUDE + GET_WORKSPACE,
-  reserve: PRELUDE + RESERVE,
-  settle: PRELUDE + SETTLE,
-  release: PRELUDE + RELEASE,
-  renew: PRELUDE + RENEW,
-  changePlan: PRELUDE + CHANGE_PLAN,
-  grant: PRELUDE + GRANT,
-  claimAlert: PRELUDE + CLAIM_ALERT,
-  ledger: PRELUDE + LEDGER_PAGE,
-  usage: PRELUDE + USAGE,
+  createWorkspace: single('createWorkspace', CREATE_WORKSPACE),
+  getWorkspace: single('getWorkspace', GET_WORKSPACE),
+  reserve: single('reserve', RESERVE),
+  settle: single('settle', SETTLE),
+  release: single('release', RELEASE),
+  renew: single('renew', RENEW),
+  changePlan: single('changePlan', CHANGE_PLAN),
+  grant: single('grant', GRANT),
+  claimAlert: single('claimAlert', CLAIM_ALERT),
+  ledger: single('ledger', LEDGER_PAGE),
+  usage: single('usage', USAGE),
   getReply: GET_REPLY,
+  batch: PRELUDE + RESERVE + SETTLE + RELEASE + BATCH,
 } as const;
 
 /** The name of one script. */
