@@ -19,6 +19,7 @@ import { resolveRoute, routeCost, type MeterMode } from '../core/route.js';
 import { redactSecret } from '../core/secrets.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
+import { ledgerRowInput } from '../storage/storage-helpers.js';
 import type {
   CreditStorage,
   LedgerRow,
@@ -467,7 +468,7 @@ export class CreditMeter {
           expectedVersion: current.version,
           workspace: next,
           allotmentIncrease: increase,
-          entry: { ...blankEntry(current.workspaceId, 'plan_change', increase, now), plan: plan.id },
+          entry: { ...ledgerRowInput(current.workspaceId, 'plan_change', increase, now), plan: plan.id },
           now,
         }),
       );
@@ -510,7 +511,7 @@ export class CreditMeter {
       s.grant({
         workspaceId: parsed.workspaceId,
         grant: { grantId, kind: 'topup', amount, remaining: amount, expiresAt, createdAt: now },
-        entry: { ...blankEntry(parsed.workspaceId, 'topup', amount, now), grantId },
+        entry: { ...ledgerRowInput(parsed.workspaceId, 'topup', amount, now), grantId },
         now,
       }),
     );
@@ -988,25 +989,8 @@ function allotmentGrant(index: number, amount: number, expiresAt: number, create
   return { grantId: `period:${index}`, kind: 'allotment' as const, amount, remaining: amount, expiresAt, createdAt };
 }
 
-function blankEntry(workspaceId: string, kind: LedgerRowInput['kind'], amount: number, at: number): LedgerRowInput {
-  return {
-    workspaceId,
-    kind,
-    amount,
-    at,
-    replyId: null,
-    agentId: null,
-    conversationId: null,
-    model: null,
-    route: null,
-    priceVersion: null,
-    grantId: null,
-    plan: null,
-  };
-}
-
 function grantEntry(workspace: WorkspaceRecord, amount: number, grantId: string, at: number): LedgerRowInput {
-  return { ...blankEntry(workspace.workspaceId, 'grant', amount, at), grantId, plan: workspace.plan };
+  return { ...ledgerRowInput(workspace.workspaceId, 'grant', amount, at), grantId, plan: workspace.plan };
 }
 
 function requestOf(prepared: Prepared, input: unknown): ReplyRequest {

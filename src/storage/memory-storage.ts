@@ -27,7 +27,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from './storage.js';
-import { compareGrants, DAY_MS } from './storage-helpers.js';
+import { compareGrants, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from './storage-helpers.js';
 
 /** A live hold on credits: where they came from, and whether it is still open. */
 interface Hold {
@@ -142,7 +142,8 @@ export class MemoryStorage implements CreditStorage {
     const reply = held(input);
     this.#replies.set(reply.replyId, reply);
     if (input.amount > 0) {
-      const hold: Hold = { replyId: reply.replyId, expiresAt: reply.expiresAt, allocations: this.#take(slot, input.amount), open: true };
+      const hold: Hold = { replyId: reply.replyId, expiresAt: reply.expiresAt, allocations: takeFromGrants(slot.live, input.amount), open: true };
+      slot.available -= input.amount;
       this.#holds.set(reply.replyId, hold);
       slot.held += input.amount;
       slot.holdQueue.push(hold);
@@ -169,20 +170,7 @@ export class MemoryStorage implements CreditStorage {
       default:
         return { status: reply.status, reply };
     }
-    const entry = this.#appendTo(slot, reply.workspaceId, {
-      workspaceId: reply.workspaceId,
-      kind: 'reply',
-      amount: 0 - reply.amount, // not -amount: a free reply must not record -0
-      at: command.now,
-      replyId: reply.replyId,
-      agentId: reply.agentId,
-      conversationId: reply.conversationId,
-      model: reply.model,
-      route: reply.route,
-      priceVersion: reply.priceVersion,
-      grantId: null,
-      plan: null,
-    });
+    const entry = this.#appendTo(slot, reply.workspaceId, replyChargeRow(reply, command.now));
     const settled = record(reply, 'settled', command.now, entry.id);
     this.#replies.set(reply.replyId, settled);
     if (slot && reply.amount > 0) {
@@ -444,22 +432,6 @@ export class MemoryStorage implements CreditStorage {
     return finished;
   }
 
-  /** Takes `amount` from live grants in spending order. The caller checked `available`. */
-  #take(slot: Slot, amount: number): Allocation[] {
-    const allocations: Allocation[] = [];
-    let left = amount;
-    for (const grant of slot.live) {
-      if (grant.remaining === 0) continue;
-      const part = Math.min(grant.remaining, left);
-      grant.remaining -= part;
-      allocations.push({ grantId: grant.grantId, amount: part });
-      left -= part;
-      if (left === 0) break;
-    }
-    slot.available -= amount;
-    return allocations;
-  }
-
   #addGrant(slot: Slot, grant: GrantRecord): void {
     slot.grants.set(grant.grantId, grant);
     let index = slot.live.length;
@@ -485,21 +457,7 @@ export class MemoryStorage implements CreditStorage {
   }
 
   #expireGrant(slot: Slot, grant: GrantRecord, amount: number, now: number): void {
-    if (amount <= 0) return;
-    this.#append(slot, {
-      workspaceId: slot.record.workspaceId,
-      kind: 'expiry',
-      amount: -amount,
-      at: now,
-      replyId: null,
-      agentId: null,
-      conversationId: null,
-      model: null,
-      route: null,
-      priceVersion: null,
-      grantId: grant.grantId,
-      plan: null,
-    });
+    if (amount > 0) this.#append(slot, expiryRow(slot.record.workspaceId, grant.grantId, amount, now));
   }
 
   #state(slot: Slot): WorkspaceState {

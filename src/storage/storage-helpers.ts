@@ -1,4 +1,4 @@
-import type { GrantRecord } from './storage.js';
+import type { Allocation, GrantRecord, LedgerKind, LedgerRowInput, ReplyRecord } from './storage.js';
 
 /** Milliseconds in a UTC day. */
 export const DAY_MS = 86_400_000;
@@ -13,4 +13,63 @@ export function compareGrants(a: GrantRecord, b: GrantRecord): number {
   if (ae !== be) return ae < be ? -1 : 1;
   if (a.createdAt !== b.createdAt) return a.createdAt - b.createdAt;
   return a.grantId < b.grantId ? -1 : a.grantId > b.grantId ? 1 : 0;
+}
+
+/** A ledger row of `kind` with every optional column empty. */
+export function ledgerRowInput(workspaceId: string, kind: LedgerKind, amount: number, at: number): LedgerRowInput {
+  return {
+    workspaceId,
+    kind,
+    amount,
+    at,
+    replyId: null,
+    agentId: null,
+    conversationId: null,
+    model: null,
+    route: null,
+    priceVersion: null,
+    grantId: null,
+    plan: null,
+  };
+}
+
+/** The `reply` row that settling `reply` appends: −amount, and 0 (never −0) for a free reply. */
+export function replyChargeRow(reply: ReplyRecord, at: number): LedgerRowInput {
+  return {
+    workspaceId: reply.workspaceId,
+    kind: 'reply',
+    amount: 0 - reply.amount,
+    at,
+    replyId: reply.replyId,
+    agentId: reply.agentId,
+    conversationId: reply.conversationId,
+    model: reply.model,
+    route: reply.route,
+    priceVersion: reply.priceVersion,
+    grantId: null,
+    plan: null,
+  };
+}
+
+/** The `expiry` row for `amount` micro-credits of `grantId` that can no longer be spent. */
+export function expiryRow(workspaceId: string, grantId: string, amount: number, at: number): LedgerRowInput {
+  return { ...ledgerRowInput(workspaceId, 'expiry', -amount, at), grantId };
+}
+
+/**
+ * Takes `amount` from `grants` (already in spending order), lowering their `remaining`,
+ * and says where it came from. The caller checked that they cover it.
+ */
+export function takeFromGrants(grants: readonly GrantRecord[], amount: number): Allocation[] {
+  const allocations: Allocation[] = [];
+  let left = amount;
+  for (const grant of grants) {
+    if (grant.remaining === 0) continue;
+    const part = Math.min(grant.remaining, left);
+    grant.remaining -= part;
+    allocations.push({ grantId: grant.grantId, amount: part });
+    left -= part;
+    if (left === 0) break;
+  }
+  return allocations;
 }

@@ -30,7 +30,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from '../../storage/storage.js';
-import { compareGrants, DAY_MS } from '../../storage/storage-helpers.js';
+import { compareGrants, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from '../../storage/storage-helpers.js';
 import type { SqliteDatabase, SqliteStatement } from './sqlite-driver.js';
 
 interface WorkspaceRow {
@@ -307,7 +307,7 @@ export class SqliteOperations implements BatchHooks {
     const reply: ReplyRecord = { ...input, status: 'held', finishedAt: null, entryId: null };
     if (input.amount === 0) return this.#insertReply(reply, null) ? { status: 'reserved', reply, available } : this.#exists(input.replyId);
     const before = slot!.live.map((grant) => grant.remaining);
-    const allocations = this.#take(slot!, input.amount);
+    const allocations = takeFromGrants(slot!.live, input.amount);
     if (!this.#insertReply(reply, JSON.stringify(allocations))) {
       slot!.live.forEach((grant, index) => (grant.remaining = before[index]!));
       return this.#exists(input.replyId);
@@ -333,21 +333,7 @@ export class SqliteOperations implements BatchHooks {
       default:
         return { status: row.status, reply };
     }
-    const entry = this.#append({
-      workspaceId: row.workspace_id,
-      kind: 'reply',
-      // 0 - amount, not -amount: a free reply is charged 0, never -0.
-      amount: 0 - row.amount,
-      at: command.now,
-      replyId: row.reply_id,
-      agentId: row.agent_id,
-      conversationId: row.conversation_id,
-      model: row.model,
-      route: row.route,
-      priceVersion: row.price_version,
-      grantId: null,
-      plan: null,
-    });
+    const entry = this.#append(replyChargeRow(reply, command.now));
     this.#replySettle.run(command.now, Number(entry.id), row.reply_id);
     const settled: ReplyRecord = { ...reply, status: 'settled', finishedAt: command.now, entryId: entry.id };
     const slot = this.#slot(row.workspace_id);
@@ -671,21 +657,6 @@ export class SqliteOperations implements BatchHooks {
     return finished;
   }
 
-  /** Takes `amount` from live grants in spending order. The caller checked the balance. */
-  #take(slot: Slot, amount: number): Allocation[] {
-    const allocations: Allocation[] = [];
-    let left = amount;
-    for (const grant of slot.live) {
-      if (grant.remaining === 0) continue;
-      const part = Math.min(grant.remaining, left);
-      grant.remaining -= part;
-      allocations.push({ grantId: grant.grantId, amount: part });
-      left -= part;
-      if (left === 0) break;
-    }
-    return allocations;
-  }
-
   #addGrant(slot: Slot, grant: GrantRecord): void {
     this.#grantUpsert.run(
       slot.record.workspaceId,
@@ -715,21 +686,7 @@ export class SqliteOperations implements BatchHooks {
   }
 
   #appendExpiry(workspaceId: string, grantId: string, amount: number, now: number): void {
-    if (amount <= 0) return;
-    this.#append({
-      workspaceId,
-      kind: 'expiry',
-      amount: -amount,
-      at: now,
-      replyId: null,
-      agentId: null,
-      conversationId: null,
-      model: null,
-      route: null,
-      priceVersion: null,
-      grantId,
-      plan: null,
-    });
+    if (amount > 0) this.#append(expiryRow(workspaceId, grantId, amount, now));
   }
 }
 
