@@ -776,7 +776,8 @@ define('settle - a free reply writes a zero-amount row and leaves the balance al
   const outcome = await ctx.storage.settle({ replyId: reply.replyId, workspaceId, now: ctx.now() });
   expect(outcome.status).toBe('settled');
   if (outcome.status !== 'settled') return;
-  expect(n(outcome.entry.amount)).toBe(0);
+  // 0, not -0: a free reply's row must read as zero everywhere (JSON, Decimal, SQL).
+  expect(outcome.entry.amount).toBe(0);
   expect(outcome.entry).toMatchObject({ kind: 'reply', route: 'byo', model: 'model_byo' });
   const current = await state(ctx, workspaceId);
   expect(current.available).toBe(10 * C);
