@@ -417,10 +417,12 @@ export class MemoryStorage implements CreditStorage {
     const slot = this.#workspaces.get(reply.workspaceId);
     if (hold && slot) {
       slot.held -= reply.amount;
+      // A lapsed hold gave its credits back when it lapsed, not when someone noticed.
+      const returnedAt = status === 'expired' ? Math.min(now, reply.expiresAt) : now;
       for (const { grantId, amount } of hold.allocations) {
         const grant = slot.grants.get(grantId)!;
         grant.remaining += amount;
-        if (slot.live.includes(grant) && (grant.expiresAt === null || grant.expiresAt > now)) {
+        if (slot.live.includes(grant) && (grant.expiresAt === null || grant.expiresAt > returnedAt)) {
           slot.available += amount;
         } else {
           // The grant ran out of time while the credits were held: they expire now.

@@ -89,7 +89,10 @@ export interface ReplyRecord {
 
 /** One append-only ledger row. The signed sum of a workspace's rows is its balance plus holds. */
 export interface LedgerRow {
-  /** Store-assigned, increasing in append order. */
+  /**
+   * Store-assigned: decimal digits (at most 20), numerically increasing in append order.
+   * `CreditMeter` hands ids out as page cursors.
+   */
   id: string;
   workspaceId: string;
   kind: LedgerKind;

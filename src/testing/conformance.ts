@@ -1124,6 +1124,20 @@ define('renew - carries min(unused, cap) of the allotment over and expires the r
   expect((await allRows(ctx.storage, workspace.workspaceId)).filter((row) => row.kind === 'expiry')).toHaveLength(1);
 });
 
+define('renew - credits of a hold that lapsed before the period end roll over', async (ctx) => {
+  const workspace = await newWorkspace(ctx, 10 * C);
+  ctx.setNow(workspace.periodEnd - 10 * 60_000);
+  await hold(ctx, workspace.workspaceId, 4 * C, { ttl: 60_000 });
+  // Nobody reads the workspace before the period ends: the lapsed hold is swept by the renewal.
+  ctx.setNow(workspace.periodEnd);
+  const outcome = await ctx.storage.renew(renewCommand(workspace, { rolloverCap: 100 * C }));
+  expect(outcome.status).toBe('renewed');
+  if (outcome.status !== 'renewed') return;
+  expect({ carried: outcome.carried, expired: outcome.expired }).toEqual({ carried: 10 * C, expired: 0 });
+  expect(outcome.state.available).toBe(20 * C);
+  expect((await allRows(ctx.storage, workspace.workspaceId)).filter((row) => row.kind === 'expiry')).toHaveLength(0);
+});
+
 define('renew - top-ups survive the renewal', async (ctx) => {
   const workspace = await newWorkspace(ctx, 10 * C);
   const topup = await addTopUp(ctx, workspace.workspaceId, 4 * C);

@@ -643,9 +643,11 @@ export class SqliteOperations implements BatchHooks {
     if (row.allocations === null) return finished;
     const slot = this.#slot(row.workspace_id);
     if (!slot) return finished;
+    // A lapsed hold gave its credits back when it lapsed, not when someone noticed.
+    const returnedAt = status === 'expired' ? Math.min(now, row.expires_at) : now;
     for (const { grantId, amount } of JSON.parse(row.allocations) as Allocation[]) {
       const grant = slot.live.find((candidate) => candidate.grantId === grantId);
-      if (grant && (grant.expiresAt === null || grant.expiresAt > now)) {
+      if (grant && (grant.expiresAt === null || grant.expiresAt > returnedAt)) {
         grant.remaining += amount;
       } else {
         // The grant ran out of time while the credits were held: they expire now.
