@@ -40,7 +40,6 @@ local NULL = cjson.null
 local OPS = {}
 
 local function fmt(n) return string.format('%.0f', n) end
-local function pad(id) return string.format('%016.0f', id) end
 local function opt(s) if s == nil or s == '' then return nil end return s end
 
 local function hash(key)
@@ -78,24 +77,27 @@ local function load_money(w) avail = tonumber(w.available) or 0; held = tonumber
 local function save_money() redis.call('HSET', WS, 'available', fmt(avail), 'held', fmt(held)) end
 
 -- ledger
-local function push_row(id, at, json)
-  redis.call('ZADD', LEDGER, fmt(id), json)
+-- sid, sat: the row id and its time already formatted; at: the time as a number
+local function push_row(sid, sat, at, json)
+  redis.call('ZADD', LEDGER, sid, json)
   local last = redis.call('ZREVRANGE', AT, 0, 0, 'WITHSCORES')
   if last[2] ~= nil and tonumber(last[2]) > at then redis.call('SET', UNORD, '1') end
-  redis.call('ZADD', AT, fmt(at), pad(id))
+  redis.call('ZADD', AT, sat, string.rep('0', 16 - #sid) .. sid)
 end
 local function append_entry(json_tail, at)
   -- json_tail is the row without its id, encoded by the client: '[<workspaceId>,...]'
   local id = redis.call('INCR', SEQ)
-  local json = '["' .. fmt(id) .. '",' .. string.sub(json_tail, 2)
-  push_row(id, at, json)
+  local sid = fmt(id)
+  local json = '["' .. sid .. '",' .. string.sub(json_tail, 2)
+  push_row(sid, fmt(at), at, json)
   return json
 end
 local function expiry_row(ws, grant_id, amount, now)
   if amount <= 0 then return end
   local id = redis.call('INCR', SEQ)
-  local json = cjson.encode({ fmt(id), ws, 'expiry', fmt(-amount), fmt(now), NULL, NULL, NULL, NULL, NULL, NULL, grant_id, NULL })
-  push_row(id, now, json)
+  local sid, snow = fmt(id), fmt(now)
+  local json = cjson.encode({ sid, ws, 'expiry', fmt(-amount), snow, NULL, NULL, NULL, NULL, NULL, NULL, grant_id, NULL })
+  push_row(sid, snow, now, json)
 end
 
 local function add_grant(g)
@@ -127,9 +129,12 @@ local function finish_hold(rkey, rec, status, now, ws_exists)
   if rec.alloc ~= nil then
     if ws_exists then
       held = held - tonumber(rec.amount)
+      -- A lapsed hold gave its credits back when it lapsed, not when someone noticed.
+      local returned_at = now
+      if status == 'expired' then returned_at = math.min(now, tonumber(rec.expiresAt)) end
       for _, part in ipairs(parse_alloc(rec.alloc)) do
         local g = gload(part.id)
-        if g ~= nil and glive(g) and (g.exp == nil or g.exp > now) then
+        if g ~= nil and glive(g) and (g.exp == nil or g.exp > returned_at) then
           g.remaining = g.remaining + part.amount
           gsave(g)
           avail = avail + part.amount
@@ -332,10 +337,10 @@ OPS.settle = function(A)
   end
   local amount = tonumber(rec.amount)
   local id = redis.call('INCR', SEQ)
-  local sid, snow, samount = fmt(id), fmt(now), fmt(amount)
-  local json = cjson.encode({ sid, rec.workspaceId, 'reply', fmt(-amount), snow, rec.replyId, rec.agentId,
+  local sid, snow, samount = fmt(id), A[4], rec.amount
+  local json = cjson.encode({ sid, rec.workspaceId, 'reply', fmt(0 - amount), snow, rec.replyId, rec.agentId,
     rec.conversationId, rec.model, rec.route, rec.priceVersion, NULL, NULL })
-  push_row(id, now, json)
+  push_row(sid, snow, now, json)
   -- per-day usage rollups; the day is listed when its first agent appears
   local day = fmt(now - (now % DAY_MS))
   local prefix = B .. 'd:' .. day .. ':'
