@@ -167,7 +167,7 @@ CREATE TABLE IF NOT EXISTS ${A} (
 
 -- ─── JSON shapes returned to the adapter ──────────────────────────────────
 
-CREATE OR REPLACE FUNCTION ${F('ws_json')}(w ${W}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+CREATE OR REPLACE FUNCTION ${F('ws_json')}(w ${W}) RETURNS jsonb LANGUAGE sql STABLE AS $fn$
   SELECT jsonb_build_object(
     'workspaceId', w.workspace_id, 'plan', w.plan, 'allotment', w.allotment,
     'pendingPlan', w.pending_plan, 'pendingAllotment', w.pending_allotment, 'anchor', w.anchor,
@@ -175,7 +175,7 @@ CREATE OR REPLACE FUNCTION ${F('ws_json')}(w ${W}) RETURNS jsonb LANGUAGE sql IM
     'usedThisPeriod', w.used_this_period, 'version', w.version, 'createdAt', w.created_at)
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('reply_json')}(r ${R}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+CREATE OR REPLACE FUNCTION ${F('reply_json')}(r ${R}) RETURNS jsonb LANGUAGE sql STABLE AS $fn$
   SELECT jsonb_build_object(
     'replyId', r.reply_id, 'workspaceId', r.workspace_id, 'agentId', r.agent_id,
     'conversationId', r.conversation_id, 'model', r.model, 'route', r.route, 'amount', r.amount,
@@ -183,13 +183,13 @@ CREATE OR REPLACE FUNCTION ${F('reply_json')}(r ${R}) RETURNS jsonb LANGUAGE sql
     'expiresAt', r.expires_at, 'finishedAt', r.finished_at, 'entryId', r.entry_id::text)
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('grant_json')}(g ${G}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+CREATE OR REPLACE FUNCTION ${F('grant_json')}(g ${G}) RETURNS jsonb LANGUAGE sql STABLE AS $fn$
   SELECT jsonb_build_object(
     'grantId', g.grant_id, 'kind', g.kind, 'amount', g.amount, 'remaining', g.remaining,
     'expiresAt', g.expires_at, 'createdAt', g.created_at)
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('ledger_json')}(l ${L}) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $fn$
+CREATE OR REPLACE FUNCTION ${F('ledger_json')}(l ${L}) RETURNS jsonb LANGUAGE sql STABLE AS $fn$
   SELECT jsonb_build_object(
     'id', l.id::text, 'workspaceId', l.workspace_id, 'kind', l.kind, 'amount', l.amount, 'at', l.at,
     'replyId', l.reply_id, 'agentId', l.agent_id, 'conversationId', l.conversation_id,
@@ -251,6 +251,8 @@ DECLARE
   v_grant record;
   v_amount bigint;
   v_back bigint := 0;
+  -- A lapsed hold gave its credits back when it lapsed, not when someone noticed.
+  v_returned_at bigint := CASE WHEN p_status = 'expired' THEN LEAST(p_now, r.expires_at) ELSE p_now END;
 BEGIN
   UPDATE ${R} SET status = p_status, finished_at = p_now WHERE reply_id = r.reply_id RETURNING * INTO r;
   IF r.allocations IS NOT NULL THEN
@@ -262,7 +264,7 @@ BEGIN
         v_amount := (v_item.value->>'amount')::bigint;
         SELECT live, expires_at INTO v_grant FROM ${G}
           WHERE workspace_id = r.workspace_id AND grant_id = v_item.value->>'grantId';
-        IF FOUND AND v_grant.live AND (v_grant.expires_at IS NULL OR v_grant.expires_at > p_now) THEN
+        IF FOUND AND v_grant.live AND (v_grant.expires_at IS NULL OR v_grant.expires_at > v_returned_at) THEN
           UPDATE ${G} SET remaining = remaining + v_amount
             WHERE workspace_id = r.workspace_id AND grant_id = v_item.value->>'grantId';
           v_back := v_back + v_amount;
@@ -374,7 +376,7 @@ DECLARE
   v_now bigint := (c->>'now')::bigint;
   w ${W};
 BEGIN
-  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
   IF NOT FOUND THEN
     RETURN jsonb_build_object('status', 'missing');
   END IF;
@@ -386,17 +388,18 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('reserve')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION ${F('reserve')}(c jsonb, pending jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
   p jsonb := c->'reply';
   v_id text := c->'reply'->>'replyId';
   v_ws text := c->'reply'->>'workspaceId';
   v_amount bigint := (c->'reply'->>'amount')::bigint;
+  v_expires bigint := (c->'reply'->>'expiresAt')::bigint;
   v_now bigint := (c->>'now')::bigint;
-  v_status text := 'held';
-  v_finished bigint;
+  v_available bigint := 0;
   v_left bigint;
   v_part bigint;
+  v_grant text;
   v_alloc jsonb;
   g record;
   r ${R};
@@ -406,82 +409,133 @@ BEGIN
   IF FOUND THEN
     RETURN jsonb_build_object('status', 'exists', 'reply', ${F('reply_json')}(r));
   END IF;
-  IF (c->>'requireWorkspace')::boolean THEN
-    -- The batch locked the row already (run() locks every workspace it touches).
+  IF (c->>'requireWorkspace')::boolean AND pending IS NOT NULL THEN
+    -- Deferred fast path (see run()): decide from the row plus the batch's pending changes,
+    -- write only the reply, and hand the counter changes back as a delta. Anything unusual
+    -- asks run() to flush the pending changes and call again without 'pending'.
     SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
     IF NOT FOUND THEN
       RETURN jsonb_build_object('status', 'workspace_not_found');
     END IF;
-    IF v_now >= w.period_end THEN
-      RETURN jsonb_build_object('status', 'renewal_due', 'workspace', ${F('ws_json')}(w));
+    v_available := w.available + COALESCE((pending->>'a')::bigint, 0);
+    IF v_now < w.period_end AND v_now < LEAST(w.sweep_at, COALESCE((pending->>'s')::bigint, ${MAX_MICROS_SQL}))
+       AND v_available >= v_amount THEN
+      IF v_amount = 0 THEN
+        INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
+                          status, created_at, expires_at)
+        VALUES (v_id, v_ws, p->>'agentId', p->>'conversationId', p->>'model', p->>'route', 0,
+                p->>'priceVersion', 'held', (p->>'createdAt')::bigint, v_expires);
+        RETURN jsonb_build_object('status', 'reserved', 'available', v_available);
+      END IF;
+      SELECT grant_id, remaining INTO g FROM ${G} WHERE workspace_id = v_ws AND live AND remaining > 0
+        ORDER BY ${SPENDING_ORDER} LIMIT 1;
+      IF FOUND AND g.remaining + COALESCE((pending->'g'->>g.grant_id)::bigint, 0) >= v_amount THEN
+        INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
+                          status, created_at, expires_at, allocations)
+        VALUES (v_id, v_ws, p->>'agentId', p->>'conversationId', p->>'model', p->>'route', v_amount,
+                p->>'priceVersion', 'held', (p->>'createdAt')::bigint, v_expires,
+                jsonb_build_array(jsonb_build_object('grantId', g.grant_id, 'amount', v_amount)));
+        RETURN jsonb_build_object('status', 'reserved', 'available', v_available - v_amount,
+          '_delta', jsonb_build_object('a', -v_amount, 'h', v_amount, 's', v_expires, 'g', g.grant_id));
+      END IF;
     END IF;
-    IF v_now >= w.sweep_at THEN
-      PERFORM ${F('sweep')}(v_ws, v_now, w.sweep_at);
+    RETURN jsonb_build_object('_flush', true);
+  END IF;
+  IF (c->>'requireWorkspace')::boolean THEN
+    -- The batch holds the workspace's lock (run() locks every workspace it touches).
+    -- Fast path, one statement: the period is current, nothing can lapse or expire yet, and
+    -- the balance covers the amount.
+    UPDATE ${W} SET available = available - v_amount, held = held + v_amount,
+                    sweep_at = CASE WHEN v_amount > 0 THEN LEAST(sweep_at, v_expires) ELSE sweep_at END
+      WHERE workspace_id = v_ws AND v_now < period_end AND v_now < sweep_at AND available >= v_amount
+      RETURNING available INTO v_available;
+    IF NOT FOUND THEN
       SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
-    END IF;
-    IF w.available < v_amount THEN
-      v_status := 'refused';
-      v_finished := v_now;
-    ELSIF v_amount > 0 THEN
-      v_left := v_amount;
-      v_alloc := '[]'::jsonb;
-      FOR g IN
-        SELECT grant_id, remaining FROM ${G}
-        WHERE workspace_id = v_ws AND live AND remaining > 0
-        ORDER BY ${SPENDING_ORDER}
-      LOOP
-        v_part := LEAST(g.remaining, v_left);
-        UPDATE ${G} SET remaining = remaining - v_part WHERE workspace_id = v_ws AND grant_id = g.grant_id;
-        v_alloc := v_alloc || jsonb_build_array(jsonb_build_object('grantId', g.grant_id, 'amount', v_part));
-        v_left := v_left - v_part;
-        EXIT WHEN v_left = 0;
-      END LOOP;
-      IF v_left > 0 THEN
-        RAISE EXCEPTION 'the grants of workspace % do not cover its available balance', v_ws;
+      IF NOT FOUND THEN
+        RETURN jsonb_build_object('status', 'workspace_not_found');
+      END IF;
+      IF v_now >= w.period_end THEN
+        RETURN jsonb_build_object('status', 'renewal_due', 'workspace', ${F('ws_json')}(w));
+      END IF;
+      IF v_now >= w.sweep_at THEN
+        PERFORM ${F('sweep')}(v_ws, v_now, w.sweep_at);
+        SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
+      END IF;
+      IF w.available < v_amount THEN
+        INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
+                          status, created_at, expires_at, finished_at)
+        VALUES (v_id, v_ws, p->>'agentId', p->>'conversationId', p->>'model', p->>'route', v_amount,
+                p->>'priceVersion', 'refused', (p->>'createdAt')::bigint, v_expires, v_now)
+        RETURNING * INTO r;
+        RETURN jsonb_build_object('status', 'insufficient', 'reply', ${F('reply_json')}(r),
+                                  'available', w.available, 'workspace', ${F('ws_json')}(w));
       END IF;
       UPDATE ${W} SET available = available - v_amount, held = held + v_amount,
-                      sweep_at = LEAST(sweep_at, (p->>'expiresAt')::bigint)
-        WHERE workspace_id = v_ws;
-      w.available := w.available - v_amount;
+                      sweep_at = CASE WHEN v_amount > 0 THEN LEAST(sweep_at, v_expires) ELSE sweep_at END
+        WHERE workspace_id = v_ws
+        RETURNING available INTO v_available;
+    END IF;
+    IF v_amount > 0 THEN
+      -- Usually the first grant in spending order covers it all: one statement.
+      UPDATE ${G} SET remaining = remaining - v_amount
+        WHERE workspace_id = v_ws AND remaining >= v_amount AND grant_id = (
+          SELECT grant_id FROM ${G} WHERE workspace_id = v_ws AND live AND remaining > 0
+          ORDER BY ${SPENDING_ORDER} LIMIT 1)
+        RETURNING grant_id INTO v_grant;
+      IF FOUND THEN
+        v_alloc := jsonb_build_array(jsonb_build_object('grantId', v_grant, 'amount', v_amount));
+      ELSE
+        v_left := v_amount;
+        v_alloc := '[]'::jsonb;
+        FOR g IN
+          SELECT grant_id, remaining FROM ${G}
+          WHERE workspace_id = v_ws AND live AND remaining > 0
+          ORDER BY ${SPENDING_ORDER}
+        LOOP
+          v_part := LEAST(g.remaining, v_left);
+          UPDATE ${G} SET remaining = remaining - v_part WHERE workspace_id = v_ws AND grant_id = g.grant_id;
+          v_alloc := v_alloc || jsonb_build_array(jsonb_build_object('grantId', g.grant_id, 'amount', v_part));
+          v_left := v_left - v_part;
+          EXIT WHEN v_left = 0;
+        END LOOP;
+        IF v_left > 0 THEN
+          RAISE EXCEPTION 'the grants of workspace % do not cover its available balance', v_ws;
+        END IF;
+      END IF;
     END IF;
   END IF;
   INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
-                    status, created_at, expires_at, finished_at, allocations)
+                    status, created_at, expires_at, allocations)
   VALUES (v_id, v_ws, p->>'agentId', p->>'conversationId', p->>'model', p->>'route', v_amount,
-          p->>'priceVersion', v_status, (p->>'createdAt')::bigint, (p->>'expiresAt')::bigint, v_finished, v_alloc);
-  IF v_status = 'refused' THEN
-    SELECT * INTO r FROM ${R} WHERE reply_id = v_id;
-  END IF;
-  IF v_status = 'refused' THEN
-    RETURN jsonb_build_object('status', 'insufficient', 'reply', ${F('reply_json')}(r),
-                              'available', w.available, 'workspace', ${F('ws_json')}(w));
-  END IF;
+          p->>'priceVersion', 'held', (p->>'createdAt')::bigint, v_expires, v_alloc);
   -- The held record is the command's reply as given: the adapter builds it, saving the JSON here.
-  RETURN jsonb_build_object('status', 'reserved', 'available', COALESCE(w.available, 0));
+  RETURN jsonb_build_object('status', 'reserved', 'available', v_available);
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('settle')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION ${F('settle')}(c jsonb, pending jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
   v_now bigint := (c->>'now')::bigint;
-  v_has_ws boolean;
+  v_entry bigint;
+  v_delta jsonb;
   r ${R};
   w ${W};
   l ${L};
 BEGIN
-  SELECT * INTO r FROM ${R} WHERE reply_id = c->>'replyId' FOR UPDATE;
+  -- No row lock needed: every write of a reply runs under its workspace's batch lock.
+  SELECT * INTO r FROM ${R} WHERE reply_id = c->>'replyId';
   IF NOT FOUND OR r.workspace_id <> c->>'workspaceId' THEN
     RETURN jsonb_build_object('status', 'not_found');
   END IF;
-  SELECT * INTO w FROM ${W} WHERE workspace_id = r.workspace_id;
-  v_has_ws := FOUND;
   IF r.status = 'settled' THEN
     SELECT * INTO l FROM ${L} WHERE id = r.entry_id;
     IF NOT FOUND THEN
       RAISE EXCEPTION 'ledger row % of reply % is missing', r.entry_id, r.reply_id;
     END IF;
+    SELECT * INTO w FROM ${W} WHERE workspace_id = r.workspace_id;
+    w.used_this_period := w.used_this_period + COALESCE((pending->>'u')::bigint, 0);
     RETURN jsonb_build_object('status', 'settled', 'reply', ${F('reply_json')}(r), 'entry', ${F('ledger_json')}(l),
-                              'replayed', true, 'workspace', CASE WHEN v_has_ws THEN ${F('ws_json')}(w) END);
+                              'replayed', true, 'workspace', CASE WHEN w.workspace_id IS NOT NULL THEN ${F('ws_json')}(w) END);
   ELSIF r.status <> 'held' THEN
     RETURN jsonb_build_object('status', r.status, 'reply', ${F('reply_json')}(r));
   ELSIF r.expires_at <= v_now THEN
@@ -490,14 +544,34 @@ BEGIN
   INSERT INTO ${L} (workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route, price_version)
   VALUES (r.workspace_id, 'reply', -r.amount, v_now, r.reply_id, r.agent_id, r.conversation_id, r.model,
           r.route, r.price_version)
-  RETURNING * INTO l;
-  UPDATE ${R} SET status = 'settled', finished_at = v_now, entry_id = l.id WHERE reply_id = r.reply_id RETURNING * INTO r;
-  IF v_has_ws AND r.amount > 0 THEN
+  RETURNING id INTO v_entry;
+  UPDATE ${R} SET status = 'settled', finished_at = v_now, entry_id = v_entry WHERE reply_id = r.reply_id;
+  r.status := 'settled';
+  r.finished_at := v_now;
+  r.entry_id := v_entry;
+  IF pending IS NOT NULL THEN
+    -- Deferred (see run()): the counter changes go back as a delta, applied once per batch.
+    SELECT * INTO w FROM ${W} WHERE workspace_id = r.workspace_id;
+    IF FOUND THEN
+      w.used_this_period := w.used_this_period + COALESCE((pending->>'u')::bigint, 0);
+      IF r.amount > 0 THEN
+        w.used_this_period := w.used_this_period + r.amount;
+        v_delta := jsonb_build_object('h', -r.amount, 'u', r.amount);
+      END IF;
+    END IF;
+  ELSIF r.amount > 0 THEN
     UPDATE ${W} SET held = held - r.amount, used_this_period = used_this_period + r.amount
       WHERE workspace_id = r.workspace_id RETURNING * INTO w;
+  ELSE
+    SELECT * INTO w FROM ${W} WHERE workspace_id = r.workspace_id;
   END IF;
-  RETURN jsonb_build_object('status', 'settled', 'reply', ${F('reply_json')}(r), 'entry', ${F('ledger_json')}(l),
-                            'replayed', false, 'workspace', CASE WHEN v_has_ws THEN ${F('ws_json')}(w) END);
+  RETURN jsonb_build_object(
+    'status', 'settled', 'reply', ${F('reply_json')}(r), 'replayed', false, '_delta', v_delta,
+    'workspace', CASE WHEN w.workspace_id IS NOT NULL THEN ${F('ws_json')}(w) END,
+    'entry', jsonb_build_object(
+      'id', v_entry::text, 'workspaceId', r.workspace_id, 'kind', 'reply', 'amount', -r.amount, 'at', v_now,
+      'replyId', r.reply_id, 'agentId', r.agent_id, 'conversationId', r.conversation_id, 'model', r.model,
+      'route', r.route, 'priceVersion', r.price_version, 'grantId', NULL, 'plan', NULL));
 END
 $fn$;
 
@@ -506,7 +580,7 @@ DECLARE
   v_now bigint := (c->>'now')::bigint;
   r ${R};
 BEGIN
-  SELECT * INTO r FROM ${R} WHERE reply_id = c->>'replyId' FOR UPDATE;
+  SELECT * INTO r FROM ${R} WHERE reply_id = c->>'replyId';
   IF NOT FOUND OR r.workspace_id <> c->>'workspaceId' THEN
     RETURN jsonb_build_object('status', 'not_found');
   END IF;
@@ -535,7 +609,7 @@ DECLARE
   g record;
   w ${W};
 BEGIN
-  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
   IF NOT FOUND THEN
     RETURN jsonb_build_object('status', 'workspace_not_found');
   END IF;
@@ -581,7 +655,7 @@ DECLARE
   v_increase bigint := (c->>'allotmentIncrease')::bigint;
   w ${W};
 BEGIN
-  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
   IF NOT FOUND THEN
     RETURN jsonb_build_object('status', 'workspace_not_found');
   END IF;
@@ -616,7 +690,7 @@ DECLARE
   w ${W};
   g ${G};
 BEGIN
-  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws FOR UPDATE;
+  SELECT * INTO w FROM ${W} WHERE workspace_id = v_ws;
   IF NOT FOUND THEN
     RETURN jsonb_build_object('status', 'workspace_not_found');
   END IF;
@@ -651,11 +725,11 @@ BEGIN
 END
 $fn$;
 
-CREATE OR REPLACE FUNCTION ${F('dispatch')}(c jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
+CREATE OR REPLACE FUNCTION ${F('dispatch')}(c jsonb, pending jsonb) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 BEGIN
   CASE c->>'op'
-    WHEN 'reserve' THEN RETURN ${F('reserve')}(c);
-    WHEN 'settle' THEN RETURN ${F('settle')}(c);
+    WHEN 'reserve' THEN RETURN ${F('reserve')}(c, pending);
+    WHEN 'settle' THEN RETURN ${F('settle')}(c, pending);
     WHEN 'release' THEN RETURN ${F('release')}(c);
     WHEN 'getWorkspace' THEN RETURN ${F('get_workspace')}(c);
     WHEN 'createWorkspace' THEN RETURN ${F('create_workspace')}(c);
@@ -668,15 +742,48 @@ BEGIN
 END
 $fn$;
 
+-- Applies a batch's pending counter changes to one workspace and its grants.
+CREATE OR REPLACE FUNCTION ${F('flush')}(p_ws text, p_a bigint, p_h bigint, p_u bigint, p_s bigint, p_g jsonb)
+RETURNS void LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_grant record;
+BEGIN
+  UPDATE ${W} SET available = available + p_a, held = held + p_h, used_this_period = used_this_period + p_u,
+                  sweep_at = LEAST(sweep_at, p_s)
+    WHERE workspace_id = p_ws;
+  FOR v_grant IN SELECT key, value FROM jsonb_each_text(p_g) LOOP
+    UPDATE ${G} SET remaining = remaining + v_grant.value::bigint WHERE workspace_id = p_ws AND grant_id = v_grant.key;
+  END LOOP;
+END
+$fn$;
+
 -- One group-commit batch: locks every workspace it touches in a fixed order (so batches on
--- other connections never deadlock; every write of a workspace goes through here), then runs each operation in its own subtransaction
--- (a savepoint), so a failing operation rolls back alone and its neighbours still commit.
+-- other connections never deadlock; every write of a workspace goes through here), then
+-- runs each operation in its own subtransaction (a savepoint), so a failing operation rolls
+-- back alone and its neighbours still commit.
+--
+-- Reserve and settle on the fast path do not update the workspace and grant rows: they
+-- return their counter changes, which are summed here and written once per workspace at the
+-- end (or before any other operation on that workspace reads the row). Updating one row
+-- many times in one transaction makes every later read walk all its versions; once per
+-- batch keeps an operation's cost flat with the batch size.
 CREATE OR REPLACE FUNCTION ${F('run')}(p_ops jsonb, p_lock text[]) RETURNS jsonb LANGUAGE plpgsql AS $fn$
 DECLARE
   v_op jsonb;
   v_res jsonb;
+  v_delta jsonb;
+  v_ws text;
+  v_kind text;
   v_tries int;
   v_key int;
+  v_deferred boolean;
+  -- The pending changes of the one workspace this batch defers (the first one charged).
+  v_pws text;
+  v_pa bigint := 0;
+  v_ph bigint := 0;
+  v_pu bigint := 0;
+  v_ps bigint := ${MAX_MICROS_SQL};
+  v_pg jsonb := '{}';
   v_out jsonb[] := '{}';
 BEGIN
   -- Transaction-scoped advisory locks on the workspace ids, taken in ascending key order.
@@ -687,11 +794,22 @@ BEGIN
     PERFORM pg_advisory_xact_lock(${LOCK_SPACE}, v_key);
   END LOOP;
   FOR v_op IN SELECT e.value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS e(value, n) ORDER BY e.n LOOP
+    v_kind := v_op->>'op';
+    v_ws := COALESCE(v_op->>'workspaceId', v_op->'reply'->>'workspaceId', v_op->'workspace'->>'workspaceId');
+    v_deferred := v_kind IN ('reserve', 'settle') AND (v_pws IS NULL OR v_pws = v_ws);
+    IF v_deferred THEN
+      v_pws := v_ws;
+    ELSIF v_pws = v_ws THEN
+      -- Any other operation on the deferred workspace reads the row: apply what is pending.
+      PERFORM ${F('flush')}(v_pws, v_pa, v_ph, v_pu, v_ps, v_pg);
+      v_pa := 0; v_ph := 0; v_pu := 0; v_ps := ${MAX_MICROS_SQL}; v_pg := '{}';
+    END IF;
     v_res := NULL;
     v_tries := 0;
     WHILE v_res IS NULL LOOP
       BEGIN
-        v_res := ${F('dispatch')}(v_op);
+        v_res := ${F('dispatch')}(v_op, CASE WHEN v_deferred THEN
+          jsonb_build_object('a', v_pa, 's', v_ps, 'u', v_pu, 'g', v_pg) END);
       EXCEPTION
         -- These abort the whole batch; the adapter runs it again.
         WHEN deadlock_detected OR serialization_failure THEN RAISE;
@@ -705,9 +823,33 @@ BEGIN
         WHEN OTHERS THEN
           v_res := jsonb_build_object('error', SQLERRM, 'code', SQLSTATE);
       END;
+      IF v_res ? '_flush' THEN
+        PERFORM ${F('flush')}(v_pws, v_pa, v_ph, v_pu, v_ps, v_pg);
+        v_pa := 0; v_ph := 0; v_pu := 0; v_ps := ${MAX_MICROS_SQL}; v_pg := '{}';
+        v_deferred := false;
+        v_res := NULL;
+      END IF;
     END LOOP;
+    IF v_res ? '_delta' THEN
+      v_delta := v_res->'_delta';
+      IF jsonb_typeof(v_delta) = 'object' THEN
+        v_pa := v_pa + COALESCE((v_delta->>'a')::bigint, 0);
+        v_ph := v_ph + COALESCE((v_delta->>'h')::bigint, 0);
+        v_pu := v_pu + COALESCE((v_delta->>'u')::bigint, 0);
+        v_ps := LEAST(v_ps, COALESCE((v_delta->>'s')::bigint, v_ps));
+        IF v_delta ? 'g' THEN
+          -- The fast path takes the whole amount (-a) from one grant.
+          v_pg := v_pg || jsonb_build_object(v_delta->>'g',
+            COALESCE((v_pg->>(v_delta->>'g'))::bigint, 0) + (v_delta->>'a')::bigint);
+        END IF;
+      END IF;
+      v_res := v_res - '_delta';
+    END IF;
     v_out := array_append(v_out, v_res);
   END LOOP;
+  IF v_pws IS NOT NULL AND (v_pa <> 0 OR v_ph <> 0 OR v_pu <> 0 OR v_ps < ${MAX_MICROS_SQL} OR v_pg <> '{}') THEN
+    PERFORM ${F('flush')}(v_pws, v_pa, v_ph, v_pu, v_ps, v_pg);
+  END IF;
   RETURN to_jsonb(v_out);
 END
 $fn$;

@@ -239,8 +239,7 @@ export class PostgresStorage implements CreditStorage {
   }
 
   async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    const lock = command.requireWorkspace ? command.reply.workspaceId : null;
-    const outcome = (await this.#submit('reserve', { op: 'reserve', ...command }, lock)) as
+    const outcome = (await this.#submit('reserve', { op: 'reserve', ...command }, command.reply.workspaceId)) as
       | ReserveOutcome
       | { status: 'reserved'; available: number; reply?: undefined };
     if (outcome.status !== 'reserved' || outcome.reply) return outcome as ReserveOutcome;
