@@ -575,21 +575,34 @@ OPS.usage = function(A)
     e.n = e.n + n
     if first < e.first then e.first = first end
   end
+  local ordered = redis.call('EXISTS', UNORD) == 0
+  local function count(json, lo, hi)
+    local row = cjson.decode(json)
+    local at = tonumber(row[5])
+    if row[3] == 'reply' and at >= lo and at < hi then
+      local key = row[field]
+      if key == nil or key == NULL then key = '' end
+      add(key, at - (at % DAY_MS), -tonumber(row[4]), 1, tonumber(row[1]))
+    end
+  end
+  -- Raw rows with lo <= at < hi. In a time-ordered ledger they are one run of ids: read the
+  -- run in one call. Otherwise look each id of the time index up.
   local function scan(lo, hi)
     if lo >= hi then return end
-    local ids = redis.call('ZRANGEBYSCORE', AT, fmt(lo), '(' .. fmt(hi))
-    for _, padded in ipairs(ids) do
+    local slo, shi = fmt(lo), '(' .. fmt(hi)
+    if ordered then
+      local first = redis.call('ZRANGEBYSCORE', AT, slo, shi, 'LIMIT', 0, 1)[1]
+      if first == nil then return end
+      local last = redis.call('ZREVRANGEBYSCORE', AT, shi, slo, 'LIMIT', 0, 1)[1]
+      for _, json in ipairs(redis.call('ZRANGEBYSCORE', LEDGER, fmt(tonumber(first)), fmt(tonumber(last)))) do
+        count(json, lo, hi)
+      end
+      return
+    end
+    for _, padded in ipairs(redis.call('ZRANGEBYSCORE', AT, slo, shi)) do
       local id = fmt(tonumber(padded))
       local json = redis.call('ZRANGEBYSCORE', LEDGER, id, id)[1]
-      if json ~= nil then
-        local row = cjson.decode(json)
-        if row[3] == 'reply' then
-          local key = row[field]
-          if key == nil or key == NULL then key = '' end
-          local at = tonumber(row[5])
-          add(key, at - (at % DAY_MS), -tonumber(row[4]), 1, tonumber(row[1]))
-        end
-      end
+      if json ~= nil then count(json, lo, hi) end
     end
   end
   if from < to then
