@@ -171,7 +171,7 @@ describe('PostgresStorage - concurrency', () => {
     statements = 0;
     const outcomes = await Promise.all(Array.from({ length: 300 }, () => charge(meter, 'batch')));
     expect(outcomes.every((o) => o === 'charged')).toBe(true);
-    // 600 operations; batches of up to 64 with two in flight.
+    // 600 operations gathered into batches (up to 128 each, two in flight).
     expect(statements).toBeLessThan(100);
     await storage.close();
     await real.end();
