@@ -294,6 +294,30 @@ describe('redis - behaves as the memory store', () => {
     );
   });
 
+  it('ledger and usage - a clock that went back: same pages and sums as the memory store', async () => {
+    const memory = new MemoryStorage();
+    const redis = store();
+    const times = [5, 3.2, 6.5, 1.5, 4.75, 4.1, 7.9].map((day) => T0 + day * DAY);
+    for (const storage of [memory, redis] as CreditStorage[]) {
+      await create(storage, 'ws', T0, 50_000_000, T0 + 30 * DAY);
+      for (const [i, at] of times.entries()) {
+        const reply = { replyId: `o${i}`, workspaceId: 'ws', agentId: `a${i % 2}`, conversationId: `c${i % 3}`, model: 'm', route: 'credits' as const, amount: (i + 1) * 1_000_000, priceVersion: 'v', createdAt: at, expiresAt: at + DAY };
+        await storage.reserve({ reply, now: at, requireWorkspace: true });
+        await storage.settle({ replyId: `o${i}`, workspaceId: 'ws', now: at });
+      }
+    }
+    const windows = [[0, 10], [1.5, 6.5], [3.5, 5], [4.2, 4.8], [2, 8]] as const;
+    for (const [from, to] of windows) {
+      for (const byDay of [false, true]) {
+        const query = { workspaceId: 'ws', from: T0 + from * DAY, to: T0 + to * DAY, groupBy: 'agent' as const, byDay };
+        expect(await redis.usage(query)).toEqual(await memory.usage(query));
+      }
+      const page = { workspaceId: 'ws', from: T0 + from * DAY, to: T0 + to * DAY, limit: 3 };
+      expect(await redis.ledger(page)).toEqual(await memory.ledger(page));
+      expect(await redis.ledger({ ...page, afterId: '3', agentId: 'a1' })).toEqual(await memory.ledger({ ...page, afterId: '3', agentId: 'a1' }));
+    }
+  });
+
   it('batching off - the same outcomes, one script call per operation', async () => {
     const storage = store({ batching: false });
     await create(storage, 'ws', T0, 3_000_000);
