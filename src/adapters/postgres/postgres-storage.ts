@@ -386,7 +386,13 @@ export class PostgresStorage implements CreditStorage {
 
   /** Runs one batch as one statement: its implicit transaction commits before pg resolves the query. */
   async #runBatch(batch: QueuedOperation[]): Promise<void> {
-    const pool = await this.#poolReady();
+    let pool: PostgresPool;
+    try {
+      pool = await this.#poolReady();
+    } catch (error) {
+      for (const op of batch) op.reject(asStorageError(error, op.operation));
+      return;
+    }
     const locks = [...new Set(batch.map((op) => op.lock).filter((id): id is string => id !== null))].sort();
     let text: string;
     try {
