@@ -298,7 +298,8 @@ export interface CreditStorage {
   createWorkspace(command: CreateWorkspaceCommand): Promise<CreateWorkspaceOutcome>;
   /**
    * The workspace at `now`: first lapses holds whose `expiresAt` ≤ now (status
-   * `expired`, credits back to their grants) and expires grants whose `expiresAt` ≤ now
+   * `expired`, credits back to their grants as of the hold's `expiresAt`: a grant that was
+   * still live then takes them back, even if it expired since) and expires grants whose `expiresAt` ≤ now
    * (an `expiry` row for what they had left). When now ≥ periodEnd nothing is swept (the
    * caller renews first, so rollover sees the ending allotment). Undefined when there is
    * no such workspace.
