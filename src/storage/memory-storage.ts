@@ -29,12 +29,14 @@ import type {
 } from './storage.js';
 import { compareGrants, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from './storage-helpers.js';
 
-/** A live hold on credits: where they came from, and whether it is still open. */
-interface Hold {
-  replyId: string;
-  expiresAt: number;
-  allocations: Allocation[];
-  open: boolean;
+/**
+ * What the store keeps per replyId: the current record (replaced, never mutated, on every
+ * change, so a record handed out stays as it was) and, while a hold with credits is open,
+ * the grants its credits came from. One map entry per reply keeps the hot path to one lookup.
+ */
+interface Entry {
+  record: ReplyRecord;
+  allocations: Allocation[] | null;
 }
 
 interface Slot {
@@ -48,7 +50,7 @@ interface Slot {
   /** Earliest `expiresAt` among `live`, so the sweep costs one comparison when idle. */
   nextGrantExpiry: number;
   /** Holds in the order they were taken; lapsed ones are swept from the front. */
-  holdQueue: Hold[];
+  holdQueue: Entry[];
   holdHead: number;
   ledger: LedgerRow[];
   /** False once a row was appended with an earlier `at` than its predecessor (a clock went back). */
@@ -71,8 +73,7 @@ interface Slot {
  */
 export class MemoryStorage implements CreditStorage {
   readonly #workspaces = new Map<string, Slot>();
-  readonly #replies = new Map<string, ReplyRecord>();
-  readonly #holds = new Map<string, Hold>();
+  readonly #replies = new Map<string, Entry>();
   // Ledger rows of workspaces without a record (self-hosted mode) live here.
   readonly #orphanLedgers = new Map<string, { rows: LedgerRow[]; inTimeOrder: boolean }>();
   #sequence = 0;
@@ -121,10 +122,10 @@ export class MemoryStorage implements CreditStorage {
   async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
     const { reply: input, now } = command;
     const existing = this.#replies.get(input.replyId);
-    if (existing) return { status: 'exists', reply: existing };
+    if (existing) return { status: 'exists', reply: existing.record };
     if (!command.requireWorkspace) {
       const reply = held(input);
-      this.#replies.set(reply.replyId, reply);
+      this.#replies.set(reply.replyId, { record: reply, allocations: null });
       return { status: 'reserved', reply, available: 0 };
     }
     const slot = this.#workspaces.get(input.workspaceId);
@@ -135,25 +136,26 @@ export class MemoryStorage implements CreditStorage {
       this.#sweep(slot, now, true);
       if (slot.available < input.amount) {
         const reply = record(input, 'refused', now, null);
-        this.#replies.set(reply.replyId, reply);
+        this.#replies.set(reply.replyId, { record: reply, allocations: null });
         return { status: 'insufficient', reply, available: slot.available, workspace: { ...slot.record } };
       }
     }
     const reply = held(input);
-    this.#replies.set(reply.replyId, reply);
+    const entry: Entry = { record: reply, allocations: null };
+    this.#replies.set(reply.replyId, entry);
     if (input.amount > 0) {
-      const hold: Hold = { replyId: reply.replyId, expiresAt: reply.expiresAt, allocations: takeFromGrants(slot.live, input.amount), open: true };
+      entry.allocations = takeFromGrants(slot.live, input.amount);
       slot.available -= input.amount;
-      this.#holds.set(reply.replyId, hold);
       slot.held += input.amount;
-      slot.holdQueue.push(hold);
+      slot.holdQueue.push(entry);
     }
     return { status: 'reserved', reply, available: slot.available };
   }
 
   async settle(command: SettleCommand): Promise<SettleOutcome> {
-    const reply = this.#replies.get(command.replyId);
-    if (!reply || reply.workspaceId !== command.workspaceId) return { status: 'not_found' };
+    const found = this.#replies.get(command.replyId);
+    if (!found || found.record.workspaceId !== command.workspaceId) return { status: 'not_found' };
+    const reply = found.record;
     const slot = this.#workspaces.get(reply.workspaceId);
     switch (reply.status) {
       case 'settled':
@@ -165,16 +167,16 @@ export class MemoryStorage implements CreditStorage {
           workspace: slot ? { ...slot.record } : null,
         };
       case 'held':
-        if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(reply, 'expired', command.now) };
+        if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(found, 'expired', command.now) };
         break;
       default:
         return { status: reply.status, reply };
     }
     const entry = this.#appendTo(slot, reply.workspaceId, replyChargeRow(reply, command.now));
     const settled = record(reply, 'settled', command.now, entry.id);
-    this.#replies.set(reply.replyId, settled);
+    found.record = settled;
+    found.allocations = null;
     if (slot && reply.amount > 0) {
-      this.#closeHold(reply.replyId);
       slot.held -= reply.amount;
       slot.record.usedThisPeriod += reply.amount;
     }
@@ -182,12 +184,13 @@ export class MemoryStorage implements CreditStorage {
   }
 
   async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
-    const reply = this.#replies.get(command.replyId);
-    if (!reply || reply.workspaceId !== command.workspaceId) return { status: 'not_found' };
+    const found = this.#replies.get(command.replyId);
+    if (!found || found.record.workspaceId !== command.workspaceId) return { status: 'not_found' };
+    const reply = found.record;
     if (reply.status === 'released') return { status: 'released', reply, replayed: true };
     if (reply.status !== 'held') return { status: reply.status, reply };
-    if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(reply, 'expired', command.now) };
-    return { status: 'released', reply: this.#finishHold(reply, 'released', command.now), replayed: false };
+    if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(found, 'expired', command.now) };
+    return { status: 'released', reply: this.#finishHold(found, 'released', command.now), replayed: false };
   }
 
   async renew(command: RenewCommand): Promise<RenewOutcome> {
@@ -313,7 +316,7 @@ export class MemoryStorage implements CreditStorage {
   }
 
   async getReply(replyId: string): Promise<ReplyRecord | undefined> {
-    return this.#replies.get(replyId);
+    return this.#replies.get(replyId)?.record;
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
@@ -378,19 +381,20 @@ export class MemoryStorage implements CreditStorage {
   #lapseHolds(slot: Slot, now: number, full: boolean): void {
     const queue = slot.holdQueue;
     while (slot.holdHead < queue.length) {
-      const hold = queue[slot.holdHead]!;
-      if (hold.open && hold.expiresAt > now) break;
-      if (hold.open) this.#finishHold(this.#replies.get(hold.replyId)!, 'expired', now);
+      const entry = queue[slot.holdHead]!;
+      const open = entry.allocations !== null;
+      if (open && entry.record.expiresAt > now) break;
+      if (open) this.#finishHold(entry, 'expired', now);
       slot.holdHead++;
     }
     if (full) {
       // Holds with different TTLs can lapse out of queue order: look behind the head too.
-      const rest: Hold[] = [];
+      const rest: Entry[] = [];
       for (let i = slot.holdHead; i < queue.length; i++) {
-        const hold = queue[i]!;
-        if (!hold.open) continue;
-        if (hold.expiresAt <= now) this.#finishHold(this.#replies.get(hold.replyId)!, 'expired', now);
-        else rest.push(hold);
+        const entry = queue[i]!;
+        if (entry.allocations === null) continue;
+        if (entry.record.expiresAt <= now) this.#finishHold(entry, 'expired', now);
+        else rest.push(entry);
       }
       slot.holdQueue = rest;
       slot.holdHead = 0;
@@ -400,26 +404,19 @@ export class MemoryStorage implements CreditStorage {
     }
   }
 
-  #closeHold(replyId: string): Hold | undefined {
-    const hold = this.#holds.get(replyId);
-    if (hold) {
-      hold.open = false;
-      this.#holds.delete(replyId);
-    }
-    return hold;
-  }
-
   /** Ends a hold without a charge, returning its credits to the grants they came from. */
-  #finishHold(reply: ReplyRecord, status: 'released' | 'expired', now: number): ReplyRecord {
+  #finishHold(entry: Entry, status: 'released' | 'expired', now: number): ReplyRecord {
+    const reply = entry.record;
     const finished = record(reply, status, now, null);
-    this.#replies.set(reply.replyId, finished);
-    const hold = this.#closeHold(reply.replyId);
+    const allocations = entry.allocations;
+    entry.record = finished;
+    entry.allocations = null;
     const slot = this.#workspaces.get(reply.workspaceId);
-    if (hold && slot) {
+    if (allocations && slot) {
       slot.held -= reply.amount;
       // A lapsed hold gave its credits back when it lapsed, not when someone noticed.
       const returnedAt = status === 'expired' ? Math.min(now, reply.expiresAt) : now;
-      for (const { grantId, amount } of hold.allocations) {
+      for (const { grantId, amount } of allocations) {
         const grant = slot.grants.get(grantId)!;
         grant.remaining += amount;
         if (slot.live.includes(grant) && (grant.expiresAt === null || grant.expiresAt > returnedAt)) {
