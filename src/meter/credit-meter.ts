@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { periodBounds, periodIndexAt } from '../core/billing-period.js';
 import { fromMicros, MICROS_PER_CREDIT, toMicros, type CreditsInput } from '../core/credits.js';
 import {
@@ -133,7 +133,7 @@ export class CreditMeter {
     this.#thresholds = config.thresholds;
     this.#failOpen = options.onStorageFailure === 'allow';
     this.#timeoutMs = options.storageTimeoutMs;
-    this.#newReplyId = options.generateReplyId ?? randomUUID;
+    this.#newReplyId = options.generateReplyId ?? replyIdSequence();
     this.#events = new EventBus(
       options.onEventError ??
         ((error, event) => {
@@ -933,6 +933,16 @@ export class CreditMeter {
       })),
     };
   }
+}
+
+/**
+ * Reply ids for callers who give none: a random 128-bit prefix per meter, then a counter.
+ * As unique as a random UUID, and cheaper to make and to hash than a new UUID per reply.
+ */
+function replyIdSequence(): () => string {
+  const prefix = `${randomBytes(16).toString('base64url')}-`;
+  let counter = 0;
+  return () => prefix + (++counter).toString(36);
 }
 
 function validateOptions(options: CreditMeterOptions): { thresholds: readonly number[] } {

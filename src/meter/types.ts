@@ -71,7 +71,7 @@ export interface CreditMeterOptions {
   onEventError?: EventErrorHandler;
   /**
    * Makes reply ids when the caller gives none.
-   * @default crypto.randomUUID
+   * @default 128 random bits per meter (base64url) followed by a counter: `<random>-<n>`
    */
   generateReplyId?: () => string;
 }
@@ -159,7 +159,7 @@ export interface ReplyIdentity {
   /**
    * The idempotency key of the reply: a retry with the same id never charges twice. Unique
    * across the store (use a UUID or your message id).
-   * @default a new UUID
+   * @default a new unique id (see `generateReplyId`)
    */
   replyId?: string;
 }

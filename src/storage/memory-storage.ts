@@ -27,7 +27,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from './storage.js';
-import { compareGrants, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from './storage-helpers.js';
+import { chargeRow, compareGrants, DAY_MS, expiryRow, takeFromGrants } from './storage-helpers.js';
 
 /**
  * What the store keeps per replyId: the current record (replaced, never mutated, on every
@@ -172,7 +172,7 @@ export class MemoryStorage implements CreditStorage {
       default:
         return { status: reply.status, reply };
     }
-    const entry = this.#appendTo(slot, reply.workspaceId, replyChargeRow(reply, command.now));
+    const entry = this.#push(slot, reply.workspaceId, chargeRow(this.#nextId(), reply, command.now));
     const settled = record(reply, 'settled', command.now, entry.id);
     found.record = settled;
     found.allocations = null;
@@ -331,25 +331,14 @@ export class MemoryStorage implements CreditStorage {
   }
 
   #append(slot: Slot, input: LedgerRowInput): LedgerRow {
-    return this.#appendTo(slot, slot.record.workspaceId, input);
+    return this.#push(slot, slot.record.workspaceId, { id: this.#nextId(), ...input });
   }
 
-  #appendTo(slot: Slot | undefined, workspaceId: string, input: LedgerRowInput): LedgerRow {
-    const row: LedgerRow = {
-      id: String(++this.#sequence),
-      workspaceId: input.workspaceId,
-      kind: input.kind,
-      amount: input.amount,
-      at: input.at,
-      replyId: input.replyId,
-      agentId: input.agentId,
-      conversationId: input.conversationId,
-      model: input.model,
-      route: input.route,
-      priceVersion: input.priceVersion,
-      grantId: input.grantId,
-      plan: input.plan,
-    };
+  #nextId(): string {
+    return String(++this.#sequence);
+  }
+
+  #push(slot: Slot | undefined, workspaceId: string, row: LedgerRow): LedgerRow {
     if (slot) {
       const last = slot.ledger[slot.ledger.length - 1];
       if (last && last.at > row.at) slot.ledgerInTimeOrder = false;

@@ -1,4 +1,4 @@
-import type { Allocation, GrantRecord, LedgerKind, LedgerRowInput, ReplyRecord } from './storage.js';
+import type { Allocation, GrantRecord, LedgerKind, LedgerRow, LedgerRowInput, ReplyRecord } from './storage.js';
 
 /** Milliseconds in a UTC day. */
 export const DAY_MS = 86_400_000;
@@ -34,8 +34,10 @@ export function ledgerRowInput(workspaceId: string, kind: LedgerKind, amount: nu
 }
 
 /** The `reply` row that settling `reply` appends: −amount, and 0 (never −0) for a free reply. */
-export function replyChargeRow(reply: ReplyRecord, at: number): LedgerRowInput {
+export function chargeRow(id: string, reply: ReplyRecord, at: number): LedgerRow {
+  // One literal: a store writes this row once per charged reply.
   return {
+    id,
     workspaceId: reply.workspaceId,
     kind: 'reply',
     amount: 0 - reply.amount,
@@ -49,6 +51,12 @@ export function replyChargeRow(reply: ReplyRecord, at: number): LedgerRowInput {
     grantId: null,
     plan: null,
   };
+}
+
+/** {@link chargeRow} before the store gives it an id. */
+export function replyChargeRow(reply: ReplyRecord, at: number): LedgerRowInput {
+  const { id: _id, ...row } = chargeRow('', reply, at);
+  return row;
 }
 
 /** The `expiry` row for `amount` micro-credits of `grantId` that can no longer be spent. */
