@@ -96,7 +96,7 @@ describe('redis - construction and life cycle', () => {
     const storage = new RedisStorage({ url, keyPrefix: prefix });
     await storage.migrate();
     const client = new Redis(url);
-    expect(await client.get(`${prefix}schema`)).toBe('1');
+    expect(await client.get(`${prefix}schema`)).toBe('2');
     await client.quit();
     await storage.close();
   });
@@ -381,7 +381,7 @@ describe('redis - usage on a large ledger', () => {
         local id = tonumber(redis.call('GET', seq) or '0')
         for d = 0, days - 1 do
           local day = day0 + d * 86400000
-          local rows, index, roll = {}, {}, { a = {}, m = {}, c = {} }
+          local rows, index, roll = {}, {}, { p = {}, c = {} }
           for k = 0, per_day - 1 do
             id = id + 1
             local at = day + math.floor(k * 86400000 / per_day)
@@ -391,7 +391,7 @@ describe('redis - usage on a large ledger', () => {
             rows[#rows + 1] = cjson.encode({ fmt(id), 'big', 'reply', fmt(-amount), fmt(at), 'r' .. id, agent, conv, model, 'credits', 'v1', cjson.null, cjson.null })
             index[#index + 1] = fmt(at)
             index[#index + 1] = string.format('%016.0f', id)
-            for g, key in pairs({ a = agent, m = model, c = conv }) do
+            for g, key in pairs({ p = #agent .. ':' .. agent .. model, c = conv }) do
               local e = roll[g][key] or { s = 0, n = 0, f = id }
               e.s = e.s + amount; e.n = e.n + 1
               roll[g][key] = e

@@ -1,7 +1,8 @@
 /**
  * Conversions between the contract's records and what the Redis scripts store and return:
- * flat hash replies (`[field, value, ...]`), encoded grants and JSON ledger rows. Numbers
- * travel as decimal strings; `-0` is kept as `-0` so every row matches the memory store's.
+ * flat hash replies (`[field, value, ...]`), JSON reply records, encoded grants and JSON
+ * ledger rows. Numbers travel as decimal strings; `-0` is kept as `-0` so every row matches
+ * the memory store's.
  */
 import type {
   GrantKind,
@@ -92,24 +93,31 @@ export function decodeWorkspace(flat: unknown): WorkspaceRecord {
   };
 }
 
-/** A reply record from its hash. */
-export function decodeReply(flat: unknown): ReplyRecord {
-  const map = fields(flat);
-  const finishedAt = map.get('finishedAt');
+/**
+ * A reply record from its stored form: a JSON array of strings in the order replyId,
+ * workspaceId, agentId, conversationId, model, route, amount, priceVersion, status,
+ * createdAt, expiresAt, finishedAt, entryId, alloc ('' for an absent finishedAt or entryId).
+ */
+export function decodeReply(json: unknown): ReplyRecord {
+  if (typeof json !== 'string') throw new Error('stored reply record is missing');
+  const cells = JSON.parse(json) as string[];
+  if (!Array.isArray(cells) || cells.length < 13) throw new Error('stored reply record is malformed');
+  const finishedAt = cells[11]!;
+  const entryId = cells[12]!;
   return {
-    replyId: required(map, 'replyId'),
-    workspaceId: required(map, 'workspaceId'),
-    agentId: required(map, 'agentId'),
-    conversationId: required(map, 'conversationId'),
-    model: required(map, 'model'),
-    route: required(map, 'route') as Route,
-    amount: requiredNumber(map, 'amount'),
-    priceVersion: required(map, 'priceVersion'),
-    status: required(map, 'status') as ReplyStatus,
-    createdAt: requiredNumber(map, 'createdAt'),
-    expiresAt: requiredNumber(map, 'expiresAt'),
-    finishedAt: finishedAt === undefined ? null : Number(finishedAt),
-    entryId: map.get('entryId') ?? null,
+    replyId: cells[0]!,
+    workspaceId: cells[1]!,
+    agentId: cells[2]!,
+    conversationId: cells[3]!,
+    model: cells[4]!,
+    route: cells[5] as Route,
+    amount: Number(cells[6]),
+    priceVersion: cells[7]!,
+    status: cells[8] as ReplyStatus,
+    createdAt: Number(cells[9]),
+    expiresAt: Number(cells[10]),
+    finishedAt: finishedAt === '' ? null : Number(finishedAt),
+    entryId: entryId === '' ? null : entryId,
   };
 }
 

@@ -15,10 +15,12 @@
  * - `B u`  string, present once a row was appended with an earlier `at` than a previous one
  * - `B a`  set of claimed alerts
  * - `B d`  sorted set of UTC days that have `reply` rows
- * - `B d:<day>:<a|m|c>` hash: per-day usage rollup by agent, model or conversation:
- *          `s:<key>` micro-credits, `n:<key>` replies, `f:<key>` first row id
+ * - `B d:<day>:p` hash: per-day usage rollup by (agent, model) pair `K` = `<#agent>:<agent><model>`
+ * - `B d:<day>:c` hash: per-day usage rollup by conversation `K`
+ *          both with `s:K` micro-credits, `n:K` replies, `f:K` first row id
  * Outside the workspace slot: `<prefix>seq` (the ledger id counter, INCR) and
- * `<prefix>reply:<replyId>` (the reply record hash, which is also the global reply index).
+ * `<prefix>reply:<replyId>` (the reply record, a string holding a JSON array of strings in
+ * the order of `R_*` below; also the global reply index).
  *
  * Numbers: Lua numbers are doubles, exact for integers up to 2^53. Every number written to
  * Redis or returned goes through `fmt` (`%.0f`) because Lua's own `tostring` keeps only 14
@@ -27,8 +29,19 @@
 
 const PRELUDE = /* lua */ `
 local B, RP, WS, GR, LIVE, HOLDS, LEDGER, AT, UNORD, ALERTS, DAYS
+-- Batch mode (the batch script only): the workspace hash and the grants read by the hot
+-- operations are cached for the whole batch and written once at its end by flush().
+-- Everything else is written at once.
+local BATCH_MODE = false
+local wc = nil        -- cached workspace hash: { t = field -> value, order = fields, dirty = set }
+local gc = nil        -- cached grants: id -> grant (false for none), gdirty: ids to write
+local gdirty = {}
+local live_cache = nil -- the live grant set WITHSCORES, as last read
+local last_at = nil   -- the latest 'at' in the time index, once read
+local flush
 -- Points the helpers at one workspace: base '<prefix>{<workspaceId>}:' and the reply key prefix.
 local function use(base, reply_prefix)
+  if B ~= base and B ~= nil then flush() end
   B, RP = base, reply_prefix
   WS, GR, LIVE, HOLDS, LEDGER, AT, UNORD, ALERTS, DAYS =
     B .. 'w', B .. 'g', B .. 'l', B .. 'h', B .. 'r', B .. 't', B .. 'u', B .. 'a', B .. 'd'
@@ -49,6 +62,15 @@ local function hash(key)
   return t, flat
 end
 
+-- reply records: a JSON array of strings, '' for an absent finishedAt, entryId or alloc
+local R_ID, R_WS, R_AGENT, R_CONV, R_MODEL, R_ROUTE, R_AMOUNT, R_PV, R_STATUS, R_CREATED, R_EXPIRES, R_FINISHED, R_ENTRY, R_ALLOC =
+  1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14
+local function rput(rkey, rec)
+  local s = cjson.encode(rec)
+  redis.call('SET', rkey, s)
+  return s
+end
+
 -- grants
 local function gdecode(id, s)
   local kind, amount, remaining, exp, created = string.match(s, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -63,25 +85,103 @@ local function gencode(g)
 end
 local function gmember(g) return string.format('%017.0f', g.created + 1e15) .. g.id end
 local function gscore(g) if g.exp == nil then return '+inf' end return fmt(g.exp) end
-local function gsave(g) redis.call('HSET', GR, g.id, gencode(g)) end
+local function gsave(g)
+  if gc ~= nil then
+    gc[g.id] = g
+    gdirty[g.id] = true
+  else
+    redis.call('HSET', GR, g.id, gencode(g))
+  end
+end
 local function gload(id)
+  if gc ~= nil then
+    local g = gc[id]
+    if g == nil then
+      local s = redis.call('HGET', GR, id)
+      g = (s and gdecode(id, s)) or false
+      gc[id] = g
+    end
+    return g or nil
+  end
   local s = redis.call('HGET', GR, id)
   if not s then return nil end
   return gdecode(id, s)
+end
+
+-- the workspace hash as the hot operations see it: (field table, flat list)
+local function ws_hash()
+  if not BATCH_MODE then return hash(WS) end
+  if wc == nil then
+    local t, flat = hash(WS)
+    local order = {}
+    for i = 1, #flat, 2 do order[#order + 1] = flat[i] end
+    wc = { t = t, order = order, dirty = {} }
+  end
+  local flat = {}
+  for _, f in ipairs(wc.order) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = wc.t[f]
+  end
+  return wc.t, flat
+end
+-- Sets fields of the workspace hash: { field, value, ... }.
+local function ws_put(kv)
+  if wc == nil then
+    redis.call('HSET', WS, unpack(kv))
+    return
+  end
+  for i = 1, #kv, 2 do
+    local f = kv[i]
+    if wc.t[f] == nil then wc.order[#wc.order + 1] = f end
+    wc.t[f] = kv[i + 1]
+    wc.dirty[f] = true
+  end
+end
+-- Writes what batch mode deferred.
+flush = function()
+  if wc ~= nil then
+    local kv = {}
+    for f in pairs(wc.dirty) do
+      kv[#kv + 1] = f
+      kv[#kv + 1] = wc.t[f]
+    end
+    if kv[1] ~= nil then redis.call('HSET', WS, unpack(kv)) end
+    wc = nil
+  end
+  if gc ~= nil then
+    local kv = {}
+    for id in pairs(gdirty) do
+      kv[#kv + 1] = id
+      kv[#kv + 1] = gencode(gc[id])
+    end
+    if kv[1] ~= nil then redis.call('HSET', GR, unpack(kv)) end
+    gdirty = {}
+    if BATCH_MODE then gc = {} else gc = nil end
+  end
+  live_cache = nil
+  last_at = nil
 end
 local function glive(g) return redis.call('ZSCORE', LIVE, gmember(g)) ~= false end
 
 -- money of the workspace, written back by save()
 local avail, held = 0, 0
 local function load_money(w) avail = tonumber(w.available) or 0; held = tonumber(w.held) or 0 end
-local function save_money() redis.call('HSET', WS, 'available', fmt(avail), 'held', fmt(held)) end
+local function save_money() ws_put({ 'available', fmt(avail), 'held', fmt(held) }) end
 
 -- ledger
 -- sid, sat: the row id and its time already formatted; at: the time as a number
 local function push_row(sid, sat, at, json)
   redis.call('ZADD', LEDGER, sid, json)
-  local last = redis.call('ZREVRANGE', AT, 0, 0, 'WITHSCORES')
-  if last[2] ~= nil and tonumber(last[2]) > at then redis.call('SET', UNORD, '1') end
+  if last_at == nil then
+    local last = redis.call('ZREVRANGE', AT, 0, 0, 'WITHSCORES')
+    last_at = -math.huge
+    if last[2] ~= nil then last_at = tonumber(last[2]) end
+  end
+  if last_at > at then
+    redis.call('SET', UNORD, '1')
+  else
+    last_at = at
+  end
   redis.call('ZADD', AT, sat, string.rep('0', 16 - #sid) .. sid)
 end
 local function append_entry(json_tail, at)
@@ -121,46 +221,48 @@ end
 
 -- Ends a hold without a charge, returning its credits to the grants they came from;
 -- credits of a grant that expired meanwhile expire now. ws_exists: a workspace record exists.
+-- Returns the record as written.
 local function finish_hold(rkey, rec, status, now, ws_exists)
-  rec.status = status
-  rec.finishedAt = fmt(now)
-  redis.call('HSET', rkey, 'status', status, 'finishedAt', rec.finishedAt)
-  redis.call('ZREM', HOLDS, rec.replyId)
-  if rec.alloc ~= nil then
+  rec[R_STATUS] = status
+  rec[R_FINISHED] = fmt(now)
+  redis.call('ZREM', HOLDS, rec[R_ID])
+  if rec[R_ALLOC] ~= '' then
     if ws_exists then
-      held = held - tonumber(rec.amount)
+      held = held - tonumber(rec[R_AMOUNT])
       -- A lapsed hold gave its credits back when it lapsed, not when someone noticed.
       local returned_at = now
-      if status == 'expired' then returned_at = math.min(now, tonumber(rec.expiresAt)) end
-      for _, part in ipairs(parse_alloc(rec.alloc)) do
+      if status == 'expired' then returned_at = math.min(now, tonumber(rec[R_EXPIRES])) end
+      for _, part in ipairs(parse_alloc(rec[R_ALLOC])) do
         local g = gload(part.id)
         if g ~= nil and glive(g) and (g.exp == nil or g.exp > returned_at) then
           g.remaining = g.remaining + part.amount
           gsave(g)
           avail = avail + part.amount
         else
-          expiry_row(rec.workspaceId, part.id, part.amount, now)
+          expiry_row(rec[R_WS], part.id, part.amount, now)
         end
       end
     end
-    redis.call('HDEL', rkey, 'alloc')
-    rec.alloc = nil
+    rec[R_ALLOC] = ''
   end
+  return rput(rkey, rec)
 end
 
 local function sweep_holds(now, ws_exists)
   local due = redis.call('ZRANGEBYSCORE', HOLDS, '-inf', fmt(now))
   for _, reply_id in ipairs(due) do
     local rkey = RP .. reply_id
-    local rec = hash(rkey)
-    if rec.status == 'held' then finish_hold(rkey, rec, 'expired', now, ws_exists)
+    local s = redis.call('GET', rkey)
+    local rec = s and cjson.decode(s)
+    if rec and rec[R_STATUS] == 'held' then finish_hold(rkey, rec, 'expired', now, ws_exists)
     else redis.call('ZREM', HOLDS, reply_id) end
   end
 end
 
-local function expire_grants(ws, now)
-  local first = redis.call('ZRANGE', LIVE, 0, 0, 'WITHSCORES')
-  if first[2] == nil or first[2] == 'inf' or tonumber(first[2]) > now then return end
+-- first: the live set's first entry WITHSCORES when the caller has read it already.
+local function expire_grants(ws, now, first)
+  first = first or redis.call('ZRANGE', LIVE, 0, 0, 'WITHSCORES')
+  if first[2] == nil or first[2] == 'inf' or tonumber(first[2]) > now then return false end
   local due = redis.call('ZRANGEBYSCORE', LIVE, '-inf', fmt(now))
   for _, member in ipairs(due) do
     local g = gload(string.sub(member, 18))
@@ -172,6 +274,8 @@ local function expire_grants(ws, now)
     end
     redis.call('ZREM', LIVE, member)
   end
+  live_cache = nil
+  return true
 end
 
 local function sweep(ws, now)
@@ -211,6 +315,11 @@ const MIGRATE = /* lua */ `
 local current = redis.call('GET', KEYS[1])
 if current and tonumber(current) > tonumber(ARGV[1]) then
   return redis.error_reply('ERR credits schema ' .. current .. ' is newer than this library (' .. ARGV[1] .. ')')
+end
+if current and tonumber(current) < tonumber(ARGV[1]) then
+  return redis.error_reply('ERR credits schema ' .. current .. ' under this key prefix is an older layout (reply records as hashes, ' ..
+    'three rollup hashes per day) that this library (schema ' .. ARGV[1] .. ') cannot read; ' ..
+    'use a new keyPrefix, or keep the data with the earlier library version')
 end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
@@ -255,33 +364,25 @@ end
 const RESERVE = /* lua */ `
 OPS.reserve = function(A)
   local rkey = RP .. A[5]
-  if redis.call('EXISTS', rkey) == 1 then
-    local _, flat = hash(rkey)
-    return { 'exists', flat }
-  end
+  local existing = redis.call('GET', rkey)
+  if existing then return { 'exists', existing } end
   local now = tonumber(A[4])
   local amount = tonumber(A[11])
   local function record(status, alloc)
-    local r = { 'replyId', A[5], 'workspaceId', A[6], 'agentId', A[7], 'conversationId', A[8],
-      'model', A[9], 'route', A[10], 'amount', A[11], 'priceVersion', A[12], 'status', status,
-      'createdAt', A[13], 'expiresAt', A[14] }
-    if status ~= 'held' then
-      r[#r + 1] = 'finishedAt'
-      r[#r + 1] = fmt(now)
-    end
-    if alloc ~= nil then
-      r[#r + 1] = 'alloc'
-      r[#r + 1] = alloc
-    end
-    redis.call('HSET', rkey, unpack(r))
-    return r
+    local finished = ''
+    if status ~= 'held' then finished = fmt(now) end
+    return rput(rkey, { A[5], A[6], A[7], A[8], A[9], A[10], A[11], A[12], status, A[13], A[14], finished, '', alloc or '' })
   end
   if A[3] ~= '1' then return { 'reserved', record('held'), '0' } end
-  local w, wflat = hash(WS)
+  local w, wflat = ws_hash()
   if w.workspaceId == nil then return { 'workspace_not_found' } end
   if now >= tonumber(w.periodEnd) then return { 'renewal_due', wflat } end
   load_money(w)
-  sweep(A[6], now)
+  sweep_holds(now, true)
+  -- One read of the live grants serves the expiry check and the spending.
+  local live = live_cache or redis.call('ZRANGE', LIVE, 0, -1, 'WITHSCORES')
+  if expire_grants(A[6], now, live) then live = redis.call('ZRANGE', LIVE, 0, -1, 'WITHSCORES') end
+  if BATCH_MODE then live_cache = live end
   if avail < amount then
     save_money()
     local r = record('refused')
@@ -291,8 +392,8 @@ OPS.reserve = function(A)
   if amount > 0 then
     local left = amount
     local parts = {}
-    for _, member in ipairs(redis.call('ZRANGE', LIVE, 0, -1)) do
-      local g = gload(string.sub(member, 18))
+    for i = 1, #live, 2 do
+      local g = gload(string.sub(live[i], 18))
       if g.remaining > 0 then
         local part = math.min(g.remaining, left)
         g.remaining = g.remaining - part
@@ -317,70 +418,64 @@ end
 const SETTLE = /* lua */ `
 OPS.settle = function(A)
   local rkey = RP .. A[5]
-  local rec, rflat = hash(rkey)
-  if rec.replyId == nil or rec.workspaceId ~= A[3] then return { 'not_found' } end
+  local s = redis.call('GET', rkey)
+  if not s then return { 'not_found' } end
+  local rec = cjson.decode(s)
+  if rec[R_WS] ~= A[3] then return { 'not_found' } end
   local now = tonumber(A[4])
-  if rec.status == 'settled' then
-    local rows = redis.call('ZRANGEBYSCORE', LEDGER, rec.entryId, rec.entryId)
-    local _, wflat = hash(WS)
-    return { 'settled', rflat, rows[1], '1', wflat }
+  local status = rec[R_STATUS]
+  if status == 'settled' then
+    local rows = redis.call('ZRANGEBYSCORE', LEDGER, rec[R_ENTRY], rec[R_ENTRY])
+    local _, wflat = ws_hash()
+    return { 'settled', s, rows[1], '1', wflat }
   end
-  if rec.status ~= 'held' then return { rec.status, rflat } end
-  if tonumber(rec.expiresAt) <= now then
-    local w = hash(WS)
+  if status ~= 'held' then return { status, s } end
+  if tonumber(rec[R_EXPIRES]) <= now then
+    local w = ws_hash()
     local ws_exists = w.workspaceId ~= nil
     load_money(w)
-    finish_hold(rkey, rec, 'expired', now, ws_exists)
+    local out = finish_hold(rkey, rec, 'expired', now, ws_exists)
     if ws_exists then save_money() end
-    local _, flat = hash(rkey)
-    return { 'expired', flat }
+    return { 'expired', out }
   end
-  local amount = tonumber(rec.amount)
+  local samount = rec[R_AMOUNT]
+  local amount = tonumber(samount)
+  local agent, model, conv = rec[R_AGENT], rec[R_MODEL], rec[R_CONV]
   local id = redis.call('INCR', SEQ)
-  local sid, snow, samount = fmt(id), A[4], rec.amount
-  local json = cjson.encode({ sid, rec.workspaceId, 'reply', fmt(0 - amount), snow, rec.replyId, rec.agentId,
-    rec.conversationId, rec.model, rec.route, rec.priceVersion, NULL, NULL })
+  local sid, snow = fmt(id), A[4]
+  local json = cjson.encode({ sid, rec[R_WS], 'reply', fmt(0 - amount), snow, rec[R_ID], agent,
+    conv, model, rec[R_ROUTE], rec[R_PV], NULL, NULL })
   push_row(sid, snow, now, json)
-  -- per-day usage rollups; the day is listed when its first agent appears
+  -- per-day usage rollups by (agent, model) pair and by conversation; the day is listed
+  -- with its first pair
   local day = fmt(now - (now % DAY_MS))
   local prefix = B .. 'd:' .. day .. ':'
-  local groups = { 'a', rec.agentId, 'm', rec.model, 'c', rec.conversationId }
-  for i = 1, 6, 2 do
-    local hk, key = prefix .. groups[i], groups[i + 1]
-    redis.call('HINCRBY', hk, 's:' .. key, samount)
-    if redis.call('HINCRBY', hk, 'n:' .. key, 1) == 1 then
-      redis.call('HSET', hk, 'f:' .. key, sid)
-      if i == 1 then redis.call('ZADD', DAYS, day, day) end
-    end
+  local hk, pair = prefix .. 'p', #agent .. ':' .. agent .. model
+  redis.call('HINCRBY', hk, 's:' .. pair, samount)
+  if redis.call('HINCRBY', hk, 'n:' .. pair, 1) == 1 then
+    redis.call('HSET', hk, 'f:' .. pair, sid)
+    redis.call('ZADD', DAYS, day, day)
   end
-  redis.call('HSET', rkey, 'status', 'settled', 'finishedAt', snow, 'entryId', sid)
-  local flat = {}
-  for i = 1, #rflat, 2 do
-    local f = rflat[i]
-    if f ~= 'status' and f ~= 'alloc' and f ~= 'finishedAt' and f ~= 'entryId' then
-      flat[#flat + 1] = f
-      flat[#flat + 1] = rflat[i + 1]
-    end
-  end
-  flat[#flat + 1] = 'status'; flat[#flat + 1] = 'settled'
-  flat[#flat + 1] = 'finishedAt'; flat[#flat + 1] = snow
-  flat[#flat + 1] = 'entryId'; flat[#flat + 1] = sid
-  if rec.alloc ~= nil then
-    redis.call('HDEL', rkey, 'alloc')
-    redis.call('ZREM', HOLDS, rec.replyId)
-  end
-  local wflat = redis.call('HGETALL', WS)
+  hk = prefix .. 'c'
+  redis.call('HINCRBY', hk, 's:' .. conv, samount)
+  if redis.call('HINCRBY', hk, 'n:' .. conv, 1) == 1 then redis.call('HSET', hk, 'f:' .. conv, sid) end
+  local had_hold = rec[R_ALLOC] ~= ''
+  rec[R_STATUS], rec[R_FINISHED], rec[R_ENTRY], rec[R_ALLOC] = 'settled', snow, sid, ''
+  local out = rput(rkey, rec)
+  if had_hold then redis.call('ZREM', HOLDS, rec[R_ID]) end
+  local _, wflat = ws_hash()
   if wflat[1] ~= nil and amount > 0 then
-    local w = {}
-    for i = 1, #wflat, 2 do w[wflat[i]] = wflat[i + 1] end
-    local held_after = fmt(tonumber(w.held) - amount)
-    local used = fmt(tonumber(w.usedThisPeriod) + amount)
-    redis.call('HSET', WS, 'held', held_after, 'usedThisPeriod', used)
+    local hi, ui
     for i = 1, #wflat, 2 do
-      if wflat[i] == 'held' then wflat[i + 1] = held_after elseif wflat[i] == 'usedThisPeriod' then wflat[i + 1] = used end
+      local f = wflat[i]
+      if f == 'held' then hi = i + 1 elseif f == 'usedThisPeriod' then ui = i + 1 end
     end
+    local held_after = fmt(tonumber(wflat[hi]) - amount)
+    local used = fmt(tonumber(wflat[ui]) + amount)
+    ws_put({ 'held', held_after, 'usedThisPeriod', used })
+    wflat[hi], wflat[ui] = held_after, used
   end
-  return { 'settled', flat, json, '0', wflat }
+  return { 'settled', out, json, '0', wflat }
 end
 `;
 
@@ -388,20 +483,21 @@ end
 const RELEASE = /* lua */ `
 OPS.release = function(A)
   local rkey = RP .. A[5]
-  local rec, rflat = hash(rkey)
-  if rec.replyId == nil or rec.workspaceId ~= A[3] then return { 'not_found' } end
-  if rec.status == 'released' then return { 'released', rflat, '1' } end
-  if rec.status ~= 'held' then return { rec.status, rflat } end
+  local s = redis.call('GET', rkey)
+  if not s then return { 'not_found' } end
+  local rec = cjson.decode(s)
+  if rec[R_WS] ~= A[3] then return { 'not_found' } end
+  if rec[R_STATUS] == 'released' then return { 'released', s, '1' } end
+  if rec[R_STATUS] ~= 'held' then return { rec[R_STATUS], s } end
   local now = tonumber(A[4])
-  local w = hash(WS)
+  local w = ws_hash()
   local ws_exists = w.workspaceId ~= nil
   load_money(w)
   local status = 'released'
-  if tonumber(rec.expiresAt) <= now then status = 'expired' end
-  finish_hold(rkey, rec, status, now, ws_exists)
+  if tonumber(rec[R_EXPIRES]) <= now then status = 'expired' end
+  local out = finish_hold(rkey, rec, status, now, ws_exists)
   if ws_exists then save_money() end
-  local _, flat = hash(rkey)
-  return { status, flat, '0' }
+  return { status, out, '0' }
 end
 `;
 
@@ -612,18 +708,38 @@ OPS.usage = function(A)
       scan(from, to)
     else
       scan(from, full_start)
+      -- Conversations have their own hash; agents and models share one keyed by the pair
+      -- '<#agent>:<agent><model>', from which the group's key is cut.
+      local keys = {}
+      local function key_of(field)
+        if group == 'c' then return field end
+        local key = keys[field]
+        if key ~= nil then return key end
+        local alen, astart = string.match(field, '^(%d+):()')
+        local aend = astart + tonumber(alen)
+        if group == 'a' then key = string.sub(field, astart, aend - 1) else key = string.sub(field, aend) end
+        keys[field] = key
+        return key
+      end
+      local suffix = 'p'
+      if group == 'c' then suffix = 'c' end
       for _, day in ipairs(redis.call('ZRANGEBYSCORE', DAYS, fmt(full_start), '(' .. fmt(full_end))) do
-        local flat = redis.call('HGETALL', B .. 'd:' .. day .. ':' .. group)
-        local sums, counts, firsts = {}, {}, {}
+        local flat = redis.call('HGETALL', B .. 'd:' .. day .. ':' .. suffix)
+        local sums, counts, firsts, order_ = {}, {}, {}, {}
         for i = 1, #flat, 2 do
           local f, v = flat[i], flat[i + 1]
-          local kind, key = string.sub(f, 1, 1), string.sub(f, 3)
-          if kind == 's' then sums[key] = tonumber(v)
-          elseif kind == 'n' then counts[key] = tonumber(v)
-          else firsts[key] = tonumber(v) end
+          local kind, key = string.sub(f, 1, 1), key_of(string.sub(f, 3))
+          if kind == 's' then sums[key] = (sums[key] or 0) + tonumber(v)
+          elseif kind == 'n' then
+            if counts[key] == nil then order_[#order_ + 1] = key end
+            counts[key] = (counts[key] or 0) + tonumber(v)
+          else
+            local first = tonumber(v)
+            if firsts[key] == nil or first < firsts[key] then firsts[key] = first end
+          end
         end
         local d = tonumber(day)
-        for key, n in pairs(counts) do add(key, d, sums[key] or 0, n, firsts[key] or 0) end
+        for _, key in ipairs(order_) do add(key, d, sums[key] or 0, counts[key], firsts[key] or 0) end
       end
       scan(full_end, to)
     end
@@ -639,11 +755,16 @@ end
 
 /** KEYS: [reply]. */
 const GET_REPLY = /* lua */ `
-return redis.call('HGETALL', KEYS[1])
+return redis.call('GET', KEYS[1])
 `;
 
-/** The version written to `<prefix>schema` by `migrate()`. */
-export const SCHEMA_VERSION = 1;
+/**
+ * The version written to `<prefix>schema` by `migrate()`. 2: reply records are JSON strings
+ * and the usage rollups are two hashes per day, by (agent, model) pair and by conversation;
+ * version 1 kept reply records as hashes and three rollup hashes per day (agent, model,
+ * conversation), which this code cannot read.
+ */
+export const SCHEMA_VERSION = 2;
 
 /** Runs one operation: `ARGV` is its argument list. */
 function single(name: string, body: string): string {
@@ -658,6 +779,8 @@ function single(name: string, body: string): string {
  * ARGV: count, then per operation: name, argc, args...
  */
 const BATCH = /* lua */ `
+BATCH_MODE = true
+gc = {}
 local out = {}
 local i = 2
 for k = 1, tonumber(ARGV[1]) do
@@ -666,8 +789,15 @@ for k = 1, tonumber(ARGV[1]) do
   for j = 1, argc do A[j] = ARGV[i + 1 + j] end
   i = i + 2 + argc
   use(A[1], A[2])
-  out[k] = OPS[name](A)
+  -- A failing operation still leaves the earlier ones' deferred writes in place.
+  local ok, result = pcall(OPS[name], A)
+  if not ok then
+    flush()
+    error(result)
+  end
+  out[k] = result
 end
+flush()
 return out
 `;
 

@@ -394,7 +394,7 @@ export class RedisStorage implements CreditStorage {
   async getReply(replyId: string): Promise<ReplyRecord | undefined> {
     const client = this.#readyClient ?? (await this.#ready());
     const reply = await this.#eval(client, 'getReply', [this.#replyKey(replyId)], []);
-    return isEmptyHash(reply) ? undefined : decodeReply(reply);
+    return reply === null || reply === undefined ? undefined : decodeReply(reply);
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
