@@ -127,6 +127,7 @@ export interface WorkspaceState {
 
 // ─── commands and outcomes ────────────────────────────────────────────────
 
+/** Input of {@link CreditStorage.createWorkspace}. */
 export interface CreateWorkspaceCommand {
   workspace: WorkspaceRecord;
   /** The first period's allotment grant, with its ledger row. */
@@ -134,8 +135,10 @@ export interface CreateWorkspaceCommand {
   entry: LedgerRowInput;
 }
 
+/** Result of {@link CreditStorage.createWorkspace}. */
 export type CreateWorkspaceOutcome = { status: 'created'; state: WorkspaceState } | { status: 'exists' };
 
+/** Input of {@link CreditStorage.reserve}. */
 export interface ReserveCommand {
   reply: Omit<ReplyRecord, 'status' | 'finishedAt' | 'entryId'>;
   now: number;
@@ -146,6 +149,7 @@ export interface ReserveCommand {
   requireWorkspace: boolean;
 }
 
+/** Result of {@link CreditStorage.reserve}. */
 export type ReserveOutcome =
   /** The hold is in place; `available` is what is left after it. */
   | { status: 'reserved'; reply: ReplyRecord; available: number }
@@ -157,12 +161,14 @@ export type ReserveOutcome =
   /** The balance cannot cover it: a `refused` record was written so the id never charges later. */
   | { status: 'insufficient'; reply: ReplyRecord; available: number; workspace: WorkspaceRecord };
 
+/** Input of {@link CreditStorage.settle}. */
 export interface SettleCommand {
   replyId: string;
   workspaceId: string;
   now: number;
 }
 
+/** Result of {@link CreditStorage.settle}. */
 export type SettleOutcome =
   /** Charged now (`replayed: false`) or earlier (`replayed: true`). */
   | { status: 'settled'; reply: ReplyRecord; entry: LedgerRow; replayed: boolean; workspace: WorkspaceRecord | null }
@@ -170,18 +176,21 @@ export type SettleOutcome =
   /** The reply cannot be settled from this state (the hold lapsed now if `expired`). */
   | { status: 'expired' | 'released' | 'refused'; reply: ReplyRecord };
 
+/** Input of {@link CreditStorage.release}. */
 export interface ReleaseCommand {
   replyId: string;
   workspaceId: string;
   now: number;
 }
 
+/** Result of {@link CreditStorage.release}. */
 export type ReleaseOutcome =
   /** The hold was returned now (`replayed: false`) or earlier. */
   | { status: 'released'; reply: ReplyRecord; replayed: boolean }
   | { status: 'not_found' }
   | { status: 'settled' | 'expired' | 'refused'; reply: ReplyRecord };
 
+/** Input of {@link CreditStorage.renew}. */
 export interface RenewCommand {
   workspaceId: string;
   /** Applied only if the workspace is still at this version (a racing renewal wins once). */
@@ -200,12 +209,14 @@ export interface RenewCommand {
   now: number;
 }
 
+/** Result of {@link CreditStorage.renew}. */
 export type RenewOutcome =
   | { status: 'renewed'; state: WorkspaceState; expired: number; carried: number }
   /** Someone else changed the workspace first; nothing changed. */
   | { status: 'stale'; workspace: WorkspaceRecord }
   | { status: 'workspace_not_found' };
 
+/** Input of {@link CreditStorage.changePlan}. */
 export interface ChangePlanCommand {
   workspaceId: string;
   expectedVersion: number;
@@ -218,6 +229,7 @@ export interface ChangePlanCommand {
   now: number;
 }
 
+/** Result of {@link CreditStorage.changePlan}. */
 export type ChangePlanOutcome =
   | { status: 'changed'; state: WorkspaceState }
   | { status: 'stale'; workspace: WorkspaceRecord }
@@ -225,6 +237,7 @@ export type ChangePlanOutcome =
   /** The balance would pass the largest amount a store holds: nothing changed. */
   | { status: 'overflow' };
 
+/** Input of {@link CreditStorage.grant}. */
 export interface GrantCommand {
   workspaceId: string;
   grant: GrantRecord;
@@ -233,6 +246,7 @@ export interface GrantCommand {
   now: number;
 }
 
+/** Result of {@link CreditStorage.grant}. */
 export type GrantOutcome =
   | { status: 'granted'; state: WorkspaceState }
   /** A grant with this id exists (a replay or a conflict: compare it); nothing changed. */
@@ -240,6 +254,7 @@ export type GrantOutcome =
   | { status: 'workspace_not_found' }
   | { status: 'overflow' };
 
+/** Input of {@link CreditStorage.claimAlert}. */
 export interface ClaimAlertCommand {
   workspaceId: string;
   periodIndex: number;
@@ -247,6 +262,7 @@ export interface ClaimAlertCommand {
   threshold: number;
 }
 
+/** Input of {@link CreditStorage.ledger}. */
 export interface LedgerQuery {
   workspaceId: string;
   /** Inclusive lower bound on `at`. */
@@ -262,6 +278,7 @@ export interface LedgerQuery {
 /** What usage rows are grouped by. */
 export type UsageGroupBy = 'agent' | 'model' | 'conversation';
 
+/** Input of {@link CreditStorage.usage}. */
 export interface UsageQuery {
   workspaceId: string;
   /** Inclusive, epoch ms. */

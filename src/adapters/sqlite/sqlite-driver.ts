@@ -11,8 +11,11 @@ export interface SqliteRunResult {
  * satisfies it; the package never depends on better-sqlite3's types.
  */
 export interface SqliteStatement {
+  /** Runs a statement that writes. */
   run(...params: unknown[]): SqliteRunResult;
+  /** The first row, or undefined. */
   get(...params: unknown[]): unknown;
+  /** Every row. */
   all(...params: unknown[]): unknown[];
   /** The store turns safe integers off on its own statements: amounts are JS numbers. */
   safeIntegers(toggle?: boolean): unknown;
@@ -24,8 +27,11 @@ export interface SqliteStatement {
  * better-sqlite3 at runtime or in its types.
  */
 export interface SqliteDatabase {
+  /** Compiles a statement. */
   prepare(source: string): SqliteStatement;
+  /** Runs SQL text without results (schema, pragmas, transaction control). */
   exec(source: string): unknown;
+  /** Closes the connection. */
   close(): unknown;
   /** True while a transaction is open on this connection. */
   readonly inTransaction: boolean;
