@@ -7,6 +7,7 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { PostgresStorage } from '../../src/adapters/postgres/index.js';
 import { CreditMeter, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
 import type { ReserveCommand } from '../../src/index.js';
+import { migrations, schemaNames } from '../../src/adapters/postgres/postgres-schema.js';
 import { checkInvariants, dropPostgresSchema, freshSchema, freshStore, sql } from './fixtures/postgres-schemas.js';
 
 const run = promisify(execFile);
@@ -98,7 +99,7 @@ describe('PostgresStorage - migrate', () => {
     await many[0]!.migrate();
     await track(new PostgresStorage({ connectionString: url(), schema })).migrate();
     const versions = await sql(url(), `SELECT version FROM "${schema}"."credits_migrations"`);
-    expect(versions).toEqual([{ version: 1 }]);
+    expect(versions).toEqual([{ version: 1 }, { version: 2 }]);
   });
 
   it('migrate - prefixes keep two stores in one schema apart', async () => {
@@ -175,6 +176,52 @@ describe('PostgresStorage - concurrency', () => {
     expect(statements).toBeLessThan(100);
     await storage.close();
     await real.end();
+  });
+
+  it('set-based batch - reserves past the balance, duplicate ids and duplicate settles in one batch', async () => {
+    const schema = freshSchema();
+    const storage = track(new PostgresStorage({ connectionString: url(), schema }));
+    const meter = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'sb', plan: 'enterprise', allotment: 5 });
+    const now = Date.now();
+    // One batch: 8 reserves of 1 credit against 5, one id twice.
+    const commands = Array.from({ length: 8 }, (_, i) => reserveCommand('sb', `sb-${i}`, 1_000_000, now));
+    commands.push(reserveCommand('sb', 'sb-0', 1_000_000, now));
+    const reserved = await Promise.all(commands.map((command) => storage.reserve(command)));
+    const statuses = reserved.map((outcome) => outcome.status);
+    expect(statuses.filter((status) => status === 'reserved')).toHaveLength(5);
+    expect(statuses.filter((status) => status === 'insufficient')).toHaveLength(3);
+    expect(statuses.filter((status) => status === 'exists')).toHaveLength(1);
+    const held = commands.slice(0, 8).filter((_, i) => statuses[i] === 'reserved').map((command) => command.reply.replyId);
+    // One batch: every hold settled twice.
+    const settled = await Promise.all(
+      [...held, ...held].map((replyId) => storage.settle({ workspaceId: 'sb', replyId, now: now + 1 })),
+    );
+    expect(settled.every((outcome) => outcome.status === 'settled')).toBe(true);
+    const fresh = settled.filter((outcome) => outcome.status === 'settled' && !outcome.replayed);
+    expect(fresh).toHaveLength(5);
+    const entries = new Set(settled.map((outcome) => (outcome.status === 'settled' ? outcome.entry.id : '')));
+    expect(entries.size).toBe(5);
+    const check = await checkInvariants(url(), schema, 'sb');
+    expect(check.ledger).toBe(check.available + check.held);
+    expect(check.held).toBe(0);
+    expect(check.available).toBe(0);
+  });
+
+  it('migrate - upgrades a schema of the previous version in place', async () => {
+    const schema = freshSchema();
+    const names = schemaNames(schema, 'credits_');
+    await sql(url(), `CREATE SCHEMA "${schema}"`);
+    await sql(url(), `CREATE TABLE ${names.migrations} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    await sql(url(), migrations(names)[0]!);
+    await sql(url(), `INSERT INTO ${names.migrations} (version) VALUES (1)`);
+    const storage = track(new PostgresStorage({ connectionString: url(), schema }));
+    const meter = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'up', plan: 'enterprise', allotment: 10 });
+    const outcomes = await Promise.all(Array.from({ length: 20 }, () => charge(meter, 'up')));
+    expect(outcomes.filter((o) => o === 'charged')).toHaveLength(10);
+    const versions = await sql(url(), `SELECT version FROM ${names.migrations} ORDER BY version`);
+    expect(versions).toEqual([{ version: 1 }, { version: 2 }]);
   });
 
   it('group commit - an operation failing inside a batch does not affect its neighbours', async () => {

@@ -854,5 +854,206 @@ BEGIN
 END
 $fn$;
 `;
-  return [v1];
+  // v2: a batch's reserves and settles on the fast path run set-based (one statement each for
+  // all of them) instead of one PL/pgSQL call and one subtransaction per operation.
+  const v2 = /* sql */ `
+-- The fast path of a whole batch, set-based. Settles of live holds first (one INSERT into the
+-- ledger, one UPDATE of the replies, one UPDATE per workspace), then reserves that the
+-- balance and the first grant in spending order cover, in batch order, up to the first that
+-- does not fit (one INSERT, one UPDATE per workspace and per grant). Everything runs under
+-- the batch's workspace locks, in one subtransaction: if any statement fails, nothing of
+-- it stays and every operation goes through the one-by-one path. Returns (n, outcome) for
+-- the operations it ran; the others are left to run().
+-- Planned on every call (plan_cache_mode): a plan cached while the tables were small would
+-- keep scanning them whole once they have grown.
+CREATE OR REPLACE FUNCTION ${F('fast')}(p_settles jsonb, p_reserves jsonb) RETURNS TABLE (n int, outcome jsonb)
+LANGUAGE plpgsql SET plan_cache_mode = force_custom_plan AS $fn$
+DECLARE
+  v_sweep record;
+  v_seq regclass := pg_get_serial_sequence('${L}', 'id')::regclass;
+BEGIN
+  -- The replies are updated first, taking their ledger ids from the ledger's sequence, so
+  -- every later step reads what the UPDATE returned (no join between intermediate results).
+  -- A reply id twice in the batch is updated once: the other settle is a replay, answered
+  -- by the one-by-one path.
+  RETURN QUERY
+  WITH s AS (
+    SELECT x.n::int AS n, x.rid, x.ws, x.now
+      FROM ROWS FROM (jsonb_to_recordset(p_settles) AS ("replyId" text, "workspaceId" text, now bigint))
+           WITH ORDINALITY AS x(rid, ws, now, n)
+  ), upd AS (
+    UPDATE ${R} r SET status = 'settled', finished_at = s.now, entry_id = nextval(v_seq)
+      FROM s JOIN ${W} w ON w.workspace_id = s.ws
+     WHERE r.reply_id = s.rid AND r.workspace_id = s.ws AND r.status = 'held' AND r.expires_at > s.now
+    RETURNING s.n, r.reply_id, r.workspace_id, r.agent_id, r.conversation_id, r.model, r.route, r.amount,
+              r.price_version, r.created_at, r.expires_at, r.finished_at, r.entry_id, w AS wr
+  ), ins AS (
+    INSERT INTO ${L} (id, workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route, price_version)
+    OVERRIDING SYSTEM VALUE
+    SELECT u.entry_id, u.workspace_id, 'reply', -u.amount, u.finished_at, u.reply_id, u.agent_id, u.conversation_id,
+           u.model, u.route, u.price_version
+      FROM upd u ORDER BY u.entry_id
+    RETURNING 1
+  ), wu AS (
+    UPDATE ${W} w SET held = w.held - t.total, used_this_period = w.used_this_period + t.total
+      FROM (SELECT u.workspace_id, sum(u.amount) AS total FROM upd u WHERE u.amount > 0 GROUP BY 1) t
+     WHERE w.workspace_id = t.workspace_id
+    RETURNING 1
+  )
+  SELECT u.n, jsonb_build_object(
+    'status', 'settled', 'replayed', false,
+    'reply', jsonb_build_object(
+      'replyId', u.reply_id, 'workspaceId', u.workspace_id, 'agentId', u.agent_id,
+      'conversationId', u.conversation_id, 'model', u.model, 'route', u.route, 'amount', u.amount,
+      'priceVersion', u.price_version, 'status', 'settled', 'createdAt', u.created_at,
+      'expiresAt', u.expires_at, 'finishedAt', u.finished_at, 'entryId', u.entry_id::text),
+    'workspace', ${F('ws_json')}(u.wr) || jsonb_build_object('usedThisPeriod', (u.wr).used_this_period
+      + sum(GREATEST(u.amount, 0)) OVER (PARTITION BY u.workspace_id ORDER BY u.entry_id)),
+    'entry', jsonb_build_object(
+      'id', u.entry_id::text, 'workspaceId', u.workspace_id, 'kind', 'reply', 'amount', -u.amount, 'at', u.finished_at,
+      'replyId', u.reply_id, 'agentId', u.agent_id, 'conversationId', u.conversation_id, 'model', u.model,
+      'route', u.route, 'priceVersion', u.price_version, 'grantId', NULL, 'plan', NULL))
+    FROM upd u;
+
+  -- A reserve sweeps first when a hold may have lapsed or a grant expired: do it once per
+  -- workspace, as of the earliest 'now' among the batch's reserves (a later one that still
+  -- finds something due goes through the one-by-one path).
+  FOR v_sweep IN
+    SELECT w.workspace_id, w.sweep_at, min(x.now) AS now
+      FROM ROWS FROM (jsonb_to_recordset(p_reserves) AS (reply jsonb, now bigint)) AS x(reply, now)
+      JOIN ${W} w ON w.workspace_id = x.reply->>'workspaceId'
+     GROUP BY w.workspace_id, w.sweep_at, w.period_end
+    HAVING min(x.now) >= w.sweep_at AND min(x.now) < w.period_end
+     ORDER BY 1
+  LOOP
+    PERFORM ${F('sweep')}(v_sweep.workspace_id, v_sweep.now, v_sweep.sweep_at);
+  END LOOP;
+
+  RETURN QUERY
+  WITH x AS (
+    SELECT x.n::int + jsonb_array_length(p_settles) AS n, x.reply AS p, x.now, x.reply->>'replyId' AS rid, x.reply->>'workspaceId' AS ws,
+           (x.reply->>'amount')::bigint AS amount, (x.reply->>'expiresAt')::bigint AS expires
+      FROM ROWS FROM (jsonb_to_recordset(p_reserves) AS (reply jsonb, now bigint)) WITH ORDINALITY AS x(reply, now, n)
+  ), f AS (
+    -- A reply id seen before, or twice in the batch, is a replay: the one-by-one path answers it.
+    SELECT DISTINCT ON (x.rid) x.* FROM x
+     WHERE NOT EXISTS (SELECT 1 FROM ${R} r WHERE r.reply_id = x.rid)
+     ORDER BY x.rid, x.n
+  ), gw AS (
+    SELECT w.workspace_id, w.available, w.period_end, w.sweep_at, g.grant_id, g.remaining
+      FROM ${W} w
+      LEFT JOIN LATERAL (
+        SELECT g.grant_id, g.remaining FROM ${G} g
+         WHERE g.workspace_id = w.workspace_id AND g.live AND g.remaining > 0
+         ORDER BY ${SPENDING_ORDER.split(', ').map((column) => 'g.' + column).join(', ')} LIMIT 1) g ON true
+     WHERE w.workspace_id IN (SELECT f.ws FROM f)
+  ), k AS (
+    SELECT f.*, gw.available, gw.period_end, gw.sweep_at, gw.grant_id, gw.remaining,
+           sum(f.amount) OVER (PARTITION BY f.ws ORDER BY f.n) AS cum,
+           min(CASE WHEN f.amount > 0 THEN f.expires END)
+             OVER (PARTITION BY f.ws ORDER BY f.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_expires
+      FROM f JOIN gw ON gw.workspace_id = f.ws
+  ), ok AS (
+    -- Reserves fit in batch order up to the first one that does not.
+    SELECT k.*, bool_and(k.now < k.period_end AND k.now < LEAST(k.sweep_at, COALESCE(k.prev_expires, ${MAX_MICROS_SQL}))
+                         AND k.cum <= k.available AND (k.amount = 0 OR k.cum <= COALESCE(k.remaining, -1)))
+                  OVER (PARTITION BY k.ws ORDER BY k.n) AS fits
+      FROM k
+  ), a AS (
+    SELECT * FROM ok WHERE ok.fits
+  ), ins AS (
+    INSERT INTO ${R} (reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version,
+                      status, created_at, expires_at, allocations)
+    SELECT a.rid, a.ws, a.p->>'agentId', a.p->>'conversationId', a.p->>'model', a.p->>'route', a.amount,
+           a.p->>'priceVersion', 'held', (a.p->>'createdAt')::bigint, a.expires,
+           CASE WHEN a.amount > 0 THEN jsonb_build_array(jsonb_build_object('grantId', a.grant_id, 'amount', a.amount)) END
+      FROM a ORDER BY a.n
+    RETURNING 1
+  ), wu AS (
+    UPDATE ${W} w SET available = w.available - t.total, held = w.held + t.total, sweep_at = LEAST(w.sweep_at, t.expires)
+      FROM (SELECT a.ws, sum(a.amount) AS total,
+                   COALESCE(min(a.expires) FILTER (WHERE a.amount > 0), ${MAX_MICROS_SQL}) AS expires
+              FROM a GROUP BY 1 HAVING sum(a.amount) > 0) t
+     WHERE w.workspace_id = t.ws
+    RETURNING 1
+  ), gu AS (
+    UPDATE ${G} g SET remaining = g.remaining - t.total
+      FROM (SELECT a.ws, a.grant_id, sum(a.amount) AS total FROM a WHERE a.amount > 0 GROUP BY 1, 2) t
+     WHERE g.workspace_id = t.ws AND g.grant_id = t.grant_id
+    RETURNING 1
+  )
+  SELECT a.n, jsonb_build_object('status', 'reserved', 'available', a.available - a.cum) FROM a;
+END
+$fn$;
+
+-- One group-commit batch, v2: the adapter sends its settles, its reserves that need a
+-- workspace, and every other operation as three arrays; the outcomes come back in that
+-- order. It locks every workspace it touches in a fixed order (so batches on other
+-- connections never deadlock; every write of a workspace goes through here), runs the fast
+-- path of the settles and reserves set-based (fast() above), then each remaining operation in
+-- its own subtransaction (a savepoint), so a failing operation rolls back alone and its
+-- neighbours still commit. The operations of one batch are concurrent (none has been answered
+-- yet), so running the fast ones first is a valid serial order. (The two-argument run() of
+-- v1 stays for servers of the previous release during a rolling deploy.)
+CREATE OR REPLACE FUNCTION ${F('run')}(p_settles jsonb, p_reserves jsonb, p_others jsonb, p_lock text[])
+RETURNS jsonb LANGUAGE plpgsql AS $fn$
+DECLARE
+  v_settles int := jsonb_array_length(p_settles);
+  v_reserves int := jsonb_array_length(p_reserves);
+  v_count int := v_settles + v_reserves + jsonb_array_length(p_others);
+  v_out jsonb[];
+  v_op jsonb;
+  v_res jsonb;
+  v_i int;
+  v_tries int;
+  v_key int;
+BEGIN
+  -- Transaction-scoped advisory locks on the workspace ids, taken in ascending key order.
+  FOR v_key IN SELECT DISTINCT hashtext(id) FROM unnest(p_lock) AS id ORDER BY 1 LOOP
+    PERFORM pg_advisory_xact_lock(${LOCK_SPACE}, v_key);
+  END LOOP;
+  v_out := array_fill(NULL::jsonb, ARRAY[v_count]);
+  IF v_settles + v_reserves > 0 THEN
+    BEGIN
+      FOR v_i, v_res IN SELECT f.n, f.outcome FROM ${F('fast')}(p_settles, p_reserves) f LOOP
+        v_out[v_i] := v_res;
+      END LOOP;
+    EXCEPTION
+      WHEN deadlock_detected OR serialization_failure THEN RAISE;
+      -- Nothing of the fast path stays: every operation runs one by one below.
+      WHEN OTHERS THEN v_out := array_fill(NULL::jsonb, ARRAY[v_count]);
+    END;
+  END IF;
+  FOR v_i IN 1 .. v_count LOOP
+    CONTINUE WHEN v_out[v_i] IS NOT NULL;
+    v_op := CASE
+      WHEN v_i <= v_settles THEN p_settles->(v_i - 1) || '{"op":"settle"}'
+      WHEN v_i <= v_settles + v_reserves THEN p_reserves->(v_i - v_settles - 1) || '{"op":"reserve","requireWorkspace":true}'
+      ELSE p_others->(v_i - v_settles - v_reserves - 1) END;
+    v_res := NULL;
+    v_tries := 0;
+    WHILE v_res IS NULL LOOP
+      BEGIN
+        v_res := ${F('dispatch')}(v_op, NULL);
+      EXCEPTION
+        -- These abort the whole batch; the adapter runs it again.
+        WHEN deadlock_detected OR serialization_failure THEN RAISE;
+        -- A racing transaction inserted the same id and has committed now: run the operation
+        -- again, it sees the row (a replay).
+        WHEN unique_violation THEN
+          v_tries := v_tries + 1;
+          IF v_tries > 1 THEN
+            v_res := jsonb_build_object('error', SQLERRM, 'code', SQLSTATE);
+          END IF;
+        WHEN OTHERS THEN
+          v_res := jsonb_build_object('error', SQLERRM, 'code', SQLSTATE);
+      END;
+    END LOOP;
+    v_out[v_i] := CASE WHEN jsonb_typeof(v_res) = 'object' THEN v_res - '_delta' ELSE v_res END;
+  END LOOP;
+  RETURN to_jsonb(v_out);
+END
+$fn$;
+`;
+  return [v1, v2];
 }

@@ -204,7 +204,7 @@ export class PostgresStorage implements CreditStorage {
     this.#runQuery = {
       // Prepared-statement names are cut at 63 bytes: a digest keeps them short and distinct.
       name: `credits_run_${createHash('sha256').update(this.#names.key).digest('hex').slice(0, 24)}`,
-      text: `SELECT ${this.#names.fn('run')}($1::jsonb, $2::text[]) AS r`,
+      text: `SELECT ${this.#names.fn('run')}($1::jsonb, $2::jsonb, $3::jsonb, $4::text[]) AS r`,
     };
   }
 
@@ -384,8 +384,22 @@ export class PostgresStorage implements CreditStorage {
     return new Promise((resolve, reject) => this.#batcher.submit({ command, lock, operation, resolve, reject }));
   }
 
-  /** Runs one batch as one statement: its implicit transaction commits before pg resolves the query. */
-  async #runBatch(batch: QueuedOperation[]): Promise<void> {
+  /**
+   * Runs one batch as one statement: its implicit transaction commits before pg resolves the
+   * query. The batch goes as three arrays (settles, reserves that need a workspace, the rest),
+   * so the database runs the first two set-based; the outcomes come back in that order.
+   */
+  async #runBatch(queued: QueuedOperation[]): Promise<void> {
+    const settles: QueuedOperation[] = [];
+    const reserves: QueuedOperation[] = [];
+    const others: QueuedOperation[] = [];
+    for (const op of queued) {
+      const kind = op.command['op'];
+      if (kind === 'settle') settles.push(op);
+      else if (kind === 'reserve' && op.command['requireWorkspace'] === true) reserves.push(op);
+      else others.push(op);
+    }
+    const batch = [...settles, ...reserves, ...others];
     let pool: PostgresPool;
     try {
       pool = await this.#poolReady();
@@ -394,9 +408,10 @@ export class PostgresStorage implements CreditStorage {
       return;
     }
     const locks = [...new Set(batch.map((op) => op.lock).filter((id): id is string => id !== null))].sort();
-    let text: string;
+    let texts: [string, string, string];
     try {
-      text = JSON.stringify(batch.map((op) => op.command));
+      const json = (ops: QueuedOperation[]) => JSON.stringify(ops.map((op) => op.command));
+      texts = [json(settles), json(reserves), json(others)];
     } catch (error) {
       if (batch.length > 1) return this.#runEach(batch);
       throw error;
@@ -404,7 +419,7 @@ export class PostgresStorage implements CreditStorage {
     for (let attempt = 0; ; attempt++) {
       let outcomes: unknown;
       try {
-        const result = await pool.query({ ...this.#runQuery, values: [text, locks] });
+        const result = await pool.query({ ...this.#runQuery, values: [...texts, locks] });
         outcomes = result.rows[0]?.['r'];
       } catch (error) {
         if (RETRYABLE.has(codeOf(error)) && attempt < MAX_BATCH_RETRIES) continue;
