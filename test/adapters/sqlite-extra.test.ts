@@ -167,6 +167,91 @@ describe('SqliteStorage group commit', () => {
     await storage.close();
   });
 
+  it('batch - a reserve of an existing id in a busy batch answers exists, and its neighbours commit', async () => {
+    const storage = new SqliteStorage({ filename: file() });
+    await storage.createWorkspace(workspace('w', 1_000));
+    expect((await storage.reserve(reserve('old', 'w', 10))).status).toBe('reserved');
+    expect((await storage.reserve(reserve('held', 'w', 20))).status).toBe('reserved');
+    const results = await Promise.all([
+      storage.reserve(reserve('new1', 'w', 30)),
+      storage.reserve(reserve('old', 'w', 99)),
+      storage.settle({ replyId: 'held', workspaceId: 'w', now: T0 + 1 }),
+      storage.reserve(reserve('new2', 'w', 40)),
+      storage.settle({ replyId: 'new1', workspaceId: 'w', now: T0 + 1 }),
+    ]);
+    // Operations of a batch run in order: new1, held in the same batch, settles.
+    expect(results.map((result) => result.status)).toEqual(['reserved', 'exists', 'settled', 'reserved', 'settled']);
+    expect(results[1]).toMatchObject({ reply: { replyId: 'old', amount: 10, status: 'held' } });
+    const settledInBatch = results[4] as Extract<(typeof results)[4], { status: 'settled' }>;
+    expect(await storage.getReply('new1')).toMatchObject({ status: 'settled', entryId: settledInBatch.entry.id, finishedAt: T0 + 1 });
+    const state = (await storage.getWorkspace('w', T0 + 2))!;
+    expect(state).toMatchObject({ available: 900, held: 50 });
+    const rows = await storage.ledger({ workspaceId: 'w', limit: 100 });
+    expect(rows.map((row) => row.id)).toEqual(rows.map((_, index) => String(index + 1)));
+    expect(sumLedger(rows)).toBe(state.available + state.held);
+    await storage.close();
+  });
+
+  it('batch - an operation that throws mid-way fails alone; the charges around it commit and the books balance', async () => {
+    const filename = file();
+    const storage = new SqliteStorage({ filename });
+    await storage.createWorkspace(workspace('w', 1_000));
+    for (const id of ['bad', 'r1', 'r2']) expect((await storage.reserve(reserve(id, 'w', 10))).status).toBe('reserved');
+    const raw = new Database(filename);
+    raw.prepare("UPDATE credits_replies SET allocations = 'not json' WHERE reply_id = 'bad'").run();
+    raw.close();
+    const results = await Promise.allSettled([
+      storage.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 1 }),
+      storage.reserve(reserve('r3', 'w', 50)),
+      storage.release({ replyId: 'bad', workspaceId: 'w', now: T0 + 1 }),
+      storage.release({ replyId: 'r2', workspaceId: 'w', now: T0 + 1 }),
+      storage.settle({ replyId: 'r3', workspaceId: 'w', now: T0 + 1 }),
+      storage.reserve(reserve('r4', 'w', 5)),
+    ]);
+    expect(results.map((result) => result.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
+    expect((results[2] as PromiseRejectedResult).reason).toBeInstanceOf(StorageError);
+    expect((results[4] as PromiseFulfilledResult<{ status: string }>).value.status).toBe('settled');
+    expect((await storage.getReply('bad'))?.status).toBe('held');
+    expect((await storage.getReply('r1'))?.status).toBe('settled');
+    expect((await storage.getReply('r2'))?.status).toBe('released');
+    const state = (await storage.getWorkspace('w', T0 + 2))!;
+    // held: bad 10 + r4 5; charged: r1 10 + r3 50; r2 released.
+    expect(state).toMatchObject({ available: 925, held: 15 });
+    const rows = await storage.ledger({ workspaceId: 'w', limit: 100 });
+    expect(rows.filter((row) => row.kind === 'reply').map((row) => row.replyId)).toEqual(['r1', 'r3']);
+    expect(sumLedger(rows)).toBe(state.available + state.held);
+    await storage.close();
+  });
+
+  it('cache - a hold changed by another connection between batches is read again', async () => {
+    const filename = file();
+    const storage = new SqliteStorage({ filename });
+    await storage.createWorkspace(workspace('w', 100));
+    expect((await storage.reserve(reserve('r1', 'w', 10))).status).toBe('reserved');
+    const raw = new Database(filename);
+    raw.prepare("UPDATE credits_replies SET status = 'released', finished_at = ?, allocations = NULL WHERE reply_id = 'r1'").run(T0 + 1);
+    raw.close();
+    expect((await storage.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 2 })).status).toBe('released');
+    expect(await storage.ledger({ workspaceId: 'w', limit: 10 })).toHaveLength(1);
+    await storage.close();
+  });
+
+  it('cache - two stores on one connection see each other\'s writes', async () => {
+    const db = new Database(file());
+    const a = new SqliteStorage({ database: db });
+    const b = new SqliteStorage({ database: db });
+    await a.createWorkspace(workspace('w', 100));
+    expect((await a.reserve(reserve('r1', 'w', 10))).status).toBe('reserved');
+    expect((await b.release({ replyId: 'r1', workspaceId: 'w', now: T0 + 1 })).status).toBe('released');
+    expect((await a.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 2 })).status).toBe('released');
+    expect((await b.reserve(reserve('r2', 'w', 10))).status).toBe('reserved');
+    expect((await a.reserve(reserve('r2', 'w', 10))).status).toBe('exists');
+    expect(await a.getWorkspace('w', T0 + 3)).toMatchObject({ available: 90, held: 10 });
+    await a.close();
+    await b.close();
+    db.close();
+  });
+
   it('batch - a busy database rejects every operation of the batch, and the next batch succeeds', async () => {
     const filename = file();
     const storage = new SqliteStorage({ filename, busyTimeoutMs: 0 });

@@ -179,15 +179,15 @@ export class SqliteStorage implements CreditStorage {
   }
 
   async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    return this.#write('reserve', (o) => o.reserve(command));
+    return this.#write('reserve', (o) => o.reserve(command), command.reply?.replyId, true);
   }
 
   async settle(command: SettleCommand): Promise<SettleOutcome> {
-    return this.#write('settle', (o) => o.settle(command));
+    return this.#write('settle', (o) => o.settle(command), command.replyId);
   }
 
   async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
-    return this.#write('release', (o) => o.release(command));
+    return this.#write('release', (o) => o.release(command), command.replyId);
   }
 
   async renew(command: RenewCommand): Promise<RenewOutcome> {
@@ -221,10 +221,10 @@ export class SqliteStorage implements CreditStorage {
   // ─── plumbing ──────────────────────────────────────────────────────────
 
   /** Runs a writing operation in the next group-commit batch. */
-  async #write<T>(operation: string, run: (operations: SqliteOperations) => T): Promise<T> {
+  async #write<T>(operation: string, run: (operations: SqliteOperations) => T, replyId?: string, creates = false): Promise<T> {
     const runtime = this.#runtime ?? (await this.#start());
     if (this.#closed) throw closedError(operation);
-    return runtime.commits.submit(operation, () => run(runtime.operations));
+    return runtime.commits.submit(operation, () => run(runtime.operations), typeof replyId === 'string' ? replyId : undefined, creates);
   }
 
   /** Runs a read on its own: WAL readers see the last commit and never wait for writers. */
