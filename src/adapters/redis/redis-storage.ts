@@ -67,7 +67,8 @@ export interface RedisStorageBaseOptions {
    * Gather the reserve, settle and release calls made on one workspace in the same
    * event-loop tick into one script call (group commit). Each call keeps its own outcome
    * and runs to completion before the next, exactly as if sent alone; the batch saves a
-   * round trip and Redis' per-script overhead per call. Turn off to send every call alone.
+   * round trip and Redis' per-script overhead per call, and reads and writes the workspace
+   * hash and its grants once for the whole batch. Turn off to send every call alone.
    * @default true
    */
   batching?: boolean;
