@@ -336,6 +336,11 @@ export class PostgresStorage implements CreditStorage {
       // An idle connection that drops (server restart, pg_terminate_backend) emits here; the
       // pool replaces it and the next operation reports any lasting failure.
       pool.on('error', () => undefined);
+      // A connection can also die between two of its queries; the failing query rejects with
+      // the error, so the client's own 'error' event must not crash the process as well.
+      (pool as unknown as ConnectEvents).on('connect', (client) => {
+        client.on('error', () => undefined);
+      });
       this.#pool = pool;
       return pool;
     })();
@@ -480,6 +485,11 @@ async function loadPg(): Promise<PgModule> {
   const Pool = mod.default?.Pool ?? mod.Pool;
   if (typeof Pool !== 'function') throw new StorageError('connect', new Error('the "pg" package has no Pool export'), ADAPTER);
   return { Pool };
+}
+
+/** The pool's `connect` event, as pg emits it for each new client. */
+interface ConnectEvents {
+  on(event: 'connect', listener: (client: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
 }
 
 function validate(options: PostgresStorageOptions): InputIssue[] {
