@@ -502,7 +502,9 @@ describe('redis - usage on a large ledger', () => {
       const usage = await storage.usage({ workspaceId: 'big', from, to, groupBy: 'agent', byDay: false });
       const elapsed = performance.now() - started;
       expect(new Map(usage.map((row) => [row.key, { amount: row.amount, replies: row.replies }]))).toEqual(expected);
-      expect(elapsed).toBeLessThan(1500);
+      // A guard against scanning the whole ledger (seconds to minutes here), not a benchmark:
+      // bench/ measures usage latency; this bound leaves room for a loaded machine.
+      expect(elapsed).toBeLessThan(10_000);
 
       const byDay = await storage.usage({ workspaceId: 'big', from, to, groupBy: 'model', byDay: true });
       expect(byDay.reduce((sum, row) => sum + row.replies, 0)).toBe([...expected.values()].reduce((sum, row) => sum + row.replies, 0));

@@ -86,6 +86,7 @@ describe('usage', () => {
     const elapsed = performance.now() - started;
     expect(report.totalReplies).toBe(1_000_000);
     expect(report.rows).toHaveLength(4 * 12);
-    expect(elapsed).toBeLessThan(2_000);
+    // A guard against a quadratic scan, not a benchmark (bench/ measures usage latency).
+    expect(elapsed).toBeLessThan(10_000);
   }, 120_000);
 });
