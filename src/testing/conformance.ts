@@ -9,7 +9,6 @@ import type {
   CreditStorage,
   GrantOutcome,
   GrantRecord,
-  LedgerKind,
   LedgerRow,
   LedgerRowInput,
   ReplyRecord,
@@ -21,6 +20,7 @@ import type {
   WorkspaceState,
 } from '../storage/storage.js';
 import { FakeProvider } from './fake-provider.js';
+import { ledgerRowInput } from '../storage/storage-helpers.js';
 
 // ─── public types ─────────────────────────────────────────────────────────
 
@@ -134,23 +134,6 @@ const CONFORMANCE_PLANS = definePlans([
   { id: 'custom', name: 'Custom', monthlyCredits: null },
 ]);
 
-function blankRow(workspaceId: string, kind: LedgerKind, amount: number, at: number): LedgerRowInput {
-  return {
-    workspaceId,
-    kind,
-    amount,
-    at,
-    replyId: null,
-    agentId: null,
-    conversationId: null,
-    model: null,
-    route: null,
-    priceVersion: null,
-    grantId: null,
-    plan: null,
-  };
-}
-
 function workspaceRecord(workspaceId: string, allotment: number, overrides: Partial<WorkspaceRecord> = {}): WorkspaceRecord {
   return {
     workspaceId,
@@ -179,7 +162,7 @@ async function newWorkspace(ctx: ConformanceContext, allotment: number, override
   const outcome = await ctx.storage.createWorkspace({
     workspace,
     grant: allotmentGrant(0, allotment, workspace.periodEnd, workspace.createdAt),
-    entry: { ...blankRow(workspace.workspaceId, 'grant', allotment, workspace.createdAt), grantId: 'period:0', plan: workspace.plan },
+    entry: { ...ledgerRowInput(workspace.workspaceId, 'grant', allotment, workspace.createdAt), grantId: 'period:0', plan: workspace.plan },
   });
   expect(outcome.status, 'createWorkspace of a new id').toBe('created');
   ctx.track(workspace.workspaceId);
@@ -243,7 +226,7 @@ function topUp(
   return ctx.storage.grant({
     workspaceId,
     grant: { grantId, kind: 'topup', amount, remaining: amount, expiresAt: options.expiresAt ?? null, createdAt: now },
-    entry: { ...blankRow(workspaceId, 'topup', amount, now), grantId },
+    entry: { ...ledgerRowInput(workspaceId, 'topup', amount, now), grantId },
     now,
   });
 }
@@ -337,7 +320,7 @@ define('createWorkspace - creates the workspace with its allotment and one grant
   const outcome = await ctx.storage.createWorkspace({
     workspace,
     grant,
-    entry: { ...blankRow(workspace.workspaceId, 'grant', 10 * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
+    entry: { ...ledgerRowInput(workspace.workspaceId, 'grant', 10 * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
   });
   ctx.track(workspace.workspaceId);
   expect(outcome.status).toBe('created');
@@ -359,7 +342,7 @@ define('createWorkspace - an existing id returns exists and changes nothing', as
   const outcome = await ctx.storage.createWorkspace({
     workspace: again,
     grant: allotmentGrant(0, 99 * C, again.periodEnd, again.createdAt),
-    entry: { ...blankRow(again.workspaceId, 'grant', 99 * C, again.createdAt), grantId: 'period:0', plan: 'team' },
+    entry: { ...ledgerRowInput(again.workspaceId, 'grant', 99 * C, again.createdAt), grantId: 'period:0', plan: 'team' },
   });
   expect(outcome).toEqual({ status: 'exists' });
   expect(await state(ctx, workspace.workspaceId)).toEqual(before);
@@ -374,7 +357,7 @@ define('createWorkspace - concurrent creates of one id create it once', async (c
       return ctx.storage.createWorkspace({
         workspace,
         grant: allotmentGrant(0, (i + 1) * C, workspace.periodEnd, workspace.createdAt),
-        entry: { ...blankRow(workspaceId, 'grant', (i + 1) * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
+        entry: { ...ledgerRowInput(workspaceId, 'grant', (i + 1) * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
       });
     }),
   );
@@ -395,7 +378,7 @@ define('createWorkspace - ids with any characters round-trip and never collide',
     const outcome = await ctx.storage.createWorkspace({
       workspace,
       grant: allotmentGrant(0, (index + 1) * C, workspace.periodEnd, workspace.createdAt),
-      entry: { ...blankRow(workspaceId, 'grant', (index + 1) * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
+      entry: { ...ledgerRowInput(workspaceId, 'grant', (index + 1) * C, workspace.createdAt), grantId: 'period:0', plan: 'starter' },
     });
     expect(outcome.status, `createWorkspace(${JSON.stringify(workspaceId)})`).toBe('created');
     ctx.track(workspaceId);
@@ -1042,7 +1025,7 @@ function renewCommand(workspace: WorkspaceRecord, options: { allotment?: number;
     workspace: renewed,
     rolloverCap: options.rolloverCap ?? 0,
     grant: allotmentGrant(next.index, allotment, next.end, next.start),
-    entry: { ...blankRow(workspace.workspaceId, 'grant', allotment, next.start), grantId: `period:${next.index}`, plan: renewed.plan },
+    entry: { ...ledgerRowInput(workspace.workspaceId, 'grant', allotment, next.start), grantId: `period:${next.index}`, plan: renewed.plan },
     now: options.now ?? next.start,
   };
 }
@@ -1239,7 +1222,7 @@ function planCommand(workspace: WorkspaceRecord, next: Partial<WorkspaceRecord>,
     expectedVersion,
     workspace: changed,
     allotmentIncrease,
-    entry: { ...blankRow(workspace.workspaceId, 'plan_change', allotmentIncrease, now), plan: next.pendingPlan ?? changed.plan },
+    entry: { ...ledgerRowInput(workspace.workspaceId, 'plan_change', allotmentIncrease, now), plan: next.pendingPlan ?? changed.plan },
     now,
   };
 }

@@ -14,6 +14,7 @@ import {
   type WorkspaceRecord,
 } from '../../src/index.js';
 import { startRedis } from '../servers/redis-server.js';
+import { ledgerRowInput } from '../../src/storage/storage-helpers.js';
 
 const url = inject('redisUrl');
 const DAY = 86_400_000;
@@ -52,20 +53,7 @@ function allotment(index: number, amount: number, expiresAt: number, at: number)
 }
 
 function entry(workspaceId: string, kind: LedgerRowInput['kind'], amount: number, at: number, grantId: string | null): LedgerRowInput {
-  return {
-    workspaceId,
-    kind,
-    amount,
-    at,
-    replyId: null,
-    agentId: null,
-    conversationId: null,
-    model: null,
-    route: null,
-    priceVersion: null,
-    grantId,
-    plan: kind === 'grant' ? 'enterprise' : null,
-  };
+  return { ...ledgerRowInput(workspaceId, kind, amount, at), grantId, plan: kind === 'grant' ? 'enterprise' : null };
 }
 
 async function create(storage: CreditStorage, id: string, at: number, amount: number, periodEnd = at + 30 * DAY): Promise<void> {
