@@ -42,7 +42,7 @@ import {
   usageSchema,
   workspaceIdSchema,
 } from './inputs.js';
-import type { ByoKeyResolver, ReplyProvider, ReplyRequest } from './provider.js';
+import type { ByoKeyResolver, ReplyContext, ReplyProvider, ReplyRequest } from './provider.js';
 import type {
   AddCreditsInput,
   ChangePlanInput,
@@ -281,7 +281,7 @@ export class CreditMeter {
    */
   async settle(input: ReplyRef): Promise<Settlement> {
     const ref = parseReplyRef(input);
-    const outcome = await this.#store('settle', (s) => s.settle({ ...ref, now: this.#now() }));
+    const outcome = await this.#store('settle', (s) => s.settle({ replyId: ref.replyId, workspaceId: ref.workspaceId, now: this.#now() }));
     switch (outcome.status) {
       case 'settled':
         if (!outcome.replayed) await this.#afterCharge(outcome.reply, outcome.entry, outcome.workspace);
@@ -304,7 +304,7 @@ export class CreditMeter {
    */
   async release(input: ReplyRef): Promise<Release> {
     const ref = parseReplyRef(input);
-    const outcome = await this.#store('release', (s) => s.release({ ...ref, now: this.#now() }));
+    const outcome = await this.#store('release', (s) => s.release({ replyId: ref.replyId, workspaceId: ref.workspaceId, now: this.#now() }));
     switch (outcome.status) {
       case 'released':
         return {
@@ -348,7 +348,7 @@ export class CreditMeter {
     }
     if (reply.status === 'settled') {
       const entry = await this.#entryOf(reply);
-      return { ...settlementOf(reply, entry, true), output: undefined, metered: true };
+      return replyResultOf(settlementOf(reply, entry, true), undefined);
     }
     let output: unknown;
     try {
@@ -360,7 +360,7 @@ export class CreditMeter {
       throw new ProviderError(reply.replyId, prepared.model.provider, redactSecret(error, prepared.apiKey));
     }
     const settlement = await this.settle({ workspaceId: reply.workspaceId, replyId: reply.replyId });
-    return { ...settlement, output, metered: true };
+    return replyResultOf(settlement, output);
   }
 
   /**
@@ -1014,8 +1014,28 @@ function requestOf(prepared: Prepared, input: unknown): ReplyRequest {
   };
 }
 
-function contextOf(apiKey: string | undefined, signal: AbortSignal | undefined) {
-  return { ...(apiKey !== undefined && { apiKey }), ...(signal !== undefined && { signal }) };
+function contextOf(apiKey: string | undefined, signal: AbortSignal | undefined): ReplyContext {
+  if (apiKey === undefined) return signal === undefined ? {} : { signal };
+  return signal === undefined ? { apiKey } : { apiKey, signal };
+}
+
+// Field by field rather than spread: object spread is slow on the hot path of Node 20.
+function replyResultOf(settlement: Settlement, output: unknown): ReplyResult {
+  return {
+    replyId: settlement.replyId,
+    workspaceId: settlement.workspaceId,
+    agentId: settlement.agentId,
+    conversationId: settlement.conversationId,
+    model: settlement.model,
+    route: settlement.route,
+    credits: settlement.credits,
+    entryId: settlement.entryId,
+    at: settlement.at,
+    priceVersion: settlement.priceVersion,
+    replayed: settlement.replayed,
+    output,
+    metered: true,
+  };
 }
 
 function reservationOf(reply: ReplyRecord, replayed: boolean): Reservation {
