@@ -108,7 +108,7 @@ async function openPostgres(): Promise<StoreContext> {
   return {
     name: 'postgres',
     durable: true,
-    setup: 'PostgresStorage on a pg.Pool of 10 connections to a local PostgreSQL 15 (fsync on, synchronous_commit on), default group commit (64 operations per transaction, 2 in flight)',
+    setup: 'PostgresStorage on a pg.Pool of 10 connections to a local PostgreSQL 15 (fsync on, synchronous_commit on), default group commit (up to 128 operations per transaction, 2 in flight)',
     peerSetup: 'RateLimiterPostgres on the same pg.Pool',
     storage: () => storage,
     peer,
