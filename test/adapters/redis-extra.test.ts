@@ -409,6 +409,69 @@ describe('redis - durability', () => {
   });
 });
 
+describe('redis - faults', () => {
+  it('connection killed mid-load - re-sent calls never charge twice, failures are STORAGE_ERROR, the store recovers', async () => {
+    const client = new Redis(url, { maxRetriesPerRequest: 1 });
+    client.on('error', () => undefined);
+    let reconnects = 0;
+    client.on('reconnecting', () => reconnects++);
+    const admin = new Redis(url);
+    const storage = new RedisStorage({ client, keyPrefix: `fault:${randomUUID()}:` });
+    try {
+      const meter = new CreditMeter({ storage });
+      await meter.createWorkspace({ workspaceId: 'fault', plan: 'enterprise', allotment: 1_000_000 });
+      let stop = false;
+      let charged = 0;
+      const errors: unknown[] = [];
+      const workers = Array.from({ length: 20 }, async () => {
+        while (!stop) {
+          try {
+            const hold = await meter.reserve({ workspaceId: 'fault', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' });
+            await meter.settle({ workspaceId: 'fault', replyId: hold.replyId });
+            charged++;
+          } catch (error) {
+            errors.push(error);
+          }
+        }
+      });
+      for (let i = 0; i < 5; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        // Only this store's connection: other test files share the server.
+        const id = await client.client('ID').catch(() => undefined);
+        if (id !== undefined) await admin.client('KILL', 'ID', String(id)).catch(() => undefined);
+      }
+      stop = true;
+      await Promise.all(workers);
+      // ioredis reconnects and re-sends what was in flight: a re-sent script is a replay.
+      expect(reconnects).toBeGreaterThan(0);
+      for (const error of errors) expect(error).toMatchObject({ code: 'STORAGE_ERROR' });
+      expect(charged).toBeGreaterThan(0);
+      // The store still works, and the money adds up: ledger = balance + held, one row per charge.
+      const hold = await meter.reserve({ workspaceId: 'fault', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' });
+      await meter.settle({ workspaceId: 'fault', replyId: hold.replyId });
+      const rows = [];
+      let cursor: string | undefined;
+      do {
+        const page = await meter.ledger({ workspaceId: 'fault', limit: 1000, ...(cursor !== undefined && { cursor }) });
+        rows.push(...page.entries);
+        cursor = page.nextCursor;
+      } while (cursor);
+      const ws = await meter.getWorkspace('fault');
+      const sum = rows.reduce((total, row) => total + Math.round(Number(row.credits) * 1e6), 0);
+      expect(sum).toBe(Math.round(Number(ws.balance) * 1e6) + Math.round(Number(ws.held) * 1e6));
+      const replyRows = rows.filter((row) => row.kind === 'reply');
+      // A charge whose answer was lost with the connection is still one row, never two.
+      expect(new Set(replyRows.map((row) => row.replyId)).size).toBe(replyRows.length);
+      expect(replyRows.length).toBeGreaterThanOrEqual(charged + 1);
+      expect(Number(ws.balance)).toBeGreaterThanOrEqual(0);
+    } finally {
+      await storage.close();
+      client.disconnect();
+      admin.disconnect();
+    }
+  });
+});
+
 describe('redis - usage on a large ledger', () => {
   it('usage - a million-row ledger answers a many-day window from rollups, quickly', async () => {
     const server = await startRedis();
