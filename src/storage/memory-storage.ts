@@ -27,7 +27,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from './storage.js';
-import { chargeRow, compareGrants, DAY_MS, expiryRow, takeFromGrants } from './storage-helpers.js';
+import { chargeRow, compareGrants, copyWorkspace, DAY_MS, expiryRow, takeFromGrants } from './storage-helpers.js';
 
 /**
  * What the store keeps per replyId: the current record (replaced, never mutated, on every
@@ -456,24 +456,6 @@ export class MemoryStorage implements CreditStorage {
       held: slot.held,
     };
   }
-}
-
-// Field by field rather than spread: object spread is slow on the hot path of Node 20.
-function copyWorkspace(record: WorkspaceRecord): WorkspaceRecord {
-  return {
-    workspaceId: record.workspaceId,
-    plan: record.plan,
-    allotment: record.allotment,
-    pendingPlan: record.pendingPlan,
-    pendingAllotment: record.pendingAllotment,
-    anchor: record.anchor,
-    periodIndex: record.periodIndex,
-    periodStart: record.periodStart,
-    periodEnd: record.periodEnd,
-    usedThisPeriod: record.usedThisPeriod,
-    version: record.version,
-    createdAt: record.createdAt,
-  };
 }
 
 function held(input: ReserveCommand['reply']): ReplyRecord {

@@ -1,4 +1,4 @@
-import type { Allocation, GrantRecord, LedgerKind, LedgerRow, LedgerRowInput, ReplyRecord } from './storage.js';
+import type { Allocation, GrantRecord, LedgerKind, LedgerRow, LedgerRowInput, ReplyRecord, WorkspaceRecord } from './storage.js';
 
 /** Milliseconds in a UTC day. */
 export const DAY_MS = 86_400_000;
@@ -80,4 +80,22 @@ export function takeFromGrants(grants: readonly GrantRecord[], amount: number): 
     if (left === 0) break;
   }
   return allocations;
+}
+
+/** A copy of a workspace record, field by field: object spread is slow on Node 20's hot path. */
+export function copyWorkspace(record: WorkspaceRecord): WorkspaceRecord {
+  return {
+    workspaceId: record.workspaceId,
+    plan: record.plan,
+    allotment: record.allotment,
+    pendingPlan: record.pendingPlan,
+    pendingAllotment: record.pendingAllotment,
+    anchor: record.anchor,
+    periodIndex: record.periodIndex,
+    periodStart: record.periodStart,
+    periodEnd: record.periodEnd,
+    usedThisPeriod: record.usedThisPeriod,
+    version: record.version,
+    createdAt: record.createdAt,
+  };
 }

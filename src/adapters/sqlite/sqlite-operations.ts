@@ -30,7 +30,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from '../../storage/storage.js';
-import { compareGrants, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from '../../storage/storage-helpers.js';
+import { compareGrants, copyWorkspace, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from '../../storage/storage-helpers.js';
 import type { SqliteDatabase, SqliteStatement } from './sqlite-driver.js';
 
 interface WorkspaceRow {
@@ -376,13 +376,13 @@ export class SqliteOperations implements BatchHooks {
     }
     const slot = this.#slot(input.workspaceId);
     if (!slot) return { status: 'workspace_not_found' };
-    if (now >= slot.record.periodEnd) return { status: 'renewal_due', workspace: copyRecord(slot.record) };
+    if (now >= slot.record.periodEnd) return { status: 'renewal_due', workspace: copyWorkspace(slot.record) };
     if (this.#sweepDue(slot, now)) this.#sweep(slot, now);
     const available = availableOf(slot);
     if (available < input.amount) {
       const reply = replyRecord(input, 'refused', now, null);
       this.#insertReply(reply, null);
-      return { status: 'insufficient', reply, available, workspace: copyRecord(slot.record) };
+      return { status: 'insufficient', reply, available, workspace: copyWorkspace(slot.record) };
     }
     const reply = replyRecord(input, 'held', null, null);
     if (input.amount === 0) {
@@ -404,7 +404,7 @@ export class SqliteOperations implements BatchHooks {
     switch (row.status) {
       case 'settled': {
         const slot = this.#slot(row.workspace_id);
-        return { status: 'settled', reply, entry: this.#entryOf(reply), replayed: true, workspace: slot ? copyRecord(slot.record) : null };
+        return { status: 'settled', reply, entry: this.#entryOf(reply), replayed: true, workspace: slot ? copyWorkspace(slot.record) : null };
       }
       case 'held':
         if (row.expires_at <= command.now) return { status: 'expired', reply: this.#finishHold(row, 'expired', command.now) };
@@ -421,7 +421,7 @@ export class SqliteOperations implements BatchHooks {
       slot.record.usedThisPeriod += row.amount;
       slot.dirty = true;
     }
-    return { status: 'settled', reply: settled, entry, replayed: false, workspace: slot ? copyRecord(slot.record) : null };
+    return { status: 'settled', reply: settled, entry, replayed: false, workspace: slot ? copyWorkspace(slot.record) : null };
   }
 
   release(command: ReleaseCommand): ReleaseOutcome {
@@ -436,7 +436,7 @@ export class SqliteOperations implements BatchHooks {
   renew(command: RenewCommand): RenewOutcome {
     const slot = this.#slot(command.workspaceId);
     if (!slot) return { status: 'workspace_not_found' };
-    if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: copyRecord(slot.record) };
+    if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: copyWorkspace(slot.record) };
     const { now } = command;
     this.#lapseHolds(slot, now);
     let ending = 0;
@@ -469,7 +469,7 @@ export class SqliteOperations implements BatchHooks {
   changePlan(command: ChangePlanCommand): ChangePlanOutcome {
     const slot = this.#slot(command.workspaceId);
     if (!slot) return { status: 'workspace_not_found' };
-    if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: copyRecord(slot.record) };
+    if (slot.record.version !== command.expectedVersion) return { status: 'stale', workspace: copyWorkspace(slot.record) };
     if (availableOf(slot) + slot.held + command.allotmentIncrease > MAX_MICROS) return { status: 'overflow' };
     if (command.allotmentIncrease > 0) {
       const grantId = `period:${slot.record.periodIndex}`;
@@ -934,23 +934,6 @@ function replyRecord(
   };
 }
 
-function copyRecord(w: WorkspaceRecord): WorkspaceRecord {
-  return {
-    workspaceId: w.workspaceId,
-    plan: w.plan,
-    allotment: w.allotment,
-    pendingPlan: w.pendingPlan,
-    pendingAllotment: w.pendingAllotment,
-    anchor: w.anchor,
-    periodIndex: w.periodIndex,
-    periodStart: w.periodStart,
-    periodEnd: w.periodEnd,
-    usedThisPeriod: w.usedThisPeriod,
-    version: w.version,
-    createdAt: w.createdAt,
-  };
-}
-
 function copyLedgerRow(row: LedgerRow): LedgerRow {
   return {
     id: row.id,
@@ -981,7 +964,7 @@ function availableOf(slot: Slot): number {
 
 function stateOf(slot: Slot): WorkspaceState {
   return {
-    workspace: copyRecord(slot.record),
+    workspace: copyWorkspace(slot.record),
     grants: slot.live.filter((grant) => grant.remaining > 0).map((grant) => ({ ...grant })),
     available: availableOf(slot),
     held: slot.held,
