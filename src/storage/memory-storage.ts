@@ -30,12 +30,17 @@ import type {
 import { chargeRow, compareGrants, copyWorkspace, DAY_MS, expiryRow, takeFromGrants } from './storage-helpers.js';
 
 /**
- * What the store keeps per replyId: the current record (replaced, never mutated, on every
- * change, so a record handed out stays as it was) and, while a hold with credits is open,
- * the grants its credits came from. One map entry per reply keeps the hot path to one lookup.
+ * What the store keeps per replyId, one map entry so the hot path does one lookup: the
+ * current record (replaced, never mutated, so a record handed out stays as it was) or, once
+ * settled, only the ledger row it rebuilds from (a settled reply lives as long as the ledger,
+ * so keeping one object instead of two halves what the heap retains per charge); and, while
+ * a hold with credits is open, the grants its credits came from.
  */
 interface Entry {
-  record: ReplyRecord;
+  record: ReplyRecord | null;
+  row: LedgerRow | null;
+  createdAt: number;
+  expiresAt: number;
   allocations: Allocation[] | null;
 }
 
@@ -122,10 +127,10 @@ export class MemoryStorage implements CreditStorage {
   async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
     const { reply: input, now } = command;
     const existing = this.#replies.get(input.replyId);
-    if (existing) return { status: 'exists', reply: existing.record };
+    if (existing) return { status: 'exists', reply: recordOf(existing) };
     if (!command.requireWorkspace) {
       const reply = held(input);
-      this.#replies.set(reply.replyId, { record: reply, allocations: null });
+      this.#replies.set(reply.replyId, entryOf(reply));
       return { status: 'reserved', reply, available: 0 };
     }
     const slot = this.#workspaces.get(input.workspaceId);
@@ -136,12 +141,12 @@ export class MemoryStorage implements CreditStorage {
       this.#sweep(slot, now, true);
       if (slot.available < input.amount) {
         const reply = record(input, 'refused', now, null);
-        this.#replies.set(reply.replyId, { record: reply, allocations: null });
+        this.#replies.set(reply.replyId, entryOf(reply));
         return { status: 'insufficient', reply, available: slot.available, workspace: copyWorkspace(slot.record) };
       }
     }
     const reply = held(input);
-    const entry: Entry = { record: reply, allocations: null };
+    const entry = entryOf(reply);
     this.#replies.set(reply.replyId, entry);
     if (input.amount > 0) {
       entry.allocations = takeFromGrants(slot.live, input.amount);
@@ -154,18 +159,12 @@ export class MemoryStorage implements CreditStorage {
 
   async settle(command: SettleCommand): Promise<SettleOutcome> {
     const found = this.#replies.get(command.replyId);
-    if (!found || found.record.workspaceId !== command.workspaceId) return { status: 'not_found' };
-    const reply = found.record;
+    if (!found || workspaceOf(found) !== command.workspaceId) return { status: 'not_found' };
+    const reply = recordOf(found);
     const slot = this.#workspaces.get(reply.workspaceId);
     switch (reply.status) {
       case 'settled':
-        return {
-          status: 'settled',
-          reply,
-          entry: this.#entryOf(slot, reply),
-          replayed: true,
-          workspace: slot ? copyWorkspace(slot.record) : null,
-        };
+        return { status: 'settled', reply, entry: found.row!, replayed: true, workspace: slot ? copyWorkspace(slot.record) : null };
       case 'held':
         if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(found, 'expired', command.now) };
         break;
@@ -174,7 +173,8 @@ export class MemoryStorage implements CreditStorage {
     }
     const entry = this.#push(slot, reply.workspaceId, chargeRow(this.#nextId(), reply, command.now));
     const settled = record(reply, 'settled', command.now, entry.id);
-    found.record = settled;
+    found.record = null;
+    found.row = entry;
     found.allocations = null;
     if (slot && reply.amount > 0) {
       slot.held -= reply.amount;
@@ -185,8 +185,8 @@ export class MemoryStorage implements CreditStorage {
 
   async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
     const found = this.#replies.get(command.replyId);
-    if (!found || found.record.workspaceId !== command.workspaceId) return { status: 'not_found' };
-    const reply = found.record;
+    if (!found || workspaceOf(found) !== command.workspaceId) return { status: 'not_found' };
+    const reply = recordOf(found);
     if (reply.status === 'released') return { status: 'released', reply, replayed: true };
     if (reply.status !== 'held') return { status: reply.status, reply };
     if (reply.expiresAt <= command.now) return { status: 'expired', reply: this.#finishHold(found, 'expired', command.now) };
@@ -316,7 +316,8 @@ export class MemoryStorage implements CreditStorage {
   }
 
   async getReply(replyId: string): Promise<ReplyRecord | undefined> {
-    return this.#replies.get(replyId)?.record;
+    const found = this.#replies.get(replyId);
+    return found ? recordOf(found) : undefined;
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
@@ -353,14 +354,6 @@ export class MemoryStorage implements CreditStorage {
     return row;
   }
 
-  #entryOf(slot: Slot | undefined, reply: ReplyRecord): LedgerRow {
-    const rows = slot?.ledger ?? this.#orphanLedgers.get(reply.workspaceId)?.rows ?? [];
-    const index = lowerBound(rows, Number(reply.entryId), (row) => Number(row.id));
-    const row = rows[index];
-    if (!row || row.id !== reply.entryId) throw new Error(`ledger row ${String(reply.entryId)} of reply ${reply.replyId} is missing`);
-    return row;
-  }
-
   /** Lapses holds that expired and expires grants that expired. `full` scans every hold. */
   #sweep(slot: Slot, now: number, full: boolean): void {
     this.#lapseHolds(slot, now, full);
@@ -372,7 +365,7 @@ export class MemoryStorage implements CreditStorage {
     while (slot.holdHead < queue.length) {
       const entry = queue[slot.holdHead]!;
       const open = entry.allocations !== null;
-      if (open && entry.record.expiresAt > now) break;
+      if (open && entry.expiresAt > now) break;
       if (open) this.#finishHold(entry, 'expired', now);
       slot.holdHead++;
     }
@@ -382,7 +375,7 @@ export class MemoryStorage implements CreditStorage {
       for (let i = slot.holdHead; i < queue.length; i++) {
         const entry = queue[i]!;
         if (entry.allocations === null) continue;
-        if (entry.record.expiresAt <= now) this.#finishHold(entry, 'expired', now);
+        if (entry.expiresAt <= now) this.#finishHold(entry, 'expired', now);
         else rest.push(entry);
       }
       slot.holdQueue = rest;
@@ -395,7 +388,7 @@ export class MemoryStorage implements CreditStorage {
 
   /** Ends a hold without a charge, returning its credits to the grants they came from. */
   #finishHold(entry: Entry, status: 'released' | 'expired', now: number): ReplyRecord {
-    const reply = entry.record;
+    const reply = entry.record!;
     const finished = record(reply, status, now, null);
     const allocations = entry.allocations;
     entry.record = finished;
@@ -456,6 +449,35 @@ export class MemoryStorage implements CreditStorage {
       held: slot.held,
     };
   }
+}
+
+function entryOf(record: ReplyRecord): Entry {
+  return { record, row: null, createdAt: record.createdAt, expiresAt: record.expiresAt, allocations: null };
+}
+
+function workspaceOf(entry: Entry): string {
+  return entry.record === null ? entry.row!.workspaceId : entry.record.workspaceId;
+}
+
+/** The reply's record; a settled one is rebuilt from its ledger row. */
+function recordOf(entry: Entry): ReplyRecord {
+  if (entry.record !== null) return entry.record;
+  const row = entry.row!;
+  return {
+    replyId: row.replyId!,
+    workspaceId: row.workspaceId,
+    agentId: row.agentId!,
+    conversationId: row.conversationId!,
+    model: row.model!,
+    route: row.route!,
+    amount: 0 - row.amount,
+    priceVersion: row.priceVersion!,
+    status: 'settled',
+    createdAt: entry.createdAt,
+    expiresAt: entry.expiresAt,
+    finishedAt: row.at,
+    entryId: row.id,
+  };
 }
 
 function held(input: ReserveCommand['reply']): ReplyRecord {
