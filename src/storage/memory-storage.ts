@@ -27,7 +27,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from './storage.js';
-import { chargeRow, compareGrants, copyWorkspace, DAY_MS, expiryRow, takeFromGrants } from './storage-helpers.js';
+import { allotmentGrant, chargeRow, compareGrants, copyWorkspace, DAY_MS, expiryRow, takeFromGrants } from './storage-helpers.js';
 
 /**
  * What the store keeps per replyId, one map entry so the hot path does one lookup: the
@@ -236,14 +236,7 @@ export class MemoryStorage implements CreditStorage {
         grant.remaining += command.allotmentIncrease;
         slot.available += command.allotmentIncrease;
       } else {
-        this.#addGrant(slot, {
-          grantId: `period:${slot.record.periodIndex}`,
-          kind: 'allotment',
-          amount: command.allotmentIncrease,
-          remaining: command.allotmentIncrease,
-          expiresAt: slot.record.periodEnd,
-          createdAt: command.now,
-        });
+        this.#addGrant(slot, allotmentGrant(slot.record.periodIndex, command.allotmentIncrease, slot.record.periodEnd, command.now));
       }
     }
     slot.record = { ...command.workspace };

@@ -99,3 +99,8 @@ export function copyWorkspace(record: WorkspaceRecord): WorkspaceRecord {
     createdAt: record.createdAt,
   };
 }
+
+/** The plan allotment grant of period `index`: `period:<index>`, expiring at the period end. */
+export function allotmentGrant(index: number, amount: number, expiresAt: number, createdAt: number): GrantRecord {
+  return { grantId: `period:${index}`, kind: 'allotment', amount, remaining: amount, expiresAt, createdAt };
+}

@@ -20,7 +20,7 @@ import type {
   WorkspaceState,
 } from '../storage/storage.js';
 import { FakeProvider } from './fake-provider.js';
-import { ledgerRowInput } from '../storage/storage-helpers.js';
+import { allotmentGrant, ledgerRowInput } from '../storage/storage-helpers.js';
 
 // ─── public types ─────────────────────────────────────────────────────────
 
@@ -150,10 +150,6 @@ function workspaceRecord(workspaceId: string, allotment: number, overrides: Part
     createdAt: PERIOD0.start,
     ...overrides,
   };
-}
-
-function allotmentGrant(index: number, amount: number, expiresAt: number, createdAt: number): GrantRecord {
-  return { grantId: `period:${index}`, kind: 'allotment', amount, remaining: amount, expiresAt, createdAt };
 }
 
 /** Creates a workspace in period 0 with `allotment` micro-credits and tracks it. */

@@ -8,6 +8,7 @@ import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SqliteStorage } from '../../src/adapters/sqlite/index.js';
 import { CreditMeter, CreditsError, MemoryStorage, StorageError, type CreditStorage, type LedgerRow } from '../../src/index.js';
+import { ledgerRowInput } from '../../src/storage/storage-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'credits-sqlite-extra-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -32,20 +33,7 @@ function workspace(workspaceId: string, amount: number) {
       createdAt: T0,
     },
     grant: { grantId: 'period:0', kind: 'allotment' as const, amount, remaining: amount, expiresAt: T0 + 30 * 86_400_000, createdAt: T0 },
-    entry: {
-      workspaceId,
-      kind: 'grant' as const,
-      amount,
-      at: T0,
-      replyId: null,
-      agentId: null,
-      conversationId: null,
-      model: null,
-      route: null,
-      priceVersion: null,
-      grantId: 'period:0',
-      plan: 'custom',
-    },
+    entry: { ...ledgerRowInput(workspaceId, 'grant', amount, T0), grantId: 'period:0', plan: 'custom' },
   };
 }
 

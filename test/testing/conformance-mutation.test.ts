@@ -23,6 +23,7 @@ import type {
   WorkspaceState,
 } from '../../src/index.js';
 import { conformanceCases, runConformanceCase, type ConformanceContext, type StorageConformanceOptions } from '../../src/testing/index.js';
+import { ledgerRowInput } from '../../src/storage/storage-helpers.js';
 
 const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
@@ -45,20 +46,7 @@ class ReadThenWriteReserve extends MemoryStorage {
       await super.grant({
         workspaceId: command.reply.workspaceId,
         grant: { grantId, kind: 'topup', amount: shortfall, remaining: shortfall, expiresAt: null, createdAt: command.now },
-        entry: {
-          workspaceId: command.reply.workspaceId,
-          kind: 'topup',
-          amount: shortfall,
-          at: command.now,
-          replyId: null,
-          agentId: null,
-          conversationId: null,
-          model: null,
-          route: null,
-          priceVersion: null,
-          grantId,
-          plan: null,
-        },
+        entry: { ...ledgerRowInput(command.reply.workspaceId, 'topup', shortfall, command.now), grantId },
         now: command.now,
       });
     }

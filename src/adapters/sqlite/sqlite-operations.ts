@@ -30,7 +30,7 @@ import type {
   WorkspaceRecord,
   WorkspaceState,
 } from '../../storage/storage.js';
-import { compareGrants, copyWorkspace, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from '../../storage/storage-helpers.js';
+import { allotmentGrant, compareGrants, copyWorkspace, DAY_MS, expiryRow, replyChargeRow, takeFromGrants } from '../../storage/storage-helpers.js';
 import type { SqliteDatabase, SqliteStatement } from './sqlite-driver.js';
 
 interface WorkspaceRow {
@@ -479,14 +479,7 @@ export class SqliteOperations implements BatchHooks {
         grant.remaining += command.allotmentIncrease;
         this.#grantResize.run(grant.amount, grant.remaining, slot.record.workspaceId, grantId);
       } else {
-        this.#addGrant(slot, {
-          grantId,
-          kind: 'allotment',
-          amount: command.allotmentIncrease,
-          remaining: command.allotmentIncrease,
-          expiresAt: slot.record.periodEnd,
-          createdAt: command.now,
-        });
+        this.#addGrant(slot, allotmentGrant(slot.record.periodIndex, command.allotmentIncrease, slot.record.periodEnd, command.now));
       }
     }
     slot.record = { ...command.workspace };
