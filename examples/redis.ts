@@ -8,7 +8,7 @@
  * The example writes under a fresh key prefix and deletes nothing else.
  */
 import { randomUUID } from 'node:crypto';
-import { CreditMeter, type ReplyProvider } from '../src/index.js';
+import { twoAppServers } from './shared/two-app-servers.js';
 import { RedisStorage } from '../src/adapters/redis/index.js';
 
 const url = process.env['REDIS_URL'];
@@ -18,35 +18,10 @@ if (!url) {
   process.exit(0);
 }
 
-// A stand-in for the host's LLM client: answers at once, never calls a network.
-const fakeLlm: ReplyProvider = {
-  async generate(request) {
-    return { output: `[${request.model}] answer to "${String(request.input)}"` };
-  },
-};
-const providers = { openai: fakeLlm, anthropic: fakeLlm, bookbag: fakeLlm };
-
 const keyPrefix = `credits-example:${randomUUID()}:`;
-const stores = [new RedisStorage({ url, keyPrefix }), new RedisStorage({ url, keyPrefix })];
-const [serverA, serverB] = stores.map((storage) => new CreditMeter({ storage, providers }));
+const stores = [new RedisStorage({ url, keyPrefix }), new RedisStorage({ url, keyPrefix })] as const;
 try {
-  await serverA!.createWorkspace({ workspaceId: 'acme', plan: 'hobby' });
-
-  const questions = ['Where is my order?', 'Can I change my plan?', 'Do you ship to Norway?', 'What is your refund policy?'];
-  const replies = await Promise.all(
-    questions.map((input, i) =>
-      (i % 2 ? serverB! : serverA!).reply({ workspaceId: 'acme', agentId: i % 2 ? 'sales' : 'support', conversationId: `c${i}`, model: 'claude-haiku-4-5', input }),
-    ),
-  );
-  for (const reply of replies) console.log(`${reply.replyId.slice(0, 8)}  ${reply.agentId.padEnd(7)}  -${reply.credits.toString()} credits`);
-
-  const summary = await serverB!.getWorkspace('acme');
-  console.log(`balance: ${summary.balance.toString()} of ${summary.allotment.toString()} credits (plan ${summary.plan})`);
-  const page = await serverA!.ledger({ workspaceId: 'acme' });
-  console.log(`ledger: ${page.entries.map((entry) => `${entry.kind} ${entry.credits.toString()}`).join(', ')}`);
-  const now = Date.now();
-  const usage = await serverA!.usage({ workspaceId: 'acme', from: new Date(now - 86_400_000), to: new Date(now + 60_000), groupBy: 'agent' });
-  for (const row of usage.rows) console.log(`usage: ${row.key} ${row.credits.toString()} credits in ${row.replies} replies`);
+  await twoAppServers(...stores);
 } finally {
   await Promise.all(stores.map((storage) => storage.close()));
 }
