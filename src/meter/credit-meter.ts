@@ -197,7 +197,7 @@ export class CreditMeter {
       }),
     );
     if (outcome.status === 'exists') throw new WorkspaceExistsError(parsed.workspaceId);
-    return this.#summary(await this.#current(parsed.workspaceId, this.#now()));
+    return this.#summary(outcome.state);
   }
 
   /**
