@@ -3,11 +3,16 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
+import { commandsFrom, ensureDebianPackages } from './apt.js';
 import { freePort, waitFor } from './free-port.js';
 import type { TestServer } from './server.js';
 
+/** redis-server and redis-cli (the `redis-server` package depends on `redis-tools`, which has redis-cli). */
+export const redisRequirement = commandsFrom('redis-server', 'redis-server', 'redis-cli');
+
 /** Starts a throwaway redis-server on 127.0.0.1 with AOF (appendfsync everysec) in a temp dir. */
 export async function startRedis(): Promise<TestServer> {
+  ensureDebianPackages([redisRequirement]);
   const dir = mkdtempSync(join(tmpdir(), 'credits-redis-'));
   const port = await freePort();
   let child: ChildProcess | undefined;
@@ -19,7 +24,7 @@ export async function startRedis(): Promise<TestServer> {
     );
     child = proc;
     await new Promise<void>((resolve, reject) => {
-      proc.once('error', (error) => reject(new Error(`redis-server could not start (install the redis-server package; .ci/run does): ${error.message}`)));
+      proc.once('error', (error) => reject(new Error(`redis-server could not start: ${error.message}`)));
       proc.once('spawn', () => resolve());
     });
     await waitFor(async () => {
@@ -41,7 +46,13 @@ export async function startRedis(): Promise<TestServer> {
     proc.kill('SIGTERM');
     await exited;
   };
-  await start();
+  try {
+    await start();
+  } catch (error) {
+    await halt();
+    rmSync(dir, { recursive: true, force: true });
+    throw error;
+  }
   return {
     url: `redis://127.0.0.1:${port}`,
     async restart() {
