@@ -42,6 +42,8 @@ export interface RecordedRequest {
   readonly authorization: string | undefined;
   /** The `x-api-key` header, as sent. */
   readonly apiKey: string | undefined;
+  /** The key the request carried: `x-api-key`, else the `Authorization: Bearer` token. */
+  readonly credential: string | undefined;
   readonly body: Record<string, unknown>;
 }
 
@@ -109,6 +111,7 @@ export async function startFakeLlmServer(): Promise<FakeLlmServer> {
       stream,
       authorization: header(req, 'authorization'),
       apiKey: header(req, 'x-api-key'),
+      credential: header(req, 'x-api-key') ?? header(req, 'authorization')?.replace(/^Bearer /i, ''),
       body,
     });
     const behavior = queue.shift() ?? fromHeader(header(req, 'x-fake-behavior')) ?? { kind: 'ok' };
