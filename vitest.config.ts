@@ -7,5 +7,11 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
+    server: {
+      deps: {
+        // The built package is loaded by Node itself, as a user's code would load it, not transformed by Vite.
+        external: [/\/dist\/.+\.js$/],
+      },
+    },
   },
 });
