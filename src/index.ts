@@ -16,9 +16,8 @@ export {
   WorkspaceExistsError,
   WorkspaceNotFoundError,
 } from './core/errors.js';
-export { CREDIT_DECIMALS, MAX_INPUT_CREDITS, MAX_MICROS, MICROS_PER_CREDIT, fromMicros, toMicros } from './core/credits.js';
+export { CREDIT_DECIMALS, MAX_INPUT_CREDITS } from './core/credits.js';
 export { periodBounds, periodIndexAt, periodStart } from './core/billing-period.js';
-export { compareGrants } from './storage/storage-helpers.js';
 export { Decimal } from 'decimal.js';
 
 export type { CreditsErrorCode, InputIssue, InsufficientCreditsDetails } from './core/errors.js';
@@ -27,7 +26,39 @@ export type { ModelPrice, ModelPriceInput, ProviderId } from './core/price-table
 export type { Plan, PlanInput } from './core/plan-catalog.js';
 export type { PeriodBounds } from './core/billing-period.js';
 export type { MeterMode } from './core/route.js';
-export type * from './meter/types.js';
+export type { LedgerKind, Route, UsageGroupBy } from './core/state.js';
+export type { ScrubbedProviderError } from './core/secrets.js';
+export type {
+  AddCreditsInput,
+  ChangePlanInput,
+  CreateWorkspaceInput,
+  CreditMeterOptions,
+  GrantSummary,
+  HoldExtension,
+  LedgerEntry,
+  LedgerInput,
+  LedgerPage,
+  PlanChange,
+  Quote,
+  QuoteInput,
+  Release,
+  ReplyIdentity,
+  ReplyInput,
+  ReplyRef,
+  ReplyResult,
+  ReplyStream,
+  Reservation,
+  ReserveInput,
+  SettleInput,
+  Settlement,
+  TokenUsage,
+  TopUp,
+  UsageInput,
+  UsageInterval,
+  UsageReport,
+  UsageRow,
+  WorkspaceSummary,
+} from './meter/types.js';
 export type {
   BalanceLowEvent,
   CreditEvent,
@@ -39,5 +70,5 @@ export type {
   ReplyBlockedEvent,
   ReplyChargedEvent,
 } from './meter/events.js';
-export type { ByoKeyResolver, ReplyContext, ReplyProvider, ReplyRequest } from './meter/provider.js';
-export type * from './storage/storage.js';
+export type { ByoKeyResolver, ProviderResult, ReplyContext, ReplyProvider, ReplyRequest } from './meter/provider.js';
+export type { CreditStorage } from './storage/storage.js';

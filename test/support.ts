@@ -68,13 +68,12 @@ type StorageMethod = Exclude<keyof CreditStorage, never>;
 
 /** A store that delegates to `inner` except for the methods given (a fault injector). */
 export function wrapStorage(inner: CreditStorage, overrides: Partial<CreditStorage>): CreditStorage {
-  const methods: StorageMethod[] = [
-    'migrate', 'close', 'createWorkspace', 'getWorkspace', 'reserve', 'settle', 'release', 'renew',
-    'changePlan', 'grant', 'claimAlert', 'ledger', 'usage', 'getReply',
-  ];
+  const methods: StorageMethod[] = ['migrate', 'close', 'load', 'commit', 'ledger', 'usage'];
   const wrapped: Record<string, unknown> = {};
   for (const method of methods) {
-    wrapped[method] = overrides[method] ?? (inner[method] as (...args: unknown[]) => unknown).bind(inner);
+    const own = inner[method] as ((...args: unknown[]) => unknown) | undefined;
+    const chosen = overrides[method] ?? own?.bind(inner);
+    if (chosen) wrapped[method] = chosen;
   }
   return wrapped as unknown as CreditStorage;
 }

@@ -1,5 +1,5 @@
 import type { ModelPrice } from './price-table.js';
-import type { Route } from '../storage/storage.js';
+import type { Route } from './state.js';
 
 /** `cloud` meters and blocks; `self-hosted` records usage but never charges or blocks. */
 export type MeterMode = 'cloud' | 'self-hosted';

@@ -1,5 +1,4 @@
 import { randomBytes } from 'node:crypto';
-import { periodBounds, periodIndexAt } from '../core/billing-period.js';
 import { fromMicros, MICROS_PER_CREDIT, toMicros, type CreditsInput } from '../core/credits.js';
 import {
   CreditsError,
@@ -16,20 +15,15 @@ import {
 import { DEFAULT_PLANS, type Plan, type PlanCatalog } from '../core/plan-catalog.js';
 import { DEFAULT_MODEL_PRICES, type ModelPrice, type ModelPriceTable } from '../core/price-table.js';
 import { resolveRoute, routeCost, type MeterMode } from '../core/route.js';
-import { redactSecret } from '../core/secrets.js';
+import type { ReplyRecord, Route } from '../core/state.js';
+import type { Command, CoreEvent, Outcome } from '../core/transition.js';
+import { UsageAccumulator } from '../core/usage-aggregate.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
-import { allotmentGrant, ledgerRowInput } from '../storage/storage-helpers.js';
-import type {
-  CreditStorage,
-  LedgerRow,
-  LedgerRowInput,
-  ReplyRecord,
-  Route,
-  WorkspaceRecord,
-  WorkspaceState,
-} from '../storage/storage.js';
+import type { CreditStorage, UsageAggregate } from '../storage/storage.js';
+import { raceAbort } from './abort.js';
 import { EventBus, type CreditEventHandler, type CreditEventName } from './events.js';
+import { keepHoldAlive } from './hold-keeper.js';
 import {
   addCreditsSchema,
   changePlanSchema,
@@ -39,16 +33,28 @@ import {
   parseReplyRef,
   quoteSchema,
   replySchema,
+  settleSchema,
   usageSchema,
   workspaceIdSchema,
 } from './inputs.js';
-import type { ByoKeyResolver, ReplyContext, ReplyProvider, ReplyRequest } from './provider.js';
+import type { ByoKeyResolver, ProviderResult, ReplyContext, ReplyProvider, ReplyRequest } from './provider.js';
+import { createReplyStream, settledStream } from './reply-stream.js';
+import {
+  ledgerEntryOf,
+  releaseOf,
+  replyNotFound,
+  replyResultOf,
+  reservationOf,
+  settlementOf,
+  stateError,
+  summaryOf,
+} from './results.js';
 import type {
   AddCreditsInput,
   ChangePlanInput,
   CreateWorkspaceInput,
   CreditMeterOptions,
-  LedgerEntry,
+  HoldExtension,
   LedgerInput,
   LedgerPage,
   PlanChange,
@@ -62,6 +68,7 @@ import type {
   ReplyStream,
   Reservation,
   ReserveInput,
+  SettleInput,
   Settlement,
   TopUp,
   UsageInput,
@@ -69,11 +76,11 @@ import type {
   WorkspaceSummary,
 } from './types.js';
 import { bucketUsage } from './usage-report.js';
+import { WorkspaceBatcher } from './workspace-batcher.js';
 
 const DEFAULT_HOLD_TTL_MS = 15 * 60 * 1000;
 const DEFAULT_THRESHOLDS = [0.8, 1];
-// A renewal or plan change loses a race at most once per competing writer; this bounds a livelock.
-const MAX_CONDITIONAL_RETRIES = 64;
+const USAGE_PAGE = 1000;
 
 interface Prepared {
   identity: Required<ReplyIdentity>;
@@ -86,6 +93,10 @@ interface Prepared {
  * Meters AI replies in credits: charges each reply its model's price, refuses replies the
  * balance cannot cover, lets bring-your-own-key replies through for free, and records
  * everything in an append-only ledger.
+ *
+ * Every rule lives in the transition core; the meter validates input, resolves routes and
+ * keys, runs the reply lifecycle around the provider, and sends commands through a
+ * per-workspace batcher, so concurrent calls on one workspace share one load and one commit.
  *
  * @example
  * ```ts
@@ -112,11 +123,11 @@ export class CreditMeter {
   readonly #providers: ReadonlyMap<string, ReplyProvider>;
   readonly #byoKeys: ByoKeyResolver | undefined;
   readonly #clock: (() => Date) | undefined;
-  readonly #thresholds: readonly number[];
   readonly #failOpen: boolean;
   readonly #timeoutMs: number | undefined;
   readonly #newReplyId: () => string;
   readonly #events: EventBus;
+  readonly #batcher: WorkspaceBatcher;
   // Mutable state on a frozen meter lives in this one object.
   readonly #ready: { done: boolean; pending: Promise<void> | undefined } = { done: false, pending: undefined };
 
@@ -130,7 +141,6 @@ export class CreditMeter {
     this.#providers = new Map(Object.entries(options.providers ?? {}));
     this.#byoKeys = options.byoKeys;
     this.#clock = options.clock;
-    this.#thresholds = config.thresholds;
     this.#failOpen = options.onStorageFailure === 'allow';
     this.#timeoutMs = options.storageTimeoutMs;
     this.#newReplyId = options.generateReplyId ?? replyIdSequence();
@@ -140,6 +150,12 @@ export class CreditMeter {
           console.error(`[credits] a "${event.type}" handler failed:`, error);
         }),
     );
+    this.#batcher = new WorkspaceBatcher({
+      rules: { plans: this.plans, thresholds: config.thresholds },
+      now: () => this.#now(),
+      load: (request) => this.#store('load', (storage) => storage.load(request)),
+      commit: (commit) => this.#store('commit', (storage) => storage.commit([commit])).then((results) => results[0]!),
+    });
     Object.freeze(this);
   }
 
@@ -173,31 +189,9 @@ export class CreditMeter {
     const now = this.#now();
     const anchor = parsed.startsAt?.getTime() ?? now;
     if (anchor > now) throw new InvalidInputError([{ path: 'startsAt', message: 'must not be in the future' }]);
-    // A past start begins in the period that contains now: there is no history to replay.
-    const bounds = periodBounds(anchor, periodIndexAt(anchor, now));
-    const workspace: WorkspaceRecord = {
-      workspaceId: parsed.workspaceId,
-      plan: plan.id,
-      allotment,
-      pendingPlan: null,
-      pendingAllotment: null,
-      anchor,
-      periodIndex: bounds.index,
-      periodStart: bounds.start,
-      periodEnd: bounds.end,
-      usedThisPeriod: 0,
-      version: 0,
-      createdAt: now,
-    };
-    const outcome = await this.#store('createWorkspace', (s) =>
-      s.createWorkspace({
-        workspace,
-        grant: allotmentGrant(bounds.index, allotment, bounds.end, now),
-        entry: grantEntry(workspace, allotment, `period:${bounds.index}`, now),
-      }),
-    );
+    const outcome = await this.#apply(parsed.workspaceId, { type: 'create', plan: plan.id, allotment, anchor });
     if (outcome.status === 'exists') throw new WorkspaceExistsError(parsed.workspaceId);
-    return this.#summary(outcome.state);
+    return summaryOf(parsed.workspaceId, expect(outcome, 'created').snapshot, this.models);
   }
 
   /**
@@ -211,7 +205,7 @@ export class CreditMeter {
    */
   async getWorkspace(workspaceId: string): Promise<WorkspaceSummary> {
     const id = parseInput(workspaceIdSchema, workspaceId, 'workspaceId');
-    return this.#summary(await this.#current(id, this.#now()));
+    return summaryOf(id, await this.#read(id), this.models);
   }
 
   /**
@@ -237,20 +231,15 @@ export class CreditMeter {
       priceVersion: this.models.version,
     };
     if (this.mode === 'self-hosted') return { ...base, allowed: true, available: undefined, renewsAt: undefined };
-    const state = await this.#current(parsed.workspaceId, this.#now());
-    return {
-      ...base,
-      allowed: state.available >= credits,
-      available: fromMicros(state.available),
-      renewsAt: new Date(state.workspace.periodEnd),
-    };
+    const { account, available } = await this.#read(parsed.workspaceId);
+    return { ...base, allowed: available >= credits, available: fromMicros(available), renewsAt: new Date(account.periodEnd) };
   }
 
   /**
    * Holds a reply's cost, for hosts that call their LLM themselves; follow with `settle`
-   * (charge) or `release` (no charge). Throws `INSUFFICIENT_CREDITS` when the balance cannot
-   * cover it. A retry with the same `replyId` returns the same hold, or `status: 'settled'`
-   * when it was charged already.
+   * (charge) or `release` (no charge), and `extend` a hold that must outlive `holdTtlMs`.
+   * Throws `INSUFFICIENT_CREDITS` when the balance cannot cover it. A retry with the same
+   * `replyId` returns the same hold, or `status: 'settled'` when it was charged already.
    *
    * @example
    * ```ts
@@ -266,22 +255,25 @@ export class CreditMeter {
    */
   async reserve(input: ReserveInput): Promise<Reservation> {
     const prepared = await this.#prepare(parseIdentity(input));
-    const { reply, replayed } = await this.#hold(prepared, false);
-    return reservationOf(reply, replayed);
+    const { record, replayed } = await this.#hold(prepared, false);
+    return reservationOf(record, replayed);
   }
 
   /**
    * Charges a held reply, exactly once: a retry returns the first charge with `replayed: true`.
+   * Give `model` when another model produced the reply, to charge that model's price.
    * Throws `HOLD_EXPIRED` when the hold lapsed, `REPLY_RELEASED` after a release.
    *
    * @example
    * ```ts
    * const { credits } = await meter.settle({ workspaceId: 'ws_1', replyId: hold.replyId });
+   * await meter.settle({ workspaceId: 'ws_1', replyId: other.replyId, model: 'gpt-4o-mini' }); // a fallback answered
    * ```
    */
-  async settle(input: ReplyRef): Promise<Settlement> {
-    const ref = parseReplyRef(input);
-    return this.#settle(ref.workspaceId, ref.replyId);
+  async settle(input: SettleInput): Promise<Settlement> {
+    const parsed = input.model === undefined && input.usage === undefined ? parseReplyRef(input) : parseInput(settleSchema, input);
+    const settleInput = parsed as SettleInput;
+    return this.#settle(parsed.workspaceId, parsed.replyId, settleInput.model, settleInput.usage);
   }
 
   /**
@@ -295,27 +287,47 @@ export class CreditMeter {
    */
   async release(input: ReplyRef): Promise<Release> {
     const ref = parseReplyRef(input);
-    const outcome = await this.#store('release', (s) => s.release({ replyId: ref.replyId, workspaceId: ref.workspaceId, now: this.#now() }));
+    const outcome = await this.#apply(ref.workspaceId, { type: 'release', replyId: ref.replyId });
     switch (outcome.status) {
       case 'released':
-        return {
-          replyId: outcome.reply.replyId,
-          workspaceId: outcome.reply.workspaceId,
-          credits: fromMicros(outcome.reply.amount),
-          replayed: outcome.replayed,
-        };
-      case 'not_found':
-        throw new ReplyStateError('REPLY_NOT_FOUND', ref.replyId, `No reply ${ref.replyId} in workspace ${ref.workspaceId}`);
+        return releaseOf(outcome.record, outcome.replayed);
+      case 'reply_state':
+        throw stateError(outcome.record);
       default:
-        throw stateError(outcome.reply);
+        throw replyNotFound(ref.workspaceId, ref.replyId);
     }
   }
 
   /**
-   * Runs a whole reply: checks the balance, holds the cost, calls the registered provider
-   * (with the workspace's own key on the byo route), then charges; a provider error or an
-   * abort releases the hold and charges nothing. A retry with a settled `replyId` returns
-   * the first charge without calling the provider again.
+   * Keeps a hold alive for another `holdTtlMs` from now, for hosts that call their LLM
+   * themselves and may take longer than the TTL. `reply`, `replyStream` and the provider
+   * integrations do this on their own while the provider runs.
+   *
+   * @example
+   * ```ts
+   * const timer = setInterval(() => meter.extend({ workspaceId, replyId: hold.replyId }), 60_000);
+   * ```
+   */
+  async extend(input: ReplyRef): Promise<HoldExtension> {
+    const ref = parseReplyRef(input);
+    const outcome = await this.#apply(ref.workspaceId, { type: 'extend', replyId: ref.replyId, ttlMs: this.holdTtlMs });
+    switch (outcome.status) {
+      case 'extended':
+        return { replyId: ref.replyId, workspaceId: ref.workspaceId, expiresAt: new Date(outcome.record.expiresAt) };
+      case 'reply_state':
+        throw stateError(outcome.record);
+      default:
+        throw replyNotFound(ref.workspaceId, ref.replyId);
+    }
+  }
+
+  /**
+   * Runs a whole reply: checks the balance, holds the cost, calls the provider (with the
+   * workspace's own key on the byo route) while keeping the hold alive, then charges the
+   * model that produced the reply. A provider error or an abort releases the hold and
+   * charges nothing; an abort rejects at once with the signal's reason, even if the
+   * provider ignores it. A retry with a settled `replyId` returns the first charge without
+   * calling the provider again.
    *
    * @example
    * ```ts
@@ -329,35 +341,39 @@ export class CreditMeter {
     const parsed = parseReplyInput(input);
     parsed.signal?.throwIfAborted();
     const prepared = await this.#prepare(parsed);
-    const provider = this.#provider(prepared.model);
-    let reply: ReplyRecord;
+    const provider = parsed.provider ?? this.#provider(prepared.model);
+    const request = requestOf(prepared, parsed.input);
+    const context = contextOf(prepared.apiKey, parsed.signal);
+    let record: ReplyRecord;
     try {
-      ({ reply } = await this.#hold(prepared, true));
+      ({ record } = await this.#hold(prepared, true));
     } catch (error) {
       if (!(this.#failOpen && error instanceof StorageError)) throw error;
-      return this.#unmeteredReply(prepared, provider, parsed.input, parsed.signal);
+      const result = await this.#unmetered(prepared, () => provider.generate(request, context), parsed.signal);
+      return replyResultOf(this.#unmeteredSettlement(prepared), checkResult(result, prepared).output, false);
     }
-    if (reply.status === 'settled') {
-      const entry = await this.#entryOf(reply);
-      return replyResultOf(settlementOf(reply, entry, true), undefined);
-    }
-    let output: unknown;
+    if (record.status === 'settled') return replyResultOf(settlementOf(record, true), undefined);
+    const stopKeepAlive = this.#keepAlive(record);
+    let result: ProviderResult;
     try {
       parsed.signal?.throwIfAborted();
-      ({ output } = await provider.generate(requestOf(prepared, parsed.input), contextOf(prepared.apiKey, parsed.signal)));
+      result = checkResult(await raceAbort(provider.generate(request, context), parsed.signal), prepared);
     } catch (error) {
-      await this.#releaseQuietly(reply);
+      stopKeepAlive();
+      await this.#releaseQuietly(record);
       if (parsed.signal?.aborted) throw parsed.signal.reason;
-      throw new ProviderError(reply.replyId, prepared.model.provider, redactSecret(error, prepared.apiKey));
+      throw CreditsError.is(error) && error.code === 'PROVIDER_ERROR' ? error : new ProviderError(record.replyId, prepared.model.provider, error, [prepared.apiKey]);
     }
-    const settlement = await this.#settle(reply.workspaceId, reply.replyId);
-    return replyResultOf(settlement, output);
+    stopKeepAlive();
+    const settlement = await this.#settle(record.workspaceId, record.replyId, this.#producedBy(result, prepared), result.usage);
+    return replyResultOf(settlement, result.output);
   }
 
   /**
-   * Streams a reply. The cost is held before the provider is called; the reply is charged
-   * once when the stream ends, or when the caller stops early after any output. An error or
-   * abort before the first chunk charges nothing.
+   * Streams a reply. The cost is held before the provider is called and kept alive while the
+   * stream runs; the reply is charged once when the stream ends, or when the caller stops
+   * early (`break`, `cancel()`, an abort) after any output. An error, cancel or abort before
+   * the first chunk charges nothing.
    *
    * @example
    * ```ts
@@ -370,65 +386,50 @@ export class CreditMeter {
     const parsed = parseReplyInput(input);
     parsed.signal?.throwIfAborted();
     const prepared = await this.#prepare(parsed);
-    const provider = this.#provider(prepared.model);
-    const { reply } = await this.#hold(prepared, true);
-    let resolveResult!: (value: Settlement) => void;
-    let rejectResult!: (reason: unknown) => void;
-    const result = new Promise<Settlement>((resolve, reject) => {
-      resolveResult = resolve;
-      rejectResult = reject;
-    });
-    // A caller who only iterates must not see an unhandled rejection.
-    result.catch(() => undefined);
-    const meter = this;
+    const provider = parsed.provider ?? this.#provider(prepared.model);
     const request = requestOf(prepared, parsed.input);
     const context = contextOf(prepared.apiKey, parsed.signal);
-    async function* chunks(): AsyncGenerator<unknown> {
-      if (reply.status === 'settled') {
-        resolveResult(settlementOf(reply, await meter.#entryOf(reply), true));
-        return;
-      }
-      let delivered = false;
-      let failure: unknown;
-      let failed = false;
-      try {
-        const source = provider.stream
-          ? provider.stream(request, context)
-          : (async function* () {
-              yield (await provider.generate(request, context)).output;
-            })();
-        for await (const chunk of source) {
-          delivered = true;
-          yield chunk;
-        }
-      } catch (error) {
-        failed = true;
-        failure = parsed.signal?.aborted
-          ? parsed.signal.reason
-          : new ProviderError(reply.replyId, prepared.model.provider, redactSecret(error, prepared.apiKey));
-      } finally {
-        // Runs on normal end, on error and when the caller breaks out of the loop.
-        if (delivered) {
-          try {
-            resolveResult(await meter.#settle(reply.workspaceId, reply.replyId));
-          } catch (error) {
-            rejectResult(error);
-          }
-        } else {
-          await meter.#releaseQuietly(reply);
-          rejectResult(failed ? failure : new ReplyStateError('REPLY_RELEASED', reply.replyId, `Reply ${reply.replyId} ended before any output; nothing was charged`));
-        }
-      }
-      if (failed) throw failure;
+    const open = (): AsyncIterable<unknown> =>
+      provider.stream
+        ? provider.stream(request, context)
+        : (async function* () {
+            yield checkResult(await provider.generate(request, context), prepared).output;
+          })();
+    const failure = (replyId: string) => (error: unknown) =>
+      CreditsError.is(error) && error.code === 'PROVIDER_ERROR' ? error : new ProviderError(replyId, prepared.model.provider, error, [prepared.apiKey]);
+    let record: ReplyRecord;
+    try {
+      ({ record } = await this.#hold(prepared, true));
+    } catch (error) {
+      if (!(this.#failOpen && error instanceof StorageError)) throw error;
+      const settlement = this.#unmeteredSettlement(prepared);
+      return createReplyStream({
+        replyId: settlement.replyId,
+        route: prepared.route,
+        credits: settlement.credits,
+        metered: false,
+        signal: parsed.signal,
+        open,
+        settle: async () => settlement,
+        release: async () => undefined,
+        failure: failure(settlement.replyId),
+        keepAlive: () => () => undefined,
+      });
     }
-    const iterable = chunks();
-    return {
-      replyId: reply.replyId,
-      route: reply.route,
-      credits: fromMicros(reply.amount),
-      result,
-      [Symbol.asyncIterator]: () => iterable,
-    };
+    if (record.status === 'settled') return settledStream(settlementOf(record, true));
+    const held = record;
+    return createReplyStream({
+      replyId: held.replyId,
+      route: held.route,
+      credits: fromMicros(held.amount),
+      metered: true,
+      signal: parsed.signal,
+      open,
+      settle: () => this.#settle(held.workspaceId, held.replyId, undefined, undefined),
+      release: () => this.#releaseQuietly(held),
+      failure: failure(held.replyId),
+      keepAlive: () => this.#keepAlive(held),
+    });
   }
 
   /**
@@ -445,37 +446,18 @@ export class CreditMeter {
     const parsed = parseInput(changePlanSchema, input);
     const plan = this.plans.require(parsed.plan);
     const allotment = planAllotment(plan, parsed.allotment);
-    for (let attempt = 0; attempt < MAX_CONDITIONAL_RETRIES; attempt++) {
-      const now = this.#now();
-      const { workspace: current } = await this.#current(parsed.workspaceId, now);
-      const immediate = allotment >= current.allotment;
-      const increase = immediate ? allotment - current.allotment : 0;
-      const next: WorkspaceRecord = immediate
-        ? { ...current, plan: plan.id, allotment, pendingPlan: null, pendingAllotment: null, version: current.version + 1 }
-        : { ...current, pendingPlan: plan.id, pendingAllotment: allotment, version: current.version + 1 };
-      const outcome = await this.#store('changePlan', (s) =>
-        s.changePlan({
-          workspaceId: current.workspaceId,
-          expectedVersion: current.version,
-          workspace: next,
-          allotmentIncrease: increase,
-          entry: { ...ledgerRowInput(current.workspaceId, 'plan_change', increase, now), plan: plan.id },
-          now,
-        }),
-      );
-      if (outcome.status === 'stale') continue;
-      if (outcome.status === 'workspace_not_found') throw new WorkspaceNotFoundError(parsed.workspaceId);
-      if (outcome.status === 'overflow') throw overflow('allotment');
-      return {
-        workspaceId: current.workspaceId,
-        plan: outcome.state.workspace.plan,
-        effective: immediate ? 'now' : 'next-period',
-        effectiveAt: new Date(immediate ? now : current.periodEnd),
-        creditsAdded: fromMicros(increase),
-        workspace: this.#summary(outcome.state),
-      };
-    }
-    throw new StorageError('changePlan', new Error('the workspace kept changing; try again'));
+    const applied = await this.#applied(parsed.workspaceId, { type: 'changePlan', plan: plan.id, allotment });
+    const outcome = applied.outcome;
+    if (outcome.status === 'overflow') throw overflow('allotment');
+    const changed = expect(outcome, 'plan_changed');
+    return {
+      workspaceId: parsed.workspaceId,
+      plan: changed.snapshot.account.plan,
+      effective: changed.immediate ? 'now' : 'next-period',
+      effectiveAt: new Date(changed.immediate ? applied.at : changed.snapshot.account.periodEnd),
+      creditsAdded: fromMicros(changed.increase),
+      workspace: summaryOf(parsed.workspaceId, changed.snapshot, this.models),
+    };
   }
 
   /**
@@ -491,21 +473,11 @@ export class CreditMeter {
     const parsed = parseInput(addCreditsSchema, input);
     const amount = toMicros(parsed.credits, 'credits');
     if (amount === 0) throw new InvalidInputError([{ path: 'credits', message: 'must be greater than 0' }]);
-    const now = this.#now();
     const expiresAt = parsed.expiresAt?.getTime() ?? null;
-    if (expiresAt !== null && expiresAt <= now) {
+    if (expiresAt !== null && expiresAt <= this.#now()) {
       throw new InvalidInputError([{ path: 'expiresAt', message: 'must be in the future' }]);
     }
-    await this.#current(parsed.workspaceId, now);
-    const grantId = `topup:${parsed.grantId}`;
-    const outcome = await this.#store('grant', (s) =>
-      s.grant({
-        workspaceId: parsed.workspaceId,
-        grant: { grantId, kind: 'topup', amount, remaining: amount, expiresAt, createdAt: now },
-        entry: { ...ledgerRowInput(parsed.workspaceId, 'topup', amount, now), grantId },
-        now,
-      }),
-    );
+    const outcome = await this.#apply(parsed.workspaceId, { type: 'topUp', grantId: parsed.grantId, amount, expiresAt });
     const base = {
       workspaceId: parsed.workspaceId,
       grantId: parsed.grantId,
@@ -514,15 +486,15 @@ export class CreditMeter {
     };
     switch (outcome.status) {
       case 'granted':
-        return { ...base, replayed: false, workspace: this.#summary(outcome.state) };
-      case 'exists':
-        if (outcome.grant.amount !== amount) throw new IdempotencyConflictError(`grantId ${parsed.grantId}`, 'credits');
-        if (outcome.grant.expiresAt !== expiresAt) throw new IdempotencyConflictError(`grantId ${parsed.grantId}`, 'expiresAt');
-        return { ...base, replayed: true, workspace: await this.getWorkspace(parsed.workspaceId) };
-      case 'workspace_not_found':
-        throw new WorkspaceNotFoundError(parsed.workspaceId);
+        return { ...base, replayed: false, workspace: summaryOf(parsed.workspaceId, outcome.snapshot, this.models) };
+      case 'topup_exists':
+        if (outcome.topUp.amount !== amount) throw new IdempotencyConflictError(`grantId ${parsed.grantId}`, 'credits');
+        if (outcome.topUp.expiresAt !== expiresAt) throw new IdempotencyConflictError(`grantId ${parsed.grantId}`, 'expiresAt');
+        return { ...base, replayed: true, workspace: summaryOf(parsed.workspaceId, outcome.snapshot, this.models) };
       case 'overflow':
         throw overflow('credits');
+      default:
+        throw new WorkspaceNotFoundError(parsed.workspaceId);
     }
   }
 
@@ -538,17 +510,17 @@ export class CreditMeter {
   async ledger(input: LedgerInput): Promise<LedgerPage> {
     const parsed = parseInput(ledgerSchema, input);
     const limit = parsed.limit ?? 100;
-    const rows = await this.#store('ledger', (s) =>
-      s.ledger({
+    const rows = await this.#store('ledger', (storage) =>
+      storage.ledger({
         workspaceId: parsed.workspaceId,
         limit: limit + 1,
         ...(parsed.from && { from: parsed.from.getTime() }),
         ...(parsed.to && { to: parsed.to.getTime() }),
         ...(parsed.agentId !== undefined && { agentId: parsed.agentId }),
-        ...(parsed.cursor !== undefined && { afterId: parsed.cursor }),
+        ...(parsed.cursor !== undefined && { afterSeq: Number(parsed.cursor) }),
       }),
     );
-    const page = rows.slice(0, limit).map(entryOf);
+    const page = rows.slice(0, limit).map(ledgerEntryOf);
     const last = page[page.length - 1];
     return rows.length > limit && last ? { entries: page, nextCursor: last.id } : { entries: page };
   }
@@ -571,15 +543,32 @@ export class CreditMeter {
     if (parsed.to.getTime() < parsed.from.getTime()) {
       throw new InvalidInputError([{ path: 'to', message: 'must not be before from' }]);
     }
-    const aggregates = await this.#store('usage', (s) =>
-      s.usage({
-        workspaceId: parsed.workspaceId,
-        from: parsed.from.getTime(),
-        to: parsed.to.getTime(),
-        groupBy: parsed.groupBy,
-        byDay: parsed.interval !== undefined,
-      }),
-    );
+    const query = {
+      workspaceId: parsed.workspaceId,
+      from: parsed.from.getTime(),
+      to: parsed.to.getTime(),
+      groupBy: parsed.groupBy,
+      byDay: parsed.interval !== undefined,
+    };
+    const aggregates = await this.#store('usage', async (storage): Promise<UsageAggregate[]> => {
+      if (storage.usage) return storage.usage(query);
+      // No aggregation in the store: page through the window's reply rows and sum here.
+      const sum = new UsageAccumulator(query.groupBy, query.byDay);
+      let afterSeq: number | undefined;
+      for (;;) {
+        const rows = await storage.ledger({
+          workspaceId: query.workspaceId,
+          from: query.from,
+          to: query.to,
+          kinds: ['reply'],
+          limit: USAGE_PAGE,
+          ...(afterSeq !== undefined && { afterSeq }),
+        });
+        for (const row of rows) sum.add(row);
+        if (rows.length < USAGE_PAGE) return sum.totals();
+        afterSeq = rows[rows.length - 1]!.seq;
+      }
+    });
     return bucketUsage(parsed, aggregates);
   }
 
@@ -616,58 +605,46 @@ export class CreditMeter {
     return { route: resolveRoute(this.mode, model, apiKey !== undefined), apiKey };
   }
 
-  /** Places the hold, renewing the period first when it has ended. */
-  async #hold(prepared: Prepared, forReply: boolean): Promise<{ reply: ReplyRecord; replayed: boolean }> {
+  /** Places the hold (renewing the period first when it has ended). */
+  async #hold(prepared: Prepared, forReply: boolean): Promise<{ record: ReplyRecord; replayed: boolean }> {
     const { identity, model, route } = prepared;
-    const amount = routeCost(route, model);
-    for (let attempt = 0; attempt < MAX_CONDITIONAL_RETRIES; attempt++) {
-      const now = this.#now();
-      const outcome = await this.#store('reserve', (s) =>
-        s.reserve({
-          reply: {
-            replyId: identity.replyId,
-            workspaceId: identity.workspaceId,
-            agentId: identity.agentId,
-            conversationId: identity.conversationId,
-            model: model.id,
-            route,
-            amount,
-            priceVersion: this.models.version,
-            createdAt: now,
-            expiresAt: now + this.holdTtlMs,
-          },
-          now,
-          requireWorkspace: this.mode === 'cloud',
-        }),
-      );
-      switch (outcome.status) {
-        case 'reserved':
-          return { reply: outcome.reply, replayed: false };
-        case 'renewal_due':
-          await this.#renew(outcome.workspace, now);
-          continue;
-        case 'workspace_not_found':
-          throw new WorkspaceNotFoundError(identity.workspaceId);
-        case 'insufficient':
-          throw await this.#blocked(outcome.reply, outcome.available, outcome.workspace.periodEnd, now);
-        case 'exists':
-          return { reply: this.#replay(outcome.reply, identity, forReply), replayed: true };
-      }
+    const applied = await this.#applied(identity.workspaceId, {
+      type: 'reserve',
+      reply: {
+        replyId: identity.replyId,
+        agentId: identity.agentId,
+        conversationId: identity.conversationId,
+        model: model.id,
+        route,
+        amount: routeCost(route, model),
+        priceVersion: this.models.version,
+      },
+      ttlMs: this.holdTtlMs,
+      requireAccount: this.mode === 'cloud',
+    });
+    const outcome = applied.outcome;
+    switch (outcome.status) {
+      case 'reserved':
+        return { record: outcome.record, replayed: false };
+      case 'replay':
+        return { record: this.#replay(outcome.record, identity, forReply), replayed: true };
+      case 'insufficient':
+        throw await this.#blocked(outcome.record, outcome.available, outcome.renewsAt, applied.at);
+      default:
+        throw new WorkspaceNotFoundError(identity.workspaceId);
     }
-    throw new StorageError('reserve', new Error('the period kept changing; try again'));
   }
 
   #replay(existing: ReplyRecord, identity: Required<ReplyIdentity>, forReply: boolean): ReplyRecord {
-    for (const field of ['workspaceId', 'model', 'agentId', 'conversationId'] as const) {
-      if (existing[field] !== identity[field]) throw new IdempotencyConflictError(`replyId ${identity.replyId}`, field);
+    const asked = { model: existing.heldModel, agentId: existing.agentId, conversationId: existing.conversationId };
+    for (const field of ['model', 'agentId', 'conversationId'] as const) {
+      if (asked[field] !== identity[field]) throw new IdempotencyConflictError(`replyId ${identity.replyId}`, field);
     }
     switch (existing.status) {
       case 'settled':
         return existing;
       case 'held':
-        if (forReply) {
-          throw new ReplyStateError('REPLY_IN_PROGRESS', existing.replyId, `Reply ${existing.replyId} is in progress elsewhere`);
-        }
+        if (forReply) throw new ReplyStateError('REPLY_IN_PROGRESS', existing.replyId, `Reply ${existing.replyId} is in progress elsewhere`);
         return existing;
       case 'refused':
         throw new InsufficientCreditsError({
@@ -683,94 +660,96 @@ export class CreditMeter {
     }
   }
 
-  async #blocked(reply: ReplyRecord, available: number, periodEnd: number, now: number): Promise<InsufficientCreditsError> {
+  async #blocked(record: ReplyRecord, available: number, renewsAt: number, at: number): Promise<InsufficientCreditsError> {
     const error = new InsufficientCreditsError({
-      workspaceId: reply.workspaceId,
-      model: reply.model,
-      replyId: reply.replyId,
-      required: fromMicros(reply.amount),
+      workspaceId: record.workspaceId,
+      model: record.model,
+      replyId: record.replyId,
+      required: fromMicros(record.amount),
       available: fromMicros(available),
-      renewsAt: new Date(periodEnd),
+      renewsAt: new Date(renewsAt),
     });
     if (this.#events.has('reply.blocked')) {
       await this.#events.emit({
         type: 'reply.blocked',
-        workspaceId: reply.workspaceId,
-        agentId: reply.agentId,
-        conversationId: reply.conversationId,
-        model: reply.model,
-        replyId: reply.replyId,
+        workspaceId: record.workspaceId,
+        agentId: record.agentId,
+        conversationId: record.conversationId,
+        model: record.model,
+        replyId: record.replyId,
         required: error.required,
         available: error.available,
         renewsAt: error.renewsAt,
-        at: new Date(now),
+        at: new Date(at),
       });
     }
     return error;
   }
 
-  async #afterCharge(reply: ReplyRecord, entry: LedgerRow, workspace: WorkspaceRecord | null): Promise<void> {
-    if (this.#events.has('reply.charged')) {
-      await this.#events.emit({
-        type: 'reply.charged',
-        workspaceId: reply.workspaceId,
-        agentId: reply.agentId,
-        conversationId: reply.conversationId,
-        model: reply.model,
-        replyId: reply.replyId,
-        route: reply.route,
-        credits: fromMicros(reply.amount),
-        entryId: entry.id,
-        at: new Date(entry.at),
-      });
-    }
-    if (!workspace || reply.amount === 0 || workspace.allotment === 0) return;
-    const used = workspace.usedThisPeriod;
-    const before = used - reply.amount;
-    for (const threshold of this.#thresholds) {
-      const line = threshold * workspace.allotment;
-      if (before >= line || used < line) continue;
-      const first = await this.#store('claimAlert', (s) =>
-        s.claimAlert({ workspaceId: workspace.workspaceId, periodIndex: workspace.periodIndex, threshold }),
-      );
-      if (!first) continue;
-      await this.#events.emit({
-        type: 'balance.low',
-        workspaceId: workspace.workspaceId,
-        threshold,
-        used: fromMicros(used),
-        allotment: fromMicros(workspace.allotment),
-        periodStart: new Date(workspace.periodStart),
-        renewsAt: new Date(workspace.periodEnd),
-        at: new Date(entry.at),
-      });
-    }
-  }
-
-  /** Charges a held reply; ids already validated (by `settle`, or generated by the meter). */
-  async #settle(workspaceId: string, replyId: string): Promise<Settlement> {
-    const outcome = await this.#store('settle', (s) => s.settle({ replyId, workspaceId, now: this.#now() }));
+  /** Charges a held reply; ids already validated. */
+  async #settle(workspaceId: string, replyId: string, model: string | undefined, usage: SettleInput['usage']): Promise<Settlement> {
+    const price = model === undefined ? undefined : this.models.require(model);
+    const outcome = await this.#apply(workspaceId, {
+      type: 'settle',
+      replyId,
+      chargeAt: price && { model: price.id, amount: price.micros, priceVersion: this.models.version },
+      usage,
+    });
     switch (outcome.status) {
-      case 'settled':
-        if (!outcome.replayed) await this.#afterCharge(outcome.reply, outcome.entry, outcome.workspace);
-        return settlementOf(outcome.reply, outcome.entry, outcome.replayed);
-      case 'not_found':
-        throw new ReplyStateError('REPLY_NOT_FOUND', replyId, `No reply ${replyId} in workspace ${workspaceId}`);
+      case 'settled': {
+        const settlement = settlementOf(outcome.record, outcome.replayed);
+        if (!outcome.replayed && this.#events.has('reply.charged')) {
+          await this.#events.emit({
+            type: 'reply.charged',
+            workspaceId: settlement.workspaceId,
+            agentId: settlement.agentId,
+            conversationId: settlement.conversationId,
+            model: settlement.model,
+            replyId: settlement.replyId,
+            route: settlement.route,
+            credits: settlement.credits,
+            entryId: settlement.entryId,
+            at: settlement.at,
+          });
+        }
+        return settlement;
+      }
+      case 'reply_state':
+        throw stateError(outcome.record);
       default:
-        throw stateError(outcome.reply);
+        throw replyNotFound(workspaceId, replyId);
     }
   }
 
-  async #releaseQuietly(reply: ReplyRecord): Promise<void> {
+  async #releaseQuietly(record: ReplyRecord): Promise<void> {
     try {
-      await this.release({ workspaceId: reply.workspaceId, replyId: reply.replyId });
+      await this.release({ workspaceId: record.workspaceId, replyId: record.replyId });
     } catch {
       // The hold lapses after holdTtlMs anyway; the caller needs the provider's error, not this one.
     }
   }
 
-  async #unmeteredReply(prepared: Prepared, provider: ReplyProvider, input: unknown, signal: AbortSignal | undefined): Promise<ReplyResult> {
-    const { output } = await provider.generate(requestOf(prepared, input), contextOf(prepared.apiKey, signal));
+  #keepAlive(record: ReplyRecord): () => void {
+    if (record.route !== 'credits' && this.mode === 'self-hosted') return () => undefined;
+    return keepHoldAlive(this.holdTtlMs, () => this.#apply(record.workspaceId, { type: 'extend', replyId: record.replyId, ttlMs: this.holdTtlMs }));
+  }
+
+  /** The price-table model that produced the reply, when the provider named another one. */
+  #producedBy(result: ProviderResult, prepared: Prepared): string | undefined {
+    if (result.model === undefined || result.model === prepared.model.id) return undefined;
+    return this.models.get(result.model)?.id;
+  }
+
+  async #unmetered(prepared: Prepared, call: () => Promise<ProviderResult>, signal: AbortSignal | undefined): Promise<ProviderResult> {
+    try {
+      return await raceAbort(call(), signal);
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      throw new ProviderError(prepared.identity.replyId, prepared.model.provider, error, [prepared.apiKey]);
+    }
+  }
+
+  #unmeteredSettlement(prepared: Prepared): Settlement {
     const { identity } = prepared;
     return {
       replyId: identity.replyId,
@@ -784,15 +763,7 @@ export class CreditMeter {
       at: new Date(this.#now()),
       priceVersion: this.models.version,
       replayed: false,
-      output,
-      metered: false,
     };
-  }
-
-  async #entryOf(reply: ReplyRecord): Promise<LedgerRow> {
-    const outcome = await this.#store('settle', (s) => s.settle({ workspaceId: reply.workspaceId, replyId: reply.replyId, now: this.#now() }));
-    if (outcome.status !== 'settled') throw stateError(reply);
-    return outcome.entry;
   }
 
   #provider(model: ModelPrice): ReplyProvider {
@@ -801,79 +772,52 @@ export class CreditMeter {
     return provider;
   }
 
-  // ─── periods ───────────────────────────────────────────────────────────
-
-  /** The workspace at `now`, renewed into the current period. */
-  async #current(workspaceId: string, now: number): Promise<WorkspaceState> {
-    for (let attempt = 0; attempt < MAX_CONDITIONAL_RETRIES; attempt++) {
-      const state = await this.#store('getWorkspace', (s) => s.getWorkspace(workspaceId, now));
-      if (!state) throw new WorkspaceNotFoundError(workspaceId);
-      if (now < state.workspace.periodEnd) return state;
-      await this.#renew(state.workspace, now);
-    }
-    throw new StorageError('getWorkspace', new Error('the period kept changing; try again'));
-  }
-
-  /**
-   * Renews one period at a time until `now` falls inside the current one. Each step is
-   * conditional on the workspace version, so racing servers renew each period once.
-   */
-  async #renew(workspace: WorkspaceRecord, now: number): Promise<void> {
-    let current = workspace;
-    let steps = 0;
-    while (now >= current.periodEnd) {
-      if (++steps > 10_000) throw new StorageError('renew', new Error('too many periods to catch up'));
-      const ending = this.plans.get(current.plan);
-      const planId = current.pendingPlan ?? current.plan;
-      const plan = this.plans.get(planId);
-      const allotment = current.pendingAllotment ?? plan?.monthlyMicros ?? current.allotment;
-      const bounds = periodBounds(current.anchor, current.periodIndex + 1);
-      const next: WorkspaceRecord = {
-        ...current,
-        plan: planId,
-        allotment,
-        pendingPlan: null,
-        pendingAllotment: null,
-        periodIndex: bounds.index,
-        periodStart: bounds.start,
-        periodEnd: bounds.end,
-        usedThisPeriod: 0,
-        version: current.version + 1,
-      };
-      const outcome = await this.#store('renew', (s) =>
-        s.renew({
-          workspaceId: current.workspaceId,
-          expectedVersion: current.version,
-          workspace: next,
-          rolloverCap: ending?.rolloverCapMicros ?? 0,
-          grant: allotmentGrant(bounds.index, allotment, bounds.end, bounds.start),
-          entry: grantEntry(next, allotment, `period:${bounds.index}`, bounds.start),
-          now,
-        }),
-      );
-      if (outcome.status === 'workspace_not_found') throw new WorkspaceNotFoundError(current.workspaceId);
-      if (outcome.status === 'stale') {
-        current = outcome.workspace;
-        continue;
-      }
-      current = outcome.state.workspace;
-      if (this.#events.has('period.renewed')) {
-        await this.#events.emit({
-          type: 'period.renewed',
-          workspaceId: current.workspaceId,
-          plan: current.plan,
-          periodStart: new Date(current.periodStart),
-          periodEnd: new Date(current.periodEnd),
-          allotment: fromMicros(allotment),
-          expired: fromMicros(outcome.expired),
-          carried: fromMicros(outcome.carried),
-          at: new Date(now),
-        });
-      }
-    }
-  }
-
   // ─── plumbing ──────────────────────────────────────────────────────────
+
+  /** The workspace as of now; throws when it does not exist. */
+  async #read(workspaceId: string) {
+    return expect(await this.#apply(workspaceId, { type: 'read' }), 'ok').snapshot;
+  }
+
+  async #apply(workspaceId: string, command: Command): Promise<Outcome> {
+    return (await this.#applied(workspaceId, command)).outcome;
+  }
+
+  /** Runs a command through the batcher and announces what it raised before returning. */
+  async #applied(workspaceId: string, command: Command) {
+    const applied = await this.#batcher.submit(workspaceId, command);
+    if (applied.outcome.status === 'workspace_not_found') throw new WorkspaceNotFoundError(workspaceId);
+    for (const event of applied.events) await this.#announce(event, applied.at);
+    return applied;
+  }
+
+  async #announce(event: CoreEvent, at: number): Promise<void> {
+    if (!this.#events.has(event.type)) return;
+    if (event.type === 'period.renewed') {
+      await this.#events.emit({
+        type: 'period.renewed',
+        workspaceId: event.workspaceId,
+        plan: event.plan,
+        periodStart: new Date(event.periodStart),
+        periodEnd: new Date(event.periodEnd),
+        allotment: fromMicros(event.allotment),
+        expired: fromMicros(event.expired),
+        carried: fromMicros(event.carried),
+        at: new Date(at),
+      });
+    } else {
+      await this.#events.emit({
+        type: 'balance.low',
+        workspaceId: event.workspaceId,
+        threshold: event.threshold,
+        used: fromMicros(event.used),
+        allotment: fromMicros(event.allotment),
+        periodStart: new Date(event.periodStart),
+        renewsAt: new Date(event.periodEnd),
+        at: new Date(at),
+      });
+    }
+  }
 
   #now(): number {
     if (!this.#clock) return Date.now();
@@ -908,36 +852,12 @@ export class CreditMeter {
     );
     await this.#ready.pending;
   }
+}
 
-  #summary(state: WorkspaceState): WorkspaceSummary {
-    const { workspace } = state;
-    const repliesLeft: Record<string, number | null> = {};
-    for (const model of this.models.models) {
-      repliesLeft[model.id] = model.micros === 0 ? null : Math.floor(state.available / model.micros);
-    }
-    let topUps = 0;
-    for (const grant of state.grants) if (grant.kind === 'topup') topUps += grant.remaining;
-    return {
-      workspaceId: workspace.workspaceId,
-      plan: workspace.plan,
-      pendingPlan: workspace.pendingPlan ?? undefined,
-      balance: fromMicros(state.available),
-      held: fromMicros(state.held),
-      allotment: fromMicros(workspace.allotment),
-      usedThisPeriod: fromMicros(workspace.usedThisPeriod),
-      topUpBalance: fromMicros(topUps),
-      periodStart: new Date(workspace.periodStart),
-      periodEnd: new Date(workspace.periodEnd),
-      renewsAt: new Date(workspace.periodEnd),
-      repliesLeft,
-      grants: state.grants.map((grant) => ({
-        grantId: grant.kind === 'topup' ? grant.grantId.slice('topup:'.length) : grant.grantId,
-        kind: grant.kind,
-        remaining: fromMicros(grant.remaining),
-        expiresAt: grant.expiresAt === null ? undefined : new Date(grant.expiresAt),
-      })),
-    };
-  }
+/** Narrows an outcome the caller knows it must be (workspace_not_found was thrown already). */
+function expect<S extends Outcome['status']>(outcome: Outcome, status: S): Extract<Outcome, { status: S }> {
+  if (outcome.status !== status) throw new StorageError('apply', new Error(`unexpected outcome ${outcome.status}`));
+  return outcome as Extract<Outcome, { status: S }>;
 }
 
 /**
@@ -948,6 +868,28 @@ function replyIdSequence(): () => string {
   const prefix = `${randomBytes(16).toString('base64url')}-`;
   let counter = 0;
   return () => prefix + (++counter).toString(36);
+}
+
+const RESULT_KEYS = new Set(['output', 'model', 'usage']);
+
+/** A provider's answer must be `{ output, model?, usage? }`; anything else is its failure. */
+function checkResult(value: unknown, prepared: Prepared): ProviderResult {
+  const fail = (why: string) => new ProviderError(prepared.identity.replyId, prepared.model.provider, new Error(`the provider returned ${why}`));
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw fail('no result object');
+  if (!Object.hasOwn(value, 'output')) throw fail('a result without `output`');
+  const result = value as Record<string, unknown>;
+  for (const key of Object.keys(result)) if (!RESULT_KEYS.has(key)) throw fail(`a result with an unknown field "${key}"`);
+  if (result.model !== undefined && typeof result.model !== 'string') throw fail('a `model` that is not a string');
+  if (result.usage !== undefined) {
+    const usage = result.usage as Record<string, unknown> | null;
+    if (typeof usage !== 'object' || usage === null) throw fail('a `usage` that is not an object');
+    for (const key of ['inputTokens', 'outputTokens']) {
+      const count = usage[key];
+      if (count !== undefined && !(Number.isSafeInteger(count) && (count as number) >= 0)) throw fail(`a \`usage.${key}\` that is not a count`);
+    }
+    return { output: result.output, ...(result.model !== undefined && { model: result.model as string }), usage: { ...(usage.inputTokens !== undefined && { inputTokens: usage.inputTokens as number }), ...(usage.outputTokens !== undefined && { outputTokens: usage.outputTokens as number }) } };
+  }
+  return result as unknown as ProviderResult;
 }
 
 function validateOptions(options: CreditMeterOptions): { thresholds: readonly number[] } {
@@ -996,12 +938,8 @@ function planAllotment(plan: Plan, allotment: CreditsInput | undefined): number 
 
 function parseReplyInput(input: ReplyInput): ReplyInput {
   const identity = parseIdentity(input);
-  if (input.signal !== undefined) parseInput(replySchema, input);
+  if (input.signal !== undefined || input.provider !== undefined) parseInput(replySchema, input);
   return identity === input ? input : { ...input, ...identity };
-}
-
-function grantEntry(workspace: WorkspaceRecord, amount: number, grantId: string, at: number): LedgerRowInput {
-  return { ...ledgerRowInput(workspace.workspaceId, 'grant', amount, at), grantId, plan: workspace.plan };
 }
 
 function requestOf(prepared: Prepared, input: unknown): ReplyRequest {
@@ -1020,87 +958,6 @@ function contextOf(apiKey: string | undefined, signal: AbortSignal | undefined):
   return signal === undefined ? { apiKey } : { apiKey, signal };
 }
 
-// Field by field rather than spread: object spread is slow on the hot path of Node 20.
-function replyResultOf(settlement: Settlement, output: unknown): ReplyResult {
-  return {
-    replyId: settlement.replyId,
-    workspaceId: settlement.workspaceId,
-    agentId: settlement.agentId,
-    conversationId: settlement.conversationId,
-    model: settlement.model,
-    route: settlement.route,
-    credits: settlement.credits,
-    entryId: settlement.entryId,
-    at: settlement.at,
-    priceVersion: settlement.priceVersion,
-    replayed: settlement.replayed,
-    output,
-    metered: true,
-  };
-}
-
-function reservationOf(reply: ReplyRecord, replayed: boolean): Reservation {
-  return {
-    replyId: reply.replyId,
-    workspaceId: reply.workspaceId,
-    model: reply.model,
-    route: reply.route,
-    credits: fromMicros(reply.amount),
-    expiresAt: new Date(reply.expiresAt),
-    status: reply.status === 'settled' ? 'settled' : 'held',
-    replayed,
-  };
-}
-
-function settlementOf(reply: ReplyRecord, entry: LedgerRow, replayed: boolean): Settlement {
-  return {
-    replyId: reply.replyId,
-    workspaceId: reply.workspaceId,
-    agentId: reply.agentId,
-    conversationId: reply.conversationId,
-    model: reply.model,
-    route: reply.route,
-    credits: fromMicros(reply.amount),
-    entryId: entry.id,
-    at: new Date(entry.at),
-    priceVersion: reply.priceVersion,
-    replayed,
-  };
-}
-
-function entryOf(row: LedgerRow): LedgerEntry {
-  return {
-    id: row.id,
-    workspaceId: row.workspaceId,
-    kind: row.kind,
-    credits: fromMicros(row.amount),
-    at: new Date(row.at),
-    ...(row.replyId !== null && { replyId: row.replyId }),
-    ...(row.agentId !== null && { agentId: row.agentId }),
-    ...(row.conversationId !== null && { conversationId: row.conversationId }),
-    ...(row.model !== null && { model: row.model }),
-    ...(row.route !== null && { route: row.route }),
-    ...(row.priceVersion !== null && { priceVersion: row.priceVersion }),
-    ...(row.grantId !== null && { grantId: row.grantId.startsWith('topup:') ? row.grantId.slice(6) : row.grantId }),
-    ...(row.plan !== null && { plan: row.plan }),
-  };
-}
-
-function stateError(reply: ReplyRecord): ReplyStateError {
-  switch (reply.status) {
-    case 'expired':
-      return new ReplyStateError('HOLD_EXPIRED', reply.replyId, `The hold of reply ${reply.replyId} expired; nothing was charged`);
-    case 'released':
-      return new ReplyStateError('REPLY_RELEASED', reply.replyId, `Reply ${reply.replyId} was released without charge; use a new replyId`);
-    case 'settled':
-      return new ReplyStateError('REPLY_SETTLED', reply.replyId, `Reply ${reply.replyId} was settled already`);
-    case 'refused':
-      return new ReplyStateError('REPLY_NOT_FOUND', reply.replyId, `Reply ${reply.replyId} was refused for insufficient credits; it has no hold`);
-    case 'held':
-      return new ReplyStateError('REPLY_IN_PROGRESS', reply.replyId, `Reply ${reply.replyId} is in progress`);
-  }
-}
-
 function overflow(field: string): InvalidInputError {
   return new InvalidInputError([{ path: field, message: `would take the balance past the largest amount a store holds (${Math.floor(Number.MAX_SAFE_INTEGER / MICROS_PER_CREDIT)} credits)` }]);
 }
@@ -1116,4 +973,3 @@ async function withTimeout<T>(pending: Promise<T>, ms: number, operation: string
     clearTimeout(timer);
   }
 }
-

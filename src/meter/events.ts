@@ -1,5 +1,5 @@
 import type { Decimal } from 'decimal.js';
-import type { Route } from '../storage/storage.js';
+import type { Route } from '../core/state.js';
 
 /** Emitted after a reply was settled (on every route; `credits` is 0 on byo and unmetered). */
 export interface ReplyChargedEvent {

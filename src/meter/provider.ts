@@ -18,8 +18,8 @@ export interface ReplyContext {
 }
 
 /**
- * Wraps the host's own LLM client. The library depends on no LLM SDK: see `examples/`
- * for wrappers around the official OpenAI and Anthropic clients.
+ * Wraps the host's own LLM client. Ready ones for the official clients ship as
+ * `@bookbag/credits/openai` and `@bookbag/credits/anthropic`.
  *
  * @example
  * ```ts
@@ -37,9 +37,25 @@ export interface ReplyContext {
  */
 export interface ReplyProvider {
   /** Produces a whole reply. */
-  generate(request: ReplyRequest, context: ReplyContext): Promise<{ output: unknown }>;
+  generate(request: ReplyRequest, context: ReplyContext): Promise<ProviderResult>;
   /** Produces a reply in chunks; used by `meter.replyStream`, which falls back to `generate`. */
   stream?(request: ReplyRequest, context: ReplyContext): AsyncIterable<unknown>;
+}
+
+/**
+ * What a provider returns for a whole reply. Anything else (a string, `{}`, unknown fields)
+ * is a `PROVIDER_ERROR` and nothing is charged.
+ */
+export interface ProviderResult {
+  /** The reply, handed back to the caller untouched. */
+  readonly output: unknown;
+  /**
+   * The model that produced the reply, when the provider reports it. When it is another
+   * model of the price table (a fallback), the reply is charged that model's price.
+   */
+  readonly model?: string;
+  /** Token counts the provider reported, kept on the ledger row. */
+  readonly usage?: { readonly inputTokens?: number; readonly outputTokens?: number };
 }
 
 /** Looks up a workspace's own key for a provider in the host's secret store. */

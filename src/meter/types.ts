@@ -3,7 +3,8 @@ import type { CreditsInput } from '../core/credits.js';
 import type { PlanCatalog } from '../core/plan-catalog.js';
 import type { ModelPriceTable } from '../core/price-table.js';
 import type { MeterMode } from '../core/route.js';
-import type { CreditStorage, LedgerKind, Route, UsageGroupBy } from '../storage/storage.js';
+import type { LedgerKind, Route, UsageGroupBy } from '../core/state.js';
+import type { CreditStorage } from '../storage/storage.js';
 import type { EventErrorHandler } from './events.js';
 import type { ByoKeyResolver, ReplyProvider } from './provider.js';
 
@@ -183,10 +184,37 @@ export interface Reservation {
   readonly replayed: boolean;
 }
 
-/** Input of {@link CreditMeter.settle} and {@link CreditMeter.release}. */
+/** Input of {@link CreditMeter.release} and {@link CreditMeter.extend}. */
 export interface ReplyRef {
   workspaceId: string;
   replyId: string;
+}
+
+/** Input of {@link CreditMeter.settle}. */
+export interface SettleInput extends ReplyRef {
+  /**
+   * The model that produced the reply, when it is not the one held for (a fallback). The
+   * reply is charged that model's price: a cheaper one returns the difference, a dearer one
+   * takes the difference as far as the balance covers it (the balance never goes negative).
+   * @default the model held for
+   */
+  model?: string;
+  /** Token counts the provider reported, kept on the ledger row. */
+  usage?: TokenUsage;
+}
+
+/** Token counts a provider reported for a reply. */
+export interface TokenUsage {
+  inputTokens?: number;
+  outputTokens?: number;
+}
+
+/** A hold kept alive by {@link CreditMeter.extend}. */
+export interface HoldExtension {
+  readonly replyId: string;
+  readonly workspaceId: string;
+  /** When the hold now lapses if not settled. */
+  readonly expiresAt: Date;
 }
 
 /** A charged reply. */
@@ -220,8 +248,17 @@ export interface Release {
 export interface ReplyInput extends ReplyIdentity {
   /** Passed to the provider untouched. */
   input: unknown;
-  /** Aborts the provider call; an abort before any output charges nothing. */
+  /**
+   * Aborts the reply: the call rejects with the signal's reason at once, whatever the
+   * provider does. An abort before any output charges nothing.
+   */
   signal?: AbortSignal;
+  /**
+   * Runs this reply on this provider instead of the one registered for the model's
+   * provider id (the AI SDK middleware uses it to run the SDK's own call inside the hold).
+   * @default the provider registered in `providers` for the model's provider id
+   */
+  provider?: ReplyProvider;
 }
 
 /** A generated and charged reply. */
@@ -238,8 +275,19 @@ export interface ReplyStream extends AsyncIterable<unknown> {
   readonly route: Route;
   /** Credits the reply costs if any output is delivered. */
   readonly credits: Decimal;
-  /** Settles when the stream ended: the charge, or the error that released it. */
+  /** False only when the store failed and `onStorageFailure: 'allow'` let the reply through. */
+  readonly metered: boolean;
+  /**
+   * Settles when the stream ended: the charge, or the error that released it
+   * (`REPLY_RELEASED` when it was cancelled before any output).
+   */
   readonly result: Promise<Settlement>;
+  /**
+   * Ends the stream now and closes the upstream request: charged when output was delivered,
+   * released when not. Resolves once that is recorded; `result` tells which. Breaking out of
+   * a `for await` loop does the same.
+   */
+  cancel(): Promise<void>;
 }
 
 /** Input of {@link CreditMeter.changePlan}. */
@@ -319,6 +367,9 @@ export interface LedgerEntry {
   readonly priceVersion?: string;
   readonly grantId?: string;
   readonly plan?: string;
+  /** Tokens the provider reported for the reply, when it did. */
+  readonly inputTokens?: number;
+  readonly outputTokens?: number;
 }
 
 /** A page of ledger entries, oldest first. */

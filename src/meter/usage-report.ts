@@ -1,7 +1,8 @@
 import { UTCDate } from '@date-fns/utc';
 import { startOfISOWeek, startOfMonth } from 'date-fns';
 import { fromMicros } from '../core/credits.js';
-import type { UsageAggregate, UsageGroupBy } from '../storage/storage.js';
+import type { UsageGroupBy } from '../core/state.js';
+import type { UsageAggregate } from '../storage/storage.js';
 import type { UsageInterval, UsageReport, UsageRow } from './types.js';
 
 interface Window {

@@ -120,16 +120,24 @@ describe('reply - idempotency', () => {
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
   });
 
-  it('the same replyId with another model or workspace is a conflict, not a replay', async () => {
+  it('the same replyId with another model is a conflict, not a replay', async () => {
+    const { meter } = harness();
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
+    await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'msg-1' });
+    await expect(meter.reply({ ...turn(1, 'gpt-4o-mini'), replyId: 'msg-1' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+    await expect(meter.reply({ ...turn(1, 'gpt-4o'), agentId: 'sales', replyId: 'msg-1' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+    expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
+  });
+
+  it('a replyId is scoped to its workspace: the same id in another workspace is another reply', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meter.createWorkspace({ workspaceId: 'other', plan: 'free' });
     await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'msg-1' });
-    await expect(meter.reply({ ...turn(1, 'gpt-4o-mini'), replyId: 'msg-1' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
-    await expect(meter.reply({ ...turn(1, 'gpt-4o'), workspaceId: 'other', replyId: 'msg-1' })).rejects.toMatchObject({
-      code: 'IDEMPOTENCY_CONFLICT',
-    });
-    expect(Number((await meter.getWorkspace('other')).balance)).toBe(100);
+    const there = await meter.reply({ ...turn(1, 'gpt-4o'), workspaceId: 'other', replyId: 'msg-1' });
+    expect(there.replayed).toBe(false);
+    expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
+    expect(Number((await meter.getWorkspace('other')).balance)).toBe(95);
   });
 
   it('a reply in flight elsewhere is not called twice', async () => {
@@ -147,7 +155,8 @@ describe('reply - provider failure and abort', () => {
     providers.openai.failWith = new Error('upstream 500');
     const error = await meter.reply(turn(1, 'gpt-4o')).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'PROVIDER_ERROR' });
-    expect((error as Error).cause).toEqual(new Error('upstream 500'));
+    expect((error as Error).cause).toBeInstanceOf(Error);
+    expect((error as Error).cause).toMatchObject({ name: 'Error', message: 'upstream 500' });
     const ws = await meter.getWorkspace('ws');
     expect(Number(ws.balance)).toBe(100);
     expect(Number(ws.held)).toBe(0);
@@ -263,13 +272,13 @@ describe('reserve / settle / release', () => {
     const storage = new MemoryStorage();
     let dropNextSettle = true;
     const flaky = wrapStorage(storage, {
-      settle: async (command) => {
-        const outcome = await storage.settle(command);
-        if (dropNextSettle) {
+      commit: async (commits) => {
+        const results = await storage.commit(commits);
+        if (dropNextSettle && commits.some((commit) => commit.ledger.some((row) => row.kind === 'reply'))) {
           dropNextSettle = false;
           throw new Error('connection reset after commit');
         }
-        return outcome;
+        return results;
       },
     });
     const { meter } = harness({ storage: flaky });
@@ -282,10 +291,13 @@ describe('reserve / settle / release', () => {
 });
 
 describe('store failures', () => {
+  /** A store that is up for creating workspaces and down for holding replies. */
   function brokenStorage() {
-    return wrapStorage(new MemoryStorage(), {
-      reserve: async () => {
-        throw new Error('ECONNREFUSED');
+    const storage = new MemoryStorage();
+    return wrapStorage(storage, {
+      commit: async (commits) => {
+        if (commits.some((commit) => commit.records.some((record) => record.key.startsWith('reply:')))) throw new Error('ECONNREFUSED');
+        return storage.commit(commits);
       },
     });
   }
@@ -309,8 +321,10 @@ describe('store failures', () => {
   });
 
   it('a store call slower than storageTimeoutMs fails closed', async () => {
-    const slow = wrapStorage(new MemoryStorage(), {
-      reserve: () => new Promise<never>(() => undefined),
+    const inner = new MemoryStorage();
+    const slow = wrapStorage(inner, {
+      commit: (commits) =>
+        commits.some((commit) => commit.records.some((record) => record.key.startsWith('reply:'))) ? new Promise<never>(() => undefined) : inner.commit(commits),
     });
     const { meter, providers } = harness({ storage: slow, storageTimeoutMs: 20 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, MemoryStorage } from '../../src/index.js';
 import { harness, turn } from '../support.js';
+import type { LedgerRow } from '../../src/storage/index.js';
 
 describe('usage', () => {
   async function seeded() {
@@ -71,15 +72,19 @@ describe('usage', () => {
     const meter = new CreditMeter({ storage, mode: 'self-hosted' });
     const agents = ['a', 'b', 'c', 'd'];
     const start = Date.parse('2026-01-01T00:00:00Z');
+    // Written straight through the storage seam: a million replies through the meter would test the meter, not usage.
+    const rows: LedgerRow[] = [];
     for (let i = 0; i < 1_000_000; i++) {
-      const now = start + i * 1000;
-      const replyId = `r${i}`;
-      await storage.reserve({
-        reply: { replyId, workspaceId: 'big', agentId: agents[i % 4]!, conversationId: `c${i % 1000}`, model: 'gpt-4o', route: 'unmetered', amount: 0, priceVersion: 'v', createdAt: now, expiresAt: now + 60_000 },
-        now,
-        requireWorkspace: false,
+      const at = start + i * 1000;
+      rows.push({
+        workspaceId: 'big', seq: i + 1, kind: 'reply', amount: 0, at, replyId: `r${i}`, agentId: agents[i % 4]!, conversationId: `c${i % 1000}`,
+        model: 'gpt-4o', route: 'unmetered', priceVersion: 'v', grantId: null, plan: null, inputTokens: null, outputTokens: null,
       });
-      await storage.settle({ workspaceId: 'big', replyId, now });
+    }
+    for (let i = 0; i < rows.length; i += 100_000) {
+      const ledger = rows.slice(i, i + 100_000);
+      const state = { workspaceId: 'big', account: null, ledgerSeq: ledger[ledger.length - 1]!.seq };
+      expect(await storage.commit([{ workspaceId: 'big', expectedVersion: i / 100_000, state, ledger, records: [] }])).toEqual(['committed']);
     }
     const started = performance.now();
     const report = await meter.usage({ workspaceId: 'big', from: '2025-01-01T00:00:00Z', to: '2027-01-01T00:00:00Z', groupBy: 'agent', interval: 'day' });

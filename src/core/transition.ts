@@ -1,0 +1,579 @@
+/**
+ * The transition core: every credit rule, written once. A {@link Transition} takes a
+ * workspace as loaded (state, records, lapsed holds), applies commands to a private draft
+ * of it in order, and hands back what changed: the new state, the ledger rows to append,
+ * the records to write and the events to emit. No I/O, no clock, no randomness: the caller
+ * passes the time, and the same inputs always give the same outputs.
+ */
+import { periodBounds, periodIndexAt } from './billing-period.js';
+import { MAX_MICROS } from './credits.js';
+import { availableOf, copyGrant, holdFromGrants, insertGrant } from './grants.js';
+import type { PlanCatalog } from './plan-catalog.js';
+import type {
+  AccountState,
+  GrantState,
+  LedgerKind,
+  LedgerRow,
+  ReplyRecord,
+  Route,
+  StoredRecord,
+  TokenUsage,
+  TopUpRecord,
+  WorkspaceState,
+} from './state.js';
+
+/** The host's settings the rules depend on. */
+export interface Rules {
+  readonly plans: PlanCatalog;
+  /** Shares of the allotment whose crossing is announced once per period, ascending. */
+  readonly thresholds: readonly number[];
+}
+
+/** A reply as the meter priced it, before it is held. */
+export interface ReplyDraft {
+  replyId: string;
+  agentId: string;
+  conversationId: string;
+  model: string;
+  route: Route;
+  amount: number;
+  priceVersion: string;
+}
+
+/** The model that produced a reply, priced, when it differs from the one held for. */
+export interface ChargeAt {
+  model: string;
+  amount: number;
+  priceVersion: string;
+}
+
+/** What can be asked of a workspace. */
+export type Command =
+  | { type: 'create'; plan: string; allotment: number; anchor: number }
+  | { type: 'read' }
+  | { type: 'reserve'; reply: ReplyDraft; ttlMs: number; requireAccount: boolean }
+  | { type: 'settle'; replyId: string; chargeAt?: ChargeAt | undefined; usage?: TokenUsage | undefined }
+  | { type: 'release'; replyId: string }
+  | { type: 'extend'; replyId: string; ttlMs: number }
+  | { type: 'changePlan'; plan: string; allotment: number }
+  | { type: 'topUp'; grantId: string; amount: number; expiresAt: number | null };
+
+/** A workspace's money as of a command. */
+export interface Snapshot {
+  account: AccountState;
+  /** Micro-credits that can be spent now. */
+  available: number;
+}
+
+/** What a command did. */
+export type Outcome =
+  | { status: 'workspace_not_found' }
+  | { status: 'exists' }
+  | { status: 'created'; snapshot: Snapshot }
+  | { status: 'ok'; snapshot: Snapshot }
+  | { status: 'reserved'; record: ReplyRecord; available: number }
+  | { status: 'replay'; record: ReplyRecord }
+  | { status: 'insufficient'; record: ReplyRecord; available: number; renewsAt: number }
+  | { status: 'settled'; record: ReplyRecord; replayed: boolean; account: AccountState | null }
+  | { status: 'released'; record: ReplyRecord; replayed: boolean }
+  | { status: 'extended'; record: ReplyRecord }
+  | { status: 'reply_not_found' }
+  | { status: 'reply_state'; record: ReplyRecord }
+  | { status: 'plan_changed'; immediate: boolean; increase: number; snapshot: Snapshot }
+  | { status: 'overflow' }
+  | { status: 'granted'; snapshot: Snapshot }
+  | { status: 'topup_exists'; topUp: TopUpRecord; snapshot: Snapshot };
+
+/** Something the host hears about, in micro-credits. */
+export type CoreEvent =
+  | {
+      type: 'period.renewed';
+      workspaceId: string;
+      plan: string;
+      periodStart: number;
+      periodEnd: number;
+      allotment: number;
+      expired: number;
+      carried: number;
+    }
+  | { type: 'balance.low'; workspaceId: string; threshold: number; used: number; allotment: number; periodStart: number; periodEnd: number };
+
+/** What a transition changed: the share of one workspace in a commit. */
+export interface TransitionResult {
+  state: WorkspaceState;
+  ledger: LedgerRow[];
+  records: StoredRecord[];
+}
+
+/** Reply ids and grant ids live in one key space per workspace. */
+export const replyKey = (replyId: string): string => `reply:${replyId}`;
+export const topUpKey = (grantId: string): string => `topup:${grantId}`;
+
+/**
+ * Applies commands to one workspace. Create it from what the store loaded, call
+ * {@link Transition.apply} for each command in arrival order, then commit
+ * {@link Transition.result} if {@link Transition.changed}.
+ */
+export class Transition {
+  readonly #rules: Rules;
+  readonly #now: number;
+  readonly #state: WorkspaceState;
+  readonly #records = new Map<string, StoredRecord>();
+  readonly #written = new Map<string, StoredRecord>();
+  readonly #rows: LedgerRow[] = [];
+  #events: CoreEvent[] = [];
+  #changed = false;
+
+  constructor(workspaceId: string, loaded: { state: WorkspaceState | null; records: readonly StoredRecord[]; lapsed: readonly StoredRecord[] }, now: number, rules: Rules) {
+    this.#rules = rules;
+    this.#now = now;
+    this.#state = loaded.state ? copyState(loaded.state) : { workspaceId, account: null, ledgerSeq: 0 };
+    for (const record of loaded.records) this.#records.set(record.key, record);
+    for (const record of loaded.lapsed) this.#records.set(record.key, record);
+    this.#advance(loaded.lapsed);
+  }
+
+  /** True when something must be committed. */
+  get changed(): boolean {
+    return this.#changed;
+  }
+
+  /** The changes to commit. */
+  result(): TransitionResult {
+    return { state: this.#state, ledger: this.#rows, records: [...this.#written.values()] };
+  }
+
+  /** Events raised since the last call (the first call also gets those of catching up in time). */
+  takeEvents(): CoreEvent[] {
+    const events = this.#events;
+    this.#events = [];
+    return events;
+  }
+
+  /** Applies one command at the transition's time. */
+  apply(command: Command): Outcome {
+    switch (command.type) {
+      case 'create':
+        return this.#create(command.plan, command.allotment, command.anchor);
+      case 'read':
+        return this.#state.account ? { status: 'ok', snapshot: this.#snapshot(this.#state.account) } : { status: 'workspace_not_found' };
+      case 'reserve':
+        return this.#reserve(command.reply, command.ttlMs, command.requireAccount);
+      case 'settle':
+        return this.#settle(command.replyId, command.chargeAt, command.usage);
+      case 'release':
+        return this.#release(command.replyId);
+      case 'extend':
+        return this.#extend(command.replyId, command.ttlMs);
+      case 'changePlan':
+        return this.#changePlan(command.plan, command.allotment);
+      case 'topUp':
+        return this.#topUp(command.grantId, command.amount, command.expiresAt);
+    }
+  }
+
+  // ─── commands ───────────────────────────────────────────────────────────
+
+  #create(plan: string, allotment: number, anchor: number): Outcome {
+    if (this.#state.account) return { status: 'exists' };
+    const now = this.#now;
+    // A past start begins in the period that contains now: there is no history to replay.
+    const bounds = periodBounds(anchor, periodIndexAt(anchor, now));
+    const account: AccountState = {
+      plan,
+      allotment,
+      pendingPlan: null,
+      pendingAllotment: null,
+      anchor,
+      periodIndex: bounds.index,
+      periodStart: bounds.start,
+      periodEnd: bounds.end,
+      usedThisPeriod: 0,
+      grants: [],
+      held: 0,
+      alerts: [],
+      createdAt: now,
+    };
+    this.#state.account = account;
+    this.#grantAllotment(account, allotment, now);
+    return { status: 'created', snapshot: this.#snapshot(account) };
+  }
+
+  #reserve(draft: ReplyDraft, ttlMs: number, requireAccount: boolean): Outcome {
+    const key = replyKey(draft.replyId);
+    const existing = this.#records.get(key);
+    if (existing) return { status: 'replay', record: existing.value as ReplyRecord };
+    const account = this.#state.account;
+    if (requireAccount && !account) return { status: 'workspace_not_found' };
+    const now = this.#now;
+    const record: ReplyRecord = {
+      type: 'reply',
+      replyId: draft.replyId,
+      workspaceId: this.#state.workspaceId,
+      agentId: draft.agentId,
+      conversationId: draft.conversationId,
+      model: draft.model,
+      heldModel: draft.model,
+      route: draft.route,
+      amount: draft.amount,
+      priceVersion: draft.priceVersion,
+      status: 'held',
+      createdAt: now,
+      expiresAt: now + ttlMs,
+      finishedAt: null,
+      entrySeq: null,
+      allocations: [],
+    };
+    if (account && draft.amount > 0) {
+      const available = availableOf(account.grants);
+      if (available < draft.amount) {
+        // The id is spent: a reply the user was told is blocked never charges later.
+        record.status = 'refused';
+        record.finishedAt = now;
+        this.#write(record);
+        return { status: 'insufficient', record, available, renewsAt: account.periodEnd };
+      }
+      record.allocations = holdFromGrants(account.grants, draft.amount);
+      account.held += draft.amount;
+      this.#write(record);
+      return { status: 'reserved', record, available: available - draft.amount };
+    }
+    this.#write(record);
+    return { status: 'reserved', record, available: account ? availableOf(account.grants) : 0 };
+  }
+
+  #settle(replyId: string, chargeAt: ChargeAt | undefined, usage: TokenUsage | undefined): Outcome {
+    const found = this.#reply(replyId);
+    if (!found) return { status: 'reply_not_found' };
+    if (found.status === 'settled') return { status: 'settled', record: found, replayed: true, account: this.#state.account };
+    if (found.status !== 'held') return { status: 'reply_state', record: found };
+    const account = this.#state.account;
+    const record = { ...found, allocations: [] };
+    let extra = 0;
+    if (chargeAt && chargeAt.model !== found.model) {
+      record.model = chargeAt.model;
+      record.priceVersion = chargeAt.priceVersion;
+      if (found.route === 'credits' && account) {
+        // Cheaper: the difference goes back. Dearer: the difference is taken only as far as
+        // the balance reaches, so the balance never goes negative.
+        const wanted = chargeAt.amount - found.amount;
+        extra = wanted <= 0 ? wanted : Math.min(wanted, availableOf(account.grants));
+        record.amount = found.amount + extra;
+      }
+    }
+    if (account) this.#closeHold(account, found, extra < 0 ? -extra : 0, this.#now);
+    if (account && extra > 0) spend(account.grants, extra);
+    record.status = 'settled';
+    record.finishedAt = this.#now;
+    const row = this.#append('reply', 0 - record.amount, this.#now, {
+      replyId: record.replyId,
+      agentId: record.agentId,
+      conversationId: record.conversationId,
+      model: record.model,
+      route: record.route,
+      priceVersion: record.priceVersion,
+      inputTokens: usage?.inputTokens ?? null,
+      outputTokens: usage?.outputTokens ?? null,
+    });
+    record.entrySeq = row.seq;
+    this.#write(record);
+    if (account && record.amount > 0) {
+      const before = account.usedThisPeriod;
+      account.usedThisPeriod += record.amount;
+      this.#announceThresholds(account, before);
+    }
+    return { status: 'settled', record, replayed: false, account };
+  }
+
+  #release(replyId: string): Outcome {
+    const found = this.#reply(replyId);
+    if (!found) return { status: 'reply_not_found' };
+    if (found.status === 'released') return { status: 'released', record: found, replayed: true };
+    if (found.status !== 'held') return { status: 'reply_state', record: found };
+    return { status: 'released', record: this.#endHold(found, 'released', this.#now), replayed: false };
+  }
+
+  #extend(replyId: string, ttlMs: number): Outcome {
+    const found = this.#reply(replyId);
+    if (!found) return { status: 'reply_not_found' };
+    if (found.status !== 'held') return { status: 'reply_state', record: found };
+    const expiresAt = this.#now + ttlMs;
+    if (expiresAt <= found.expiresAt) return { status: 'extended', record: found };
+    const record = { ...found, expiresAt };
+    this.#write(record);
+    return { status: 'extended', record };
+  }
+
+  #changePlan(plan: string, allotment: number): Outcome {
+    const account = this.#state.account;
+    if (!account) return { status: 'workspace_not_found' };
+    const immediate = allotment >= account.allotment;
+    const increase = immediate ? allotment - account.allotment : 0;
+    if (this.#total(account) + increase > MAX_MICROS) return { status: 'overflow' };
+    if (immediate) {
+      account.plan = plan;
+      account.allotment = allotment;
+      account.pendingPlan = null;
+      account.pendingAllotment = null;
+      if (increase > 0) {
+        const current = account.grants.find((grant) => grant.grantId === periodGrantId(account.periodIndex));
+        if (current) {
+          current.amount += increase;
+          current.remaining += increase;
+        } else {
+          insertGrant(account.grants, allotmentGrant(account, increase, this.#now));
+        }
+      }
+    } else {
+      account.pendingPlan = plan;
+      account.pendingAllotment = allotment;
+    }
+    this.#append('plan_change', increase, this.#now, { plan });
+    return { status: 'plan_changed', immediate, increase, snapshot: this.#snapshot(account) };
+  }
+
+  #topUp(grantId: string, amount: number, expiresAt: number | null): Outcome {
+    const account = this.#state.account;
+    if (!account) return { status: 'workspace_not_found' };
+    const key = topUpKey(grantId);
+    const existing = this.#records.get(key);
+    if (existing) return { status: 'topup_exists', topUp: existing.value as TopUpRecord, snapshot: this.#snapshot(account) };
+    if (this.#total(account) + amount > MAX_MICROS) return { status: 'overflow' };
+    const now = this.#now;
+    const topUp: TopUpRecord = { type: 'topup', grantId, amount, expiresAt, createdAt: now };
+    this.#put({ key, holdExpiresAt: null, value: topUp });
+    insertGrant(account.grants, { grantId: key, kind: 'topup', amount, remaining: amount, held: 0, expiresAt, createdAt: now });
+    this.#append('topup', amount, now, { grantId: key });
+    return { status: 'granted', snapshot: this.#snapshot(account) };
+  }
+
+  // ─── time: lapsed holds, expired grants, renewals, each as of its own instant ──
+
+  #advance(lapsed: readonly StoredRecord[]): void {
+    const now = this.#now;
+    const holds = lapsed
+      .map((record) => record.value)
+      .filter((value): value is ReplyRecord => value.type === 'reply' && value.status === 'held')
+      .sort((a, b) => a.expiresAt - b.expiresAt || (a.replyId < b.replyId ? -1 : 1));
+    let next = 0;
+    for (;;) {
+      const account = this.#state.account;
+      const lapseAt = next < holds.length ? holds[next]!.expiresAt : Infinity;
+      const renewAt = account && account.periodEnd <= now ? account.periodEnd : Infinity;
+      const expireAt = account ? firstExpiry(account.grants, now) : Infinity;
+      const at = Math.min(lapseAt, renewAt, expireAt);
+      if (at === Infinity) return;
+      // At one instant: the period turns first (so rollover sees the ending allotment),
+      // then grants expire, then holds lapse into whatever is still live.
+      if (account && at === renewAt) this.#renew(account, at);
+      else if (account && at === expireAt) this.#expireGrants(account, at);
+      else this.#endHold(holds[next++]!, 'expired', at);
+    }
+  }
+
+  #renew(account: AccountState, at: number): void {
+    const ending = this.#rules.plans.get(account.plan);
+    let unused = 0;
+    for (const grant of account.grants) if (grant.kind === 'allotment') unused += grant.remaining;
+    const carried = Math.min(unused, ending?.rolloverCapMicros ?? 0);
+    let toCarry = carried;
+    for (const grant of account.grants) {
+      if (grant.kind !== 'allotment') continue;
+      const kept = Math.min(grant.remaining, toCarry);
+      toCarry -= kept;
+      if (grant.remaining > kept) this.#append('expiry', kept - grant.remaining, at, { grantId: grant.grantId });
+    }
+    account.grants = account.grants.filter((grant) => grant.kind !== 'allotment');
+    const plan = account.pendingPlan ?? account.plan;
+    const allotment = account.pendingAllotment ?? this.#rules.plans.get(plan)?.monthlyMicros ?? account.allotment;
+    const bounds = periodBounds(account.anchor, account.periodIndex + 1);
+    account.plan = plan;
+    account.allotment = allotment;
+    account.pendingPlan = null;
+    account.pendingAllotment = null;
+    account.periodIndex = bounds.index;
+    account.periodStart = bounds.start;
+    account.periodEnd = bounds.end;
+    account.usedThisPeriod = 0;
+    account.alerts = [];
+    this.#grantAllotment(account, allotment, bounds.start, carried);
+    this.#events.push({
+      type: 'period.renewed',
+      workspaceId: this.#state.workspaceId,
+      plan,
+      periodStart: bounds.start,
+      periodEnd: bounds.end,
+      allotment,
+      expired: unused - carried,
+      carried,
+    });
+  }
+
+  #expireGrants(account: AccountState, at: number): void {
+    account.grants = account.grants.filter((grant) => {
+      if (grant.expiresAt === null || grant.expiresAt > at) return true;
+      if (grant.remaining > 0) this.#append('expiry', -grant.remaining, at, { grantId: grant.grantId });
+      return false;
+    });
+  }
+
+  /** Ends a hold without a charge, returning its credits as of `at`. */
+  #endHold(found: ReplyRecord, status: 'released' | 'expired', at: number): ReplyRecord {
+    const account = this.#state.account;
+    if (account) this.#closeHold(account, found, found.amount, at);
+    const record: ReplyRecord = { ...found, status, finishedAt: at, allocations: [] };
+    this.#write(record);
+    return record;
+  }
+
+  /**
+   * Takes a hold's credits off the grants' `held` and gives `returned` of them back, in
+   * reverse spending order, to the grants they came from. A grant that has expired since
+   * expires them at once.
+   */
+  #closeHold(account: AccountState, hold: ReplyRecord, returned: number, at: number): void {
+    let back = returned;
+    for (let i = hold.allocations.length - 1; i >= 0; i--) {
+      const { grantId, amount } = hold.allocations[i]!;
+      const part = Math.min(amount, back);
+      back -= part;
+      const grant = account.grants.find((candidate) => candidate.grantId === grantId);
+      if (grant) {
+        grant.held -= amount;
+        grant.remaining += part;
+      } else if (part > 0) {
+        this.#append('expiry', -part, at, { grantId });
+      }
+    }
+    account.held -= hold.amount;
+    prune(account);
+  }
+
+  // ─── plumbing ───────────────────────────────────────────────────────────
+
+  /** Grants a period's allotment; credits carried over join the grant but were never spent, so they get no row. */
+  #grantAllotment(account: AccountState, allotment: number, at: number, carried = 0): void {
+    insertGrant(account.grants, allotmentGrant(account, allotment + carried, at));
+    this.#append('grant', allotment, at, { grantId: periodGrantId(account.periodIndex), plan: account.plan });
+  }
+
+  #announceThresholds(account: AccountState, before: number): void {
+    if (account.allotment === 0) return;
+    for (const threshold of this.#rules.thresholds) {
+      const line = threshold * account.allotment;
+      if (before >= line || account.usedThisPeriod < line || account.alerts.includes(threshold)) continue;
+      account.alerts.push(threshold);
+      this.#events.push({
+        type: 'balance.low',
+        workspaceId: this.#state.workspaceId,
+        threshold,
+        used: account.usedThisPeriod,
+        allotment: account.allotment,
+        periodStart: account.periodStart,
+        periodEnd: account.periodEnd,
+      });
+    }
+  }
+
+  #reply(replyId: string): ReplyRecord | undefined {
+    const found = this.#records.get(replyKey(replyId));
+    if (found?.value.type !== 'reply') return undefined;
+    const record = found.value;
+    // A hold past its expiry has lapsed, whether or not the store listed it as lapsed.
+    if (record.status === 'held' && record.expiresAt <= this.#now) return this.#endHold(record, 'expired', record.expiresAt);
+    return record;
+  }
+
+  #write(record: ReplyRecord): void {
+    this.#put({ key: replyKey(record.replyId), holdExpiresAt: record.status === 'held' ? record.expiresAt : null, value: record });
+  }
+
+  #put(record: StoredRecord): void {
+    this.#records.set(record.key, record);
+    this.#written.set(record.key, record);
+    this.#changed = true;
+  }
+
+  #append(kind: LedgerKind, amount: number, at: number, fields: Partial<LedgerRow>): LedgerRow {
+    const row: LedgerRow = {
+      workspaceId: this.#state.workspaceId,
+      seq: ++this.#state.ledgerSeq,
+      kind,
+      // 0 - x, never -x: a free reply is 0, not -0.
+      amount: amount === 0 ? 0 : amount,
+      at,
+      replyId: null,
+      agentId: null,
+      conversationId: null,
+      model: null,
+      route: null,
+      priceVersion: null,
+      grantId: null,
+      plan: null,
+      inputTokens: null,
+      outputTokens: null,
+      ...fields,
+    };
+    this.#rows.push(row);
+    this.#changed = true;
+    return row;
+  }
+
+  #total(account: AccountState): number {
+    return availableOf(account.grants) + account.held;
+  }
+
+  #snapshot(account: AccountState): Snapshot {
+    return { account: copyAccount(account), available: availableOf(account.grants) };
+  }
+}
+
+function periodGrantId(index: number): string {
+  return `period:${index}`;
+}
+
+function allotmentGrant(account: AccountState, amount: number, at: number): GrantState {
+  return {
+    grantId: periodGrantId(account.periodIndex),
+    kind: 'allotment',
+    amount,
+    remaining: amount,
+    held: 0,
+    expiresAt: account.periodEnd,
+    createdAt: at,
+  };
+}
+
+/** The earliest grant expiry at or before `now`, or Infinity. */
+function firstExpiry(grants: readonly GrantState[], now: number): number {
+  let first = Infinity;
+  for (const grant of grants) if (grant.expiresAt !== null && grant.expiresAt <= now && grant.expiresAt < first) first = grant.expiresAt;
+  return first;
+}
+
+/** Takes `amount` from the grants' `remaining` in spending order (the caller checked it fits). */
+function spend(grants: readonly GrantState[], amount: number): void {
+  let left = amount;
+  for (const grant of grants) {
+    const part = Math.min(grant.remaining, left);
+    grant.remaining -= part;
+    left -= part;
+    if (left === 0) return;
+  }
+}
+
+/** Drops grants with nothing left and nothing held: they can never matter again. */
+function prune(account: AccountState): void {
+  if (account.grants.some((grant) => grant.remaining === 0 && grant.held === 0)) {
+    account.grants = account.grants.filter((grant) => grant.remaining > 0 || grant.held > 0);
+  }
+}
+
+function copyAccount(account: AccountState): AccountState {
+  return { ...account, grants: account.grants.map(copyGrant), alerts: [...account.alerts] };
+}
+
+function copyState(state: WorkspaceState): WorkspaceState {
+  return { workspaceId: state.workspaceId, account: state.account ? copyAccount(state.account) : null, ledgerSeq: state.ledgerSeq };
+}
+

@@ -1,0 +1,51 @@
+import type { LedgerRow, UsageGroupBy } from './state.js';
+
+/** Milliseconds in a UTC day. */
+export const DAY_MS = 86_400_000;
+
+/** Usage of one group (and UTC day): micro-credits charged and replies counted. */
+export interface UsageTotals {
+  key: string;
+  day?: number;
+  amount: number;
+  replies: number;
+}
+
+/**
+ * Adds `reply` rows to per-group (and per-UTC-day) totals. Stores that sum inside their
+ * database must agree with this: it is what the meter uses when a store cannot.
+ */
+export class UsageAccumulator {
+  readonly #groups = new Map<string, UsageTotals>();
+  readonly #field: 'agentId' | 'model' | 'conversationId';
+
+  constructor(
+    groupBy: UsageGroupBy,
+    readonly byDay: boolean,
+  ) {
+    this.#field = groupBy === 'agent' ? 'agentId' : groupBy === 'model' ? 'model' : 'conversationId';
+  }
+
+  add(row: LedgerRow): void {
+    if (row.kind !== 'reply') return;
+    const key = row[this.#field] ?? '';
+    const day = this.byDay ? dayOf(row.at) : undefined;
+    const id = day === undefined ? key : `${day}\u0000${key}`;
+    let group = this.#groups.get(id);
+    if (!group) {
+      group = day === undefined ? { key, amount: 0, replies: 0 } : { key, day, amount: 0, replies: 0 };
+      this.#groups.set(id, group);
+    }
+    group.amount -= row.amount;
+    group.replies += 1;
+  }
+
+  totals(): UsageTotals[] {
+    return [...this.#groups.values()];
+  }
+}
+
+/** Epoch ms of 00:00 UTC on the day of `at`. */
+export function dayOf(at: number): number {
+  return at - (((at % DAY_MS) + DAY_MS) % DAY_MS);
+}
