@@ -1,4 +1,5 @@
 import type { Decimal } from 'decimal.js';
+import { scrubProviderError, type ScrubbedProviderError } from './secrets.js';
 
 /**
  * Every stable error code the library throws. A host switches on `error.code`,
@@ -178,14 +179,33 @@ export class ProviderNotFoundError extends CreditsError {
   }
 }
 
-/** The provider failed; the hold was released and nothing was charged. */
+/**
+ * The provider failed; the hold was released and nothing was charged.
+ *
+ * `cause` is never the provider's error itself: it is a fresh copy holding only its `name`,
+ * `message`, `status`, `code` and `type`, with the workspace's own key redacted (see
+ * {@link scrubProviderError}). Whatever else the original carried (the request, its headers,
+ * a cause chain) is dropped, so a key cannot reach the caller through it.
+ */
 export class ProviderError extends CreditsError {
+  /** The scrubbed copy of what the provider threw. */
+  declare readonly cause: ScrubbedProviderError;
+  /** The provider's HTTP status, when it gave one (e.g. 401, 429, 500). */
+  readonly status: number | string | undefined;
+
+  /**
+   * @param error what the provider threw; scrubbed here, whatever it is.
+   * @param secrets keys to redact from it (the BYO key of the reply); `undefined` entries are ignored.
+   */
   constructor(
     readonly replyId: string,
     readonly provider: string,
-    cause: unknown,
+    error: unknown,
+    secrets: readonly (string | undefined)[] = [],
   ) {
-    super('PROVIDER_ERROR', `Provider "${provider}" failed for reply ${replyId}; nothing was charged`, { cause });
+    const cause = scrubProviderError(error, secrets);
+    super('PROVIDER_ERROR', `Provider "${provider}" failed for reply ${replyId}; nothing was charged: ${cause.message}`, { cause });
+    this.status = cause.status;
   }
 }
 

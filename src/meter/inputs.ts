@@ -1,6 +1,14 @@
+/**
+ * The shapes every public method of the meter accepts. Every object is strict: an unknown
+ * key is refused with `INVALID_INPUT` naming it (`replyID` → "did you mean replyId?"),
+ * because a silently dropped key changes behaviour without a word (a typo in `replyId`
+ * loses idempotency, one in `expiresAt` makes a top-up that never expires).
+ */
 import { z } from 'zod';
-import { creditsInputSchema, idSchema, instantSchema, isValidId, parseInput } from '../core/validation.js';
-import type { ReplyIdentity, ReplyRef } from './types.js';
+import { InvalidInputError } from '../core/errors.js';
+import { creditsInputSchema, idSchema, instantSchema, isValidId, parseInput, refuseUnknownKeys } from '../core/validation.js';
+import type { ReplyProvider } from './provider.js';
+import type { ReplyIdentity, ReplyInput, ReplyRef } from './types.js';
 
 const identity = {
   workspaceId: idSchema,
@@ -10,70 +18,202 @@ const identity = {
   replyId: idSchema.optional(),
 };
 
+function readable(read: () => boolean): boolean {
+  try {
+    return read();
+  } catch {
+    return false;
+  }
+}
+
 const abortSignal = z.custom<AbortSignal>(
-  (v) => typeof v === 'object' && v !== null && typeof (v as AbortSignal).aborted === 'boolean',
-  { message: 'must be an AbortSignal' },
+  (v) =>
+    readable(() => {
+      const signal = v as AbortSignal;
+      return (
+        typeof v === 'object' &&
+        v !== null &&
+        typeof signal.aborted === 'boolean' &&
+        typeof signal.throwIfAborted === 'function' &&
+        typeof signal.addEventListener === 'function'
+      );
+    }),
+  { error: 'must be an AbortSignal' },
 );
 
-export const createWorkspaceSchema = z.object({
+/** True for an object with a `generate` function and, if present, a `stream` function. */
+export function isReplyProvider(value: unknown): value is ReplyProvider {
+  return readable(() => {
+    if (typeof value !== 'object' || value === null) return false;
+    const provider = value as { generate?: unknown; stream?: unknown };
+    return typeof provider.generate === 'function' && (provider.stream === undefined || typeof provider.stream === 'function');
+  });
+}
+
+const providerSchema = z.custom<ReplyProvider>(isReplyProvider, {
+  error: 'must be a provider: an object with a generate() function and optionally a stream() function',
+});
+
+/** An instant range [from, to): `to` must not be before `from`. */
+function rangeRefinement(value: { from?: Date | undefined; to?: Date | undefined }): boolean {
+  return value.from === undefined || value.to === undefined || value.to.getTime() >= value.from.getTime();
+}
+const rangeIssue = { path: ['to'], error: 'must not be before from' };
+
+export const createWorkspaceSchema = z.strictObject({
   workspaceId: idSchema,
   plan: idSchema,
   allotment: creditsInputSchema.optional(),
   startsAt: instantSchema.optional(),
 });
 export const workspaceIdSchema = idSchema;
-export const quoteSchema = z.object({ workspaceId: idSchema, model: idSchema });
-export const reserveSchema = z.object(identity);
-export const replySchema = z.object({ ...identity, input: z.unknown(), signal: abortSignal.optional() });
-export const replyRefSchema = z.object({ workspaceId: idSchema, replyId: idSchema });
-export const changePlanSchema = z.object({
+export const quoteSchema = z.strictObject({ workspaceId: idSchema, model: idSchema });
+export const reserveSchema = z.strictObject(identity);
+export const replySchema = z.strictObject({
+  ...identity,
+  input: z.unknown(),
+  signal: abortSignal.optional(),
+  /** A provider for this reply only, instead of the one registered for the model's provider id. */
+  provider: providerSchema.optional(),
+});
+/** `release` (and `extend`): a reply of a workspace. */
+export const replyRefSchema = z.strictObject({ workspaceId: idSchema, replyId: idSchema });
+/** `extend({ workspaceId, replyId })`: keep a hold alive. */
+export const extendSchema = replyRefSchema;
+/** `settle({ workspaceId, replyId, model? })`: `model` is the one that produced the reply, when it differs. */
+export const settleSchema = z.strictObject({ workspaceId: idSchema, replyId: idSchema, model: idSchema.optional() });
+export const changePlanSchema = z.strictObject({
   workspaceId: idSchema,
   plan: idSchema,
   allotment: creditsInputSchema.optional(),
 });
-export const addCreditsSchema = z.object({
+export const addCreditsSchema = z.strictObject({
   workspaceId: idSchema,
   credits: creditsInputSchema,
   grantId: idSchema,
   expiresAt: instantSchema.optional(),
 });
-export const ledgerSchema = z.object({
-  workspaceId: idSchema,
-  from: instantSchema.optional(),
-  to: instantSchema.optional(),
-  agentId: idSchema.optional(),
-  limit: z.number().int().min(1).max(1000).optional(),
-  cursor: z.string().regex(/^\d{1,20}$/, 'must be a cursor returned by ledger()').optional(),
-});
-export const usageSchema = z.object({
-  workspaceId: idSchema,
-  from: instantSchema,
-  to: instantSchema,
-  groupBy: z.enum(['agent', 'model', 'conversation']),
-  interval: z.enum(['day', 'week', 'month']).optional(),
-});
+export const ledgerSchema = z
+  .strictObject({
+    workspaceId: idSchema,
+    from: instantSchema.optional(),
+    to: instantSchema.optional(),
+    agentId: idSchema.optional(),
+    limit: z.number().int().min(1).max(1000).optional(),
+    cursor: z.string().regex(/^\d{1,20}$/, 'must be a cursor returned by ledger()').optional(),
+  })
+  .refine(rangeRefinement, rangeIssue);
+export const usageSchema = z
+  .strictObject({
+    workspaceId: idSchema,
+    from: instantSchema,
+    to: instantSchema,
+    groupBy: z.enum(['agent', 'model', 'conversation']),
+    interval: z.enum(['day', 'week', 'month']).optional(),
+  })
+  .refine(rangeRefinement, rangeIssue);
+
+const IDENTITY_KEYS: ReadonlySet<string> = new Set(Object.keys(identity));
+const REPLY_KEYS: ReadonlySet<string> = new Set(Object.keys(replySchema.shape));
+const REPLY_REF_KEYS: ReadonlySet<string> = new Set(Object.keys(replyRefSchema.shape));
+
+/** A reply's input as the meter uses it: a fresh object, every field read once. */
+export type ParsedReplyInput = ReplyInput & { provider?: ReplyProvider };
+
+interface FastIdentity {
+  workspaceId: string;
+  agentId: string;
+  conversationId: string;
+  model: string;
+  replyId: string | undefined;
+}
 
 /**
- * The hot path's check of a reply's ids: when every id is plainly valid the zod parse is
- * skipped (it accepts exactly the same values); otherwise zod produces the error.
+ * Reads a reply's ids once into a fresh object when every one is plainly valid and no key is
+ * unknown, skipping zod on the hot path; otherwise (or when a getter throws) returns undefined.
+ */
+function fastIdentity(input: unknown, known: ReadonlySet<string>): FastIdentity | undefined {
+  try {
+    if (typeof input !== 'object' || input === null) return undefined;
+    const source = input as Record<string, unknown>;
+    const { workspaceId, agentId, conversationId, model, replyId } = source;
+    if (!isValidId(workspaceId) || !isValidId(agentId) || !isValidId(conversationId) || !isValidId(model)) return undefined;
+    if (replyId !== undefined && !isValidId(replyId)) return undefined;
+    refuseUnknownKeys(input, known);
+    return { workspaceId, agentId, conversationId, model, replyId };
+  } catch (error) {
+    if (error instanceof InvalidInputError) throw error;
+    return undefined;
+  }
+}
+
+function withReplyId<T extends object>(base: T, replyId: string | undefined): T & { replyId?: string } {
+  return replyId === undefined ? base : { ...base, replyId };
+}
+
+/**
+ * The hot path's check of a reply's ids. Serves both `reply` and `reserve` in the meter of
+ * today, so it accepts the keys of a reply (`input`, `signal`, `provider`) and refuses any
+ * other; prefer {@link parseReserveInput} and {@link parseReplyInput}, which are exact.
  */
 export function parseIdentity(input: ReplyIdentity): ReplyIdentity {
-  if (
-    typeof input === 'object' &&
-    input !== null &&
-    isValidId(input.workspaceId) &&
-    isValidId(input.agentId) &&
-    isValidId(input.conversationId) &&
-    isValidId(input.model) &&
-    (input.replyId === undefined || isValidId(input.replyId))
-  ) {
-    return input;
+  const fast = fastIdentity(input, REPLY_KEYS);
+  const source = input as Partial<ParsedReplyInput> | null;
+  if (fast && readable(() => source?.signal === undefined && source?.provider === undefined)) {
+    const { replyId, ...ids } = fast;
+    return withReplyId(ids, replyId);
+  }
+  return parseInput(replySchema, input) as ReplyIdentity;
+}
+
+/** `reserve`'s input: a reply's ids, and nothing else. */
+export function parseReserveInput(input: ReplyIdentity): ReplyIdentity {
+  const fast = fastIdentity(input, IDENTITY_KEYS);
+  if (fast) {
+    const { replyId, ...ids } = fast;
+    return withReplyId(ids, replyId);
   }
   return parseInput(reserveSchema, input) as ReplyIdentity;
 }
 
-/** The same fast check for settle and release. */
+/**
+ * `reply` and `replyStream`'s input: a reply's ids, the host's `input` (untouched), an
+ * optional `signal` and an optional per-call `provider`. Returns a fresh object.
+ */
+export function parseReplyInput(input: ReplyInput): ParsedReplyInput {
+  const fast = fastIdentity(input, REPLY_KEYS);
+  if (fast) {
+    try {
+      const source = input as Partial<ParsedReplyInput>;
+      const { signal, provider } = source;
+      if (signal === undefined && provider === undefined) {
+        const { replyId, ...ids } = fast;
+        return withReplyId({ ...ids, input: source.input }, replyId);
+      }
+    } catch {
+      // A throwing getter: zod reports it below.
+    }
+  }
+  return parseInput(replySchema, input) as ParsedReplyInput;
+}
+
+/** `release`'s (and `extend`'s) input: `{ workspaceId, replyId }`, nothing else. */
 export function parseReplyRef(input: ReplyRef): ReplyRef {
-  if (typeof input === 'object' && input !== null && isValidId(input.workspaceId) && isValidId(input.replyId)) return input;
+  try {
+    if (typeof input === 'object' && input !== null) {
+      const { workspaceId, replyId } = input as Partial<ReplyRef>;
+      if (isValidId(workspaceId) && isValidId(replyId)) {
+        refuseUnknownKeys(input, REPLY_REF_KEYS);
+        return { workspaceId, replyId };
+      }
+    }
+  } catch (error) {
+    if (error instanceof InvalidInputError) throw error;
+  }
   return parseInput(replyRefSchema, input);
+}
+
+/** `settle`'s input: `{ workspaceId, replyId, model? }`. */
+export function parseSettleInput(input: ReplyRef & { model?: string }): ReplyRef & { model?: string } {
+  return parseInput(settleSchema, input) as ReplyRef & { model?: string };
 }
