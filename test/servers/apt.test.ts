@@ -33,7 +33,12 @@ describe('ensureDebianPackages', () => {
   it('ensure - as root installs what is missing in one update and one install, announced in one line', () => {
     const installed = new Set(['redis-server']);
     const { runner, calls, lines } = fakeRunner({ installs: installed });
-    const needed = [requirement('redis-server', installed), requirement('mariadb-server', installed), requirement('chromium', installed), requirement('chromium', installed)];
+    const needed = [
+      requirement('redis-server', installed),
+      requirement('mariadb-server', installed),
+      requirement('chromium', installed),
+      requirement('chromium', installed),
+    ];
     ensureDebianPackages(needed, runner);
     expect(calls).toEqual([
       ['update', '-qq', '-o', 'DPkg::Lock::Timeout=600'],
@@ -57,7 +62,9 @@ describe('ensureDebianPackages', () => {
 
   it('ensure - a failing apt-get fails with its output', () => {
     const { runner } = fakeRunner({ failOn: 'install' });
-    expect(() => ensureDebianPackages([requirement('chromium', new Set())], runner)).toThrow(/apt-get install failed \(exit 100\)[\s\S]*Unable to locate/);
+    expect(() => ensureDebianPackages([requirement('chromium', new Set())], runner)).toThrow(
+      /apt-get install failed \(exit 100\)[\s\S]*Unable to locate/,
+    );
   });
 
   it('ensure - a package that installs but still is not usable fails', () => {

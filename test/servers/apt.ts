@@ -76,10 +76,14 @@ export function ensureDebianPackages(requirements: readonly DebianRequirement[],
   const missing = [...new Set(requirements.filter((requirement) => !requirement.present()).map((requirement) => requirement.package))];
   if (missing.length === 0) return;
   if (!runner.hasAptGet) {
-    throw new Error(`The tests need ${missing.join(', ')} (Debian package names): install them, or give the servers' URLs (see docs/testing.md).`);
+    throw new Error(
+      `The tests need ${missing.join(', ')} (Debian package names): install them, or give the servers' URLs (see docs/testing.md).`,
+    );
   }
   if (!runner.isRoot) {
-    throw new Error(`The tests need ${missing.join(', ')}: run \`${installCommand(missing, false)}\`, or give the servers' URLs (see docs/testing.md).`);
+    throw new Error(
+      `The tests need ${missing.join(', ')}: run \`${installCommand(missing, false)}\`, or give the servers' URLs (see docs/testing.md).`,
+    );
   }
   runner.say(`Installing ${missing.join(', ')} with apt-get (needed by the tests, missing on this machine)`);
   // Waits for another apt-get or dpkg (say a second test run provisioning at the same time) instead of failing on its lock.
@@ -96,5 +100,6 @@ export function ensureDebianPackages(requirements: readonly DebianRequirement[],
     }
   }
   const stillMissing = requirements.filter((requirement) => !requirement.present()).map((requirement) => requirement.package);
-  if (stillMissing.length > 0) throw new Error(`apt-get installed ${missing.join(', ')} but ${stillMissing.join(', ')} is still not usable`);
+  if (stillMissing.length > 0)
+    throw new Error(`apt-get installed ${missing.join(', ')} but ${stillMissing.join(', ')} is still not usable`);
 }

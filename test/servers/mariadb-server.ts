@@ -29,9 +29,17 @@ export async function startMariaDb(): Promise<TestServer> {
     const proc = spawn(
       findCommand('mariadbd') ?? 'mariadbd',
       [
-        '--no-defaults', `--datadir=${data}`, `--port=${port}`, '--bind-address=127.0.0.1',
-        `--socket=${join(dir, 'mariadb.sock')}`, `--pid-file=${join(dir, 'mariadb.pid')}`, `--log-error=${join(dir, 'error.log')}`,
-        '--skip-name-resolve', '--innodb-buffer-pool-size=64M', '--max-connections=200', ...asRoot,
+        '--no-defaults',
+        `--datadir=${data}`,
+        `--port=${port}`,
+        '--bind-address=127.0.0.1',
+        `--socket=${join(dir, 'mariadb.sock')}`,
+        `--pid-file=${join(dir, 'mariadb.pid')}`,
+        `--log-error=${join(dir, 'error.log')}`,
+        '--skip-name-resolve',
+        '--innodb-buffer-pool-size=64M',
+        '--max-connections=200',
+        ...asRoot,
       ],
       { stdio: 'ignore' },
     );
@@ -40,15 +48,19 @@ export async function startMariaDb(): Promise<TestServer> {
       proc.once('error', (error) => reject(new Error(`mariadbd could not start: ${error.message}`)));
       proc.once('spawn', () => resolve());
     });
-    await waitFor(async () => {
-      if (proc.exitCode !== null) throw new Error(`mariadbd exited with ${proc.exitCode} (see its error.log)`);
-      const connection = await createConnection({ host: '127.0.0.1', port, user: 'root' });
-      try {
-        await connection.query('CREATE DATABASE IF NOT EXISTS credits');
-      } finally {
-        await connection.end();
-      }
-    }, 60_000, 'MariaDB');
+    await waitFor(
+      async () => {
+        if (proc.exitCode !== null) throw new Error(`mariadbd exited with ${proc.exitCode} (see its error.log)`);
+        const connection = await createConnection({ host: '127.0.0.1', port, user: 'root' });
+        try {
+          await connection.query('CREATE DATABASE IF NOT EXISTS credits');
+        } finally {
+          await connection.end();
+        }
+      },
+      60_000,
+      'MariaDB',
+    );
   };
   const halt = async () => {
     const proc = child;

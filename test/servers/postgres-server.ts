@@ -54,7 +54,8 @@ function serverUser(): string {
     ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', name],
     { stdio: 'ignore' },
   );
-  if (!userExists(name)) throw new Error(`PostgreSQL cannot run as root and creating the system user "${name}" failed (useradd exit ${created.status})`);
+  if (!userExists(name))
+    throw new Error(`PostgreSQL cannot run as root and creating the system user "${name}" failed (useradd exit ${created.status})`);
   return name;
 }
 
@@ -128,24 +129,35 @@ export async function startPostgres(): Promise<TestServer> {
     await run('initdb', ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--no-locale']);
     const start = () =>
       run('pg_ctl', [
-        '-D', data, '-l', log, '-w', '-t', '60',
-        '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=128MB`,
+        '-D',
+        data,
+        '-l',
+        log,
+        '-w',
+        '-t',
+        '60',
+        '-o',
+        `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c max_connections=200 -c shared_buffers=128MB`,
         'start',
       ]);
     const stop = () => run('pg_ctl', ['-D', data, '-m', 'fast', '-w', 'stop']);
     await start();
     const admin = `postgres://postgres@127.0.0.1:${port}/postgres`;
     try {
-      await waitFor(async () => {
-        const client = new pg.Client({ connectionString: admin });
-        await client.connect();
-        try {
-          const exists = await client.query("SELECT 1 FROM pg_database WHERE datname = 'credits'");
-          if (exists.rowCount === 0) await client.query('CREATE DATABASE credits');
-        } finally {
-          await client.end();
-        }
-      }, 60_000, 'PostgreSQL');
+      await waitFor(
+        async () => {
+          const client = new pg.Client({ connectionString: admin });
+          await client.connect();
+          try {
+            const exists = await client.query("SELECT 1 FROM pg_database WHERE datname = 'credits'");
+            if (exists.rowCount === 0) await client.query('CREATE DATABASE credits');
+          } finally {
+            await client.end();
+          }
+        },
+        60_000,
+        'PostgreSQL',
+      );
     } catch (error) {
       await stop();
       throw error;

@@ -1,4 +1,4 @@
-import { ensureDebianPackages, type DebianRequirement } from './apt.js';
+import { type DebianRequirement, ensureDebianPackages } from './apt.js';
 import { chromiumRequirement, ensureChromium } from './chromium.js';
 import { mariadbRequirement, startMariaDb } from './mariadb-server.js';
 import { postgresRequirement, startPostgres } from './postgres-server.js';

@@ -63,9 +63,28 @@ export async function startRedisCluster(): Promise<TestRedisCluster> {
       const proc = spawn(
         'redis-server',
         [
-          '--port', String(port), '--cluster-port', String(busPort), '--bind', '127.0.0.1', '--dir', nodeDir,
-          '--cluster-enabled', 'yes', '--cluster-config-file', join(nodeDir, 'nodes.conf'), '--cluster-node-timeout', '5000',
-          '--appendonly', 'yes', '--appendfsync', 'everysec', '--save', '', '--daemonize', 'no',
+          '--port',
+          String(port),
+          '--cluster-port',
+          String(busPort),
+          '--bind',
+          '127.0.0.1',
+          '--dir',
+          nodeDir,
+          '--cluster-enabled',
+          'yes',
+          '--cluster-config-file',
+          join(nodeDir, 'nodes.conf'),
+          '--cluster-node-timeout',
+          '5000',
+          '--appendonly',
+          'yes',
+          '--appendfsync',
+          'everysec',
+          '--save',
+          '',
+          '--daemonize',
+          'no',
         ],
         { stdio: 'ignore' },
       );
@@ -84,10 +103,14 @@ export async function startRedisCluster(): Promise<TestRedisCluster> {
       throw new Error(`redis-cli --cluster create failed: ${`${stdout}${stderr}`.trim().split('\n').slice(-5).join(' | ')}`);
     }
     for (const port of ports) {
-      await waitFor(async () => {
-        const info = await clusterInfo(port);
-        if (!info.includes('cluster_state:ok')) throw new Error(`node ${port}: ${info.split('\n')[0]?.trim()}`);
-      }, 30_000, 'Redis Cluster (cluster_state:ok)');
+      await waitFor(
+        async () => {
+          const info = await clusterInfo(port);
+          if (!info.includes('cluster_state:ok')) throw new Error(`node ${port}: ${info.split('\n')[0]?.trim()}`);
+        },
+        30_000,
+        'Redis Cluster (cluster_state:ok)',
+      );
     }
     return { nodes: addresses.join(','), stop };
   } catch (error) {
