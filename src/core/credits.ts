@@ -35,9 +35,9 @@ const MAX_AMOUNT_TEXT = 100;
  * (`{ s, e, d }`, a forged `toStringTag`) is not: `Decimal.isDecimal` alone accepts those.
  */
 export function isDecimalValue(value: unknown): value is Decimal {
-  if (value instanceof Decimal) return true;
   if (typeof value !== 'object' || value === null) return false;
   try {
+    if (value instanceof Decimal) return true;
     if (!Decimal.isDecimal(value)) return false;
     const proto: unknown = Object.getPrototypeOf(value);
     if (typeof proto !== 'object' || proto === null || proto === Object.prototype) return false;

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { InvalidInputError } from '../core/errors.js';
 import { creditsInputSchema, idSchema, instantSchema, isValidId, parseInput, refuseUnknownKeys } from '../core/validation.js';
 import type { ReplyProvider } from './provider.js';
-import type { ReplyIdentity, ReplyInput, ReplyRef } from './types.js';
+import type { ReplyIdentity, ReplyInput, ReplyRef, SettleInput } from './types.js';
 
 const identity = {
   workspaceId: idSchema,
@@ -80,8 +80,20 @@ export const replySchema = z.strictObject({
 export const replyRefSchema = z.strictObject({ workspaceId: idSchema, replyId: idSchema });
 /** `extend({ workspaceId, replyId })`: keep a hold alive. */
 export const extendSchema = replyRefSchema;
-/** `settle({ workspaceId, replyId, model? })`: `model` is the one that produced the reply, when it differs. */
-export const settleSchema = z.strictObject({ workspaceId: idSchema, replyId: idSchema, model: idSchema.optional() });
+/** A count of tokens: a whole number from 0 to 2^53 - 1. */
+const tokenCount = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/** Token counts a provider reported. */
+export const tokenUsageSchema = z.strictObject({ inputTokens: tokenCount.optional(), outputTokens: tokenCount.optional() });
+/**
+ * `settle({ workspaceId, replyId, model?, usage? })`: `model` is the one that produced the
+ * reply, when it differs; `usage` the token counts kept on the ledger row.
+ */
+export const settleSchema = z.strictObject({
+  workspaceId: idSchema,
+  replyId: idSchema,
+  model: idSchema.optional(),
+  usage: tokenUsageSchema.optional(),
+});
 export const changePlanSchema = z.strictObject({
   workspaceId: idSchema,
   plan: idSchema,
@@ -213,7 +225,7 @@ export function parseReplyRef(input: ReplyRef): ReplyRef {
   return parseInput(replyRefSchema, input);
 }
 
-/** `settle`'s input: `{ workspaceId, replyId, model? }`. */
-export function parseSettleInput(input: ReplyRef & { model?: string }): ReplyRef & { model?: string } {
-  return parseInput(settleSchema, input) as ReplyRef & { model?: string };
+/** `settle`'s input: `{ workspaceId, replyId, model?, usage? }`, as a fresh object. */
+export function parseSettleInput(input: SettleInput): SettleInput {
+  return parseInput(settleSchema, input) as SettleInput;
 }
