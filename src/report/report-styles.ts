@@ -31,7 +31,7 @@ export const REPORT_STYLES = `
 .bb-field dd{margin:2px 0 0;font-weight:600;font-variant-numeric:tabular-nums}
 .bb-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 .bb-table caption{text-align:left;font-weight:600;padding:0 0 8px}
-.bb-table th,.bb-table td{padding:6px 10px;border-bottom:1px solid var(--bb-border);text-align:left;white-space:nowrap}
+.bb-table th,.bb-table td{padding:6px 8px;border-bottom:1px solid var(--bb-border);text-align:left;white-space:nowrap}
 .bb-table thead th{color:var(--bb-muted);font-weight:500;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .bb-table tbody th{font-weight:500}
 .bb-table tfoot th,.bb-table tfoot td{font-weight:650;border-bottom:0}

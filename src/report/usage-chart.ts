@@ -65,7 +65,7 @@ export function renderUsageChart(report: UsageReport, options: UsageChartOptions
   const keyLabel = (options.keyLabel ?? keyLabelOf(series.groupBy)).toLowerCase();
   const title = options.title ?? (series.interval ? `Credits per ${series.interval} by ${keyLabel}` : `Credits by ${keyLabel}`);
   const window = formatWindow(series.from, series.to);
-  const summary = `${window} · ${fmt(series.totalCredits)} credits · ${series.totalReplies} ${series.totalReplies === 1 ? 'reply' : 'replies'}`;
+  const summary = `${window} · ${fmt(series.totalCredits)} credits · ${formatCredits(series.totalReplies)} ${series.totalReplies === 1 ? 'reply' : 'replies'}`;
   const header =
     `<h${level} class="bb-title" id="${id}-heading">${escapeHtml(title)}</h${level}>` +
     `<p class="bb-subtitle" data-field="summary">${escapeHtml(summary)}</p>`;
@@ -143,7 +143,7 @@ function chartSvg(series: UsageSeries, context: ChartContext): string {
       segments.push(
         `<rect x="${x}" y="${round(y1)}" width="${round(barW)}" height="${round(Math.max(0, y0 - y1))}" ` +
           `fill="${escapeHtml(seriesColor(entry.colorIndex, palette))}" data-key="${escapeHtml(entry.key)}" data-credits="${escapeHtml(point.credits.toFixed())}">` +
-          `<title>${escapeHtml(`${name}, ${full}: ${context.fmt(point.credits)} credits, ${point.replies} ${point.replies === 1 ? 'reply' : 'replies'}`)}</title></rect>`,
+          `<title>${escapeHtml(`${name}, ${full}: ${context.fmt(point.credits)} credits, ${formatCredits(point.replies)} ${point.replies === 1 ? 'reply' : 'replies'}`)}</title></rect>`,
       );
     }
     bars.push(`<g data-bucket="${day}" data-credits="${escapeHtml(bucket.credits.toFixed())}">${segments.join('')}</g>`);
@@ -158,7 +158,7 @@ function chartSvg(series: UsageSeries, context: ChartContext): string {
   const busiest = series.buckets.reduce((best, bucket) => (bucket.credits.greaterThan(best.credits) ? bucket : best), series.buckets[0]!);
   const desc =
     `Stacked bars of credits per ${series.interval ?? 'window'} from ${formatWindow(series.from, series.to)}, ` +
-    `one colour per ${series.groupBy}. Total ${context.fmt(series.totalCredits)} credits over ${series.totalReplies} replies. ` +
+    `one colour per ${series.groupBy}. Total ${context.fmt(series.totalCredits)} credits over ${formatCredits(series.totalReplies)} replies. ` +
     `Most credits: ${top3.map((entry) => `${context.labels?.[entry.key] ?? entry.key} ${context.fmt(entry.credits)}`).join(', ')}. ` +
     (busiest.credits.isZero() ? '' : `Busiest ${series.interval ?? 'window'}: ${formatBucket(busiest.start, series.interval, 'full')} with ${context.fmt(busiest.credits)} credits. `) +
     'The same numbers are in the table below.';
@@ -181,7 +181,7 @@ function legendHtml(
       `<li data-key="${escapeHtml(entry.key)}"><svg class="bb-swatch" viewBox="0 0 12 12" width="12" height="12" aria-hidden="true" focusable="false">` +
       `<rect width="12" height="12" rx="2" fill="${escapeHtml(seriesColor(entry.colorIndex, palette))}"/></svg>` +
       `<span class="bb-legend-key">${escapeHtml(labels?.[entry.key] ?? entry.key)}</span> ` +
-      `<span class="bb-legend-value">${escapeHtml(fmt(entry.credits))} credits · ${entry.replies} ${entry.replies === 1 ? 'reply' : 'replies'}</span></li>`,
+      `<span class="bb-legend-value">${escapeHtml(fmt(entry.credits))} credits · ${formatCredits(entry.replies)} ${entry.replies === 1 ? 'reply' : 'replies'}</span></li>`,
   );
   return `<ul class="bb-legend" aria-label="Legend">${items.join('')}</ul>`;
 }

@@ -79,16 +79,16 @@ export function usageTableHtml(series: UsageSeries, options: UsageTableOptions):
       .map(
         (entry) =>
           `<tr data-key="${escapeHtml(entry.key)}"><th scope="row">${label(entry.key)}</th>` +
-          `<td class="bb-num">${escapeHtml(entry.replies)}</td>` +
+          `<td class="bb-num">${escapeHtml(formatCredits(entry.replies))}</td>` +
           `<td class="bb-num">${escapeHtml(fmt(entry.credits))}</td>` +
           `<td class="bb-num">${escapeHtml(share(entry.credits))}</td></tr>`,
       )
       .join('');
     return (
       `${open}<thead><tr><th scope="col">${escapeHtml(keyLabel)}</th><th scope="col" class="bb-num">Replies</th>` +
-      `<th scope="col" class="bb-num">Credits</th><th scope="col" class="bb-num">Share of credits</th></tr></thead>` +
+      `<th scope="col" class="bb-num">Credits</th><th scope="col" class="bb-num">Share</th></tr></thead>` +
       `<tbody>${body}</tbody>` +
-      `<tfoot><tr><th scope="row">Total</th><td class="bb-num">${escapeHtml(series.totalReplies)}</td>` +
+      `<tfoot><tr><th scope="row">Total</th><td class="bb-num">${escapeHtml(formatCredits(series.totalReplies))}</td>` +
       `<td class="bb-num">${escapeHtml(fmt(total))}</td><td class="bb-num">${total.isZero() ? '–' : '100.0%'}</td></tr></tfoot>` +
       `</table></div>`
     );
@@ -104,13 +104,13 @@ export function usageTableHtml(series: UsageSeries, options: UsageTableOptions):
       (bucket, index) =>
         `<tr data-bucket="${bucket.start.toISOString().slice(0, 10)}"><th scope="row">${escapeHtml(formatBucket(bucket.start, interval, 'full'))}</th>` +
         series.series.map((entry) => `<td class="bb-num">${escapeHtml(fmt(entry.points[index]?.credits ?? new Decimal(0)))}</td>`).join('') +
-        `<td class="bb-num">${escapeHtml(fmt(bucket.credits))}</td><td class="bb-num">${escapeHtml(bucket.replies)}</td></tr>`,
+        `<td class="bb-num">${escapeHtml(fmt(bucket.credits))}</td><td class="bb-num">${escapeHtml(formatCredits(bucket.replies))}</td></tr>`,
     )
     .join('');
   const foot =
     `<tfoot><tr><th scope="row">Total</th>` +
     series.series.map((entry) => `<td class="bb-num">${escapeHtml(fmt(entry.credits))}</td>`).join('') +
-    `<td class="bb-num">${escapeHtml(fmt(series.totalCredits))}</td><td class="bb-num">${escapeHtml(series.totalReplies)}</td></tr></tfoot>`;
+    `<td class="bb-num">${escapeHtml(fmt(series.totalCredits))}</td><td class="bb-num">${escapeHtml(formatCredits(series.totalReplies))}</td></tr></tfoot>`;
   return `${open}${head}<tbody>${body}</tbody>${foot}</table></div>`;
 }
 

@@ -6,7 +6,7 @@ describe('renderUsageTable', () => {
   it('totals - one row per key, most credits first, with shares and a total row', () => {
     const report = makeReport([row('support', 1200, 300), row('faq', 0, 40), row('sales', '400.5', 200)]);
     const html = renderUsageTable(report);
-    expect(tableRows(html, 'thead')).toEqual([['Agent', 'Replies', 'Credits', 'Share of credits']]);
+    expect(tableRows(html, 'thead')).toEqual([['Agent', 'Replies', 'Credits', 'Share']]);
     expect(tableRows(html, 'tbody')).toEqual([
       ['support', '300', '1,200', '75.0%'],
       ['sales', '200', '400.5', '25.0%'],
