@@ -55,8 +55,10 @@ const providerSchema = z.custom<ReplyProvider>(isReplyProvider, {
 });
 
 /** An instant range [from, to): `to` must not be before `from`. */
-function rangeRefinement(value: { from?: Date | undefined; to?: Date | undefined }): boolean {
-  return value.from === undefined || value.to === undefined || value.to.getTime() >= value.from.getTime();
+function rangeRefinement(value: { from?: unknown; to?: unknown }): boolean {
+  // zod may run this on an object whose fields failed already: compare only real dates.
+  const { from, to } = value;
+  return !(from instanceof Date && to instanceof Date) || to.getTime() >= from.getTime();
 }
 const rangeIssue = { path: ['to'], error: 'must not be before from' };
 
