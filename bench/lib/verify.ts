@@ -38,9 +38,9 @@ export async function verifyWorkspace(
   let ledgerRows = 0;
   let charges = 0;
   let charged = 0;
-  let afterId: string | undefined;
+  let afterId: number | undefined;
   for (;;) {
-    const page = await storage.ledger({ workspaceId, limit: 10_000, ...(afterId !== undefined && { afterId }) });
+    const page = await storage.ledger({ workspaceId, limit: 10_000, ...(afterId !== undefined && { afterSeq: afterId }) });
     for (const row of page) {
       ledgerSum += row.amount;
       ledgerRows++;
@@ -50,7 +50,7 @@ export async function verifyWorkspace(
       }
     }
     if (page.length < 10_000) break;
-    afterId = page[page.length - 1]!.id;
+    afterId = page[page.length - 1]!.seq;
   }
   const problems: string[] = [];
   if (balance + held !== ledgerSum) problems.push(`balance ${balance} + held ${held} != ledger sum ${ledgerSum} (micro-credits)`);

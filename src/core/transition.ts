@@ -569,8 +569,23 @@ function prune(account: AccountState): void {
   }
 }
 
+// Field by field: object spread is slow on Node 20's hot path, and this runs once per batch.
 function copyAccount(account: AccountState): AccountState {
-  return { ...account, grants: account.grants.map(copyGrant), alerts: [...account.alerts] };
+  return {
+    plan: account.plan,
+    allotment: account.allotment,
+    pendingPlan: account.pendingPlan,
+    pendingAllotment: account.pendingAllotment,
+    anchor: account.anchor,
+    periodIndex: account.periodIndex,
+    periodStart: account.periodStart,
+    periodEnd: account.periodEnd,
+    usedThisPeriod: account.usedThisPeriod,
+    grants: account.grants.map(copyGrant),
+    held: account.held,
+    alerts: account.alerts.slice(),
+    createdAt: account.createdAt,
+  };
 }
 
 function copyState(state: WorkspaceState): WorkspaceState {

@@ -730,7 +730,6 @@ export class CreditMeter {
   }
 
   #keepAlive(record: ReplyRecord): () => void {
-    if (record.route !== 'credits' && this.mode === 'self-hosted') return () => undefined;
     return keepHoldAlive(this.holdTtlMs, () => this.#apply(record.workspaceId, { type: 'extend', replyId: record.replyId, ttlMs: this.holdTtlMs }));
   }
 

@@ -71,7 +71,12 @@ export class WorkspaceBatcher {
   }
 
   async #run(workspaceId: string, batch: readonly Pending[]): Promise<Applied[]> {
-    const keys = [...new Set(batch.map((pending) => keyOf(pending.command)).filter((key) => key !== undefined))];
+    const unique = new Set<string>();
+    for (const pending of batch) {
+      const key = keyOf(pending.command);
+      if (key !== undefined) unique.add(key);
+    }
+    const keys = [...unique];
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const now = this.#context.now();
       const loaded = await this.#context.load({ workspaceId, keys, now });

@@ -122,6 +122,7 @@ class HoldHeap {
 
   /** Records whose hold has lapsed by `now`. Drops stale entries; keeps live ones in place. */
   due(records: ReadonlyMap<string, StoredRecord>, now: number): StoredRecord[] {
+    if (this.#at.length === 0 || this.#at[0]! > now) return [];
     const found: StoredRecord[] = [];
     const keep: [number, string][] = [];
     while (this.#at.length > 0 && this.#at[0]! <= now) {
