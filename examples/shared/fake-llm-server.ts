@@ -89,7 +89,13 @@ export async function startFakeLlmServer(): Promise<FakeLlmServer> {
 
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
-    const api = path.endsWith('/chat/completions') ? 'chat' : path.endsWith('/responses') ? 'responses' : path.endsWith('/messages') ? 'messages' : undefined;
+    const api = path.endsWith('/chat/completions')
+      ? 'chat'
+      : path.endsWith('/responses')
+        ? 'responses'
+        : path.endsWith('/messages')
+          ? 'messages'
+          : undefined;
     const raw = await readBody(req);
     if (req.method !== 'POST' || api === undefined) {
       res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ error: { message: 'not found' } }));
@@ -226,7 +232,12 @@ async function respond(
   res.end();
 }
 
-function jsonAnswer(api: 'chat' | 'responses' | 'messages', model: string, text: string, usage: { input: number; output: number }): unknown {
+function jsonAnswer(
+  api: 'chat' | 'responses' | 'messages',
+  model: string,
+  text: string,
+  usage: { input: number; output: number },
+): unknown {
   const created = Math.floor(Date.now() / 1000);
   if (api === 'chat') {
     return {
@@ -251,7 +262,13 @@ function jsonAnswer(api: 'chat' | 'responses' | 'messages', model: string, text:
   };
 }
 
-function responseObject(model: string, text: string | undefined, usage: { input: number; output: number } | undefined, status: string, created: number) {
+function responseObject(
+  model: string,
+  text: string | undefined,
+  usage: { input: number; output: number } | undefined,
+  status: string,
+  created: number,
+) {
   return {
     id: 'resp_fake',
     object: 'response',
@@ -263,7 +280,15 @@ function responseObject(model: string, text: string | undefined, usage: { input:
     output:
       text === undefined
         ? []
-        : [{ type: 'message', id: 'msg_fake', status: 'completed', role: 'assistant', content: [{ type: 'output_text', text, annotations: [] }] }],
+        : [
+            {
+              type: 'message',
+              id: 'msg_fake',
+              status: 'completed',
+              role: 'assistant',
+              content: [{ type: 'output_text', text, annotations: [] }],
+            },
+          ],
     usage: usage
       ? {
           input_tokens: usage.input,
@@ -282,10 +307,18 @@ interface SseEvent {
   readonly delta: boolean;
 }
 
-function sseAnswer(api: 'chat' | 'responses' | 'messages', model: string, words: string[], usage: { input: number; output: number }): SseEvent[] {
+function sseAnswer(
+  api: 'chat' | 'responses' | 'messages',
+  model: string,
+  words: string[],
+  usage: { input: number; output: number },
+): SseEvent[] {
   const created = Math.floor(Date.now() / 1000);
   const data = (value: unknown, delta = false): SseEvent => ({ text: `data: ${JSON.stringify(value)}\n\n`, delta });
-  const named = (name: string, value: unknown, delta = false): SseEvent => ({ text: `event: ${name}\ndata: ${JSON.stringify(value)}\n\n`, delta });
+  const named = (name: string, value: unknown, delta = false): SseEvent => ({
+    text: `event: ${name}\ndata: ${JSON.stringify(value)}\n\n`,
+    delta,
+  });
   if (api === 'chat') {
     const chunk = (delta: Record<string, unknown>, finish: string | null) => ({
       id: 'chatcmpl-fake',
@@ -311,13 +344,19 @@ function sseAnswer(api: 'chat' | 'responses' | 'messages', model: string, words:
   }
   if (api === 'responses') {
     let sequence = 0;
-    const event = (type: string, fields: Record<string, unknown>, delta = false) => named(type, { type, sequence_number: sequence++, ...fields }, delta);
+    const event = (type: string, fields: Record<string, unknown>, delta = false) =>
+      named(type, { type, sequence_number: sequence++, ...fields }, delta);
     const item = { type: 'message', id: 'msg_fake', status: 'in_progress', role: 'assistant', content: [] };
     const text = words.join('');
     return [
       event('response.created', { response: responseObject(model, undefined, undefined, 'in_progress', created) }),
       event('response.output_item.added', { output_index: 0, item }),
-      event('response.content_part.added', { item_id: 'msg_fake', output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } }),
+      event('response.content_part.added', {
+        item_id: 'msg_fake',
+        output_index: 0,
+        content_index: 0,
+        part: { type: 'output_text', text: '', annotations: [] },
+      }),
       ...words.map((word) =>
         event('response.output_text.delta', { item_id: 'msg_fake', output_index: 0, content_index: 0, delta: word, logprobs: [] }, true),
       ),
@@ -344,9 +383,15 @@ function sseAnswer(api: 'chat' | 'responses' | 'messages', model: string, words:
       },
     }),
     named('content_block_start', { type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } }),
-    ...words.map((word) => named('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: word } }, true)),
+    ...words.map((word) =>
+      named('content_block_delta', { type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: word } }, true),
+    ),
     named('content_block_stop', { type: 'content_block_stop', index: 0 }),
-    named('message_delta', { type: 'message_delta', delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: usage.output } }),
+    named('message_delta', {
+      type: 'message_delta',
+      delta: { stop_reason: 'end_turn', stop_sequence: null },
+      usage: { output_tokens: usage.output },
+    }),
     named('message_stop', { type: 'message_stop' }),
   ];
 }

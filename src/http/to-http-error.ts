@@ -47,7 +47,10 @@ export interface ToHttpErrorOptions {
  */
 const RULES: Readonly<Record<string, { status: number; fields: readonly string[] }>> = {
   INSUFFICIENT_CREDITS: { status: 402, fields: ['workspaceId', 'model', 'replyId', 'required', 'available', 'renewsAt'] },
-  AGENT_LIMIT_REACHED: { status: 402, fields: ['workspaceId', 'agentId', 'model', 'replyId', 'required', 'available', 'limit', 'renewsAt'] },
+  AGENT_LIMIT_REACHED: {
+    status: 402,
+    fields: ['workspaceId', 'agentId', 'model', 'replyId', 'required', 'available', 'limit', 'renewsAt'],
+  },
   UNKNOWN_MODEL: { status: 400, fields: ['model'] },
   UNKNOWN_PLAN: { status: 400, fields: ['plan'] },
   INVALID_INPUT: { status: 400, fields: ['field', 'issues'] },

@@ -44,7 +44,11 @@ export interface StreamResultLike {
 }
 
 /** A language model (`LanguageModelV3`), as far as the middleware calls it. */
-export interface LanguageModelLike<P extends CallOptionsLike = CallOptionsLike, R extends GenerateResultLike = GenerateResultLike, S extends StreamResultLike = StreamResultLike> {
+export interface LanguageModelLike<
+  P extends CallOptionsLike = CallOptionsLike,
+  R extends GenerateResultLike = GenerateResultLike,
+  S extends StreamResultLike = StreamResultLike,
+> {
   /** e.g. `openai.chat`, `openai.responses`, `anthropic.messages`. */
   readonly provider: string;
   readonly modelId: string;
@@ -80,7 +84,10 @@ export interface CreditsMiddlewareOptions {
    * run free on the platform's key.
    * @default undefined (the header override)
    */
-  byoModel?: (apiKey: string, model: { readonly provider: string; readonly modelId: string }) => LanguageModelLike<never, GenerateResultLike, StreamResultLike>;
+  byoModel?: (
+    apiKey: string,
+    model: { readonly provider: string; readonly modelId: string },
+  ) => LanguageModelLike<never, GenerateResultLike, StreamResultLike>;
   /**
    * Retries of a retryable failure (a 429, a 5xx, a dropped connection: `isRetryable` on the
    * AI SDK's `APICallError`), all inside the reply's one hold. The AI SDK's own retries never
@@ -110,8 +117,12 @@ export interface CreditsMetadata {
 /** The middleware: pass it to `wrapLanguageModel({ model, middleware })`. */
 export interface CreditsMiddleware {
   readonly specificationVersion: 'v3';
-  wrapGenerate<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(options: WrapOptions<P, R, S>): Promise<R>;
-  wrapStream<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(options: WrapOptions<P, R, S>): Promise<S>;
+  wrapGenerate<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(
+    options: WrapOptions<P, R, S>,
+  ): Promise<R>;
+  wrapStream<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(
+    options: WrapOptions<P, R, S>,
+  ): Promise<S>;
 }
 
 /** What `wrapLanguageModel` hands a middleware's `wrapGenerate` and `wrapStream`. */
@@ -183,7 +194,9 @@ export function creditsMiddleware(options: CreditsMiddlewareOptions): CreditsMid
     if (byoModel) {
       const run = byoModel(apiKey, { provider: model.provider, modelId: model.modelId }) as unknown as LanguageModelLike<P, R, S>;
       if (run.modelId !== model.modelId) {
-        throw new Error(`[credits] [${ENTRY}] byoModel returned model "${run.modelId}" for "${model.modelId}": a reply must run the model it was priced as`);
+        throw new Error(
+          `[credits] [${ENTRY}] byoModel returned model "${run.modelId}" for "${model.modelId}": a reply must run the model it was priced as`,
+        );
       }
       return { run, params: next as P };
     }
@@ -217,7 +230,10 @@ export function creditsMiddleware(options: CreditsMiddlewareOptions): CreditsMid
   return {
     specificationVersion: 'v3',
 
-    async wrapGenerate<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>({ params, model }: WrapOptions<P, R, S>): Promise<R> {
+    async wrapGenerate<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>({
+      params,
+      model,
+    }: WrapOptions<P, R, S>): Promise<R> {
       const who = callerOf(params);
       const result = await meter.reply({
         ...who,
@@ -245,7 +261,10 @@ export function creditsMiddleware(options: CreditsMiddlewareOptions): CreditsMid
       return { ...answer, providerMetadata: { ...answer.providerMetadata, credits: metadataOf(result) } } as R;
     },
 
-    async wrapStream<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>({ params, model }: WrapOptions<P, R, S>): Promise<S> {
+    async wrapStream<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>({
+      params,
+      model,
+    }: WrapOptions<P, R, S>): Promise<S> {
       const who = callerOf(params);
       const signal = params.abortSignal;
       let opened!: (result: S) => void;
@@ -325,7 +344,12 @@ export function creditsMiddleware(options: CreditsMiddlewareOptions): CreditsMid
             }
             pending = [];
             const settled = await stream.result.then(
-              (settlement) => ({ replyId: settlement.replyId, credits: settlement.credits.toString(), route: settlement.route, replayed: settlement.replayed }),
+              (settlement) => ({
+                replyId: settlement.replyId,
+                credits: settlement.credits.toString(),
+                route: settlement.route,
+                replayed: settlement.replayed,
+              }),
               () => undefined,
             );
             if (finish) {
@@ -413,7 +437,8 @@ const FRAME_PARTS = new Set([
 function isOutput(part: unknown): boolean {
   if (!isRecord(part) || typeof part.type !== 'string') return false;
   if (FRAME_PARTS.has(part.type)) return false;
-  if ((part.type === 'text-delta' || part.type === 'reasoning-delta' || part.type === 'tool-input-delta') && part.delta === '') return false;
+  if ((part.type === 'text-delta' || part.type === 'reasoning-delta' || part.type === 'tool-input-delta') && part.delta === '')
+    return false;
   return true;
 }
 

@@ -30,10 +30,7 @@ export interface AnthropicRequestOptionsLike {
  */
 export interface AnthropicClientLike {
   readonly messages: {
-    create(
-      body: { model: string; max_tokens: number; messages: unknown },
-      options?: AnthropicRequestOptionsLike,
-    ): PromiseLike<unknown>;
+    create(body: { model: string; max_tokens: number; messages: unknown }, options?: AnthropicRequestOptionsLike): PromiseLike<unknown>;
   };
 }
 
@@ -116,7 +113,11 @@ export function anthropicProvider(options: AnthropicProviderOptions): AnthropicR
       if (!isRecord(message)) return { output: whole ? message : '' };
       const model = typeof message.model === 'string' ? message.model : undefined;
       const usage = isRecord(message.usage) ? usageOf(message.usage.input_tokens, message.usage.output_tokens) : undefined;
-      return { output: whole ? message : messageText(message), ...(model !== undefined && { model }), ...(usage !== undefined && { usage }) };
+      return {
+        output: whole ? message : messageText(message),
+        ...(model !== undefined && { model }),
+        ...(usage !== undefined && { usage }),
+      };
     },
 
     async *stream(request, { apiKey, signal }) {

@@ -111,7 +111,8 @@ export function openaiProvider(options: OpenAIProviderOptions): OpenAIReplyProvi
   const clientFor = clientPicker(options.client, options.maxClients ?? 100, ENTRY);
 
   const responsesOf = (client: OpenAIClientLike) => {
-    if (!client.responses) throw new TypeError(`[credits] [${ENTRY}] api: 'responses' needs a client with responses.create (openai v4.87 or later)`);
+    if (!client.responses)
+      throw new TypeError(`[credits] [${ENTRY}] api: 'responses' needs a client with responses.create (openai v4.87 or later)`);
     return client.responses;
   };
 

@@ -25,7 +25,11 @@ export type ClientOption<Client> = Client | ((apiKey: string | undefined) => Cli
  * An instance serves only calls without a BYO key: a BYO reply costs no credits, so running
  * it on the platform's client would give it away free. That fails closed.
  */
-export function clientPicker<Client>(option: ClientOption<Client>, maxClients: number, entry: string): (apiKey: string | undefined) => Client {
+export function clientPicker<Client>(
+  option: ClientOption<Client>,
+  maxClients: number,
+  entry: string,
+): (apiKey: string | undefined) => Client {
   if (typeof option !== 'function') {
     const instance = option;
     return (apiKey) => {
@@ -81,7 +85,9 @@ export function splitInput(
     if (value === undefined) throw new TypeError(`[credits] [${entry}] input must be an array of ${main} or an object with \`${main}\``);
     for (const forbidden of ['model', 'stream']) {
       if (forbidden in extra) {
-        throw new TypeError(`[credits] [${entry}] input must not set \`${forbidden}\`: the meter's model and the call's streaming decide it`);
+        throw new TypeError(
+          `[credits] [${entry}] input must not set \`${forbidden}\`: the meter's model and the call's streaming decide it`,
+        );
       }
     }
     return { value, extra };

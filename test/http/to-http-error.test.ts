@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { toHttpError } from '../../src/http/to-http-error.js';
 import {
   CreditMeter,
   CreditsError,
@@ -15,7 +16,6 @@ import {
   WorkspaceExistsError,
   WorkspaceNotFoundError,
 } from '../../src/index.js';
-import { toHttpError } from '../../src/http/to-http-error.js';
 
 const KEY = 'sk-byo-SECRET-abcdef123456';
 
@@ -49,14 +49,21 @@ describe('toHttpError', () => {
   });
 
   it('INSUFFICIENT_CREDITS - Retry-After is never negative, and absent without a renewal date', () => {
-    expect(toHttpError(insufficient(new Date('2026-01-01T00:00:00Z')), { now: new Date('2026-03-01T00:00:00Z') }).headers['Retry-After']).toBe('0');
+    expect(
+      toHttpError(insufficient(new Date('2026-01-01T00:00:00Z')), { now: new Date('2026-03-01T00:00:00Z') }).headers['Retry-After'],
+    ).toBe('0');
     const none = toHttpError(insufficient(undefined));
     expect(none.headers['Retry-After']).toBeUndefined();
     expect(none.body.renewsAt).toBeUndefined();
   });
 
   it('INVALID_INPUT - 400 naming the field, with every issue', () => {
-    const response = toHttpError(new InvalidInputError([{ path: 'credits', message: 'must be ≥ 0' }, { path: 'grantId', message: 'required' }]));
+    const response = toHttpError(
+      new InvalidInputError([
+        { path: 'credits', message: 'must be ≥ 0' },
+        { path: 'grantId', message: 'required' },
+      ]),
+    );
     expect(response.status).toBe(400);
     expect(response.body).toEqual({
       code: 'INVALID_INPUT',
@@ -106,7 +113,9 @@ describe('toHttpError', () => {
   });
 
   it('STORAGE_ERROR - 503, never the driver message', () => {
-    const response = toHttpError(new StorageError('reserve', new Error('connect ECONNREFUSED postgres://app:hunter2@db:5432/credits'), 'postgres'));
+    const response = toHttpError(
+      new StorageError('reserve', new Error('connect ECONNREFUSED postgres://app:hunter2@db:5432/credits'), 'postgres'),
+    );
     expect(response.status).toBe(503);
     expect(response.body).toEqual({
       code: 'STORAGE_ERROR',

@@ -35,7 +35,9 @@ async function setup() {
   return { meter, events, wrap };
 }
 
-const who = (extra: Record<string, string> = {}) => ({ credits: { workspaceId: 'shop', agentId: 'support', conversationId: 'c1', ...extra } });
+const who = (extra: Record<string, string> = {}) => ({
+  credits: { workspaceId: 'shop', agentId: 'support', conversationId: 'c1', ...extra },
+});
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -68,8 +70,12 @@ describe('creditsMiddleware - generateText', () => {
   });
 
   it('charges a reply on Anthropic, at the price of the model that ran', async () => {
-    const { meter, wrap } = await setup();
-    const result = await generateText({ model: wrap(anthropic()('claude-sonnet-4-6')), prompt: 'Can I return this?', providerOptions: who() });
+    const { wrap } = await setup();
+    const result = await generateText({
+      model: wrap(anthropic()('claude-sonnet-4-6')),
+      prompt: 'Can I return this?',
+      providerOptions: who(),
+    });
     expect(result.text).toBe('Your order ships tomorrow.');
     expect(result.providerMetadata?.credits).toMatchObject({ credits: '4' });
     expect(server.requests[0]).toMatchObject({ api: 'messages', model: 'claude-sonnet-4-6' });
@@ -77,7 +83,11 @@ describe('creditsMiddleware - generateText', () => {
 
   it('prices the model through the model option', async () => {
     const { meter, wrap } = await setup();
-    await generateText({ model: wrap(openai().chat('gpt-4o-2024-11-20'), { model: () => 'gpt-4o' }), prompt: 'Hi', providerOptions: who() });
+    await generateText({
+      model: wrap(openai().chat('gpt-4o-2024-11-20'), { model: () => 'gpt-4o' }),
+      prompt: 'Hi',
+      providerOptions: who(),
+    });
     expect((await charges(meter, 'shop'))[0]?.model).toBe('gpt-4o');
   });
 
@@ -92,7 +102,9 @@ describe('creditsMiddleware - generateText', () => {
   it('refuses a reply the balance cannot cover before any request', async () => {
     const { meter, wrap } = await setup();
     await meter.createWorkspace({ workspaceId: 'poor', plan: 'enterprise', allotment: 3 });
-    const error = await rejection(generateText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who({ workspaceId: 'poor' }) }));
+    const error = await rejection(
+      generateText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who({ workspaceId: 'poor' }) }),
+    );
     expect(codeOf(error)).toBe('INSUFFICIENT_CREDITS');
     expect(server.requests).toHaveLength(0);
   });
@@ -105,12 +117,23 @@ describe('creditsMiddleware - generateText', () => {
     expect(server.requests[0]?.authorization).toBe(`Bearer ${BYO_KEY}`);
 
     server.script({ kind: 'error', status: 401, message: `Incorrect API key provided: ${BYO_KEY}` });
-    const error = await rejection(generateText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who({ workspaceId: 'byo', conversationId: 'c2' }) }));
+    const error = await rejection(
+      generateText({
+        model: wrap(openai().chat('gpt-4o')),
+        prompt: 'Hi',
+        providerOptions: who({ workspaceId: 'byo', conversationId: 'c2' }),
+      }),
+    );
     expect(codeOf(error)).toBe('PROVIDER_ERROR');
 
     const ledger = await meter.ledger({ workspaceId: 'byo' });
     for (const value of [result.providerMetadata, result.response.body, error, ledger, events]) expect(leaks(value, BYO_KEY)).toBe(false);
-    expect(leaks(server.requests.map((r) => r.body), BYO_KEY)).toBe(false);
+    expect(
+      leaks(
+        server.requests.map((r) => r.body),
+        BYO_KEY,
+      ),
+    ).toBe(false);
   });
 
   it('a BYO reply (byoModel) runs on a model made with the workspace key', async () => {
@@ -124,7 +147,9 @@ describe('creditsMiddleware - generateText', () => {
   it('a byoModel with another modelId fails closed', async () => {
     const { meter, wrap } = await setup();
     const model = wrap(openai().chat('gpt-4o'), { byoModel: () => openai().chat('gpt-4o-mini') });
-    expect(codeOf(await rejection(generateText({ model, prompt: 'Hi', providerOptions: who({ workspaceId: 'byo' }) })))).toBe('PROVIDER_ERROR');
+    expect(codeOf(await rejection(generateText({ model, prompt: 'Hi', providerOptions: who({ workspaceId: 'byo' }) })))).toBe(
+      'PROVIDER_ERROR',
+    );
     expect(server.requests).toHaveLength(0);
     expect(await charges(meter, 'byo')).toHaveLength(0);
   });
@@ -153,7 +178,9 @@ describe('creditsMiddleware - generateText', () => {
     const { meter, wrap } = await setup();
     server.script({ kind: 'hang' });
     const controller = new AbortController();
-    const pending = rejection(generateText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who(), abortSignal: controller.signal }));
+    const pending = rejection(
+      generateText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who(), abortSignal: controller.signal }),
+    );
     await until(() => server.requests.length === 1);
     controller.abort(new Error('user left'));
     await pending;
@@ -208,7 +235,11 @@ describe('creditsMiddleware - streamText', () => {
 
   it('a BYO stream sends the workspace key and charges nothing', async () => {
     const { meter, wrap } = await setup();
-    const result = streamText({ model: wrap(anthropic()('claude-sonnet-4-6')), prompt: 'Hi', providerOptions: who({ workspaceId: 'byo' }) });
+    const result = streamText({
+      model: wrap(anthropic()('claude-sonnet-4-6')),
+      prompt: 'Hi',
+      providerOptions: who({ workspaceId: 'byo' }),
+    });
     expect(await result.text).toBe('Your order ships tomorrow.');
     expect(server.requests[0]?.apiKey).toBe(BYO_KEY);
     expect(server.requests[0]?.authorization).toBeUndefined();
@@ -219,7 +250,12 @@ describe('creditsMiddleware - streamText', () => {
     const { meter, wrap } = await setup();
     server.script({ kind: 'error', status: 500 }, { kind: 'error', status: 500 }, { kind: 'error', status: 500 });
     const errors: unknown[] = [];
-    const result = streamText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who(), onError: ({ error }) => void errors.push(error) });
+    const result = streamText({
+      model: wrap(openai().chat('gpt-4o')),
+      prompt: 'Hi',
+      providerOptions: who(),
+      onError: ({ error }) => void errors.push(error),
+    });
     const parts = await drain(result.fullStream);
     expect(parts.some((part) => part.type === 'error')).toBe(true);
     expect(codeOf(errors[0])).toBe('PROVIDER_ERROR');
@@ -232,7 +268,13 @@ describe('creditsMiddleware - streamText', () => {
     const { meter, wrap } = await setup();
     server.script({ kind: 'hang' });
     const controller = new AbortController();
-    const result = streamText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who(), abortSignal: controller.signal, onError: () => undefined });
+    const result = streamText({
+      model: wrap(openai().chat('gpt-4o')),
+      prompt: 'Hi',
+      providerOptions: who(),
+      abortSignal: controller.signal,
+      onError: () => undefined,
+    });
     const reading = drain(result.fullStream).catch((error: unknown) => error);
     await until(() => server.requests.length === 1);
     controller.abort(new Error('user left'));
@@ -247,7 +289,13 @@ describe('creditsMiddleware - streamText', () => {
     const { meter, wrap } = await setup();
     server.script({ kind: 'hang-after-first-chunk' });
     const controller = new AbortController();
-    const result = streamText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who(), abortSignal: controller.signal, onError: () => undefined });
+    const result = streamText({
+      model: wrap(openai().chat('gpt-4o')),
+      prompt: 'Hi',
+      providerOptions: who(),
+      abortSignal: controller.signal,
+      onError: () => undefined,
+    });
     const reading = (async () => {
       for await (const part of result.fullStream) if (part.type === 'text-delta') controller.abort(new Error('user left'));
     })().catch((error: unknown) => error);

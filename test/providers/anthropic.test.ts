@@ -48,7 +48,11 @@ describe('anthropicProvider', () => {
     expect(result.output).toBe('Your order ships tomorrow.');
     expect(Number(result.credits)).toBe(4);
     expect(Number((await meter.getWorkspace('shop')).balance)).toBe(96);
-    expect(server.requests[0]).toMatchObject({ api: 'messages', credential: PLATFORM_KEY, body: { model: 'claude-sonnet-4-6', max_tokens: 1024, messages } });
+    expect(server.requests[0]).toMatchObject({
+      api: 'messages',
+      credential: PLATFORM_KEY,
+      body: { model: 'claude-sonnet-4-6', max_tokens: 1024, messages },
+    });
     server.script({ kind: 'ok', model: 'claude-sonnet-4-6-20260101' });
     expect(await provider.generate({ ...ask(), input: messages }, {})).toEqual({
       output: 'Your order ships tomorrow.',
@@ -81,7 +85,12 @@ describe('anthropicProvider', () => {
     const settled = await stream.result;
     const ledger = await meter.ledger({ workspaceId: 'byo' });
     for (const value of [result, error, settled, ledger, events]) expect(leaks(value, BYO_KEY)).toBe(false);
-    expect(leaks(server.requests.map((r) => r.body), BYO_KEY)).toBe(false);
+    expect(
+      leaks(
+        server.requests.map((r) => r.body),
+        BYO_KEY,
+      ),
+    ).toBe(false);
     expect(server.requests.map((r) => r.credential)).toEqual([BYO_KEY, BYO_KEY, BYO_KEY]);
   });
 
@@ -121,9 +130,11 @@ describe('anthropicProvider', () => {
     server.script({ kind: 'hang-after-first-chunk' });
     const controller = new AbortController();
     const stream = await meter.replyStream(ask({ signal: controller.signal }));
-    const error = await rejection((async () => {
-      for await (const _ of stream) controller.abort(new Error('user left'));
-    })());
+    const error = await rejection(
+      (async () => {
+        for await (const _ of stream) controller.abort(new Error('user left'));
+      })(),
+    );
     expect((error as Error).message).toBe('user left');
     expect(Number((await stream.result).credits)).toBe(4);
     expect(await charges(meter, 'shop')).toHaveLength(1);

@@ -32,7 +32,14 @@ async function setup(provider: ReplyProvider) {
 }
 
 const messages = [{ role: 'user', content: 'When does my order ship?' }];
-const ask = (extra: Record<string, unknown> = {}) => ({ workspaceId: 'shop', agentId: 'support', conversationId: 'c1', model: 'gpt-4o', input: messages, ...extra });
+const ask = (extra: Record<string, unknown> = {}) => ({
+  workspaceId: 'shop',
+  agentId: 'support',
+  conversationId: 'c1',
+  model: 'gpt-4o',
+  input: messages,
+  ...extra,
+});
 
 describe('openaiProvider - Chat Completions', () => {
   it('charges a reply and returns the text, the reported model and usage', async () => {
@@ -181,11 +188,13 @@ describe('openaiProvider - Chat Completions', () => {
     server.script({ kind: 'hang' });
     const controller = new AbortController();
     const stream = await meter.replyStream(ask({ signal: controller.signal }));
-    const reading = rejection((async () => {
-      for await (const _ of stream) {
-        // nothing arrives
-      }
-    })());
+    const reading = rejection(
+      (async () => {
+        for await (const _ of stream) {
+          // nothing arrives
+        }
+      })(),
+    );
     await until(() => server.requests.length === 1);
     controller.abort(new Error('user left'));
     expect(((await reading) as Error).message).toBe('user left');
@@ -200,12 +209,14 @@ describe('openaiProvider - Chat Completions', () => {
     const controller = new AbortController();
     const stream = await meter.replyStream(ask({ signal: controller.signal }));
     const chunks: unknown[] = [];
-    const error = await rejection((async () => {
-      for await (const chunk of stream) {
-        chunks.push(chunk);
-        controller.abort(new Error('user left'));
-      }
-    })());
+    const error = await rejection(
+      (async () => {
+        for await (const chunk of stream) {
+          chunks.push(chunk);
+          controller.abort(new Error('user left'));
+        }
+      })(),
+    );
     expect((error as Error).message).toBe('user left');
     expect(chunks).toEqual(['Your']);
     expect(Number((await stream.result).credits)).toBe(5);
@@ -261,7 +272,10 @@ describe('openaiProvider - Responses API', () => {
     const result = await meter.reply(ask({ input: { input: 'When does my order ship?', instructions: 'Be brief.' } }));
     expect(result.output).toBe('Your order ships tomorrow.');
     expect(Number(result.credits)).toBe(5);
-    expect(server.requests[0]).toMatchObject({ api: 'responses', body: { model: 'gpt-4o', input: 'When does my order ship?', instructions: 'Be brief.' } });
+    expect(server.requests[0]).toMatchObject({
+      api: 'responses',
+      body: { model: 'gpt-4o', input: 'When does my order ship?', instructions: 'Be brief.' },
+    });
     const direct = await provider.generate({ ...ask(), input: messages }, {});
     expect(direct).toEqual({ output: 'Your order ships tomorrow.', model: 'gpt-4o', usage: { inputTokens: 12, outputTokens: 4 } });
   });

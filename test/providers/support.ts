@@ -1,5 +1,5 @@
 import { inspect } from 'node:util';
-import { CreditMeter, CreditsError, type CreditEvent } from '../../src/index.js';
+import { type CreditEvent, type CreditMeter, CreditsError } from '../../src/index.js';
 
 /** True when `secret` appears anywhere in `value`: fields, nested causes, hidden properties. */
 export function leaks(value: unknown, secret: string): boolean {
