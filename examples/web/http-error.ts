@@ -1,7 +1,7 @@
 /**
  * Maps a thrown error to an HTTP answer. Uses the library's `toHttpError` when the library
- * exports one; until then, this small stand-in with the same shape: 402 with `Retry-After`
- * (the renewal time, as an HTTP date) for INSUFFICIENT_CREDITS.
+ * root exports one; until then, this small stand-in with the same shape: 402 with
+ * `Retry-After` (whole seconds until the renewal, counted from `now`) for INSUFFICIENT_CREDITS.
  */
 import * as library from '../../src/index.js';
 import { CreditsError } from '../../src/index.js';
@@ -31,7 +31,7 @@ const STATUS: Readonly<Record<string, number>> = {
   STORAGE_ERROR: 503,
 };
 
-function fallbackToHttpError(error: unknown): HttpErrorAnswer {
+function fallbackToHttpError(error: unknown, options: { now?: Date } = {}): HttpErrorAnswer {
   if (!CreditsError.is(error)) {
     return { status: 500, headers: {}, body: { code: 'INTERNAL_ERROR', message: 'Something went wrong' } };
   }
@@ -39,7 +39,9 @@ function fallbackToHttpError(error: unknown): HttpErrorAnswer {
   if (error instanceof library.InsufficientCreditsError) {
     return {
       status,
-      headers: error.renewsAt ? { 'Retry-After': error.renewsAt.toUTCString() } : {},
+      headers: error.renewsAt
+        ? { 'Retry-After': String(Math.max(0, Math.ceil((error.renewsAt.getTime() - (options.now ?? new Date()).getTime()) / 1000))) }
+        : {},
       body: {
         code: error.code,
         message: error.message,
@@ -58,7 +60,7 @@ const fromLibrary: unknown = Reflect.get(library, 'toHttpError');
 /** True when the library's own `toHttpError` is in use. */
 export const usesLibraryToHttpError = typeof fromLibrary === 'function';
 
-/** `toHttpError` from the library, or the stand-in above. */
-export const toHttpError: (error: unknown) => HttpErrorAnswer = usesLibraryToHttpError
-  ? (fromLibrary as (error: unknown) => HttpErrorAnswer)
+/** `toHttpError` from the library, or the stand-in above; `now` is the demo's simulated clock. */
+export const toHttpError: (error: unknown, options?: { now?: Date }) => HttpErrorAnswer = usesLibraryToHttpError
+  ? (fromLibrary as (error: unknown, options?: { now?: Date }) => HttpErrorAnswer)
   : fallbackToHttpError;

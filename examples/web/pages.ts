@@ -4,14 +4,7 @@
  */
 import { createHash } from 'node:crypto';
 import { DEFAULT_MODEL_PRICES, type UsageInterval, type UsageReport, type WorkspaceSummary } from '../../src/index.js';
-import {
-  escapeHtml,
-  formatCredits,
-  renderBalanceCard,
-  renderUsageChart,
-  renderUsageTable,
-  REPORT_STYLES,
-} from '../../src/report/index.js';
+import { escapeHtml, formatCredits, REPORT_STYLES, renderBalanceCard, renderUsageChart, renderUsageTable } from '../../src/report/index.js';
 import type { HttpErrorAnswer } from './http-error.js';
 
 const PAGE_STYLES = `
@@ -59,7 +52,9 @@ const STYLE_HASH = createHash('sha256').update(STYLES).digest('base64');
 export const CONTENT_SECURITY_POLICY = `default-src 'none'; style-src 'sha256-${STYLE_HASH}'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'`;
 
 /** Model display names, for the model tables. */
-const MODEL_NAMES: Readonly<Record<string, string>> = Object.fromEntries(DEFAULT_MODEL_PRICES.models.map((model) => [model.id, model.name]));
+const MODEL_NAMES: Readonly<Record<string, string>> = Object.fromEntries(
+  DEFAULT_MODEL_PRICES.models.map((model) => [model.id, model.name]),
+);
 
 function layout(title: string, current: 'billing' | 'analytics' | undefined, body: string): string {
   const link = (href: string, label: string, page: 'billing' | 'analytics'): string =>
@@ -169,9 +164,17 @@ export function analyticsPage(input: AnalyticsPageInput): string {
       `<p class="presets">${input.presets.map((preset) => `<a href="${escapeHtml(preset.href)}">${escapeHtml(preset.label)}</a>`).join('')}</p>` +
       (input.error ? `<p class="flash" role="alert">${escapeHtml(input.error)}</p>` : '') +
       `</section>` +
-      renderUsageChart(input.chart, { order: input.agents, idPrefix: 'credits-chart', title: `Credits per ${input.form.interval} by agent` }) +
+      renderUsageChart(input.chart, {
+        order: input.agents,
+        idPrefix: 'credits-chart',
+        title: `Credits per ${input.form.interval} by agent`,
+      }) +
       `<section class="panel" aria-labelledby="models-heading"><h2 id="models-heading">By model</h2>` +
-      renderUsageTable(input.byModel, { idPrefix: 'window-by-model', caption: 'Replies and credits by model in this window', labels: MODEL_NAMES }) +
+      renderUsageTable(input.byModel, {
+        idPrefix: 'window-by-model',
+        caption: 'Replies and credits by model in this window',
+        labels: MODEL_NAMES,
+      }) +
       `</section>`,
   );
 }

@@ -12,9 +12,9 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { CreditsError, DEFAULT_MODEL_PRICES, type CreditMeter, type UsageInterval } from '../../src/index.js';
-import { AGENTS, seedDemo, WORKSPACE_ID, type DemoClock } from './demo-data.js';
-import { toHttpError, type HttpErrorAnswer } from './http-error.js';
+import { type CreditMeter, DEFAULT_MODEL_PRICES, type UsageInterval } from '../../src/index.js';
+import { AGENTS, type DemoClock, seedDemo, WORKSPACE_ID } from './demo-data.js';
+import { type HttpErrorAnswer, toHttpError } from './http-error.js';
 import { analyticsPage, billingPage, CONTENT_SECURITY_POLICY, errorPage } from './pages.js';
 
 /** Options of {@link startDemoServer}. */
@@ -63,6 +63,8 @@ const FLASH: Readonly<Record<string, string>> = {
 export async function startDemoServer(options: DemoServerOptions = {}): Promise<DemoServer> {
   const { meter, clock } = await seedDemo();
   const byoProviders = new Set(['openai']);
+  // Reply ids from a counter keep every page (and the screenshots) the same from run to run.
+  let replies = 0;
 
   const handle = async (request: IncomingMessage, response: ServerResponse): Promise<void> => {
     const url = new URL(request.url ?? '/', 'http://localhost');
@@ -112,7 +114,10 @@ export async function startDemoServer(options: DemoServerOptions = {}): Promise<
         id: model.id,
         name: model.name,
         credits: model.credits.toString(),
-        route: model.providerBacked && byoProviders.has(model.provider) ? 'own key, free' : `${model.credits} ${model.credits.equals(1) ? 'credit' : 'credits'}`,
+        route:
+          model.providerBacked && byoProviders.has(model.provider)
+            ? 'own key, free'
+            : `${model.credits} ${model.credits.equals(1) ? 'credit' : 'credits'}`,
       })),
       grantId: `topup-${randomUUID()}`,
       flash,
@@ -134,7 +139,11 @@ export async function startDemoServer(options: DemoServerOptions = {}): Promise<
     else if (toDate < fromDate) error = 'The window ends before it starts.';
     else if (toDate.getTime() - fromDate.getTime() > 731 * DAY) error = 'Pick a window of at most two years.';
     const form = error ? defaults : { from, to, interval };
-    const window = { workspaceId: WORKSPACE_ID, from: new Date(`${form.from}T00:00:00Z`), to: new Date(Date.parse(`${form.to}T00:00:00Z`) + DAY) };
+    const window = {
+      workspaceId: WORKSPACE_ID,
+      from: new Date(`${form.from}T00:00:00Z`),
+      to: new Date(Date.parse(`${form.to}T00:00:00Z`) + DAY),
+    };
     const [chart, byModel] = await Promise.all([
       meter.usage({ ...window, groupBy: 'agent', interval: form.interval }),
       meter.usage({ ...window, groupBy: 'model' }),
@@ -144,7 +153,10 @@ export async function startDemoServer(options: DemoServerOptions = {}): Promise<
       { label: 'This period by day', href: query({ from: defaults.from, to: today, interval: 'day' }) },
       { label: 'Last 7 days', href: query({ from: day(new Date(clock().getTime() - 6 * DAY)), to: today, interval: 'day' }) },
       { label: 'This period by week', href: query({ from: defaults.from, to: today, interval: 'week' }) },
-      { label: 'Last 12 months by month', href: query({ from: day(new Date(clock().getTime() - 365 * DAY)), to: today, interval: 'month' }) },
+      {
+        label: 'Last 12 months by month',
+        href: query({ from: day(new Date(clock().getTime() - 365 * DAY)), to: today, interval: 'month' }),
+      },
     ];
     html(response, error ? 400 : 200, analyticsPage({ chart, byModel, agents: ALL_AGENTS, form, presets, error }));
   }
@@ -161,21 +173,32 @@ export async function startDemoServer(options: DemoServerOptions = {}): Promise<
     try {
       for (; sent < count; sent++) {
         clock.advance(15_000);
-        await meter.reply({ workspaceId: WORKSPACE_ID, agentId, model, conversationId: `live-${agentId}-${Math.floor(sent / 4)}`, input: 'hello' });
+        await meter.reply({
+          workspaceId: WORKSPACE_ID,
+          agentId,
+          model,
+          conversationId: `live-${agentId}-${Math.floor(sent / 4)}`,
+          replyId: `live-${++replies}`,
+          input: 'hello',
+        });
       }
     } catch (error) {
-      const answer = toHttpError(error);
+      const answer = toHttpError(error, { now: clock() });
       if (answer.status !== 402) throw error;
       for (const [name, value] of Object.entries(answer.headers)) response.setHeader(name, value);
       if ((request.headers.accept ?? '').includes('application/json')) return json(response, answer.status, answer.body);
-      return html(response, answer.status, await renderBilling(sent ? `${sent} ${sent === 1 ? 'reply' : 'replies'} sent before the balance ran out.` : undefined, answer));
+      return html(
+        response,
+        answer.status,
+        await renderBilling(sent ? `${sent} ${sent === 1 ? 'reply' : 'replies'} sent before the balance ran out.` : undefined, answer),
+      );
     }
     redirect(response, `/billing?sent=${sent}&model=${encodeURIComponent(model)}`);
   }
 
   const server = createServer((request, response) => {
     handle(request, response).catch((error: unknown) => {
-      const answer = toHttpError(error);
+      const answer = toHttpError(error, { now: clock() });
       if (answer.status >= 500) console.error(error);
       if (!response.headersSent) html(response, answer.status, errorPage(answer.status, answer.body.message));
       else response.end();
@@ -255,7 +278,8 @@ async function check(demo: DemoServer): Promise<void> {
   ] as const) {
     const response = await fetch(`${demo.url}${path}`);
     const body = await response.text();
-    if (response.status !== 200 || !body.includes(marker)) throw new Error(`GET ${path}: HTTP ${response.status}, expected 200 with ${marker}`);
+    if (response.status !== 200 || !body.includes(marker))
+      throw new Error(`GET ${path}: HTTP ${response.status}, expected 200 with ${marker}`);
     console.log(`GET ${path}: ${response.status}, ${body.length} bytes`);
   }
 }

@@ -160,7 +160,9 @@ function chartSvg(series: UsageSeries, context: ChartContext): string {
     `Stacked bars of credits per ${series.interval ?? 'window'} from ${formatWindow(series.from, series.to)}, ` +
     `one colour per ${series.groupBy}. Total ${context.fmt(series.totalCredits)} credits over ${formatCredits(series.totalReplies)} replies. ` +
     `Most credits: ${top3.map((entry) => `${context.labels?.[entry.key] ?? entry.key} ${context.fmt(entry.credits)}`).join(', ')}. ` +
-    (busiest.credits.isZero() ? '' : `Busiest ${series.interval ?? 'window'}: ${formatBucket(busiest.start, series.interval, 'full')} with ${context.fmt(busiest.credits)} credits. `) +
+    (busiest.credits.isZero()
+      ? ''
+      : `Busiest ${series.interval ?? 'window'}: ${formatBucket(busiest.start, series.interval, 'full')} with ${context.fmt(busiest.credits)} credits. `) +
     'The same numbers are in the table below.';
 
   return (

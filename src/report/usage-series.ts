@@ -101,7 +101,11 @@ export function buildUsageSeries(report: UsageReport, options: UsageSeriesOption
   const stacking = [...ordered, ...rest];
 
   const grid = new Map<string, { credits: Decimal; replies: number }[]>();
-  for (const key of keys) grid.set(key, starts.map(() => ({ credits: ZERO, replies: 0 })));
+  for (const key of keys)
+    grid.set(
+      key,
+      starts.map(() => ({ credits: ZERO, replies: 0 })),
+    );
   let totalCredits = ZERO;
   let totalReplies = 0;
   for (const row of report.rows) {

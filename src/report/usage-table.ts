@@ -103,7 +103,9 @@ export function usageTableHtml(series: UsageSeries, options: UsageTableOptions):
     .map(
       (bucket, index) =>
         `<tr data-bucket="${bucket.start.toISOString().slice(0, 10)}"><th scope="row">${escapeHtml(formatBucket(bucket.start, interval, 'full'))}</th>` +
-        series.series.map((entry) => `<td class="bb-num">${escapeHtml(fmt(entry.points[index]?.credits ?? new Decimal(0)))}</td>`).join('') +
+        series.series
+          .map((entry) => `<td class="bb-num">${escapeHtml(fmt(entry.points[index]?.credits ?? new Decimal(0)))}</td>`)
+          .join('') +
         `<td class="bb-num">${escapeHtml(fmt(bucket.credits))}</td><td class="bb-num">${escapeHtml(formatCredits(bucket.replies))}</td></tr>`,
     )
     .join('');

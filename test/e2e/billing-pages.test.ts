@@ -1,9 +1,9 @@
 import { mkdir } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { Decimal } from 'decimal.js';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { startDemoServer, type DemoServer } from '../../examples/web/server.js';
+import { type DemoServer, startDemoServer } from '../../examples/web/server.js';
 import type { LedgerEntry } from '../../src/index.js';
 import { formatCredits } from '../../src/report/index.js';
 
@@ -79,7 +79,12 @@ describe('billing and analytics pages in Chromium', () => {
     const sonnetLeft = summary.repliesLeft['claude-sonnet-4-6'];
     expect(await page.locator('tr[data-model="claude-sonnet-4-6"] [data-field="replies-left"]').innerText()).toBe(String(sonnetLeft));
 
-    const usage = await demo.meter.usage({ workspaceId: demo.workspaceId, from: summary.periodStart, to: summary.periodEnd, groupBy: 'agent' });
+    const usage = await demo.meter.usage({
+      workspaceId: demo.workspaceId,
+      from: summary.periodStart,
+      to: summary.periodEnd,
+      groupBy: 'agent',
+    });
     expect(usage.totalCredits.equals(summary.usedThisPeriod)).toBe(true);
     const table = page.locator('#usage-by-agent');
     for (const row of usage.rows) {
@@ -94,7 +99,11 @@ describe('billing and analytics pages in Chromium', () => {
       expect(row?.credits.isZero()).toBe(true);
       expect(row?.replies).toBeGreaterThan(0);
     }
-    expect(await table.locator('tfoot td').allInnerTexts()).toEqual([formatCredits(usage.totalReplies), formatCredits(usage.totalCredits), '100.0%']);
+    expect(await table.locator('tfoot td').allInnerTexts()).toEqual([
+      formatCredits(usage.totalReplies),
+      formatCredits(usage.totalCredits),
+      '100.0%',
+    ]);
 
     // The stylesheet applied under the page's strict CSP
     expect(await page.evaluate('getComputedStyle(document.querySelector(".bb-balance")).borderTopLeftRadius')).toBe('12px');
@@ -117,11 +126,15 @@ describe('billing and analytics pages in Chromium', () => {
     for (const row of usage.rows) {
       if (row.credits.isZero()) continue;
       const day = row.bucket?.toISOString().slice(0, 10);
-      expect(await chart.locator(`g[data-bucket="${day}"] rect[data-key="${row.key}"]`).getAttribute('data-credits')).toBe(row.credits.toFixed());
+      expect(await chart.locator(`g[data-bucket="${day}"] rect[data-key="${row.key}"]`).getAttribute('data-credits')).toBe(
+        row.credits.toFixed(),
+      );
       segments++;
     }
     expect(await chart.locator('rect[data-key]').count()).toBe(segments);
-    expect(await chart.locator('[data-field="summary"]').innerText()).toContain(`${formatCredits(usage.totalCredits)} credits · ${formatCredits(usage.totalReplies)} replies`);
+    expect(await chart.locator('[data-field="summary"]').innerText()).toContain(
+      `${formatCredits(usage.totalCredits)} credits · ${formatCredits(usage.totalReplies)} replies`,
+    );
     expect(await chart.locator('.bb-legend li').allInnerTexts()).toHaveLength(5);
     // The data table (inside <details>) holds the same totals
     await chart.locator('details summary').click();
@@ -151,7 +164,9 @@ describe('billing and analytics pages in Chromium', () => {
       '2026-11-16',
     ]);
     for (const week of ['2026-11-09', '2026-11-16']) {
-      const total = usage.rows.filter((row) => row.bucket?.toISOString().startsWith(week)).reduce((sum, row) => sum.plus(row.credits), new Decimal(0));
+      const total = usage.rows
+        .filter((row) => row.bucket?.toISOString().startsWith(week))
+        .reduce((sum, row) => sum.plus(row.credits), new Decimal(0));
       expect(await chart.locator(`g[data-bucket="${week}"]`).getAttribute('data-credits')).toBe(total.toFixed());
     }
     expect(await chart.locator('svg > title').textContent()).toBe('Credits per week by agent');

@@ -85,7 +85,9 @@ describe('renderBalanceCard', () => {
   });
 
   it('pending plan - a downgrade shows with its date', () => {
-    const html = renderBalanceCard(makeSummary({ plan: 'standard', pendingPlan: 'hobby' }), { planNames: { standard: 'Standard', hobby: 'Hobby' } });
+    const html = renderBalanceCard(makeSummary({ plan: 'standard', pendingPlan: 'hobby' }), {
+      planNames: { standard: 'Standard', hobby: 'Hobby' },
+    });
     expect(text(html)).toContain('Standard plan · changes to Hobby on 1 Dec 2026, 09:00 UTC');
   });
 
@@ -105,12 +107,15 @@ describe('renderBalanceCard', () => {
 
   it('escaping - hostile workspace, plan, model ids and names never become markup', () => {
     for (const hostile of HOSTILE) {
-      const html = renderBalanceCard(makeSummary({ workspaceId: hostile, plan: hostile, pendingPlan: hostile, repliesLeft: { [hostile]: 1 } }), {
-        models: { models: [{ id: hostile, name: hostile }] },
-        title: hostile,
-        idPrefix: hostile,
-        planNames: { [hostile]: hostile },
-      });
+      const html = renderBalanceCard(
+        makeSummary({ workspaceId: hostile, plan: hostile, pendingPlan: hostile, repliesLeft: { [hostile]: 1 } }),
+        {
+          models: { models: [{ id: hostile, name: hostile }] },
+          title: hostile,
+          idPrefix: hostile,
+          planNames: { [hostile]: hostile },
+        },
+      );
       expect([...tagNames(html)].filter((tag) => !REPORT_TAGS.has(tag))).toEqual([]);
       expect(html).not.toContain(hostile);
       expect(text(html)).toContain(hostile);
@@ -118,6 +123,8 @@ describe('renderBalanceCard', () => {
   });
 
   it('deterministic - the same summary renders the same bytes', () => {
-    expect(renderBalanceCard(makeSummary(), { models: DEFAULT_MODEL_PRICES })).toBe(renderBalanceCard(makeSummary(), { models: DEFAULT_MODEL_PRICES }));
+    expect(renderBalanceCard(makeSummary(), { models: DEFAULT_MODEL_PRICES })).toBe(
+      renderBalanceCard(makeSummary(), { models: DEFAULT_MODEL_PRICES }),
+    );
   });
 });

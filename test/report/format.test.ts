@@ -1,6 +1,6 @@
 import { Decimal } from 'decimal.js';
 import { describe, expect, it } from 'vitest';
-import { formatBucket, formatCredits, formatDateTime, formatWindow, seriesColor, REPORT_PALETTE } from '../../src/report/index.js';
+import { formatBucket, formatCredits, formatDateTime, formatWindow, REPORT_PALETTE, seriesColor } from '../../src/report/index.js';
 
 describe('formatting', () => {
   it('formatCredits - exact, grouped by thousands, no trailing zeros', () => {

@@ -26,7 +26,13 @@ function segments(html: string, day: string): Segment[] {
   const group = new RegExp(`<g data-bucket="${day}"[^>]*>([\\s\\S]*?)</g>`).exec(html)?.[1] ?? '';
   return [...group.matchAll(/<rect ([^>]*)>/g)].map((match) => {
     const attribute = (name: string): string => new RegExp(`\\b${name}="([^"]*)"`).exec(match[1] as string)?.[1] ?? '';
-    return { key: attribute('data-key'), credits: attribute('data-credits'), y: Number(attribute('y')), height: Number(attribute('height')), fill: attribute('fill') };
+    return {
+      key: attribute('data-key'),
+      credits: attribute('data-credits'),
+      y: Number(attribute('y')),
+      height: Number(attribute('height')),
+      fill: attribute('fill'),
+    };
   });
 }
 
@@ -64,7 +70,9 @@ describe('renderUsageChart', () => {
 
   it('axis - round ticks from 0 to the top', () => {
     const html = renderUsageChart(report);
-    const ticks = [...(/<g class="bb-grid">([\s\S]*?)<\/g>/.exec(html)?.[1] ?? '').matchAll(/<text[^>]*>([^<]*)<\/text>/g)].map((m) => m[1]);
+    const ticks = [...(/<g class="bb-grid">([\s\S]*?)<\/g>/.exec(html)?.[1] ?? '').matchAll(/<text[^>]*>([^<]*)<\/text>/g)].map(
+      (m) => m[1],
+    );
     expect(ticks).toEqual(['0', '5', '10', '15', '20']);
   });
 
@@ -74,7 +82,9 @@ describe('renderUsageChart', () => {
     expect([support.key, sales.key]).toEqual(['support', 'sales']);
     expect(support.fill).toBe(REPORT_PALETTE[0]);
     expect(sales.fill).toBe(REPORT_PALETTE[1]);
-    expect(html).toContain(`<li data-key="faq"><svg class="bb-swatch" viewBox="0 0 12 12" width="12" height="12" aria-hidden="true" focusable="false"><rect width="12" height="12" rx="2" fill="${REPORT_PALETTE[2]}"/>`);
+    expect(html).toContain(
+      `<li data-key="faq"><svg class="bb-swatch" viewBox="0 0 12 12" width="12" height="12" aria-hidden="true" focusable="false"><rect width="12" height="12" rx="2" fill="${REPORT_PALETTE[2]}"/>`,
+    );
     const custom = renderUsageChart(report, { palette: ['#111111'] });
     expect(segments(custom, '2026-11-02').map((s) => s.fill)).toEqual(['#111111', '#111111']);
   });
@@ -117,8 +127,17 @@ describe('renderUsageChart', () => {
 
   it('escaping - hostile agent names, titles, labels and ids', () => {
     for (const hostile of HOSTILE) {
-      const hostileReport = makeReport([row(hostile, 3, 1, '2026-11-02'), row('ok', 1, 1, '2026-11-02')], { interval: 'day', workspaceId: hostile });
-      const html = renderUsageChart(hostileReport, { title: hostile, idPrefix: hostile, labels: { ok: hostile }, palette: [hostile], table: 'visible' });
+      const hostileReport = makeReport([row(hostile, 3, 1, '2026-11-02'), row('ok', 1, 1, '2026-11-02')], {
+        interval: 'day',
+        workspaceId: hostile,
+      });
+      const html = renderUsageChart(hostileReport, {
+        title: hostile,
+        idPrefix: hostile,
+        labels: { ok: hostile },
+        palette: [hostile],
+        table: 'visible',
+      });
       expect([...tagNames(html)].filter((tag) => !REPORT_TAGS.has(tag))).toEqual([]);
       expect(html).not.toContain(hostile);
       expect(text(html)).toContain(hostile);

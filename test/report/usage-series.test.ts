@@ -73,8 +73,16 @@ describe('buildUsageSeries', () => {
   });
 
   it('months - calendar months', () => {
-    const months = makeReport([row('a', 7, 7, '2026-09-01')], { interval: 'month', from: '2026-09-15T00:00:00Z', to: '2026-12-01T00:00:00Z' });
-    expect(buildUsageSeries(months).buckets.map((bucket) => bucket.start.toISOString().slice(0, 7))).toEqual(['2026-09', '2026-10', '2026-11']);
+    const months = makeReport([row('a', 7, 7, '2026-09-01')], {
+      interval: 'month',
+      from: '2026-09-15T00:00:00Z',
+      to: '2026-12-01T00:00:00Z',
+    });
+    expect(buildUsageSeries(months).buckets.map((bucket) => bucket.start.toISOString().slice(0, 7))).toEqual([
+      '2026-09',
+      '2026-10',
+      '2026-11',
+    ]);
   });
 
   it('no interval - the window is one bucket', () => {
