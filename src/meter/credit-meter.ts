@@ -82,6 +82,11 @@ const DEFAULT_HOLD_TTL_MS = 15 * 60 * 1000;
 const DEFAULT_THRESHOLDS = [0.8, 1];
 const USAGE_PAGE = 1000;
 
+interface Routed {
+  route: Route;
+  apiKey: string | undefined;
+}
+
 interface Prepared {
   identity: Required<ReplyIdentity>;
   model: ModelPrice;
@@ -254,8 +259,8 @@ export class CreditMeter {
    * ```
    */
   async reserve(input: ReserveInput): Promise<Reservation> {
-    const prepared = await this.#prepare(parseIdentity(input));
-    const { record, replayed } = await this.#hold(prepared, false);
+    const prepared = this.#prepare(parseIdentity(input));
+    const { record, replayed } = await this.#hold(prepared instanceof Promise ? await prepared : prepared, false);
     return reservationOf(record, replayed);
   }
 
@@ -574,33 +579,39 @@ export class CreditMeter {
 
   // ─── the reply lifecycle ─────────────────────────────────────────────────
 
-  async #prepare(input: ReplyIdentity): Promise<Prepared> {
+  /**
+   * Prices a reply and resolves its route. Synchronous unless a BYO key must be looked up,
+   * so calls without a resolver reach the batcher in the order they were made.
+   */
+  #prepare(input: ReplyIdentity): Prepared | Promise<Prepared> {
     const model = this.models.require(input.model);
-    const { route, apiKey } = await this.#route(input.workspaceId, model);
-    return {
-      identity: {
-        workspaceId: input.workspaceId,
-        agentId: input.agentId,
-        conversationId: input.conversationId,
-        model: input.model,
-        replyId: input.replyId ?? this.#newReplyId(),
-      },
-      model,
-      route,
-      apiKey,
+    const identity = {
+      workspaceId: input.workspaceId,
+      agentId: input.agentId,
+      conversationId: input.conversationId,
+      model: input.model,
+      replyId: input.replyId ?? this.#newReplyId(),
     };
+    const routed = this.#route(input.workspaceId, model);
+    if (!(routed instanceof Promise)) return { identity, model, route: routed.route, apiKey: routed.apiKey };
+    return routed.then(({ route, apiKey }) => ({ identity, model, route, apiKey }));
   }
 
-  async #route(workspaceId: string, model: ModelPrice): Promise<{ route: Route; apiKey: string | undefined }> {
+  #route(workspaceId: string, model: ModelPrice): Routed | Promise<Routed> {
+    if (!this.#byoKeys || !(model.providerBacked || this.mode === 'self-hosted')) {
+      return { route: resolveRoute(this.mode, model, false), apiKey: undefined };
+    }
+    return this.#lookUpKey(workspaceId, model);
+  }
+
+  async #lookUpKey(workspaceId: string, model: ModelPrice): Promise<Routed> {
     let apiKey: string | undefined;
-    if (this.#byoKeys && (model.providerBacked || this.mode === 'self-hosted')) {
-      try {
-        const key = await this.#byoKeys({ workspaceId, provider: model.provider });
-        apiKey = typeof key === 'string' && key.length > 0 ? key : undefined;
-      } catch {
-        // The resolver's error may quote the key: report only that it failed.
-        throw new ProviderError('(none)', model.provider, new Error(`the BYO key lookup for "${model.provider}" failed`));
-      }
+    try {
+      const key = await this.#byoKeys!({ workspaceId, provider: model.provider });
+      apiKey = typeof key === 'string' && key.length > 0 ? key : undefined;
+    } catch {
+      // The resolver's error may quote the key: report only that it failed.
+      throw new ProviderError('(none)', model.provider, new Error(`the BYO key lookup for "${model.provider}" failed`));
     }
     return { route: resolveRoute(this.mode, model, apiKey !== undefined), apiKey };
   }
