@@ -55,7 +55,13 @@ export class CreditsError extends Error {
    * (where `instanceof` would fail).
    */
   static is(value: unknown): value is CreditsError {
-    return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[MARKER] === true;
+    if (typeof value !== 'object' || value === null) return false;
+    try {
+      return (value as Record<symbol, unknown>)[MARKER] === true;
+    } catch {
+      // A proxy whose trap throws (its error may quote a key) is not ours, and must not escape.
+      return false;
+    }
   }
 }
 
