@@ -1,5 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, InvalidInputError } from '../../src/index.js';
+import { closestKey } from '../../src/core/validation.js';
+import { CreditMeter, DEFAULT_MODEL_PRICES, DEFAULT_PLANS, InvalidInputError, MemoryStorage } from '../../src/index.js';
+import {
+  checkedReplyIdGenerator,
+  DEFAULT_HOLD_TTL_MS,
+  DEFAULT_THRESHOLDS,
+  parseMeterOptions,
+} from '../../src/meter/options.js';
 import { harness, turn } from '../support.js';
 
 const BAD_AMOUNTS = [Number.NaN, Number.POSITIVE_INFINITY, -1, '1e400', 'abc', 1.0000001, '', null, {}, [1]];
@@ -92,5 +99,83 @@ describe('malformed input - a validation error naming the field, and nothing cha
     expect(() => new CreditMeter({ mode: 'free' as never })).toThrow(expect.objectContaining({ field: 'mode' }));
     expect(() => new CreditMeter({ lowBalanceThresholds: [1.5] })).toThrow(expect.objectContaining({ field: 'lowBalanceThresholds.0' }));
     expect(() => new CreditMeter({ providers: { openai: {} as never } })).toThrow(expect.objectContaining({ field: 'providers.openai' }));
+  });
+});
+
+describe('parseMeterOptions - validated, defaulted and frozen at construction', () => {
+  it('fills every default and freezes the result', () => {
+    const config = parseMeterOptions(undefined);
+    expect(config).toMatchObject({
+      storage: undefined,
+      mode: 'cloud',
+      models: DEFAULT_MODEL_PRICES,
+      plans: DEFAULT_PLANS,
+      holdTtlMs: DEFAULT_HOLD_TTL_MS,
+      lowBalanceThresholds: DEFAULT_THRESHOLDS,
+      onStorageFailure: 'refuse',
+      storageTimeoutMs: undefined,
+      byoKeys: undefined,
+      clock: undefined,
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+    expect(Object.isFrozen(config.providers)).toBe(true);
+    expect(Object.getPrototypeOf(config.providers)).toBeNull();
+    expect(typeof config.onEventError).toBe('function');
+    const first = config.generateReplyId();
+    expect(first).toMatch(/^[A-Za-z0-9_-]{22}-1$/);
+    expect(config.generateReplyId()).not.toBe(first);
+  });
+
+  it('sorts and deduplicates thresholds, copies providers', () => {
+    const provider = { generate: async () => ({ output: 'x' }) };
+    const providers = { openai: provider };
+    const config = parseMeterOptions({ lowBalanceThresholds: [1, 0.5, 0.5], providers, holdTtlMs: 1000 });
+    expect(config.lowBalanceThresholds).toEqual([0.5, 1]);
+    expect(config.providers.openai).toBe(provider);
+    expect(config.providers).not.toBe(providers);
+    expect(config.holdTtlMs).toBe(1000);
+  });
+
+  it('reports every bad option at once, the first in field', () => {
+    let caught: unknown;
+    try {
+      parseMeterOptions({ holdTTLMs: 5, mode: 'free', models: [], storage: {} });
+    } catch (error) {
+      caught = error;
+    }
+    expect(caught).toBeInstanceOf(InvalidInputError);
+    const { field, issues, message } = caught as InvalidInputError;
+    expect(field).toBe('holdTTLMs');
+    expect(message).toContain('did you mean "holdTtlMs"?');
+    expect(issues.map((issue) => issue.path)).toEqual(['holdTTLMs', 'mode', 'models', 'storage']);
+  });
+
+  it('accepts a store on the load/commit seam', () => {
+    expect(parseMeterOptions({ storage: new MemoryStorage() }).storage).toBeInstanceOf(MemoryStorage);
+  });
+
+  it('checkedReplyIdGenerator checks every id it makes', () => {
+    const ids = ['ok-1', '', 'ok-2'];
+    const next = checkedReplyIdGenerator(() => ids.shift() as string);
+    expect(next()).toBe('ok-1');
+    expect(next).toThrow(expect.objectContaining({ code: 'INVALID_INPUT', field: 'generateReplyId' }));
+    expect(next()).toBe('ok-2');
+  });
+});
+
+describe('strict inputs - hints for near misses', () => {
+  it.each([
+    ['replyID', 'replyId'],
+    ['expiresAT', 'expiresAt'],
+    ['grantid', 'grantId'],
+    ['modle', 'model'],
+    ['workspace', 'workspaceId'],
+  ])('%s → %s', (typo, key) => {
+    expect(closestKey(typo, ['workspaceId', 'replyId', 'expiresAt', 'grantId', 'model', 'agentId'])).toBe(key);
+  });
+
+  it('gives no hint when nothing is close', () => {
+    expect(closestKey('zzz', ['model', 'replyId'])).toBeUndefined();
+    expect(closestKey('to', ['from', 'limit'])).toBeUndefined();
   });
 });
