@@ -2,6 +2,11 @@
  * The colours of chart series, in order: the first key gets the first colour. Ten hues
  * (Tableau 10) that stay apart for the common colour-vision deficiencies and on white.
  * A chart with more keys than colours cycles through them again.
+ *
+ * @example
+ * ```ts
+ * renderUsageChart(report, { palette: [...REPORT_PALETTE.slice(1), REPORT_PALETTE[0]!] });
+ * ```
  */
 export const REPORT_PALETTE: readonly string[] = Object.freeze([
   '#4e79a7',
