@@ -1,0 +1,2 @@
+import { defineCases } from './fixtures.js';
+export const analyticsCases = defineCases([]);
