@@ -1,13 +1,26 @@
 import { Decimal } from 'decimal.js';
 import { CreditsError } from '../core/errors.js';
 
-/** A JSON value, as found in an HTTP error body. */
+/**
+ * A JSON value, as found in an HTTP error body.
+ *
+ * @example
+ * ```ts
+ * const issues: HttpJsonValue = [{ path: 'credits', message: 'must be ≥ 0' }];
+ * ```
+ */
 export type HttpJsonValue = string | number | boolean | null | readonly HttpJsonValue[] | { readonly [key: string]: HttpJsonValue };
 
 /**
  * The body of an error response: the stable `code`, a message safe to show, and the error's
  * public fields (amounts as decimal strings, dates as ISO strings). Never a key, a cause, a
  * stack or a driver message.
+ *
+ * @example
+ * ```ts
+ * const body: HttpErrorBody = toHttpError(error).body;
+ * if (body.code === 'INSUFFICIENT_CREDITS') showUpgrade(body.required, body.renewsAt);
+ * ```
  */
 export interface HttpErrorBody {
   /** The error's stable code (`INSUFFICIENT_CREDITS`, …), or `INTERNAL_ERROR` for any other error. */
@@ -16,7 +29,15 @@ export interface HttpErrorBody {
   readonly [field: string]: HttpJsonValue;
 }
 
-/** What {@link toHttpError} returns: write it as the response. */
+/**
+ * What {@link toHttpError} returns: write it as the response.
+ *
+ * @example
+ * ```ts
+ * const { status, headers, body }: HttpErrorResponse = toHttpError(error);
+ * return new Response(JSON.stringify(body), { status, headers });
+ * ```
+ */
 export interface HttpErrorResponse {
   /** The HTTP status code. */
   readonly status: number;
@@ -26,7 +47,14 @@ export interface HttpErrorResponse {
   readonly body: HttpErrorBody;
 }
 
-/** Options of {@link toHttpError}. */
+/**
+ * Options of {@link toHttpError}.
+ *
+ * @example
+ * ```ts
+ * toHttpError(error, { now: clock() }).headers['Retry-After']; // seconds until the renewal
+ * ```
+ */
 export interface ToHttpErrorOptions {
   /**
    * The time `Retry-After` counts from.

@@ -11,7 +11,17 @@ import type { ReplyProvider } from '../meter/provider.js';
 import type { ReplyInput, ReplyResult, ReplyStream } from '../meter/types.js';
 import { isRecord } from './shared.js';
 
-/** Who is asking: what `providerOptions.credits` of each call carries. */
+/**
+ * Who is asking: what `providerOptions.credits` of each call carries.
+ *
+ * @example
+ * ```ts
+ * await generateText({
+ *   model, prompt,
+ *   providerOptions: { credits: { workspaceId: 'ws_1', agentId: 'support', conversationId: 'c_9', replyId: message.id } satisfies CreditsCallInfo },
+ * });
+ * ```
+ */
 export interface CreditsCallInfo {
   workspaceId: string;
   agentId: string;
@@ -23,7 +33,14 @@ export interface CreditsCallInfo {
   replyId?: string;
 }
 
-/** The fields of the AI SDK's call options (`LanguageModelV3CallOptions`) the middleware reads. */
+/**
+ * The fields of the AI SDK's call options (`LanguageModelV3CallOptions`) the middleware reads.
+ *
+ * @example
+ * ```ts
+ * const params: CallOptionsLike = { prompt, abortSignal, providerOptions: { credits: { workspaceId, agentId, conversationId } } };
+ * ```
+ */
 export interface CallOptionsLike {
   readonly prompt?: unknown;
   readonly abortSignal?: AbortSignal | undefined;
@@ -31,19 +48,40 @@ export interface CallOptionsLike {
   readonly providerOptions?: Readonly<Record<string, Readonly<Record<string, unknown>> | undefined>> | undefined;
 }
 
-/** The fields of a generate result (`LanguageModelV3GenerateResult`) the middleware reads. */
+/**
+ * The fields of a generate result (`LanguageModelV3GenerateResult`) the middleware reads.
+ *
+ * @example
+ * ```ts
+ * const result: GenerateResultLike = await model.doGenerate(params);
+ * ```
+ */
 export interface GenerateResultLike {
   readonly usage?: unknown;
   readonly response?: { readonly modelId?: string | undefined } | undefined;
   readonly providerMetadata?: Readonly<Record<string, unknown>> | undefined;
 }
 
-/** The fields of a stream result (`LanguageModelV3StreamResult`) the middleware reads. */
+/**
+ * The fields of a stream result (`LanguageModelV3StreamResult`) the middleware reads.
+ *
+ * @example
+ * ```ts
+ * const { stream }: StreamResultLike = await model.doStream(params);
+ * ```
+ */
 export interface StreamResultLike {
   readonly stream: ReadableStream<unknown>;
 }
 
-/** A language model (`LanguageModelV3`), as far as the middleware calls it. */
+/**
+ * A language model (`LanguageModelV3`), as far as the middleware calls it.
+ *
+ * @example
+ * ```ts
+ * const model: LanguageModelLike = createOpenAI({ apiKey }).chat('gpt-4o');
+ * ```
+ */
 export interface LanguageModelLike<
   P extends CallOptionsLike = CallOptionsLike,
   R extends GenerateResultLike = GenerateResultLike,
@@ -56,13 +94,27 @@ export interface LanguageModelLike<
   doStream(options: P): PromiseLike<S>;
 }
 
-/** The meter calls the middleware makes (a `CreditMeter` has them). */
+/**
+ * The meter calls the middleware makes (a `CreditMeter` has them).
+ *
+ * @example
+ * ```ts
+ * const meter: MeterLike = new CreditMeter({ storage, byoKeys });
+ * ```
+ */
 export interface MeterLike {
   reply(input: ReplyInput & { provider: ReplyProvider }): Promise<ReplyResult>;
   replyStream(input: ReplyInput & { provider: ReplyProvider }): Promise<ReplyStream>;
 }
 
-/** Options of {@link creditsMiddleware}. */
+/**
+ * Options of {@link creditsMiddleware}.
+ *
+ * @example
+ * ```ts
+ * creditsMiddleware({ meter, model: ({ modelId }) => modelId.replace(/-\d{4}-\d{2}-\d{2}$/, ''), maxRetries: 3 });
+ * ```
+ */
 export interface CreditsMiddlewareOptions {
   /** The meter that holds, charges and releases, and resolves the route and the BYO key. */
   meter: MeterLike;
@@ -103,7 +155,15 @@ export interface CreditsMiddlewareOptions {
   initialRetryDelayMs?: number;
 }
 
-/** What the middleware adds to a result's `providerMetadata.credits`. */
+/**
+ * What the middleware adds to a result's `providerMetadata.credits`.
+ *
+ * @example
+ * ```ts
+ * const { providerMetadata } = await generateText({ model, prompt, providerOptions });
+ * const charge = providerMetadata?.credits as CreditsMetadata | undefined; // { replyId, credits: '5', route: 'credits', replayed: false }
+ * ```
+ */
 export interface CreditsMetadata {
   readonly replyId: string;
   /** Credits charged, as a decimal string. */
@@ -114,7 +174,15 @@ export interface CreditsMetadata {
   [key: string]: string | boolean;
 }
 
-/** The middleware: pass it to `wrapLanguageModel({ model, middleware })`. */
+/**
+ * The middleware: pass it to `wrapLanguageModel({ model, middleware })`.
+ *
+ * @example
+ * ```ts
+ * const middleware: CreditsMiddleware = creditsMiddleware({ meter });
+ * const model = wrapLanguageModel({ model: anthropic('claude-haiku-4-5'), middleware });
+ * ```
+ */
 export interface CreditsMiddleware {
   readonly specificationVersion: 'v3';
   wrapGenerate<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(
@@ -125,7 +193,14 @@ export interface CreditsMiddleware {
   ): Promise<S>;
 }
 
-/** What `wrapLanguageModel` hands a middleware's `wrapGenerate` and `wrapStream`. */
+/**
+ * What `wrapLanguageModel` hands a middleware's `wrapGenerate` and `wrapStream`.
+ *
+ * @example
+ * ```ts
+ * const result = await middleware.wrapGenerate({ doGenerate, doStream, params, model } satisfies WrapOptions<typeof params, R, S>);
+ * ```
+ */
 export interface WrapOptions<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike> {
   /** The wrapped model's own call, with the original params (the middleware calls `model` itself). */
   doGenerate: () => PromiseLike<R>;

@@ -19,7 +19,14 @@ import {
 
 export type { ClientOption, ProviderResult } from './shared.js';
 
-/** Per-request options passed to the SDK (`signal` aborts the HTTP request). */
+/**
+ * Per-request options passed to the SDK (`signal` aborts the HTTP request).
+ *
+ * @example
+ * ```ts
+ * await client.messages.create({ model, max_tokens, messages }, { signal } satisfies AnthropicRequestOptionsLike);
+ * ```
+ */
 export interface AnthropicRequestOptionsLike {
   signal?: AbortSignal;
 }
@@ -27,6 +34,11 @@ export interface AnthropicRequestOptionsLike {
 /**
  * The part of an `Anthropic` client this provider calls. Any object with this method works
  * (an `Anthropic` instance, a wrapper of your own, a test double).
+ *
+ * @example
+ * ```ts
+ * const client: AnthropicClientLike = new Anthropic({ apiKey: process.env.ANTHROPIC_API_KEY });
+ * ```
  */
 export interface AnthropicClientLike {
   readonly messages: {
@@ -34,7 +46,14 @@ export interface AnthropicClientLike {
   };
 }
 
-/** Options of {@link anthropicProvider}. */
+/**
+ * Options of {@link anthropicProvider}.
+ *
+ * @example
+ * ```ts
+ * const options: AnthropicProviderOptions = { client: (apiKey) => new Anthropic({ apiKey: apiKey ?? platformKey }), maxTokens: 2048 };
+ * ```
+ */
 export interface AnthropicProviderOptions {
   /**
    * The client: an `Anthropic` instance, or `(apiKey) => new Anthropic({ apiKey })` to run
@@ -62,7 +81,15 @@ export interface AnthropicProviderOptions {
   maxClients?: number;
 }
 
-/** The provider {@link anthropicProvider} returns: `generate` also reports the model and usage. */
+/**
+ * The provider {@link anthropicProvider} returns: `generate` also reports the model and usage.
+ *
+ * @example
+ * ```ts
+ * const claude: AnthropicReplyProvider = anthropicProvider({ client });
+ * const { output, usage } = await claude.generate(request, {});
+ * ```
+ */
 export interface AnthropicReplyProvider extends ReplyProvider {
   generate(request: ReplyRequest, context: ReplyContext): Promise<ProviderResult>;
   /** Yields the answer's text deltas (strings). */

@@ -18,7 +18,14 @@ import {
 
 export type { ClientOption, ProviderResult } from './shared.js';
 
-/** Per-request options passed to the SDK (`signal` aborts the HTTP request). */
+/**
+ * Per-request options passed to the SDK (`signal` aborts the HTTP request).
+ *
+ * @example
+ * ```ts
+ * await client.chat.completions.create({ model, messages }, { signal } satisfies OpenAIRequestOptionsLike);
+ * ```
+ */
 export interface OpenAIRequestOptionsLike {
   signal?: AbortSignal;
 }
@@ -26,6 +33,11 @@ export interface OpenAIRequestOptionsLike {
 /**
  * The part of an `OpenAI` client this provider calls. Any object with these methods works
  * (an `OpenAI` or `AzureOpenAI` instance, a wrapper of your own, a test double).
+ *
+ * @example
+ * ```ts
+ * const client: OpenAIClientLike = new AzureOpenAI({ endpoint, apiVersion, deployment });
+ * ```
  */
 export interface OpenAIClientLike {
   readonly chat: {
@@ -38,7 +50,14 @@ export interface OpenAIClientLike {
   };
 }
 
-/** Options of {@link openaiProvider}. */
+/**
+ * Options of {@link openaiProvider}.
+ *
+ * @example
+ * ```ts
+ * const options: OpenAIProviderOptions = { client: (apiKey) => new OpenAI({ apiKey: apiKey ?? platformKey }), api: 'responses' };
+ * ```
+ */
 export interface OpenAIProviderOptions {
   /**
    * The client: an `OpenAI` instance, or `(apiKey) => new OpenAI({ apiKey })` to run
@@ -67,7 +86,15 @@ export interface OpenAIProviderOptions {
   maxClients?: number;
 }
 
-/** The provider {@link openaiProvider} returns: `generate` also reports the model and usage. */
+/**
+ * The provider {@link openaiProvider} returns: `generate` also reports the model and usage.
+ *
+ * @example
+ * ```ts
+ * const openai: OpenAIReplyProvider = openaiProvider({ client });
+ * for await (const text of openai.stream(request, { signal })) process.stdout.write(text);
+ * ```
+ */
 export interface OpenAIReplyProvider extends ReplyProvider {
   generate(request: ReplyRequest, context: ReplyContext): Promise<ProviderResult>;
   /** Yields the answer's text deltas (strings). */

@@ -6,6 +6,12 @@
 /**
  * What a shipped provider returns: the output, the model the API reports produced it, and the
  * token usage when the API reports it. A superset of what `ReplyProvider.generate` must return.
+ *
+ * @example
+ * ```ts
+ * const { output, model, usage } = await openaiProvider({ client }).generate(request, {});
+ * // 'Your order ships tomorrow.', 'gpt-4o-2024-11-20', { inputTokens: 12, outputTokens: 6 }
+ * ```
  */
 export interface ProviderResult {
   /** The answer: its text by default, the SDK's whole response with `output: 'response'`. */
@@ -16,7 +22,15 @@ export interface ProviderResult {
   readonly usage?: { readonly inputTokens?: number; readonly outputTokens?: number };
 }
 
-/** An SDK client, or a factory that makes one per key (for bring-your-own keys). */
+/**
+ * An SDK client, or a factory that makes one per key (for bring-your-own keys). The factory
+ * is called with `undefined` for the platform's client.
+ *
+ * @example
+ * ```ts
+ * const client: ClientOption<OpenAIClientLike> = (apiKey) => new OpenAI({ apiKey: apiKey ?? process.env.OPENAI_API_KEY });
+ * ```
+ */
 export type ClientOption<Client> = Client | ((apiKey: string | undefined) => Client);
 
 /**
