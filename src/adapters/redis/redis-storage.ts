@@ -1,56 +1,29 @@
 import { createHash } from 'node:crypto';
 import { StorageError } from '../../core/errors.js';
+import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
+import { DAY_MS, dayOf, UsageAccumulator } from '../../core/usage-aggregate.js';
 import type {
-  ChangePlanCommand,
-  ChangePlanOutcome,
-  ClaimAlertCommand,
-  CreateWorkspaceCommand,
-  CreateWorkspaceOutcome,
+  CommitResult,
   CreditStorage,
-  GrantCommand,
-  GrantOutcome,
   LedgerQuery,
-  LedgerRow,
-  ReleaseCommand,
-  ReleaseOutcome,
-  RenewCommand,
-  RenewOutcome,
-  ReplyRecord,
-  ReserveCommand,
-  ReserveOutcome,
-  SettleCommand,
-  SettleOutcome,
+  LoadedWorkspace,
+  LoadRequest,
   UsageAggregate,
   UsageQuery,
-  WorkspaceState,
+  WorkspaceCommit,
 } from '../../storage/storage.js';
-import {
-  decodeGrant,
-  decodeReply,
-  decodeRow,
-  decodeState,
-  decodeWorkspace,
-  encodeEntry,
-  grantArgs,
-  isEmptyHash,
-  num,
-  optNum,
-  workspacePairs,
-} from './redis-codec.js';
-import { SCHEMA_VERSION, SCRIPTS, type ScriptName } from './redis-scripts.js';
+import { COMMIT, LEDGER, LOAD, MIGRATE, USAGE } from './redis-scripts.js';
 
 /**
- * The few commands {@link RedisStorage} needs from a Redis client. An `ioredis` `Redis`
- * instance satisfies it; so does any client with the same four methods (a wrapper that adds
- * tracing, for example). Typed structurally so this package never depends on a driver.
+ * The commands {@link RedisStorage} needs from a Redis client. An ioredis `Redis` or
+ * `Cluster` satisfies it, as does any client with these three methods (a wrapper that adds
+ * tracing, say). Typed structurally so this package never depends on a driver.
  */
 export interface RedisClientLike {
   /** `EVALSHA sha numkeys key... arg...`. */
   evalsha(sha: string, numkeys: number, ...args: string[]): Promise<unknown>;
   /** `EVAL script numkeys key... arg...`. */
   eval(script: string, numkeys: number, ...args: string[]): Promise<unknown>;
-  /** `SCRIPT LOAD script`: caches a script so `evalsha` finds it. */
-  script(subcommand: 'LOAD', script: string): Promise<unknown>;
   /** Closes the connection gracefully. */
   quit(): Promise<unknown>;
 }
@@ -59,24 +32,15 @@ export interface RedisClientLike {
 export interface RedisStorageBaseOptions {
   /**
    * Prefix of every key this store writes. Give each store (or each test) its own to keep
-   * them apart on one server.
+   * them apart on one server. It may not contain `{` or `}`: the hash tag is the workspace's.
    * @default 'credits:'
    */
   keyPrefix?: string;
-  /**
-   * Gather the reserve, settle and release calls made on one workspace in the same
-   * event-loop tick into one script call (group commit). Each call keeps its own outcome
-   * and runs to completion before the next, exactly as if sent alone; the batch saves a
-   * round trip and Redis' per-script overhead per call, and reads and writes the workspace
-   * hash and its grants once for the whole batch. Turn off to send every call alone.
-   * @default true
-   */
-  batching?: boolean;
 }
 
 /** Connect to a Redis URL; the store owns (and closes) the client it creates. */
 export interface RedisStorageUrlOptions extends RedisStorageBaseOptions {
-  /** A `redis://` or `rediss://` URL, as accepted by ioredis. */
+  /** A `redis://` or `rediss://` URL of one node, as accepted by ioredis. */
   url: string;
   /**
    * Batch the commands issued in one event-loop tick into one write (ioredis
@@ -86,54 +50,35 @@ export interface RedisStorageUrlOptions extends RedisStorageBaseOptions {
   autoPipelining?: boolean;
 }
 
-/** Use an existing client; the store never closes it. */
+/** Use an existing client, e.g. an ioredis `Cluster`; the store never closes it. */
 export interface RedisStorageClientOptions extends RedisStorageBaseOptions {
-  /** A connected client, e.g. `new Redis(url)` from ioredis. */
+  /** A client such as `new Redis(url)` or `new Cluster([{ host, port }])` from ioredis. */
   client: RedisClientLike;
 }
 
 /** How to construct a {@link RedisStorage}: from a URL or around an existing client. */
 export type RedisStorageOptions = RedisStorageUrlOptions | RedisStorageClientOptions;
 
-/** The hot-path operations that may share one script call. */
-type HotOperation = 'reserve' | 'settle' | 'release';
-
-interface Pending {
-  readonly name: HotOperation;
-  readonly replyId: string;
-  readonly args: string[];
-  readonly resolve: (value: unknown) => void;
-  readonly reject: (error: unknown) => void;
-}
-
-/** Most operations in one batch, so that one script never blocks Redis for long. */
-const MAX_BATCH = 128;
-
-interface Script {
-  readonly source: string;
-  readonly sha: string;
-}
+/** The key layout this version writes, kept under `<prefix>schema`. 0.1.0 wrote 1 or 2. */
+const LAYOUT = '3';
+const GROUPS = { agent: 'agentId', model: 'model', conversation: 'conversationId' } as const;
+type Script = { readonly source: string; readonly sha: string };
+const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
+const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE) };
 
 type IoredisConstructor = new (url: string, options: Record<string, unknown>) => RedisClientLike & {
   on(event: 'error', listener: (error: unknown) => void): unknown;
 };
 
-const SCRIPT_LIST = Object.fromEntries(
-  Object.entries(SCRIPTS).map(([name, source]) => [name, { source, sha: createHash('sha1').update(source).digest('hex') }]),
-) as Record<ScriptName, Script>;
-
 /**
- * A {@link CreditStorage} on Redis. Each operation is one Lua script, so it is atomic
- * across every app server sharing the Redis; scripts are called by SHA (`EVALSHA`) and
- * re-sent (`EVAL`) when the server does not have them cached, e.g. after a restart.
+ * A {@link CreditStorage} on Redis, single node or Redis Cluster. A workspace is a handful of
+ * keys under one hash tag, so they live on one cluster node: its state document and version,
+ * its records with an index of open holds, its ledger with an index by time, and per-day
+ * usage rollups. `load` and `commit` are one Lua script call each; the commit script checks
+ * the version and writes, nothing more: every credit rule is the core's.
  *
- * The ledger is kept in Redis too (a sorted set per workspace plus per-day usage rollups),
- * so run Redis with AOF (`appendonly yes`, `appendfsync everysec` or `always`) for charges
- * to survive a restart. Single-node Redis (optionally with replicas) is the supported
- * deployment: a workspace's keys share a cluster slot, but the ledger id counter and the
- * reply records are global keys.
- *
- * `ioredis` is an optional peer dependency, loaded on first use when you pass a `url`.
+ * Run Redis with AOF (`appendonly yes`) for charges to survive a restart. `ioredis` is an
+ * optional peer dependency, loaded on first use when you pass a `url`.
  *
  * @example
  * ```ts
@@ -142,8 +87,7 @@ const SCRIPT_LIST = Object.fromEntries(
  *
  * const storage = new RedisStorage({ url: process.env.REDIS_URL! });
  * const meter = new CreditMeter({ storage });
- * // ...
- * await storage.close();
+ * // or on a cluster: new RedisStorage({ client: new Cluster([{ host, port }]) })
  * ```
  */
 export class RedisStorage implements CreditStorage {
@@ -151,26 +95,20 @@ export class RedisStorage implements CreditStorage {
   readonly keyPrefix: string;
   readonly #url: string | undefined;
   readonly #autoPipelining: boolean;
-  readonly #batching: boolean;
-  #queues = new Map<string, Pending[]>();
-  #flushScheduled = false;
   #client: RedisClientLike | undefined;
   #connecting: Promise<RedisClientLike> | undefined;
-  #migrated: Promise<void> | undefined;
-  /** Set once migrated, so the hot path skips a promise chain. */
-  #readyClient: RedisClientLike | undefined;
   #closed = false;
 
   constructor(options: RedisStorageOptions) {
     this.keyPrefix = options.keyPrefix ?? 'credits:';
-    this.#batching = options.batching ?? true;
+    if (/[{}]/.test(this.keyPrefix)) throw new TypeError('RedisStorage keyPrefix may not contain { or }: the hash tag is the workspace id');
     if ('client' in options) {
       this.#client = options.client;
       this.#url = undefined;
       this.#autoPipelining = false;
     } else {
       if (typeof options.url !== 'string' || options.url === '') {
-        throw new TypeError('RedisStorage needs { url } (a redis:// URL) or { client } (an ioredis client)');
+        throw new TypeError('RedisStorage needs { url } (a redis:// URL) or { client } (an ioredis Redis or Cluster)');
       }
       this.#url = options.url;
       this.#autoPipelining = options.autoPipelining ?? true;
@@ -178,337 +116,195 @@ export class RedisStorage implements CreditStorage {
   }
 
   /**
-   * Caches every script on the server and records the schema version under
-   * `<prefix>schema`. Idempotent; run automatically before the first operation.
+   * Writes the layout version under `<prefix>schema` and refuses a prefix that holds data
+   * of the 0.1.0 layout, which this version cannot read. Idempotent.
    */
   async migrate(): Promise<void> {
-    this.#migrated = undefined;
-    this.#readyClient = undefined;
-    await this.#ready();
+    const found = String(await this.#run('migrate', [`${this.keyPrefix}schema`], [LAYOUT]));
+    if (found === LAYOUT) return;
+    const why =
+      found === '1' || found === '2'
+        ? `keys under prefix '${this.keyPrefix}' use the key layout ${found} of @bookbag/credits 0.1.x, which this version cannot read: ` +
+          'start this version on a new keyPrefix (and re-create workspaces there), or keep 0.1.x for that data'
+        : `keys under prefix '${this.keyPrefix}' use key layout ${found}, not ${LAYOUT}: a newer @bookbag/credits wrote them`;
+    throw new StorageError('migrate', new Error(why), 'redis');
   }
 
   /** Quits the client if this store created it (from a `url`); a passed-in client stays open. */
   async close(): Promise<void> {
     this.#closed = true;
-    this.#readyClient = undefined;
     const connecting = this.#connecting;
     this.#connecting = undefined;
     if (this.#url === undefined || !connecting) return;
     try {
-      const client = await connecting;
-      await client.quit();
+      await (await connecting).quit();
     } catch {
       // Never connected or already gone: nothing to release.
     }
   }
 
-  async createWorkspace(command: CreateWorkspaceCommand): Promise<CreateWorkspaceOutcome> {
-    const reply = (await this.#run('createWorkspace', command.workspace.workspaceId, undefined, [
-      ...grantArgs(command.grant),
-      encodeEntry(command.entry),
-      num(command.entry.at),
-      ...workspacePairs(command.workspace),
-    ])) as [string, unknown?];
-    if (reply[0] === 'exists') return { status: 'exists' };
-    return { status: 'created', state: decodeState(reply[1]) };
+  async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    const k = this.#keys(request.workspaceId);
+    const reply = (await this.#run('load', [k.state, k.records, k.holds], [String(request.now), ...request.keys])) as [
+      string | null,
+      string | null,
+      (string | null)[],
+      (string | null)[],
+    ];
+    return {
+      version: reply[0] === null ? 0 : Number(reply[0]),
+      state: reply[1] === null ? null : (JSON.parse(reply[1]) as WorkspaceState),
+      records: parseRecords(reply[2]),
+      lapsed: parseRecords(reply[3]),
+    };
   }
 
-  async getWorkspace(workspaceId: string, now: number): Promise<WorkspaceState | undefined> {
-    const reply = (await this.#run('getWorkspace', workspaceId, undefined, [workspaceId, num(now)])) as [string, unknown?];
-    return reply[0] === 'found' ? decodeState(reply[1]) : undefined;
-  }
-
-  async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    const { reply: input } = command;
-    const reply = (await this.#hot('reserve', input.workspaceId, input.replyId, [
-      command.requireWorkspace ? '1' : '0',
-      num(command.now),
-      input.replyId,
-      input.workspaceId,
-      input.agentId,
-      input.conversationId,
-      input.model,
-      input.route,
-      num(input.amount),
-      input.priceVersion,
-      num(input.createdAt),
-      num(input.expiresAt),
-    ])) as [string, unknown?, string?, unknown?];
-    switch (reply[0]) {
-      case 'exists':
-        return { status: 'exists', reply: decodeReply(reply[1]) };
-      case 'workspace_not_found':
-        return { status: 'workspace_not_found' };
-      case 'renewal_due':
-        return { status: 'renewal_due', workspace: decodeWorkspace(reply[1]) };
-      case 'insufficient':
-        return {
-          status: 'insufficient',
-          reply: decodeReply(reply[1]),
-          available: Number(reply[2]),
-          workspace: decodeWorkspace(reply[3]),
-        };
-      default:
-        return { status: 'reserved', reply: decodeReply(reply[1]), available: Number(reply[2]) };
-    }
-  }
-
-  async settle(command: SettleCommand): Promise<SettleOutcome> {
-    const reply = (await this.#hot('settle', command.workspaceId, command.replyId, [
-      command.workspaceId,
-      num(command.now),
-      command.replyId,
-    ])) as [string, unknown?, unknown?, string?, unknown?];
-    switch (reply[0]) {
-      case 'not_found':
-        return { status: 'not_found' };
-      case 'settled':
-        if (reply[2] === null || reply[2] === undefined) {
-          throw new StorageError('settle', new Error(`ledger row of settled reply ${command.replyId} is missing`), 'redis');
-        }
-        return {
-          status: 'settled',
-          reply: decodeReply(reply[1]),
-          entry: decodeRow(reply[2]),
-          replayed: reply[3] === '1',
-          workspace: isEmptyHash(reply[4]) ? null : decodeWorkspace(reply[4]),
-        };
-      default:
-        return { status: reply[0] as 'expired' | 'released' | 'refused', reply: decodeReply(reply[1]) };
-    }
-  }
-
-  async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
-    const reply = (await this.#hot('release', command.workspaceId, command.replyId, [
-      command.workspaceId,
-      num(command.now),
-      command.replyId,
-    ])) as [string, unknown?, string?];
-    switch (reply[0]) {
-      case 'not_found':
-        return { status: 'not_found' };
-      case 'released':
-        return { status: 'released', reply: decodeReply(reply[1]), replayed: reply[2] === '1' };
-      default:
-        return { status: reply[0] as 'settled' | 'expired' | 'refused', reply: decodeReply(reply[1]) };
-    }
-  }
-
-  async renew(command: RenewCommand): Promise<RenewOutcome> {
-    const reply = (await this.#run('renew', command.workspaceId, undefined, [
-      command.workspaceId,
-      num(command.expectedVersion),
-      num(command.rolloverCap),
-      ...grantArgs(command.grant),
-      encodeEntry(command.entry),
-      num(command.entry.at),
-      num(command.now),
-      ...workspacePairs(command.workspace),
-    ])) as [string, unknown?, string?, string?];
-    switch (reply[0]) {
-      case 'workspace_not_found':
-        return { status: 'workspace_not_found' };
-      case 'stale':
-        return { status: 'stale', workspace: decodeWorkspace(reply[1]) };
-      default:
-        return { status: 'renewed', state: decodeState(reply[1]), expired: Number(reply[2]), carried: Number(reply[3]) };
-    }
-  }
-
-  async changePlan(command: ChangePlanCommand): Promise<ChangePlanOutcome> {
-    const reply = (await this.#run('changePlan', command.workspaceId, undefined, [
-      command.workspaceId,
-      num(command.expectedVersion),
-      num(command.allotmentIncrease),
-      encodeEntry(command.entry),
-      num(command.entry.at),
-      num(command.now),
-      ...workspacePairs(command.workspace),
-    ])) as [string, unknown?];
-    switch (reply[0]) {
-      case 'workspace_not_found':
-        return { status: 'workspace_not_found' };
-      case 'stale':
-        return { status: 'stale', workspace: decodeWorkspace(reply[1]) };
-      case 'overflow':
-        return { status: 'overflow' };
-      default:
-        return { status: 'changed', state: decodeState(reply[1]) };
-    }
-  }
-
-  async grant(command: GrantCommand): Promise<GrantOutcome> {
-    const reply = (await this.#run('grant', command.workspaceId, undefined, [
-      ...grantArgs(command.grant),
-      encodeEntry(command.entry),
-      num(command.entry.at),
-    ])) as [string, unknown?, unknown?];
-    switch (reply[0]) {
-      case 'workspace_not_found':
-        return { status: 'workspace_not_found' };
-      case 'exists':
-        return { status: 'exists', grant: decodeGrant(String(reply[1]), String(reply[2])) };
-      case 'overflow':
-        return { status: 'overflow' };
-      default:
-        return { status: 'granted', state: decodeState(reply[1]) };
-    }
-  }
-
-  async claimAlert(command: ClaimAlertCommand): Promise<boolean> {
-    const reply = await this.#run('claimAlert', command.workspaceId, undefined, [
-      `${command.periodIndex}:${command.threshold}`,
-    ]);
-    return Number(reply) === 1;
-  }
-
-  async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
-    const reply = (await this.#run('ledger', query.workspaceId, undefined, [
-      query.afterId ?? '',
-      query.from === undefined ? '' : num(query.from),
-      query.to === undefined ? '' : num(query.to),
-      query.agentId ?? '',
-      query.agentId === undefined ? '0' : '1',
-      num(query.limit),
-    ])) as unknown[];
-    return reply.map(decodeRow);
-  }
-
-  async usage(query: UsageQuery): Promise<UsageAggregate[]> {
-    const group = query.groupBy === 'agent' ? 'a' : query.groupBy === 'model' ? 'm' : 'c';
-    const reply = (await this.#run('usage', query.workspaceId, undefined, [
-      num(query.from),
-      num(query.to),
-      group,
-      query.byDay ? '1' : '0',
-    ])) as [string, string, string, string, string][];
-    // Order of first appearance in the ledger, as the memory store reports it.
-    const rows = reply.map(([key, day, amount, replies, first]) => ({ key, day: Number(day), amount: Number(amount), replies: Number(replies), first: Number(first) }));
-    rows.sort((a, b) => a.first - b.first);
-    return rows.map((row): UsageAggregate =>
-      query.byDay
-        ? { key: row.key, day: row.day, amount: row.amount, replies: row.replies }
-        : { key: row.key, amount: row.amount, replies: row.replies },
+  async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    // One script per workspace, all sent at once: on a cluster each goes to its own node.
+    return Promise.all(
+      commits.map(async (commit) => {
+        const { keys, args } = this.#commitCall(commit);
+        return Number(await this.#run('commit', keys, args)) === 1 ? 'committed' : 'conflict';
+      }),
     );
   }
 
-  async getReply(replyId: string): Promise<ReplyRecord | undefined> {
-    const client = this.#readyClient ?? (await this.#ready());
-    const reply = await this.#eval(client, 'getReply', [this.#replyKey(replyId)], []);
-    return reply === null || reply === undefined ? undefined : decodeReply(reply);
+  async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    if (query.limit <= 0) return [];
+    const k = this.#keys(query.workspaceId);
+    const rows = (await this.#run(
+      'ledger',
+      [k.state, k.ledger, k.at],
+      [
+        String(query.afterSeq ?? 0),
+        query.from === undefined ? '' : String(query.from),
+        query.to === undefined ? '' : String(query.to),
+        query.agentId === undefined ? '' : `=${query.agentId}`,
+        query.kinds === undefined ? '' : `,${query.kinds.join(',')},`,
+        String(query.limit),
+      ],
+    )) as string[];
+    return rows.map((row) => JSON.parse(row) as LedgerRow);
+  }
+
+  /**
+   * Sums whole UTC days from the rollups the commit keeps, and reads rows only for the part
+   * days at the window's two edges: the cost follows the days in the window, not the rows.
+   */
+  async usage(query: UsageQuery): Promise<UsageAggregate[]> {
+    const k = this.#keys(query.workspaceId);
+    const { from, to } = query;
+    const first = dayOf(from) === from ? from : dayOf(from) + DAY_MS;
+    const last = dayOf(to);
+    // Whole days [first, last); edges [from, first) and [last, to). No whole day: one edge.
+    const whole = first < last;
+    const edges = whole ? [from, first, last, to] : [from, to, to, to];
+    const [days, rows] = (await this.#run(
+      'usage',
+      [k.days, k.ledger, k.at],
+      [`${k.base}day:`, query.groupBy[0]!, String(first), String(whole ? last : first), ...edges.map(String)],
+    )) as [(string | string[])[], (string | null)[]];
+    const edge = new UsageAccumulator(query.groupBy, query.byDay);
+    for (const row of rows) if (row !== null) edge.add(JSON.parse(row) as LedgerRow);
+    const totals = new Map<string, UsageAggregate>();
+    const add = (key: string, day: number, amount: number, replies: number) => {
+      const id = query.byDay ? `${day}\u0000${key}` : key;
+      const group = totals.get(id) ?? (query.byDay ? { key, day, amount: 0, replies: 0 } : { key, amount: 0, replies: 0 });
+      group.amount += amount;
+      group.replies += replies;
+      totals.set(id, group);
+    };
+    for (let i = 0; i < days.length; i += 2) {
+      const fields = days[i + 1] as string[];
+      const hash = new Map<string, string>();
+      for (let j = 0; j < fields.length; j += 2) hash.set(fields[j]!, fields[j + 1]!);
+      for (const [field, value] of hash) {
+        if (field[0] === 's') add(field.slice(1), Number(days[i]), Number(value), Number(hash.get(`n${field.slice(1)}`) ?? 0));
+      }
+    }
+    for (const group of edge.totals()) add(group.key, group.day ?? 0, group.amount, group.replies);
+    return [...totals.values()].sort((a, b) => (a.day ?? 0) - (b.day ?? 0) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
 
-  #base(workspaceId: string): string {
-    return `${this.keyPrefix}{${workspaceId}}:`;
+  /**
+   * A workspace's keys: `<prefix>{<workspaceId>}:<name>`. `%`, `{` and `}` in the id are
+   * percent-encoded, so the tag is always exactly the whole workspace id and two ids never
+   * share keys.
+   */
+  #keys(workspaceId: string) {
+    const base = `${this.keyPrefix}{${workspaceId.replace(/[%{}]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)}}:`;
+    const at = `${base}at`;
+    return { base, state: `${base}state`, records: `${base}records`, holds: `${base}holds`, ledger: `${base}ledger`, at, days: `${base}days` };
   }
 
-  #replyKey(replyId: string): string {
-    return `${this.keyPrefix}reply:${replyId}`;
-  }
-
-  /** Runs a workspace script: KEYS = [workspace hash, sequence, reply?], ARGV = [base, reply prefix, ...args]. */
-  async #run(name: ScriptName, workspaceId: string, replyId: string | undefined, args: string[]): Promise<unknown> {
-    const client = this.#readyClient ?? (await this.#ready());
-    const base = this.#base(workspaceId);
-    const keys = [`${base}w`, `${this.keyPrefix}seq`];
-    if (replyId !== undefined) keys.push(this.#replyKey(replyId));
-    return this.#eval(client, name, keys, [base, `${this.keyPrefix}reply:`, ...args]);
-  }
-
-  /** Queues a hot-path call for the next batch of its workspace (or runs it alone). */
-  #hot(name: HotOperation, workspaceId: string, replyId: string, args: string[]): Promise<unknown> {
-    if (!this.#batching) return this.#run(name, workspaceId, replyId, args);
-    return new Promise((resolve, reject) => {
-      const base = this.#base(workspaceId);
-      let queue = this.#queues.get(base);
-      if (!queue) {
-        queue = [];
-        this.#queues.set(base, queue);
-      }
-      queue.push({ name, replyId, args: [base, `${this.keyPrefix}reply:`, ...args], resolve, reject });
-      if (!this.#flushScheduled) {
-        this.#flushScheduled = true;
-        // After the current microtasks: every caller woken by the same reply has queued by then.
-        process.nextTick(() => this.#flush());
+  #commitCall(commit: WorkspaceCommit): { keys: string[]; args: string[] } {
+    const k = this.#keys(commit.workspaceId);
+    const records: string[] = [];
+    const holds: string[] = [];
+    const done: string[] = [];
+    for (const record of commit.records) {
+      records.push(record.key, JSON.stringify(record));
+      if (record.holdExpiresAt === null) done.push(record.key);
+      else holds.push(String(record.holdExpiresAt), record.key);
+    }
+    const ledger: string[] = [];
+    const at: string[] = [];
+    const days = new Set<number>();
+    const rollups = new Map<string, Map<string, number>>();
+    let ordered = true;
+    commit.ledger.forEach((row, i) => {
+      ledger.push(String(row.seq), JSON.stringify(row));
+      at.push(String(row.at), String(row.seq).padStart(16, '0'));
+      if (i > 0 && row.at < commit.ledger[i - 1]!.at) ordered = false;
+      if (row.kind !== 'reply') return;
+      const day = dayOf(row.at);
+      days.add(day);
+      for (const [group, field] of Object.entries(GROUPS)) {
+        const hash = `${k.base}day:${day}:${group[0]}`;
+        const fields = rollups.get(hash) ?? new Map<string, number>();
+        const key = row[field] ?? '';
+        fields.set(`s${key}`, (fields.get(`s${key}`) ?? 0) - row.amount);
+        fields.set(`n${key}`, (fields.get(`n${key}`) ?? 0) + 1);
+        rollups.set(hash, fields);
       }
     });
-  }
-
-  #flush(): void {
-    this.#flushScheduled = false;
-    const queues = this.#queues;
-    this.#queues = new Map();
-    for (const [base, queue] of queues) {
-      for (let i = 0; i < queue.length; i += MAX_BATCH) void this.#flushBatch(base, queue.slice(i, i + MAX_BATCH));
+    const rows = commit.ledger;
+    const args = [String(commit.expectedVersion), String(commit.expectedVersion + 1), JSON.stringify(commit.state)];
+    const counted = (list: string[], width: number) => args.push(String(list.length / width), ...list);
+    counted(records, 2);
+    counted(holds, 2);
+    counted(done, 1);
+    counted(ledger, 2);
+    counted(at, 2);
+    counted([...days].flatMap((day) => [String(day), String(day)]), 2);
+    args.push(rows.length ? String(rows[0]!.at) : '', rows.length ? String(rows[rows.length - 1]!.at) : '', ordered ? '1' : '0');
+    for (const fields of rollups.values()) {
+      args.push(String(fields.size));
+      for (const [field, increment] of fields) args.push(field, String(increment));
     }
+    return { keys: [k.state, k.records, k.holds, k.ledger, k.at, k.days, ...rollups.keys()], args };
   }
 
-  async #flushBatch(base: string, batch: Pending[]): Promise<void> {
+  /** Runs a script by SHA, re-sending its source when the node does not have it cached. */
+  async #run(name: keyof typeof SCRIPTS, keys: string[], args: string[]): Promise<unknown> {
+    const { sha, source } = SCRIPTS[name];
     try {
-      const client = this.#readyClient ?? (await this.#ready());
-      const keys = [`${base}w`, `${this.keyPrefix}seq`];
-      const [only] = batch;
-      if (only && batch.length === 1) {
-        only.resolve(await this.#eval(client, only.name, [...keys, this.#replyKey(only.replyId)], only.args));
-        return;
-      }
-      const argv = [String(batch.length)];
-      for (const call of batch) argv.push(call.name, String(call.args.length), ...call.args);
-      const results = (await this.#eval(client, 'batch', keys, argv)) as unknown[];
-      batch.forEach((call, i) => call.resolve(results[i]));
-    } catch (error) {
-      for (const call of batch) {
-        call.reject(error instanceof StorageError && batch.length > 1 ? new StorageError(call.name, error.cause, 'redis') : error);
-      }
-    }
-  }
-
-  async #eval(client: RedisClientLike, name: ScriptName, keys: string[], args: string[]): Promise<unknown> {
-    const script = SCRIPT_LIST[name];
-    try {
+      const client = this.#client ?? (await this.#connect());
       try {
-        return await client.evalsha(script.sha, keys.length, ...keys, ...args);
+        return await client.evalsha(sha, keys.length, ...keys, ...args);
       } catch (error) {
-        if (!isNoScript(error)) throw error;
-        return await client.eval(script.source, keys.length, ...keys, ...args);
+        // NOSCRIPT: nothing ran, so sending the source is safe.
+        if (!(error instanceof Error && error.message.startsWith('NOSCRIPT'))) throw error;
+        return await client.eval(source, keys.length, ...keys, ...args);
       }
     } catch (error) {
-      throw new StorageError(name, error, 'redis');
+      throw error instanceof StorageError ? error : new StorageError(name, error, 'redis');
     }
-  }
-
-  /** The client, connected and migrated. */
-  #ready(): Promise<RedisClientLike> {
-    this.#migrated ??= this.#migrate();
-    const migrated = this.#migrated;
-    return migrated.then(
-      async () => {
-        const client = await this.#connect();
-        if (this.#migrated === migrated) this.#readyClient = client;
-        return client;
-      },
-      (error: unknown) => {
-        // A failed migration is retried by the next call.
-        if (this.#migrated === migrated) this.#migrated = undefined;
-        throw error;
-      },
-    );
-  }
-
-  async #migrate(): Promise<void> {
-    const client = await this.#connect();
-    try {
-      await Promise.all(Object.values(SCRIPT_LIST).map((script) => client.script('LOAD', script.source)));
-    } catch (error) {
-      throw new StorageError('migrate', error, 'redis');
-    }
-    await this.#eval(client, 'migrate', [`${this.keyPrefix}schema`], [String(SCHEMA_VERSION)]);
   }
 
   #connect(): Promise<RedisClientLike> {
-    if (this.#client) return Promise.resolve(this.#client);
     if (this.#closed) return Promise.reject(new StorageError('connect', new Error('the store is closed'), 'redis'));
     this.#connecting ??= this.#open();
     return this.#connecting;
@@ -516,19 +312,15 @@ export class RedisStorage implements CreditStorage {
 
   async #open(): Promise<RedisClientLike> {
     const Redis = await loadIoredis();
-    const client = new Redis(this.#url ?? '', {
-      enableAutoPipelining: this.#autoPipelining,
-      maxRetriesPerRequest: 3,
-    });
+    const client = new Redis(this.#url ?? '', { enableAutoPipelining: this.#autoPipelining, maxRetriesPerRequest: 3 });
     // Errors surface through the commands that fail; an unhandled 'error' event would crash.
     client.on('error', () => undefined);
-    if (this.#closed) {
-      await client.quit().catch(() => undefined);
-      throw new StorageError('connect', new Error('the store is closed'), 'redis');
-    }
-    this.#client = client;
     return client;
   }
+}
+
+function parseRecords(values: readonly (string | null)[]): StoredRecord[] {
+  return values.flatMap((value) => (value === null ? [] : [JSON.parse(value) as StoredRecord]));
 }
 
 async function loadIoredis(): Promise<IoredisConstructor> {
@@ -536,21 +328,10 @@ async function loadIoredis(): Promise<IoredisConstructor> {
   try {
     module = (await import('ioredis')) as { Redis?: unknown; default?: unknown };
   } catch (error) {
-    throw new StorageError(
-      'connect',
-      new Error('RedisStorage with { url } needs the optional peer dependency ioredis: run `npm install ioredis@5`, or pass { client }', {
-        cause: error,
-      }),
-      'redis',
-    );
+    const hint = 'RedisStorage with { url } needs the optional peer dependency ioredis: run `npm install ioredis@5`, or pass { client }';
+    throw new StorageError('connect', new Error(hint, { cause: error }), 'redis');
   }
   const candidate = module.Redis ?? (module.default as { Redis?: unknown } | undefined)?.Redis ?? module.default;
-  if (typeof candidate !== 'function') {
-    throw new StorageError('connect', new Error('the installed ioredis exports no Redis client class'), 'redis');
-  }
+  if (typeof candidate !== 'function') throw new StorageError('connect', new Error('the installed ioredis exports no Redis client class'), 'redis');
   return candidate as IoredisConstructor;
-}
-
-function isNoScript(error: unknown): boolean {
-  return error instanceof Error && error.message.startsWith('NOSCRIPT');
 }
