@@ -306,6 +306,31 @@ describe('creditsMiddleware - streamText', () => {
     expect(Number((await meter.getWorkspace('shop')).balance)).toBe(95);
   });
 
+  it('a stream the balance cannot cover is refused before any request', async () => {
+    const { meter, wrap } = await setup();
+    await meter.createWorkspace({ workspaceId: 'poor', plan: 'enterprise', allotment: 3 });
+    const errors: unknown[] = [];
+    const result = streamText({
+      model: wrap(openai().chat('gpt-4o')),
+      prompt: 'Hi',
+      providerOptions: who({ workspaceId: 'poor' }),
+      onError: ({ error }) => void errors.push(error),
+    });
+    await drain(result.fullStream);
+    expect(codeOf(errors[0])).toBe('INSUFFICIENT_CREDITS');
+    expect(server.requests).toHaveLength(0);
+  });
+
+  it('a reader that stops early is charged once: streamText keeps reading the model (stop it with abortSignal)', async () => {
+    const { meter, wrap } = await setup();
+    server.script({ kind: 'ok', chunkDelayMs: 10 });
+    const result = streamText({ model: wrap(openai().chat('gpt-4o')), prompt: 'Hi', providerOptions: who() });
+    for await (const _ of result.textStream) break;
+    expect(await result.text).toBe('Your order ships tomorrow.');
+    expect(await charges(meter, 'shop')).toHaveLength(1);
+    expect(Number((await meter.getWorkspace('shop')).held)).toBe(0);
+  });
+
   it('a stream retries inside one hold and charges once', async () => {
     const { meter, wrap } = await setup();
     server.script({ kind: 'error', status: 429 });
