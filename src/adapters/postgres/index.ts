@@ -4,10 +4,9 @@
  *
  * @packageDocumentation
  */
-export { PostgresStorage } from './postgres-storage.js';
+
 export type {
   PostgresConnectionOptions,
-  PostgresGroupCommitOptions,
   PostgresPool,
   PostgresPoolClient,
   PostgresPoolOptions,
@@ -15,3 +14,4 @@ export type {
   PostgresQueryResult,
   PostgresStorageOptions,
 } from './postgres-storage.js';
+export { PostgresStorage } from './postgres-storage.js';

@@ -1,38 +1,30 @@
 import { createHash } from 'node:crypto';
-import { InvalidInputError, StorageError, type InputIssue } from '../../core/errors.js';
+import { type InputIssue, InvalidInputError, StorageError } from '../../core/errors.js';
+import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
 import type {
-  ChangePlanCommand,
-  ChangePlanOutcome,
-  ClaimAlertCommand,
-  CreateWorkspaceCommand,
-  CreateWorkspaceOutcome,
+  CommitResult,
   CreditStorage,
-  GrantCommand,
-  GrantOutcome,
-  LedgerKind,
   LedgerQuery,
-  LedgerRow,
-  ReleaseCommand,
-  ReleaseOutcome,
-  RenewCommand,
-  RenewOutcome,
-  ReplyRecord,
-  ReplyStatus,
-  ReserveCommand,
-  ReserveOutcome,
-  Route,
-  SettleCommand,
-  SettleOutcome,
+  LoadedWorkspace,
+  LoadRequest,
   UsageAggregate,
   UsageQuery,
-  WorkspaceState,
+  WorkspaceCommit,
 } from '../../storage/storage.js';
-import { GroupCommit, type QueuedOperation } from './group-commit.js';
-import { identifierProblem, migrations, schemaNames, type SchemaNames } from './postgres-schema.js';
+import {
+  commitSql,
+  identifierProblem,
+  LAYOUT_VERSION,
+  LEDGER_SELECT,
+  layout,
+  loadSql,
+  type SchemaNames,
+  schemaNames,
+} from './postgres-schema.js';
 
 // ─── the driver, typed structurally ─────────────────────────────────────────
 
-/** A query as the adapter sends it (pg's `QueryConfig`). */
+/** A query as the store sends it (pg's `QueryConfig`). */
 export interface PostgresQuery {
   /** SQL text with `$1`-style placeholders. */
   text: string;
@@ -42,7 +34,7 @@ export interface PostgresQuery {
   name?: string;
 }
 
-/** What the adapter reads from a query result. */
+/** What the store reads from a query result. */
 export interface PostgresQueryResult {
   /** Result rows, one object per row keyed by column name. */
   rows: Record<string, unknown>[];
@@ -57,7 +49,7 @@ export interface PostgresPoolClient {
 }
 
 /**
- * The methods of a pg `Pool` the adapter uses, so the package never needs pg's types. A
+ * The methods of a pg `Pool` the store uses, so the package never needs pg's types. A
  * `new pg.Pool(...)` satisfies it.
  */
 export interface PostgresPool {
@@ -69,24 +61,6 @@ export interface PostgresPool {
   end(): Promise<void>;
 }
 
-/** Group-commit tuning. */
-export interface PostgresGroupCommitOptions {
-  /**
-   * Most operations in one transaction. Larger batches spread the commit's WAL flush over
-   * more operations; each operation runs in its own subtransaction, and past 64 of them
-   * other sessions consult `pg_subtrans` for this batch's rows while it runs, so very large
-   * batches stop paying off.
-   * @default 128
-   */
-  maxBatch?: number;
-  /**
-   * Most batches in flight at once (each on its own connection). Two keep one batch
-   * executing while the previous one waits for its WAL flush.
-   * @default 2
-   */
-  maxInFlight?: number;
-}
-
 interface CommonOptions {
   /**
    * Schema holding the tables (created by `migrate` when missing).
@@ -94,18 +68,11 @@ interface CommonOptions {
    */
   schema?: string;
   /**
-   * Prefix of every table and function name, e.g. `credits_` gives `credits_ledger`. Lets
+   * Prefix of every table and index name, e.g. `credits_` gives `credits_ledger`. Lets
    * several stores share a schema.
    * @default 'credits_'
    */
   tablePrefix?: string;
-  /**
-   * Group commit: concurrent operations share one transaction (each all-or-nothing on its
-   * own), which is what makes thousands of charges a second on one workspace possible.
-   * `false` commits every operation alone.
-   * @default { maxBatch: 128, maxInFlight: 2 }
-   */
-  groupCommit?: PostgresGroupCommitOptions | false;
 }
 
 /** Options of a store that opens its own pool from a connection string. */
@@ -113,7 +80,8 @@ export interface PostgresConnectionOptions extends CommonOptions {
   /** A PostgreSQL URL, e.g. `postgres://user:pass@host:5432/db`. */
   connectionString: string;
   /**
-   * Most connections in the pool the store creates.
+   * Most connections in the pool the store creates. A hot workspace uses one at a time (the
+   * meter commits its changes in batches); other workspaces share the rest.
    * @default 10
    */
   poolSize?: number;
@@ -131,32 +99,31 @@ export interface PostgresPoolOptions extends CommonOptions {
   poolSize?: never;
 }
 
-/** Options of {@link PostgresStorage}: a connection string or a pool, plus naming and tuning. */
+/** Options of {@link PostgresStorage}: a connection string or a pool, plus naming. */
 export type PostgresStorageOptions = PostgresConnectionOptions | PostgresPoolOptions;
 
 interface PgModule {
-  Pool: new (config: { connectionString: string; max: number }) => PostgresPool & {
-    on(event: 'error', listener: (error: Error) => void): unknown;
+  Pool: new (config: {
+    connectionString: string;
+    max: number;
+  }) => PostgresPool & {
+    on(event: 'error' | 'connect', listener: (arg: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
   };
 }
 
 const ADAPTER = 'postgres';
 // Advisory-lock class for migrations: 'cred' in ASCII.
 const MIGRATION_LOCK_CLASS = 0x63726564;
-// Whole-batch failures worth running again: nothing of the batch was committed.
-const RETRYABLE = new Set(['40P01', '40001']);
-const MAX_BATCH_RETRIES = 5;
 
 /**
  * The PostgreSQL store: credits, holds and the ledger in your database, safe with many app
  * servers on one database.
  *
- * Every operation runs server-side as one PL/pgSQL call inside one transaction, with the
- * workspace row locked (`SELECT … FOR UPDATE`) so no two servers decide on the same balance
- * at once; reply ids, grant ids and alerts are idempotent through unique keys; renewals
- * and plan changes apply only at the expected version. Concurrent operations are group
- * committed: gathered into one transaction that locks their workspaces in sorted order,
- * each in its own savepoint, and resolved only after the COMMIT.
+ * It applies no rule. A workspace is one row (its state as JSON and a version), its records
+ * (one per reply or top-up) and its ledger rows. A commit is one statement: an `UPDATE … WHERE
+ * version = $expected` (or an `INSERT … ON CONFLICT DO NOTHING` for a new workspace) whose
+ * output gates the inserts of ledger rows and the upserts of records, so all of it lands or,
+ * when another server moved the version first, none of it does and the meter retries.
  *
  * The `pg` driver is an optional peer dependency, loaded on first use.
  *
@@ -173,7 +140,7 @@ const MAX_BATCH_RETRIES = 5;
 export class PostgresStorage implements CreditStorage {
   /** The schema holding the store's tables. */
   readonly schema: string;
-  /** The prefix of the store's table and function names. */
+  /** The prefix of the store's table and index names. */
   readonly tablePrefix: string;
   readonly #names: SchemaNames;
   readonly #connectionString: string | undefined;
@@ -182,9 +149,9 @@ export class PostgresStorage implements CreditStorage {
   #pool: PostgresPool | undefined;
   #opening: Promise<PostgresPool> | undefined;
   #migrating: Promise<void> | undefined;
+  #migrated = false;
   #closed = false;
-  readonly #batcher: GroupCommit;
-  readonly #runQuery: { name: string; text: string };
+  readonly #statements: Record<'load' | 'insert' | 'update', { name: string; text: string }>;
 
   constructor(options: PostgresStorageOptions) {
     const issues = validate(options);
@@ -196,137 +163,122 @@ export class PostgresStorage implements CreditStorage {
     this.#poolSize = options.poolSize ?? 10;
     this.#ownsPool = options.pool === undefined;
     this.#pool = options.pool;
-    const group = options.groupCommit;
-    this.#batcher = new GroupCommit((batch) => this.#runBatch(batch), {
-      maxBatch: group === false ? 1 : (group?.maxBatch ?? 128),
-      maxInFlight: group === false ? this.#poolSize : (group?.maxInFlight ?? 2),
-    });
-    this.#runQuery = {
-      // Prepared-statement names are cut at 63 bytes: a digest keeps them short and distinct.
-      name: `credits_run_${createHash('sha256').update(this.#names.key).digest('hex').slice(0, 24)}`,
-      text: `SELECT ${this.#names.fn('run')}($1::jsonb, $2::jsonb, $3::jsonb, $4::text[]) AS r`,
+    // Prepared-statement names are cut at 63 bytes: a digest keeps them short and distinct.
+    const id = createHash('sha256').update(`${this.#names.key}:${LAYOUT_VERSION}`).digest('hex').slice(0, 24);
+    this.#statements = {
+      load: { name: `credits_load_${id}`, text: loadSql(this.#names) },
+      insert: { name: `credits_insert_${id}`, text: commitSql(this.#names, true) },
+      update: { name: `credits_update_${id}`, text: commitSql(this.#names, false) },
     };
   }
 
   /**
-   * Creates or upgrades the tables and functions. Idempotent and safe when several servers
-   * run it at once (an advisory lock serializes them); also runs on first use.
+   * Creates the tables when missing. Idempotent and safe when several servers run it at once
+   * (an advisory lock serializes them); also runs on first use. Refuses, with an error saying
+   * what to do, a schema that holds the tables of release 0.1.x.
    */
   async migrate(): Promise<void> {
-    this.#migrating ??= this.#migrate().catch((error: unknown) => {
-      this.#migrating = undefined;
-      throw error;
-    });
+    this.#migrating ??= this.#migrate().then(
+      () => {
+        this.#migrated = true;
+      },
+      (error: unknown) => {
+        this.#migrating = undefined;
+        throw asStorageError(error, 'migrate');
+      },
+    );
     await this.#migrating;
   }
 
-  /** Waits for queued operations, then ends the pool if this store created it. */
+  /** Ends the pool if this store created it. Calls after this one fail with `STORAGE_ERROR`. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#batcher.drained();
     if (this.#ownsPool && this.#opening) {
       const pool = await this.#opening.catch(() => undefined);
       await pool?.end();
     }
   }
 
-  async createWorkspace(command: CreateWorkspaceCommand): Promise<CreateWorkspaceOutcome> {
-    return (await this.#submit('createWorkspace', { op: 'createWorkspace', ...command }, command.workspace.workspaceId)) as CreateWorkspaceOutcome;
+  async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    const [row] = await this.#query('load', { ...this.#statements.load, values: [request.workspaceId, request.keys, request.now] });
+    return {
+      version: row?.['version'] == null ? 0 : Number(row['version']),
+      state: (row?.['state'] as WorkspaceState | null | undefined) ?? null,
+      records: (row?.['records'] as StoredRecord[] | null | undefined) ?? [],
+      lapsed: (row?.['lapsed'] as StoredRecord[] | null | undefined) ?? [],
+    };
   }
 
-  async getWorkspace(workspaceId: string, now: number): Promise<WorkspaceState | undefined> {
-    const outcome = (await this.#submit('getWorkspace', { op: 'getWorkspace', workspaceId, now }, workspaceId)) as
-      | { status: 'found'; state: WorkspaceState }
-      | { status: 'missing' };
-    return outcome.status === 'found' ? outcome.state : undefined;
-  }
-
-  async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    const outcome = (await this.#submit('reserve', { op: 'reserve', ...command }, command.reply.workspaceId)) as
-      | ReserveOutcome
-      | { status: 'reserved'; available: number; reply?: undefined };
-    if (outcome.status !== 'reserved' || outcome.reply) return outcome as ReserveOutcome;
-    return { status: 'reserved', reply: { ...command.reply, status: 'held', finishedAt: null, entryId: null }, available: outcome.available };
-  }
-
-  async settle(command: SettleCommand): Promise<SettleOutcome> {
-    return (await this.#submit('settle', { op: 'settle', ...command }, command.workspaceId)) as SettleOutcome;
-  }
-
-  async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
-    return (await this.#submit('release', { op: 'release', ...command }, command.workspaceId)) as ReleaseOutcome;
-  }
-
-  async renew(command: RenewCommand): Promise<RenewOutcome> {
-    return (await this.#submit('renew', { op: 'renew', ...command }, command.workspaceId)) as RenewOutcome;
-  }
-
-  async changePlan(command: ChangePlanCommand): Promise<ChangePlanOutcome> {
-    return (await this.#submit('changePlan', { op: 'changePlan', ...command }, command.workspaceId)) as ChangePlanOutcome;
-  }
-
-  async grant(command: GrantCommand): Promise<GrantOutcome> {
-    return (await this.#submit('grant', { op: 'grant', ...command }, command.workspaceId)) as GrantOutcome;
-  }
-
-  async claimAlert(command: ClaimAlertCommand): Promise<boolean> {
-    return (await this.#submit('claimAlert', { op: 'claimAlert', ...command }, null)) === true;
+  async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const results: CommitResult[] = [];
+    // One statement each, in order: workspaces commit independently, and a workspace named
+    // twice sees its first commit before its second.
+    for (const commit of commits) {
+      const values: unknown[] = [
+        commit.workspaceId,
+        JSON.stringify(commit.state),
+        JSON.stringify(commit.ledger),
+        JSON.stringify(commit.records),
+      ];
+      const isNew = commit.expectedVersion === 0;
+      if (!isNew) values.push(commit.expectedVersion);
+      const [row] = await this.#query('commit', { ...this.#statements[isNew ? 'insert' : 'update'], values });
+      results.push(row?.['written'] === 1 ? 'committed' : 'conflict');
+    }
+    return results;
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
     const values: unknown[] = [query.workspaceId];
     const where = ['workspace_id = $1'];
     const param = (value: unknown) => `$${values.push(value)}`;
+    if (query.afterSeq !== undefined) where.push(`seq > ${param(query.afterSeq)}`);
     if (query.from !== undefined) where.push(`at >= ${param(query.from)}`);
     if (query.to !== undefined) where.push(`at < ${param(query.to)}`);
     if (query.agentId !== undefined) where.push(`agent_id = ${param(query.agentId)}`);
-    if (query.afterId !== undefined && /^\d{1,19}$/.test(query.afterId)) where.push(`l.id > ${param(query.afterId)}::bigint`);
+    if (query.kinds !== undefined) where.push(`kind = ANY(${param(query.kinds)}::text[])`);
     const limit = param(Math.max(0, Math.floor(query.limit)));
-    const rows = await this.#read(
-      'ledger',
-      `SELECT l.id::text AS id, workspace_id, kind, amount, at, reply_id, agent_id, conversation_id, model, route,
-              price_version, grant_id, plan
-         FROM ${this.#names.ledger} l WHERE ${where.join(' AND ')} ORDER BY l.id LIMIT ${limit}`,
-      values,
-    );
-    return rows.map(ledgerRow);
+    const text = `SELECT ${LEDGER_SELECT} FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ${limit}`;
+    const rows = await this.#query('ledger', { text, values });
+    return rows.map((row) => ({
+      ...(row as unknown as LedgerRow),
+      workspaceId: query.workspaceId,
+      seq: Number(row['seq']),
+      amount: Number(row['amount']),
+      at: Number(row['at']),
+      inputTokens: row['inputTokens'] == null ? null : Number(row['inputTokens']),
+      outputTokens: row['outputTokens'] == null ? null : Number(row['outputTokens']),
+    }));
   }
 
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
     const column = query.groupBy === 'agent' ? 'agent_id' : query.groupBy === 'model' ? 'model' : 'conversation_id';
-    // Floor to the UTC day, also before 1970 (SQL % truncates toward zero).
+    // Floors to the UTC day like dayOf, also before 1970 (SQL % truncates toward zero).
     const day = query.byDay ? ', at - (((at % 86400000) + 86400000) % 86400000) AS day' : '';
-    const rows = await this.#read(
-      'usage',
-      `SELECT COALESCE(${column}, '') AS key${day}, -sum(amount) AS amount, count(*) AS replies
+    const text = `SELECT COALESCE(${column}, '') AS key${day}, -sum(amount) AS amount, count(*) AS replies
          FROM ${this.#names.ledger}
         WHERE workspace_id = $1 AND kind = 'reply' AND at >= $2 AND at < $3
-        GROUP BY 1${query.byDay ? ', 2' : ''}
-        ORDER BY min(id)`,
-      [query.workspaceId, query.from, query.to],
-    );
+        GROUP BY 1${query.byDay ? ', 2' : ''} ORDER BY min(seq)`;
+    const rows = await this.#query('usage', { text, values: [query.workspaceId, query.from, query.to] });
     return rows.map((row) => {
-      const amount = Number(row['amount']);
-      const replies = Number(row['replies']);
-      const key = String(row['key']);
-      return query.byDay ? { key, day: Number(row['day']), amount, replies } : { key, amount, replies };
+      const totals = { key: String(row['key']), amount: Number(row['amount']), replies: Number(row['replies']) };
+      return query.byDay ? { ...totals, day: Number(row['day']) } : totals;
     });
   }
 
-  async getReply(replyId: string): Promise<ReplyRecord | undefined> {
-    const rows = await this.#read(
-      'getReply',
-      `SELECT reply_id, workspace_id, agent_id, conversation_id, model, route, amount, price_version, status,
-              created_at, expires_at, finished_at, entry_id::text AS entry_id
-         FROM ${this.#names.replies} WHERE reply_id = $1`,
-      [replyId],
-    );
-    const row = rows[0];
-    return row ? replyRecord(row) : undefined;
-  }
-
   // ─── internals ──────────────────────────────────────────────────────────
+
+  async #query(operation: string, query: PostgresQuery): Promise<Record<string, unknown>[]> {
+    if (this.#closed) throw new StorageError(operation, new Error('the store is closed'), ADAPTER);
+    try {
+      if (!this.#migrated) await this.migrate();
+      const pool = await this.#poolReady();
+      return (await pool.query(query)).rows;
+    } catch (error) {
+      throw asStorageError(error, operation);
+    }
+  }
 
   async #poolReady(): Promise<PostgresPool> {
     if (this.#pool) return this.#pool;
@@ -338,9 +290,7 @@ export class PostgresStorage implements CreditStorage {
       pool.on('error', () => undefined);
       // A connection can also die between two of its queries; the failing query rejects with
       // the error, so the client's own 'error' event must not crash the process as well.
-      (pool as unknown as ConnectEvents).on('connect', (client) => {
-        client.on('error', () => undefined);
-      });
+      pool.on('connect', (client) => client.on('error', () => undefined));
       this.#pool = pool;
       return pool;
     })();
@@ -348,126 +298,46 @@ export class PostgresStorage implements CreditStorage {
   }
 
   async #migrate(): Promise<void> {
-    let client: PostgresPoolClient | undefined;
+    const pool = await this.#poolReady();
+    const client = await pool.connect();
+    const names = this.#names;
     try {
-      const pool = await this.#poolReady();
-      client = await pool.connect();
-      const names = this.#names;
       await client.query({ text: 'BEGIN' });
       await client.query({ text: 'SELECT pg_advisory_xact_lock($1::int, hashtext($2))', values: [MIGRATION_LOCK_CLASS, names.schema] });
-      const schema = await client.query({ text: 'SELECT 1 FROM pg_namespace WHERE nspname = $1', values: [unquote(names.schema)] });
+      // Checked first so that a user without CREATE on the database can use an existing schema.
+      const schema = await client.query({ text: 'SELECT 1 FROM pg_namespace WHERE nspname = $1', values: [this.schema] });
       if (schema.rows.length === 0) await client.query({ text: `CREATE SCHEMA IF NOT EXISTS ${names.schema}` });
       await client.query({
         text: `CREATE TABLE IF NOT EXISTS ${names.migrations} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`,
       });
       const { rows } = await client.query({ text: `SELECT COALESCE(max(version), 0) AS version FROM ${names.migrations}` });
-      const steps = migrations(names);
-      // A newer schema (a newer release migrated first) is left alone: steps only add.
-      for (let version = Number(rows[0]?.['version'] ?? 0); version < steps.length; version++) {
-        await client.query({ text: steps[version]! });
-        await client.query({ text: `INSERT INTO ${names.migrations} (version) VALUES ($1)`, values: [version + 1] });
+      const version = Number(rows[0]?.['version'] ?? 0);
+      if (version > 0 && version < LAYOUT_VERSION) throw oldRelease(this.schema, this.tablePrefix, version);
+      // A newer layout (a newer release migrated first) is left as it is.
+      if (version === 0) {
+        await client.query({ text: layout(names) });
+        await client.query({ text: `INSERT INTO ${names.migrations} (version) VALUES ($1)`, values: [LAYOUT_VERSION] });
       }
       await client.query({ text: 'COMMIT' });
       client.release();
     } catch (error) {
-      if (client) {
-        await client.query({ text: 'ROLLBACK' }).catch(() => undefined);
-        client.release(error instanceof Error ? error : true);
-      }
-      throw asStorageError(error, 'migrate');
-    }
-  }
-
-  /** Queues one write operation for the next group-commit batch. */
-  async #submit(operation: string, command: Record<string, unknown>, lock: string | null): Promise<unknown> {
-    if (this.#closed) throw new StorageError(operation, new Error('the store is closed'), ADAPTER);
-    try {
-      await this.migrate();
-    } catch (error) {
-      throw asStorageError(error, operation);
-    }
-    return new Promise((resolve, reject) => this.#batcher.submit({ command, lock, operation, resolve, reject }));
-  }
-
-  /**
-   * Runs one batch as one statement: its implicit transaction commits before pg resolves the
-   * query. The batch goes as three arrays (settles, reserves that need a workspace, the rest),
-   * so the database runs the first two set-based; the outcomes come back in that order.
-   */
-  async #runBatch(queued: QueuedOperation[]): Promise<void> {
-    const settles: QueuedOperation[] = [];
-    const reserves: QueuedOperation[] = [];
-    const others: QueuedOperation[] = [];
-    for (const op of queued) {
-      const kind = op.command['op'];
-      if (kind === 'settle') settles.push(op);
-      else if (kind === 'reserve' && op.command['requireWorkspace'] === true) reserves.push(op);
-      else others.push(op);
-    }
-    const batch = [...settles, ...reserves, ...others];
-    let pool: PostgresPool;
-    try {
-      pool = await this.#poolReady();
-    } catch (error) {
-      for (const op of batch) op.reject(asStorageError(error, op.operation));
-      return;
-    }
-    const locks = [...new Set(batch.map((op) => op.lock).filter((id): id is string => id !== null))].sort();
-    let texts: [string, string, string];
-    try {
-      const json = (ops: QueuedOperation[]) => JSON.stringify(ops.map((op) => op.command));
-      texts = [json(settles), json(reserves), json(others)];
-    } catch (error) {
-      if (batch.length > 1) return this.#runEach(batch);
+      await client.query({ text: 'ROLLBACK' }).catch(() => undefined);
+      client.release(error instanceof Error ? error : true);
       throw error;
-    }
-    for (let attempt = 0; ; attempt++) {
-      let outcomes: unknown;
-      try {
-        const result = await pool.query({ ...this.#runQuery, values: [...texts, locks] });
-        outcomes = result.rows[0]?.['r'];
-      } catch (error) {
-        if (RETRYABLE.has(codeOf(error)) && attempt < MAX_BATCH_RETRIES) continue;
-        // The server refused the statement itself (e.g. text PostgreSQL cannot store): run
-        // each operation alone so only the offending one fails.
-        if (batch.length > 1 && isStatementError(error)) return this.#runEach(batch);
-        for (const op of batch) op.reject(new StorageError(op.operation, error, ADAPTER));
-        return;
-      }
-      if (!Array.isArray(outcomes) || outcomes.length !== batch.length) {
-        const error = new Error('the batch returned an unexpected result');
-        for (const op of batch) op.reject(new StorageError(op.operation, error, ADAPTER));
-        return;
-      }
-      batch.forEach((op, index) => {
-        const outcome: unknown = outcomes[index];
-        if (isFailure(outcome)) {
-          op.reject(new StorageError(op.operation, Object.assign(new Error(outcome.error), { code: outcome.code }), ADAPTER));
-        } else {
-          op.resolve(outcome);
-        }
-      });
-      return;
-    }
-  }
-
-  async #runEach(batch: QueuedOperation[]): Promise<void> {
-    await Promise.all(batch.map((op) => this.#runBatch([op]).catch((error: unknown) => op.reject(new StorageError(op.operation, error, ADAPTER)))));
-  }
-
-  async #read(operation: string, text: string, values: unknown[]): Promise<Record<string, unknown>[]> {
-    if (this.#closed) throw new StorageError(operation, new Error('the store is closed'), ADAPTER);
-    try {
-      await this.migrate();
-      const pool = await this.#poolReady();
-      return (await pool.query({ text, values })).rows;
-    } catch (error) {
-      throw asStorageError(error, operation);
     }
   }
 }
 
 // ─── helpers ─────────────────────────────────────────────────────────────
+
+function oldRelease(schema: string, prefix: string, version: number): Error {
+  return new Error(
+    `schema "${schema}" holds the tables of @bookbag/credits 0.1 (layout ${version}, prefix "${prefix}"), which this release ` +
+      'does not read or convert. Keep 0.1 on that data, or point this release at another schema or tablePrefix, or drop the ' +
+      `old tables (${prefix}workspaces, ${prefix}grants, ${prefix}replies, ${prefix}ledger, ${prefix}alerts, ${prefix}migrations ` +
+      'with CASCADE, which also drops their functions): see "Upgrading from 0.1" in docs/adapters/postgres.md',
+  );
+}
 
 async function loadPg(): Promise<PgModule> {
   // A variable specifier keeps bundlers from resolving the optional peer at build time.
@@ -476,20 +346,11 @@ async function loadPg(): Promise<PgModule> {
   try {
     mod = (await import(specifier)) as { default?: PgModule } & Partial<PgModule>;
   } catch (error) {
-    throw new StorageError(
-      'connect',
-      new Error('the "pg" package is not installed; PostgresStorage needs it: run `npm install pg`', { cause: error }),
-      ADAPTER,
-    );
+    throw new Error('the "pg" package is not installed; PostgresStorage needs it: run `npm install pg`', { cause: error });
   }
   const Pool = mod.default?.Pool ?? mod.Pool;
-  if (typeof Pool !== 'function') throw new StorageError('connect', new Error('the "pg" package has no Pool export'), ADAPTER);
+  if (typeof Pool !== 'function') throw new Error('the "pg" package has no Pool export');
   return { Pool };
-}
-
-/** The pool's `connect` event, as pg emits it for each new client. */
-interface ConnectEvents {
-  on(event: 'connect', listener: (client: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
 }
 
 function validate(options: PostgresStorageOptions): InputIssue[] {
@@ -505,88 +366,16 @@ function validate(options: PostgresStorageOptions): InputIssue[] {
     issues.push({ path: 'pool', message: 'must be a pg Pool (with query and connect)' });
   }
   for (const key of ['schema', 'tablePrefix'] as const) {
-    const value = options[key];
-    const problem = value === undefined ? undefined : identifierProblem(value, key);
+    const problem = options[key] === undefined ? undefined : identifierProblem(options[key], key);
     if (problem) issues.push({ path: key, message: problem });
   }
   if (options.poolSize !== undefined && !(Number.isSafeInteger(options.poolSize) && options.poolSize > 0)) {
     issues.push({ path: 'poolSize', message: 'must be a positive whole number' });
   }
-  const group = options.groupCommit;
-  if (group !== undefined && group !== false) {
-    for (const key of ['maxBatch', 'maxInFlight'] as const) {
-      const value = group[key];
-      if (value !== undefined && !(Number.isSafeInteger(value) && value > 0)) {
-        issues.push({ path: `groupCommit.${key}`, message: 'must be a positive whole number' });
-      }
-    }
-  }
   return issues;
-}
-
-function unquote(identifier: string): string {
-  return identifier.slice(1, -1);
-}
-
-function codeOf(error: unknown): string {
-  const code = typeof error === 'object' && error !== null ? (error as { code?: unknown }).code : undefined;
-  return typeof code === 'string' ? code : '';
-}
-
-// SQLSTATE classes of errors about the statement, not the connection or the server.
-function isStatementError(error: unknown): boolean {
-  return /^(22|23|42|54)/.test(codeOf(error));
-}
-
-function isFailure(outcome: unknown): outcome is { error: string; code: string } {
-  return typeof outcome === 'object' && outcome !== null && typeof (outcome as { error?: unknown }).error === 'string';
 }
 
 function asStorageError(error: unknown, operation: string): Error {
   if (error instanceof StorageError || error instanceof InvalidInputError) return error;
   return new StorageError(operation, error, ADAPTER);
-}
-
-function nullableNumber(value: unknown): number | null {
-  return value === null || value === undefined ? null : Number(value);
-}
-
-function nullableString(value: unknown): string | null {
-  return value === null || value === undefined ? null : String(value);
-}
-
-function ledgerRow(row: Record<string, unknown>): LedgerRow {
-  return {
-    id: String(row['id']),
-    workspaceId: String(row['workspace_id']),
-    kind: row['kind'] as LedgerKind,
-    amount: Number(row['amount']),
-    at: Number(row['at']),
-    replyId: nullableString(row['reply_id']),
-    agentId: nullableString(row['agent_id']),
-    conversationId: nullableString(row['conversation_id']),
-    model: nullableString(row['model']),
-    route: nullableString(row['route']) as Route | null,
-    priceVersion: nullableString(row['price_version']),
-    grantId: nullableString(row['grant_id']),
-    plan: nullableString(row['plan']),
-  };
-}
-
-function replyRecord(row: Record<string, unknown>): ReplyRecord {
-  return {
-    replyId: String(row['reply_id']),
-    workspaceId: String(row['workspace_id']),
-    agentId: String(row['agent_id']),
-    conversationId: String(row['conversation_id']),
-    model: String(row['model']),
-    route: row['route'] as Route,
-    amount: Number(row['amount']),
-    priceVersion: String(row['price_version']),
-    status: row['status'] as ReplyStatus,
-    createdAt: Number(row['created_at']),
-    expiresAt: Number(row['expires_at']),
-    finishedAt: nullableNumber(row['finished_at']),
-    entryId: nullableString(row['entry_id']),
-  };
 }
