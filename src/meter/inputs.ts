@@ -73,7 +73,8 @@ export const quoteSchema = z.strictObject({ workspaceId: idSchema, model: idSche
 export const reserveSchema = z.strictObject(identity);
 export const replySchema = z.strictObject({
   ...identity,
-  input: z.unknown(),
+  // Passed to the provider untouched; may be absent (the provider then gets undefined).
+  input: z.unknown().optional(),
   signal: abortSignal.optional(),
   /** A provider for this reply only, instead of the one registered for the model's provider id. */
   provider: providerSchema.optional(),
@@ -134,35 +135,27 @@ const REPLY_REF_KEYS: ReadonlySet<string> = new Set(Object.keys(replyRefSchema.s
 /** A reply's input as the meter uses it: a fresh object, every field read once. */
 export type ParsedReplyInput = ReplyInput & { provider?: ReplyProvider };
 
-interface FastIdentity {
-  workspaceId: string;
-  agentId: string;
-  conversationId: string;
-  model: string;
-  replyId: string | undefined;
-}
-
 /**
  * Reads a reply's ids once into a fresh object when every one is plainly valid and no key is
- * unknown, skipping zod on the hot path; otherwise (or when a getter throws) returns undefined.
+ * unknown, skipping zod on the hot path; otherwise (or when a getter throws) returns undefined
+ * and zod produces the error.
  */
-function fastIdentity(input: unknown, known: ReadonlySet<string>): FastIdentity | undefined {
+function fastIdentity(input: unknown, known: ReadonlySet<string>): ReplyIdentity | undefined {
+  if (typeof input !== 'object' || input === null) return undefined;
   try {
-    if (typeof input !== 'object' || input === null) return undefined;
     const source = input as Record<string, unknown>;
-    const { workspaceId, agentId, conversationId, model, replyId } = source;
+    const workspaceId = source.workspaceId;
+    const agentId = source.agentId;
+    const conversationId = source.conversationId;
+    const model = source.model;
+    const replyId = source.replyId;
     if (!isValidId(workspaceId) || !isValidId(agentId) || !isValidId(conversationId) || !isValidId(model)) return undefined;
     if (replyId !== undefined && !isValidId(replyId)) return undefined;
-    refuseUnknownKeys(input, known);
-    return { workspaceId, agentId, conversationId, model, replyId };
-  } catch (error) {
-    if (error instanceof InvalidInputError) throw error;
+    for (const key of Object.keys(source)) if (!known.has(key)) return undefined;
+    return replyId === undefined ? { workspaceId, agentId, conversationId, model } : { workspaceId, agentId, conversationId, model, replyId };
+  } catch {
     return undefined;
   }
-}
-
-function withReplyId<T extends object>(base: T, replyId: string | undefined): T & { replyId?: string } {
-  return replyId === undefined ? base : { ...base, replyId };
 }
 
 /**
@@ -172,22 +165,15 @@ function withReplyId<T extends object>(base: T, replyId: string | undefined): T 
  */
 export function parseIdentity(input: ReplyIdentity): ReplyIdentity {
   const fast = fastIdentity(input, REPLY_KEYS);
-  const source = input as Partial<ParsedReplyInput> | null;
-  if (fast && readable(() => source?.signal === undefined && source?.provider === undefined)) {
-    const { replyId, ...ids } = fast;
-    return withReplyId(ids, replyId);
+  if (fast && readable(() => (input as Partial<ParsedReplyInput>).signal === undefined && (input as Partial<ParsedReplyInput>).provider === undefined)) {
+    return fast;
   }
   return parseInput(replySchema, input) as ReplyIdentity;
 }
 
 /** `reserve`'s input: a reply's ids, and nothing else. */
 export function parseReserveInput(input: ReplyIdentity): ReplyIdentity {
-  const fast = fastIdentity(input, IDENTITY_KEYS);
-  if (fast) {
-    const { replyId, ...ids } = fast;
-    return withReplyId(ids, replyId);
-  }
-  return parseInput(reserveSchema, input) as ReplyIdentity;
+  return fastIdentity(input, IDENTITY_KEYS) ?? (parseInput(reserveSchema, input) as ReplyIdentity);
 }
 
 /**
@@ -199,10 +185,10 @@ export function parseReplyInput(input: ReplyInput): ParsedReplyInput {
   if (fast) {
     try {
       const source = input as Partial<ParsedReplyInput>;
-      const { signal, provider } = source;
-      if (signal === undefined && provider === undefined) {
-        const { replyId, ...ids } = fast;
-        return withReplyId({ ...ids, input: source.input }, replyId);
+      if (source.signal === undefined && source.provider === undefined) {
+        const parsed = fast as ParsedReplyInput;
+        parsed.input = source.input;
+        return parsed;
       }
     } catch {
       // A throwing getter: zod reports it below.
