@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createConnection } from 'mysql2/promise';
 import { commandsFrom, ensureDebianPackages, findCommand } from './apt.js';
-import { freePort, waitFor } from './free-port.js';
+import { exitedReason, freePort, waitFor } from './free-port.js';
 import type { TestServer } from './server.js';
 
 /** The MariaDB server and its data-directory initialiser, both from Debian's `mariadb-server`. */
@@ -50,7 +50,6 @@ export async function startMariaDb(): Promise<TestServer> {
     });
     await waitFor(
       async () => {
-        if (proc.exitCode !== null) throw new Error(`mariadbd exited with ${proc.exitCode} (see its error.log)`);
         const connection = await createConnection({ host: '127.0.0.1', port, user: 'root' });
         try {
           await connection.query('CREATE DATABASE IF NOT EXISTS credits');
@@ -60,6 +59,7 @@ export async function startMariaDb(): Promise<TestServer> {
       },
       60_000,
       'MariaDB',
+      exitedReason(proc, join(dir, 'error.log')),
     );
   };
   const halt = async () => {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 import { ensureDebianPackages } from './apt.js';
-import { freePorts, waitFor } from './free-port.js';
+import { exitedReason, freePorts, waitFor } from './free-port.js';
 import { redisRequirement } from './redis-server.js';
 
 /** A Redis Cluster started for tests. */
@@ -94,7 +94,8 @@ export async function startRedisCluster(): Promise<TestRedisCluster> {
         proc.once('spawn', () => resolve());
       });
     }
-    for (const port of ports) await waitFor(() => clusterInfo(port), 30_000, `Redis Cluster node ${port}`);
+    for (const [i, port] of ports.entries())
+      await waitFor(() => clusterInfo(port), 30_000, `Redis Cluster node ${port}`, exitedReason(children[i]!));
     const addresses = ports.map((port) => `127.0.0.1:${port}`);
     try {
       await promisify(execFile)('redis-cli', ['--cluster', 'create', ...addresses, '--cluster-yes'], { timeout: 60_000 });

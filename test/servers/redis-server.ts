@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { commandsFrom, ensureDebianPackages } from './apt.js';
-import { freePort, waitFor } from './free-port.js';
+import { exitedReason, freePort, waitFor } from './free-port.js';
 import type { TestServer } from './server.js';
 
 /** redis-server and redis-cli (the `redis-server` package depends on `redis-tools`, which has redis-cli). */
@@ -55,6 +55,7 @@ export async function startRedis(): Promise<TestServer> {
       },
       30_000,
       'Redis',
+      exitedReason(proc),
     );
   };
   const halt = async () => {
