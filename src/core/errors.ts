@@ -1,5 +1,5 @@
 import type { Decimal } from 'decimal.js';
-import { scrubProviderError, type ScrubbedProviderError } from './secrets.js';
+import { type ScrubbedProviderError, scrubProviderError } from './secrets.js';
 
 /**
  * Every stable error code the library throws. A host switches on `error.code`,
@@ -20,7 +20,9 @@ export type CreditsErrorCode =
   | 'HOLD_EXPIRED'
   | 'PROVIDER_ERROR'
   | 'PROVIDER_NOT_FOUND'
-  | 'STORAGE_ERROR';
+  | 'STORAGE_ERROR'
+  | 'AGENT_LIMIT_REACHED'
+  | 'MODEL_NOT_ALLOWED';
 
 const MARKER = Symbol.for('@bookbag/credits.error');
 
@@ -165,6 +167,47 @@ export class ReplyStateError extends CreditsError {
     message: string,
   ) {
     super(code, message);
+  }
+}
+
+/**
+ * The agent's per-period cap cannot cover the reply (holds in flight count). The model was not
+ * called and nothing was charged; the workspace may still have credits for other agents.
+ */
+export class AgentLimitError extends CreditsError {
+  constructor(
+    readonly workspaceId: string,
+    readonly agentId: string,
+    readonly replyId: string,
+    /** The agent's cap per period (undefined when a retry of a refused reply is refused again). */
+    readonly limit: Decimal | undefined,
+    /** Credits the agent spent this period plus what its replies in flight hold. */
+    readonly used: Decimal | undefined,
+    /** Credits the reply costs. */
+    readonly required: Decimal,
+    /** When the period ends and the cap resets. */
+    readonly renewsAt: Date | undefined,
+  ) {
+    super(
+      'AGENT_LIMIT_REACHED',
+      limit === undefined || used === undefined
+        ? `Reply ${replyId} was refused by the cap of agent ${agentId} of workspace ${workspaceId}; it never charges`
+        : `Agent ${agentId} of workspace ${workspaceId} has used ${used.toString()} of its ${limit.toString()} credits this period ` +
+            `and needs ${required.toString()} more` +
+            (renewsAt ? `; the cap resets at ${renewsAt.toISOString()}` : ''),
+    );
+  }
+}
+
+/** The agent may not use this model (see `setAgentLimit({ models })`). Nothing was charged. */
+export class ModelNotAllowedError extends CreditsError {
+  constructor(
+    readonly workspaceId: string,
+    readonly agentId: string,
+    readonly model: string,
+    readonly replyId: string,
+  ) {
+    super('MODEL_NOT_ALLOWED', `Agent ${agentId} of workspace ${workspaceId} may not use model ${model}`);
   }
 }
 

@@ -9,13 +9,16 @@
 export type Route = 'credits' | 'byo' | 'unmetered';
 
 /** Kinds of ledger entries. */
-export type LedgerKind = 'grant' | 'topup' | 'reply' | 'expiry' | 'plan_change';
+export type LedgerKind = 'grant' | 'topup' | 'reply' | 'expiry' | 'plan_change' | 'refund' | 'adjustment';
 
 /** What usage rows are grouped by. */
 export type UsageGroupBy = 'agent' | 'model' | 'conversation';
 
-/** Where a grant's credits came from. */
-export type GrantKind = 'allotment' | 'topup';
+/**
+ * Where a grant's credits came from: the plan's allotment, a purchased top-up, an adjustment by
+ * support or finance, or a refund that could not go back to the grants that paid.
+ */
+export type GrantKind = 'allotment' | 'topup' | 'adjustment' | 'refund';
 
 /** A bucket of credits with an optional expiry. Spent soonest-expiring first. */
 export interface GrantState {
@@ -54,9 +57,36 @@ export interface AccountState {
   grants: GrantState[];
   /** Micro-credits held by replies in flight. */
   held: number;
-  /** Low-balance thresholds already announced this period. */
-  alerts: number[];
+  /** Alerts already announced this period: `share:<fraction>` and `level:<micro-credits>`. */
+  alerts: string[];
+  /** Agents that replied this period or have a cap, with what they spent and hold. */
+  agents: AgentState[];
+  /** Automatic recharge, when set. */
+  recharge: RechargeState | null;
   createdAt: number;
+}
+
+/** One agent's spending this period, and its cap. */
+export interface AgentState {
+  agentId: string;
+  /** Micro-credits charged to the agent's replies this period (net of refunds). */
+  spent: number;
+  /** Micro-credits held by the agent's replies in flight. */
+  held: number;
+  /** Most micro-credits the agent may spend per period, or null for no cap. */
+  limit: number | null;
+  /** Models the agent may use, or null for any. */
+  models: string[] | null;
+}
+
+/** "When available credits fall below `below`, recharge `amount`." */
+export interface RechargeState {
+  below: number;
+  amount: number;
+  /** False after a recharge was asked for, until the balance is back at or above `below`. */
+  armed: boolean;
+  /** Recharges asked for so far: the next one's key is `recharge:<count + 1>`. */
+  count: number;
 }
 
 /**
@@ -111,6 +141,33 @@ export interface ReplyRecord {
   entrySeq: number | null;
   /** Where the held credits came from, while held. */
   allocations: Allocation[];
+  /** Once settled: the grants that paid, in spending order. */
+  paidFrom: Allocation[];
+  /** Micro-credits refunded so far. */
+  refunded: number;
+  /** Why a refused reply was refused, so a retry hears the same reason. */
+  refusedFor: 'credits' | 'agent-limit' | 'model' | null;
+}
+
+/** A refund as first made: the value of a `refund:<refundId>` record. */
+export interface RefundRecord {
+  type: 'refund';
+  refundId: string;
+  replyId: string;
+  amount: number;
+  reason: string;
+  createdAt: number;
+}
+
+/** An adjustment as first made: the value of an `adjustment:<adjustmentId>` record. */
+export interface AdjustmentRecord {
+  type: 'adjustment';
+  adjustmentId: string;
+  /** Signed micro-credits: + a credit, − a debit. */
+  amount: number;
+  reason: string;
+  expiresAt: number | null;
+  createdAt: number;
 }
 
 /** A top-up as first added: the value of a `topup:<grantId>` record, kept for idempotency. */
@@ -127,12 +184,12 @@ export interface TopUpRecord {
  * upserts it by `key` and indexes `holdExpiresAt` to find holds that have lapsed.
  */
 export interface StoredRecord {
-  /** `reply:<replyId>` or `topup:<grantId>`; unique within the workspace. */
+  /** `reply:<replyId>`, `topup:<grantId>`, `refund:<refundId>`, …; unique within the workspace. */
   key: string;
   /** While the record is an open hold, when it lapses; otherwise null. */
   holdExpiresAt: number | null;
   /** Opaque to a store: keep it (as JSON, say) and return it unchanged. */
-  value: ReplyRecord | TopUpRecord;
+  value: ReplyRecord | TopUpRecord | RefundRecord | AdjustmentRecord;
 }
 
 /** One append-only ledger row. The signed sum of a workspace's rows is its balance plus holds. */
@@ -157,4 +214,6 @@ export interface LedgerRow {
   /** Tokens the provider reported for a reply, if any. */
   inputTokens: number | null;
   outputTokens: number | null;
+  /** Why a refund or an adjustment was made, if any. */
+  reason: string | null;
 }

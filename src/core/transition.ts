@@ -11,9 +11,14 @@ import { availableOf, copyGrant, holdFromGrants, insertGrant } from './grants.js
 import type { PlanCatalog } from './plan-catalog.js';
 import type {
   AccountState,
+  AdjustmentRecord,
+  AgentState,
+  Allocation,
+  GrantKind,
   GrantState,
   LedgerKind,
   LedgerRow,
+  RefundRecord,
   ReplyRecord,
   Route,
   StoredRecord,
@@ -27,6 +32,8 @@ export interface Rules {
   readonly plans: PlanCatalog;
   /** Shares of the allotment whose crossing is announced once per period, ascending. */
   readonly thresholds: readonly number[];
+  /** Available balances (micro-credits) whose crossing downwards is announced once per period. */
+  readonly levels: readonly number[];
 }
 
 /** A reply as the meter priced it, before it is held. */
@@ -56,7 +63,11 @@ export type Command =
   | { type: 'release'; replyId: string }
   | { type: 'extend'; replyId: string; ttlMs: number }
   | { type: 'changePlan'; plan: string; allotment: number }
-  | { type: 'topUp'; grantId: string; amount: number; expiresAt: number | null };
+  | { type: 'topUp'; grantId: string; amount: number; expiresAt: number | null }
+  | { type: 'refund'; refundId: string; replyId: string; amount: number | null; reason: string }
+  | { type: 'adjust'; adjustmentId: string; amount: number; reason: string; expiresAt: number | null }
+  | { type: 'setAgentLimit'; agentId: string; limit: number | null; models: string[] | null }
+  | { type: 'setRecharge'; recharge: { below: number; amount: number } | null };
 
 /** A workspace's money as of a command. */
 export interface Snapshot {
@@ -82,7 +93,15 @@ export type Outcome =
   | { status: 'plan_changed'; immediate: boolean; increase: number; snapshot: Snapshot }
   | { status: 'overflow' }
   | { status: 'granted'; snapshot: Snapshot }
-  | { status: 'topup_exists'; topUp: TopUpRecord; snapshot: Snapshot };
+  | { status: 'topup_exists'; topUp: TopUpRecord; snapshot: Snapshot }
+  | { status: 'agent_limited'; record: ReplyRecord; agent: AgentState; renewsAt: number }
+  | { status: 'model_not_allowed'; record: ReplyRecord; agent: AgentState }
+  | { status: 'refunded'; refund: RefundRecord; reply: ReplyRecord; replayed: boolean; snapshot: Snapshot | null }
+  | { status: 'refund_too_large'; refundable: number }
+  | { status: 'conflict'; field: string }
+  | { status: 'adjusted'; adjustment: AdjustmentRecord; replayed: boolean; snapshot: Snapshot }
+  | { status: 'debit_too_large'; required: number; available: number; renewsAt: number }
+  | { status: 'settings_changed'; snapshot: Snapshot };
 
 /** Something the host hears about, in micro-credits. */
 export type CoreEvent =
@@ -96,7 +115,9 @@ export type CoreEvent =
       expired: number;
       carried: number;
     }
-  | { type: 'balance.low'; workspaceId: string; threshold: number; used: number; allotment: number; periodStart: number; periodEnd: number };
+  | { type: 'balance.low'; workspaceId: string; threshold: number; used: number; allotment: number; periodStart: number; periodEnd: number }
+  | { type: 'balance.below'; workspaceId: string; level: number; available: number; periodStart: number; periodEnd: number }
+  | { type: 'recharge.requested'; workspaceId: string; rechargeId: string; amount: number; below: number; available: number };
 
 /** What a transition changed: the share of one workspace in a commit. */
 export interface TransitionResult {
@@ -108,6 +129,8 @@ export interface TransitionResult {
 /** Reply ids and grant ids live in one key space per workspace. */
 export const replyKey = (replyId: string): string => `reply:${replyId}`;
 export const topUpKey = (grantId: string): string => `topup:${grantId}`;
+export const refundKey = (refundId: string): string => `refund:${refundId}`;
+export const adjustmentKey = (adjustmentId: string): string => `adjustment:${adjustmentId}`;
 
 /**
  * Applies commands to one workspace. Create it from what the store loaded, call
@@ -152,6 +175,14 @@ export class Transition {
 
   /** Applies one command at the transition's time. */
   apply(command: Command): Outcome {
+    const account = this.#state.account;
+    const before = account ? availableOf(account.grants) : undefined;
+    const outcome = this.#dispatch(command);
+    if (account && before !== undefined && this.#state.account === account) this.#watchBalance(account, before);
+    return outcome;
+  }
+
+  #dispatch(command: Command): Outcome {
     switch (command.type) {
       case 'create':
         return this.#create(command.plan, command.allotment, command.anchor);
@@ -169,8 +200,17 @@ export class Transition {
         return this.#changePlan(command.plan, command.allotment);
       case 'topUp':
         return this.#topUp(command.grantId, command.amount, command.expiresAt);
+      case 'refund':
+        return this.#refund(command.refundId, command.replyId, command.amount, command.reason);
+      case 'adjust':
+        return this.#adjust(command.adjustmentId, command.amount, command.reason, command.expiresAt);
+      case 'setAgentLimit':
+        return this.#setAgentLimit(command.agentId, command.limit, command.models);
+      case 'setRecharge':
+        return this.#setRecharge(command.recharge);
     }
   }
+
 
   // ─── commands ───────────────────────────────────────────────────────────
 
@@ -192,6 +232,8 @@ export class Transition {
       grants: [],
       held: 0,
       alerts: [],
+      agents: [],
+      recharge: null,
       createdAt: now,
     };
     this.#state.account = account;
@@ -223,18 +265,28 @@ export class Transition {
       finishedAt: null,
       entrySeq: null,
       allocations: [],
+      paidFrom: [],
+      refunded: 0,
+      refusedFor: null,
     };
+    const agent = account ? agentOf(account, draft.agentId) : undefined;
+    if (account && agent?.models && !agent.models.includes(draft.model)) {
+      this.#refuse(record, 'model');
+      return { status: 'model_not_allowed', record, agent: { ...agent } };
+    }
+    if (account && agent && agent.limit !== null && draft.amount > 0 && agent.spent + agent.held + draft.amount > agent.limit) {
+      this.#refuse(record, 'agent-limit');
+      return { status: 'agent_limited', record, agent: { ...agent }, renewsAt: account.periodEnd };
+    }
     if (account && draft.amount > 0) {
       const available = availableOf(account.grants);
       if (available < draft.amount) {
-        // The id is spent: a reply the user was told is blocked never charges later.
-        record.status = 'refused';
-        record.finishedAt = now;
-        this.#write(record);
+        this.#refuse(record, 'credits');
         return { status: 'insufficient', record, available, renewsAt: account.periodEnd };
       }
       record.allocations = holdFromGrants(account.grants, draft.amount);
       account.held += draft.amount;
+      trackAgent(account, draft.agentId).held += draft.amount;
       this.#write(record);
       return { status: 'reserved', record, available: available - draft.amount };
     }
@@ -248,8 +300,7 @@ export class Transition {
     if (found.status === 'settled') return { status: 'settled', record: found, replayed: true, account: this.#state.account };
     if (found.status !== 'held') return { status: 'reply_state', record: found };
     const account = this.#state.account;
-    const record = { ...found, allocations: [] };
-    let extra = 0;
+    const record: ReplyRecord = { ...found, allocations: [] };
     if (chargeAt && chargeAt.model !== found.model) {
       record.model = chargeAt.model;
       record.priceVersion = chargeAt.priceVersion;
@@ -257,12 +308,10 @@ export class Transition {
         // Cheaper: the difference goes back. Dearer: the difference is taken only as far as
         // the balance reaches, so the balance never goes negative.
         const wanted = chargeAt.amount - found.amount;
-        extra = wanted <= 0 ? wanted : Math.min(wanted, availableOf(account.grants));
-        record.amount = found.amount + extra;
+        record.amount = found.amount + (wanted <= 0 ? wanted : Math.min(wanted, availableOf(account.grants)));
       }
     }
-    if (account) this.#closeHold(account, found, extra < 0 ? -extra : 0, this.#now);
-    if (account && extra > 0) spend(account.grants, extra);
+    if (account) record.paidFrom = this.#charge(account, found, record.amount);
     record.status = 'settled';
     record.finishedAt = this.#now;
     const row = this.#append('reply', 0 - record.amount, this.#now, {
@@ -280,9 +329,40 @@ export class Transition {
     if (account && record.amount > 0) {
       const before = account.usedThisPeriod;
       account.usedThisPeriod += record.amount;
+      trackAgent(account, record.agentId).spent += record.amount;
       this.#announceThresholds(account, before);
     }
     return { status: 'settled', record, replayed: false, account };
+  }
+
+  /**
+   * Turns a hold into a charge of `amount`, taken from the grants live now in spending order:
+   * the hold's credits go back first, so a release since the hold was taken never strands
+   * purchased credits behind an allotment that expires sooner. Credits held from a grant that
+   * has expired since stay spent (they were set aside for this reply); any of them the charge
+   * does not need expire now. Returns the grants that paid.
+   */
+  #charge(account: AccountState, hold: ReplyRecord, amount: number): Allocation[] {
+    const paid: Allocation[] = [];
+    let setAside = 0;
+    for (const { grantId, amount: part } of hold.allocations) {
+      const grant = account.grants.find((candidate) => candidate.grantId === grantId);
+      if (grant) {
+        grant.held -= part;
+        grant.remaining += part;
+        continue;
+      }
+      const used = Math.min(part, amount - setAside);
+      if (used > 0) paid.push({ grantId, amount: used });
+      if (part > used) this.#append('expiry', used - part, this.#now, { grantId });
+      setAside += used;
+    }
+    account.held -= hold.amount;
+    const agent = agentOf(account, hold.agentId);
+    if (agent) agent.held -= hold.amount;
+    for (const allocation of takeFromGrants(account.grants, amount - setAside)) paid.push(allocation);
+    prune(account);
+    return paid;
   }
 
   #release(replyId: string): Outcome {
@@ -342,9 +422,141 @@ export class Transition {
     const now = this.#now;
     const topUp: TopUpRecord = { type: 'topup', grantId, amount, expiresAt, createdAt: now };
     this.#put({ key, holdExpiresAt: null, value: topUp });
-    insertGrant(account.grants, { grantId: key, kind: 'topup', amount, remaining: amount, held: 0, expiresAt, createdAt: now });
+    insertGrant(account.grants, newGrant(key, 'topup', amount, expiresAt, now));
     this.#append('topup', amount, now, { grantId: key });
     return { status: 'granted', snapshot: this.#snapshot(account) };
+  }
+
+  #refund(refundId: string, replyId: string, amount: number | null, reason: string): Outcome {
+    const key = refundKey(refundId);
+    const existing = this.#records.get(key)?.value as RefundRecord | undefined;
+    const reply = this.#reply(replyId);
+    if (existing) {
+      if (existing.replyId !== replyId) return { status: 'conflict', field: 'replyId' };
+      if (amount !== null && existing.amount !== amount) return { status: 'conflict', field: 'credits' };
+      return { status: 'refunded', refund: existing, reply: reply!, replayed: true, snapshot: this.#maybeSnapshot() };
+    }
+    if (!reply || reply.status === 'refused') return { status: 'reply_not_found' };
+    if (reply.status !== 'settled') return { status: 'reply_state', record: reply };
+    const refundable = reply.amount - reply.refunded;
+    const credits = amount ?? refundable;
+    if (credits <= 0 || credits > refundable) return { status: 'refund_too_large', refundable };
+    const account = this.#state.account!;
+    const now = this.#now;
+    // Back to the grants that paid while they are live, the latest-expiring first; the rest
+    // becomes a grant that expires with the current period.
+    let left = credits;
+    for (let i = reply.paidFrom.length - 1; i >= 0 && left > 0; i--) {
+      const grant = account.grants.find((candidate) => candidate.grantId === reply.paidFrom[i]!.grantId);
+      if (!grant) continue;
+      const part = Math.min(left, reply.paidFrom[i]!.amount);
+      grant.remaining += part;
+      left -= part;
+    }
+    if (left > 0) insertGrant(account.grants, newGrant(key, 'refund', left, account.periodEnd, now));
+    const refund: RefundRecord = { type: 'refund', refundId, replyId, amount: credits, reason, createdAt: now };
+    this.#put({ key, holdExpiresAt: null, value: refund });
+    const refunded: ReplyRecord = { ...reply, refunded: reply.refunded + credits };
+    this.#write(refunded);
+    this.#append('refund', credits, now, {
+      replyId,
+      agentId: reply.agentId,
+      conversationId: reply.conversationId,
+      model: reply.model,
+      route: reply.route,
+      priceVersion: reply.priceVersion,
+      grantId: left > 0 ? key : null,
+      reason,
+    });
+    account.usedThisPeriod -= Math.min(credits, account.usedThisPeriod);
+    const agent = agentOf(account, reply.agentId);
+    if (agent) agent.spent -= Math.min(credits, agent.spent);
+    return { status: 'refunded', refund, reply: refunded, replayed: false, snapshot: this.#snapshot(account) };
+  }
+
+  #adjust(adjustmentId: string, amount: number, reason: string, expiresAt: number | null): Outcome {
+    const account = this.#state.account;
+    if (!account) return { status: 'workspace_not_found' };
+    const key = adjustmentKey(adjustmentId);
+    const existing = this.#records.get(key)?.value as AdjustmentRecord | undefined;
+    if (existing) {
+      if (existing.amount !== amount) return { status: 'conflict', field: 'credits' };
+      if (existing.expiresAt !== expiresAt) return { status: 'conflict', field: 'expiresAt' };
+      return { status: 'adjusted', adjustment: existing, replayed: true, snapshot: this.#snapshot(account) };
+    }
+    const now = this.#now;
+    if (amount > 0) {
+      if (this.#total(account) + amount > MAX_MICROS) return { status: 'overflow' };
+      insertGrant(account.grants, newGrant(key, 'adjustment', amount, expiresAt, now));
+    } else {
+      const available = availableOf(account.grants);
+      if (available < -amount) return { status: 'debit_too_large', required: -amount, available, renewsAt: account.periodEnd };
+      takeFromGrants(account.grants, -amount);
+      prune(account);
+    }
+    const adjustment: AdjustmentRecord = { type: 'adjustment', adjustmentId, amount, reason, expiresAt, createdAt: now };
+    this.#put({ key, holdExpiresAt: null, value: adjustment });
+    this.#append('adjustment', amount, now, { grantId: amount > 0 ? key : null, reason });
+    return { status: 'adjusted', adjustment, replayed: false, snapshot: this.#snapshot(account) };
+  }
+
+  #setAgentLimit(agentId: string, limit: number | null, models: string[] | null): Outcome {
+    const account = this.#state.account;
+    if (!account) return { status: 'workspace_not_found' };
+    const agent = trackAgent(account, agentId);
+    agent.limit = limit;
+    agent.models = models;
+    this.#changed = true;
+    return { status: 'settings_changed', snapshot: this.#snapshot(account) };
+  }
+
+  #setRecharge(recharge: { below: number; amount: number } | null): Outcome {
+    const account = this.#state.account;
+    if (!account) return { status: 'workspace_not_found' };
+    const count = account.recharge?.count ?? 0;
+    account.recharge = recharge && { below: recharge.below, amount: recharge.amount, armed: true, count };
+    this.#changed = true;
+    return { status: 'settings_changed', snapshot: this.#snapshot(account) };
+  }
+
+  // ─── watching the balance: absolute alerts and recharges ────────────────
+
+  #watchBalance(account: AccountState, before: number): void {
+    const after = availableOf(account.grants);
+    if (after === before) return;
+    for (const level of this.#rules.levels) {
+      const key = `level:${level}`;
+      if (before <= level || after > level || account.alerts.includes(key)) continue;
+      account.alerts.push(key);
+      this.#changed = true;
+      this.#events.push({
+        type: 'balance.below',
+        workspaceId: this.#state.workspaceId,
+        level,
+        available: after,
+        periodStart: account.periodStart,
+        periodEnd: account.periodEnd,
+      });
+    }
+    const recharge = account.recharge;
+    if (!recharge) return;
+    if (recharge.armed && after < recharge.below) {
+      // One crossing, one recharge: the flag is part of the state every writer is guarded on.
+      recharge.armed = false;
+      recharge.count += 1;
+      this.#changed = true;
+      this.#events.push({
+        type: 'recharge.requested',
+        workspaceId: this.#state.workspaceId,
+        rechargeId: `recharge:${recharge.count}`,
+        amount: recharge.amount,
+        below: recharge.below,
+        available: after,
+      });
+    } else if (!recharge.armed && after >= recharge.below) {
+      recharge.armed = true;
+      this.#changed = true;
+    }
   }
 
   // ─── time: lapsed holds, expired grants, renewals, each as of its own instant ──
@@ -396,6 +608,9 @@ export class Transition {
     account.periodEnd = bounds.end;
     account.usedThisPeriod = 0;
     account.alerts = [];
+    account.agents = account.agents
+      .filter((agent) => agent.limit !== null || agent.models !== null || agent.held > 0)
+      .map((agent) => ({ ...agent, spent: 0 }));
     this.#grantAllotment(account, allotment, bounds.start, carried);
     this.#events.push({
       type: 'period.renewed',
@@ -446,6 +661,8 @@ export class Transition {
       }
     }
     account.held -= hold.amount;
+    const agent = agentOf(account, hold.agentId);
+    if (agent) agent.held -= hold.amount;
     prune(account);
   }
 
@@ -461,8 +678,9 @@ export class Transition {
     if (account.allotment === 0) return;
     for (const threshold of this.#rules.thresholds) {
       const line = threshold * account.allotment;
-      if (before >= line || account.usedThisPeriod < line || account.alerts.includes(threshold)) continue;
-      account.alerts.push(threshold);
+      const key = `share:${threshold}`;
+      if (before >= line || account.usedThisPeriod < line || account.alerts.includes(key)) continue;
+      account.alerts.push(key);
       this.#events.push({
         type: 'balance.low',
         workspaceId: this.#state.workspaceId,
@@ -482,6 +700,18 @@ export class Transition {
     // A hold past its expiry has lapsed, whether or not the store listed it as lapsed.
     if (record.status === 'held' && record.expiresAt <= this.#now) return this.#endHold(record, 'expired', record.expiresAt);
     return record;
+  }
+
+  /** Spends the id: a reply the user was told is blocked never charges later. */
+  #refuse(record: ReplyRecord, why: 'credits' | 'agent-limit' | 'model'): void {
+    record.status = 'refused';
+    record.refusedFor = why;
+    record.finishedAt = this.#now;
+    this.#write(record);
+  }
+
+  #maybeSnapshot(): Snapshot | null {
+    return this.#state.account ? this.#snapshot(this.#state.account) : null;
   }
 
   #write(record: ReplyRecord): void {
@@ -512,6 +742,7 @@ export class Transition {
       plan: null,
       inputTokens: null,
       outputTokens: null,
+      reason: null,
       ...fields,
     };
     this.#rows.push(row);
@@ -551,15 +782,38 @@ function firstExpiry(grants: readonly GrantState[], now: number): number {
   return first;
 }
 
-/** Takes `amount` from the grants' `remaining` in spending order (the caller checked it fits). */
-function spend(grants: readonly GrantState[], amount: number): void {
+/** Takes `amount` from the grants' `remaining` in spending order and says where it came from (the caller checked it fits). */
+function takeFromGrants(grants: readonly GrantState[], amount: number): Allocation[] {
+  const taken: Allocation[] = [];
   let left = amount;
   for (const grant of grants) {
+    if (left === 0) break;
     const part = Math.min(grant.remaining, left);
+    if (part === 0) continue;
     grant.remaining -= part;
+    taken.push({ grantId: grant.grantId, amount: part });
     left -= part;
-    if (left === 0) return;
   }
+  return taken;
+}
+
+function newGrant(grantId: string, kind: GrantKind, amount: number, expiresAt: number | null, at: number): GrantState {
+  return { grantId, kind, amount, remaining: amount, held: 0, expiresAt, createdAt: at };
+}
+
+function agentOf(account: AccountState, agentId: string): AgentState | undefined {
+  for (const agent of account.agents) if (agent.agentId === agentId) return agent;
+  return undefined;
+}
+
+/** The agent's entry, made when it first spends or is capped this period. */
+function trackAgent(account: AccountState, agentId: string): AgentState {
+  let agent = agentOf(account, agentId);
+  if (!agent) {
+    agent = { agentId, spent: 0, held: 0, limit: null, models: null };
+    account.agents.push(agent);
+  }
+  return agent;
 }
 
 /** Drops grants with nothing left and nothing held: they can never matter again. */
@@ -584,6 +838,8 @@ function copyAccount(account: AccountState): AccountState {
     grants: account.grants.map(copyGrant),
     held: account.held,
     alerts: account.alerts.slice(),
+    agents: account.agents.map((agent) => ({ ...agent, models: agent.models && agent.models.slice() })),
+    recharge: account.recharge && { ...account.recharge },
     createdAt: account.createdAt,
   };
 }

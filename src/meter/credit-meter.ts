@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { fromMicros, MICROS_PER_CREDIT, toMicros, type CreditsInput } from '../core/credits.js';
 import {
+  AgentLimitError,
   CreditsError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   InvalidInputError,
+  ModelNotAllowedError,
   ProviderError,
   ProviderNotFoundError,
   ReplyStateError,
@@ -15,13 +17,15 @@ import {
 import { DEFAULT_PLANS, type Plan, type PlanCatalog } from '../core/plan-catalog.js';
 import { DEFAULT_MODEL_PRICES, type ModelPrice, type ModelPriceTable } from '../core/price-table.js';
 import { resolveRoute, routeCost, type MeterMode } from '../core/route.js';
-import type { ReplyRecord, Route } from '../core/state.js';
-import type { Command, CoreEvent, Outcome } from '../core/transition.js';
+import type { ReplyRecord, Route, UsageGroupBy } from '../core/state.js';
+import { scrubError } from '../core/secrets.js';
+import type { Command, CoreEvent, Outcome, Snapshot } from '../core/transition.js';
 import { UsageAccumulator } from '../core/usage-aggregate.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
 import type { CreditStorage, UsageAggregate } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
+import { adjustSchema, agentLimitSchema, rechargeSchema, refundSchema, toSignedMicros } from './billing-inputs.js';
 import { EventBus, type CreditEventHandler, type CreditEventName } from './events.js';
 import { keepHoldAlive } from './hold-keeper.js';
 import {
@@ -51,6 +55,13 @@ import {
 } from './results.js';
 import type {
   AddCreditsInput,
+  AdjustInput,
+  Adjustment,
+  AgentLimitInput,
+  RechargeHandler,
+  RechargeInput,
+  Refund,
+  RefundInput,
   ChangePlanInput,
   CreateWorkspaceInput,
   CreditMeterOptions,
@@ -133,6 +144,7 @@ export class CreditMeter {
   readonly #newReplyId: () => string;
   readonly #events: EventBus;
   readonly #batcher: WorkspaceBatcher;
+  readonly #onRecharge: RechargeHandler | undefined;
   // Mutable state on a frozen meter lives in this one object.
   readonly #ready: { done: boolean; pending: Promise<void> | undefined } = { done: false, pending: undefined };
 
@@ -149,6 +161,7 @@ export class CreditMeter {
     this.#failOpen = options.onStorageFailure === 'allow';
     this.#timeoutMs = options.storageTimeoutMs;
     this.#newReplyId = options.generateReplyId ?? replyIdSequence();
+    this.#onRecharge = options.onRecharge;
     this.#events = new EventBus(
       options.onEventError ??
         ((error, event) => {
@@ -156,7 +169,7 @@ export class CreditMeter {
         }),
     );
     this.#batcher = new WorkspaceBatcher({
-      rules: { plans: this.plans, thresholds: config.thresholds },
+      rules: { plans: this.plans, thresholds: config.thresholds, levels: config.levels },
       now: () => this.#now(),
       load: (request) => this.#store('load', (storage) => storage.load(request)),
       commit: (commit) => this.#store('commit', (storage) => storage.commit([commit])).then((results) => results[0]!),
@@ -235,9 +248,18 @@ export class CreditMeter {
       route,
       priceVersion: this.models.version,
     };
-    if (this.mode === 'self-hosted') return { ...base, allowed: true, available: undefined, renewsAt: undefined };
+    if (this.mode === 'self-hosted') return { ...base, allowed: true, available: undefined, renewsAt: undefined, blockedBy: undefined };
     const { account, available } = await this.#read(parsed.workspaceId);
-    return { ...base, allowed: available >= credits, available: fromMicros(available), renewsAt: new Date(account.periodEnd) };
+    const agent = parsed.agentId === undefined ? undefined : account.agents.find((candidate) => candidate.agentId === parsed.agentId);
+    const blockedBy =
+      agent?.models && !agent.models.includes(model.id)
+        ? 'model'
+        : agent && agent.limit !== null && credits > 0 && agent.spent + agent.held + credits > agent.limit
+          ? 'agent-limit'
+          : available < credits
+            ? 'credits'
+            : undefined;
+    return { ...base, allowed: blockedBy === undefined, available: fromMicros(available), renewsAt: new Date(account.periodEnd), blockedBy };
   }
 
   /**
@@ -504,6 +526,133 @@ export class CreditMeter {
   }
 
   /**
+   * Gives credits back for a charged reply (a bad answer, a support gesture): all of it, or
+   * `credits` of it, never more than was charged in total. Idempotent by `refundId`. The
+   * credits go back to the grants that paid while they are live; the rest becomes a grant that
+   * expires with the current period. A `refund` ledger row points at the reply and keeps the
+   * reason.
+   *
+   * @example
+   * ```ts
+   * await meter.refund({ workspaceId: 'ws_1', replyId: 'msg_42', refundId: 'ticket_981', reason: 'wrong answer' });
+   * ```
+   */
+  async refund(input: RefundInput): Promise<Refund> {
+    const parsed = parseInput(refundSchema, input);
+    const amount = parsed.credits === undefined ? null : toMicros(parsed.credits, 'credits');
+    if (amount === 0) throw new InvalidInputError([{ path: 'credits', message: 'must be greater than 0' }]);
+    const outcome = await this.#apply(parsed.workspaceId, { type: 'refund', refundId: parsed.refundId, replyId: parsed.replyId, amount, reason: parsed.reason });
+    switch (outcome.status) {
+      case 'refunded':
+        return {
+          workspaceId: parsed.workspaceId,
+          replyId: outcome.refund.replyId,
+          refundId: outcome.refund.refundId,
+          credits: fromMicros(outcome.refund.amount),
+          reason: outcome.refund.reason,
+          replayed: outcome.replayed,
+          workspace: outcome.snapshot ? summaryOf(parsed.workspaceId, outcome.snapshot, this.models) : undefined,
+        };
+      case 'refund_too_large':
+        throw new InvalidInputError([{ path: 'credits', message: `must be more than 0 and at most the ${fromMicros(outcome.refundable).toString()} credits not refunded yet` }]);
+      case 'conflict':
+        throw new IdempotencyConflictError(`refundId ${parsed.refundId}`, outcome.field);
+      case 'reply_state':
+        throw stateError(outcome.record);
+      default:
+        throw replyNotFound(parsed.workspaceId, parsed.replyId);
+    }
+  }
+
+  /**
+   * A manual correction by support or finance, with a reason: a credit (`credits > 0`) is a
+   * grant (with an optional expiry); a debit (`credits < 0`) is taken from the balance in the
+   * spending order and never takes it below zero (`INSUFFICIENT_CREDITS` otherwise). Idempotent
+   * by `adjustmentId`; an `adjustment` ledger row keeps the reason.
+   *
+   * @example
+   * ```ts
+   * await meter.adjust({ workspaceId: 'ws_1', adjustmentId: 'fin-2026-11-3', credits: -250, reason: 'duplicate top-up' });
+   * ```
+   */
+  async adjust(input: AdjustInput): Promise<Adjustment> {
+    const parsed = parseInput(adjustSchema, input);
+    const amount = toSignedMicros(parsed.credits, 'credits');
+    if (amount === 0) throw new InvalidInputError([{ path: 'credits', message: 'must not be 0' }]);
+    const expiresAt = parsed.expiresAt?.getTime() ?? null;
+    if (expiresAt !== null && amount < 0) throw new InvalidInputError([{ path: 'expiresAt', message: 'applies only to a credit (credits > 0)' }]);
+    if (expiresAt !== null && expiresAt <= this.#now()) throw new InvalidInputError([{ path: 'expiresAt', message: 'must be in the future' }]);
+    const outcome = await this.#apply(parsed.workspaceId, { type: 'adjust', adjustmentId: parsed.adjustmentId, amount, reason: parsed.reason, expiresAt });
+    switch (outcome.status) {
+      case 'adjusted':
+        return {
+          workspaceId: parsed.workspaceId,
+          adjustmentId: parsed.adjustmentId,
+          credits: fromMicros(amount),
+          reason: outcome.adjustment.reason,
+          expiresAt: expiresAt === null ? undefined : new Date(expiresAt),
+          replayed: outcome.replayed,
+          workspace: summaryOf(parsed.workspaceId, outcome.snapshot, this.models),
+        };
+      case 'debit_too_large':
+        throw new InsufficientCreditsError({
+          workspaceId: parsed.workspaceId,
+          model: `(adjustment ${parsed.adjustmentId})`,
+          replyId: '',
+          required: fromMicros(outcome.required),
+          available: fromMicros(outcome.available),
+          renewsAt: new Date(outcome.renewsAt),
+        });
+      case 'conflict':
+        throw new IdempotencyConflictError(`adjustmentId ${parsed.adjustmentId}`, outcome.field);
+      case 'overflow':
+        throw overflow('credits');
+      default:
+        throw new WorkspaceNotFoundError(parsed.workspaceId);
+    }
+  }
+
+  /**
+   * Caps what one agent may spend per period (holds in flight count), and optionally which
+   * models it may use. A reply over the cap is refused before the model is called with
+   * `AGENT_LIMIT_REACHED`; a model it may not use with `MODEL_NOT_ALLOWED`. `credits: null`
+   * lifts the cap. The cap resets with the period.
+   *
+   * @example
+   * ```ts
+   * await meter.setAgentLimit({ workspaceId: 'ws_1', agentId: 'sales', credits: 500, models: ['gpt-4o-mini'] });
+   * ```
+   */
+  async setAgentLimit(input: AgentLimitInput): Promise<WorkspaceSummary> {
+    const parsed = parseInput(agentLimitSchema, input);
+    const limit = parsed.credits === null ? null : toMicros(parsed.credits, 'credits');
+    const models = parsed.models ? [...new Set(parsed.models)] : null;
+    models?.forEach((model, i) => {
+      if (!this.models.get(model)) throw new InvalidInputError([{ path: `models.${i}`, message: `unknown model "${model}"` }]);
+    });
+    const outcome = await this.#apply(parsed.workspaceId, { type: 'setAgentLimit', agentId: parsed.agentId, limit, models });
+    return summaryOf(parsed.workspaceId, expect(outcome, 'settings_changed').snapshot, this.models);
+  }
+
+  /**
+   * Sets (or, with `recharge: null`, removes) an automatic recharge: when available credits fall
+   * below `below`, `onRecharge` is called once for that crossing with an idempotency key, and
+   * when it resolves `credits` are added as a top-up under that key.
+   *
+   * @example
+   * ```ts
+   * await meter.setRecharge({ workspaceId: 'ws_1', recharge: { below: 200, credits: 2_000 } });
+   * ```
+   */
+  async setRecharge(input: RechargeInput): Promise<WorkspaceSummary> {
+    const parsed = parseInput(rechargeSchema, input);
+    const recharge = parsed.recharge && { below: toMicros(parsed.recharge.below, 'recharge.below'), amount: toMicros(parsed.recharge.credits, 'recharge.credits') };
+    if (recharge && recharge.amount === 0) throw new InvalidInputError([{ path: 'recharge.credits', message: 'must be greater than 0' }]);
+    const outcome = await this.#apply(parsed.workspaceId, { type: 'setRecharge', recharge });
+    return summaryOf(parsed.workspaceId, expect(outcome, 'settings_changed').snapshot, this.models);
+  }
+
+  /**
    * Ledger entries of a workspace, oldest first, a page at a time.
    *
    * @example
@@ -574,7 +723,8 @@ export class CreditMeter {
         afterSeq = rows[rows.length - 1]!.seq;
       }
     });
-    return bucketUsage(parsed, aggregates);
+    const refunds = await this.#store('usage', (storage) => refundTotals(storage, query));
+    return bucketUsage(parsed, aggregates, refunds);
   }
 
   // ─── the reply lifecycle ─────────────────────────────────────────────────
@@ -641,6 +791,20 @@ export class CreditMeter {
         return { record: this.#replay(outcome.record, identity, forReply), replayed: true };
       case 'insufficient':
         throw await this.#blocked(outcome.record, outcome.available, outcome.renewsAt, applied.at);
+      case 'agent_limited': {
+        const { agent } = outcome;
+        throw new AgentLimitError(
+          identity.workspaceId,
+          agent.agentId,
+          identity.replyId,
+          fromMicros(agent.limit ?? 0),
+          fromMicros(agent.spent + agent.held),
+          fromMicros(outcome.record.amount),
+          new Date(outcome.renewsAt),
+        );
+      }
+      case 'model_not_allowed':
+        throw new ModelNotAllowedError(identity.workspaceId, identity.agentId, model.id, identity.replyId);
       default:
         throw new WorkspaceNotFoundError(identity.workspaceId);
     }
@@ -658,6 +822,10 @@ export class CreditMeter {
         if (forReply) throw new ReplyStateError('REPLY_IN_PROGRESS', existing.replyId, `Reply ${existing.replyId} is in progress elsewhere`);
         return existing;
       case 'refused':
+        if (existing.refusedFor === 'model') throw new ModelNotAllowedError(existing.workspaceId, existing.agentId, existing.model, existing.replyId);
+        if (existing.refusedFor === 'agent-limit') {
+          throw new AgentLimitError(existing.workspaceId, existing.agentId, existing.replyId, undefined, undefined, fromMicros(existing.amount), undefined);
+        }
         throw new InsufficientCreditsError({
           workspaceId: existing.workspaceId,
           model: existing.model,
@@ -802,30 +970,66 @@ export class CreditMeter {
   }
 
   async #announce(event: CoreEvent, at: number): Promise<void> {
-    if (!this.#events.has(event.type)) return;
-    if (event.type === 'period.renewed') {
-      await this.#events.emit({
-        type: 'period.renewed',
-        workspaceId: event.workspaceId,
-        plan: event.plan,
-        periodStart: new Date(event.periodStart),
-        periodEnd: new Date(event.periodEnd),
-        allotment: fromMicros(event.allotment),
-        expired: fromMicros(event.expired),
-        carried: fromMicros(event.carried),
-        at: new Date(at),
-      });
-    } else {
-      await this.#events.emit({
-        type: 'balance.low',
-        workspaceId: event.workspaceId,
-        threshold: event.threshold,
-        used: fromMicros(event.used),
-        allotment: fromMicros(event.allotment),
-        periodStart: new Date(event.periodStart),
-        renewsAt: new Date(event.periodEnd),
-        at: new Date(at),
-      });
+    switch (event.type) {
+      case 'period.renewed':
+        if (!this.#events.has(event.type)) return;
+        return this.#events.emit({
+          type: 'period.renewed',
+          workspaceId: event.workspaceId,
+          plan: event.plan,
+          periodStart: new Date(event.periodStart),
+          periodEnd: new Date(event.periodEnd),
+          allotment: fromMicros(event.allotment),
+          expired: fromMicros(event.expired),
+          carried: fromMicros(event.carried),
+          at: new Date(at),
+        });
+      case 'balance.low':
+        if (!this.#events.has(event.type)) return;
+        return this.#events.emit({
+          type: 'balance.low',
+          workspaceId: event.workspaceId,
+          threshold: event.threshold,
+          used: fromMicros(event.used),
+          allotment: fromMicros(event.allotment),
+          periodStart: new Date(event.periodStart),
+          renewsAt: new Date(event.periodEnd),
+          at: new Date(at),
+        });
+      case 'balance.below':
+        if (!this.#events.has(event.type)) return;
+        return this.#events.emit({
+          type: 'balance.below',
+          workspaceId: event.workspaceId,
+          level: fromMicros(event.level),
+          available: fromMicros(event.available),
+          periodStart: new Date(event.periodStart),
+          renewsAt: new Date(event.periodEnd),
+          at: new Date(at),
+        });
+      case 'recharge.requested':
+        return this.#recharge(event, at);
+    }
+  }
+
+  /** Announces a recharge, charges the customer through `onRecharge`, then adds the credits once. */
+  async #recharge(event: Extract<CoreEvent, { type: 'recharge.requested' }>, at: number): Promise<void> {
+    const credits = fromMicros(event.amount);
+    await this.#events.emit({
+      type: 'recharge.requested',
+      workspaceId: event.workspaceId,
+      rechargeId: event.rechargeId,
+      credits,
+      below: fromMicros(event.below),
+      available: fromMicros(event.available),
+      at: new Date(at),
+    });
+    if (!this.#onRecharge) return;
+    try {
+      await this.#onRecharge({ workspaceId: event.workspaceId, rechargeId: event.rechargeId, credits });
+      await this.#apply(event.workspaceId, { type: 'topUp', grantId: event.rechargeId, amount: event.amount, expiresAt: null });
+    } catch (error) {
+      await this.#events.emit({ type: 'recharge.failed', workspaceId: event.workspaceId, rechargeId: event.rechargeId, credits, error: scrubError(error), at: new Date(at) });
     }
   }
 
@@ -902,7 +1106,7 @@ function checkResult(value: unknown, prepared: Prepared): ProviderResult {
   return result as unknown as ProviderResult;
 }
 
-function validateOptions(options: CreditMeterOptions): { thresholds: readonly number[] } {
+function validateOptions(options: CreditMeterOptions): { thresholds: readonly number[]; levels: readonly number[] } {
   if (typeof options !== 'object' || options === null) {
     throw new InvalidInputError([{ path: 'options', message: 'must be an object' }]);
   }
@@ -929,8 +1133,12 @@ function validateOptions(options: CreditMeterOptions): { thresholds: readonly nu
   for (const key of ['byoKeys', 'clock', 'onEventError', 'generateReplyId'] as const) {
     if (options[key] !== undefined && typeof options[key] !== 'function') issues.push({ path: key, message: 'must be a function' });
   }
+  const levels: number[] = [];
+  if (options.lowBalanceLevels !== undefined && !Array.isArray(options.lowBalanceLevels)) issues.push({ path: 'lowBalanceLevels', message: 'must be an array of credit amounts' });
+  else (options.lowBalanceLevels ?? []).forEach((level, i) => levels.push(toMicros(level, `lowBalanceLevels.${i}`)));
+  if (options.onRecharge !== undefined && typeof options.onRecharge !== 'function') issues.push({ path: 'onRecharge', message: 'must be a function' });
   if (issues.length > 0) throw new InvalidInputError(issues);
-  return { thresholds: Object.freeze(thresholds.sort((a, b) => a - b)) };
+  return { thresholds: Object.freeze(thresholds.sort((a, b) => a - b)), levels: Object.freeze([...new Set(levels)].sort((a, b) => b - a)) };
 }
 
 function planAllotment(plan: Plan, allotment: CreditsInput | undefined): number {
@@ -981,5 +1189,17 @@ async function withTimeout<T>(pending: Promise<T>, ms: number, operation: string
     return await Promise.race([pending, timeout]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** Refunds made in the window, by the usage group (and UTC day) of the reply they refund. */
+async function refundTotals(storage: CreditStorage, query: { workspaceId: string; from: number; to: number; groupBy: UsageGroupBy; byDay: boolean }): Promise<UsageAggregate[]> {
+  const sum = new UsageAccumulator(query.groupBy, query.byDay);
+  let afterSeq: number | undefined;
+  for (;;) {
+    const rows = await storage.ledger({ workspaceId: query.workspaceId, from: query.from, to: query.to, kinds: ['refund'], limit: USAGE_PAGE, ...(afterSeq !== undefined && { afterSeq }) });
+    for (const row of rows) sum.add({ ...row, kind: 'reply', amount: -row.amount });
+    if (rows.length < USAGE_PAGE) return sum.totals();
+    afterSeq = rows[rows.length - 1]!.seq;
   }
 }

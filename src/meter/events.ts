@@ -59,12 +59,52 @@ export interface PeriodRenewedEvent {
   readonly at: Date;
 }
 
+/** Emitted once per period and level when the available balance falls to or below an absolute level. */
+export interface BalanceBelowEvent {
+  readonly type: 'balance.below';
+  readonly workspaceId: string;
+  /** The level crossed, in credits (from `lowBalanceLevels`). */
+  readonly level: Decimal;
+  /** Credits available right after the crossing. */
+  readonly available: Decimal;
+  readonly periodStart: Date;
+  readonly renewsAt: Date;
+  readonly at: Date;
+}
+
+/** Emitted once per crossing when available credits fell below a workspace's recharge threshold. */
+export interface RechargeRequestedEvent {
+  readonly type: 'recharge.requested';
+  readonly workspaceId: string;
+  /** The idempotency key of this recharge (also the `grantId` its credits are added with). */
+  readonly rechargeId: string;
+  /** Credits to add. */
+  readonly credits: Decimal;
+  readonly below: Decimal;
+  readonly available: Decimal;
+  readonly at: Date;
+}
+
+/** Emitted when `onRecharge` (or adding its credits) failed; the recharge re-arms once the balance is back above the threshold. */
+export interface RechargeFailedEvent {
+  readonly type: 'recharge.failed';
+  readonly workspaceId: string;
+  readonly rechargeId: string;
+  readonly credits: Decimal;
+  /** What failed, scrubbed of secrets like a provider error. */
+  readonly error: Error;
+  readonly at: Date;
+}
+
 /** Every event, by name. */
 export interface CreditEventMap {
   'reply.charged': ReplyChargedEvent;
   'reply.blocked': ReplyBlockedEvent;
   'balance.low': BalanceLowEvent;
+  'balance.below': BalanceBelowEvent;
   'period.renewed': PeriodRenewedEvent;
+  'recharge.requested': RechargeRequestedEvent;
+  'recharge.failed': RechargeFailedEvent;
 }
 
 /** An event name. */

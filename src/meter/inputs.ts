@@ -69,7 +69,7 @@ export const createWorkspaceSchema = z.strictObject({
   startsAt: instantSchema.optional(),
 });
 export const workspaceIdSchema = idSchema;
-export const quoteSchema = z.strictObject({ workspaceId: idSchema, model: idSchema });
+export const quoteSchema = z.strictObject({ workspaceId: idSchema, model: idSchema, agentId: idSchema.optional() });
 export const reserveSchema = z.strictObject(identity);
 export const replySchema = z.strictObject({
   ...identity,
@@ -115,7 +115,10 @@ export const ledgerSchema = z
     to: instantSchema.optional(),
     agentId: idSchema.optional(),
     limit: z.number().int().min(1).max(1000).optional(),
-    cursor: z.string().regex(/^\d{1,20}$/, 'must be a cursor returned by ledger()').optional(),
+    cursor: z
+      .string()
+      .regex(/^\d{1,20}$/, 'must be a cursor returned by ledger()')
+      .optional(),
   })
   .refine(rangeRefinement, rangeIssue);
 export const usageSchema = z
@@ -152,7 +155,9 @@ function fastIdentity(input: unknown, known: ReadonlySet<string>): ReplyIdentity
     if (!isValidId(workspaceId) || !isValidId(agentId) || !isValidId(conversationId) || !isValidId(model)) return undefined;
     if (replyId !== undefined && !isValidId(replyId)) return undefined;
     for (const key of Object.keys(source)) if (!known.has(key)) return undefined;
-    return replyId === undefined ? { workspaceId, agentId, conversationId, model } : { workspaceId, agentId, conversationId, model, replyId };
+    return replyId === undefined
+      ? { workspaceId, agentId, conversationId, model }
+      : { workspaceId, agentId, conversationId, model, replyId };
   } catch {
     return undefined;
   }
@@ -165,7 +170,10 @@ function fastIdentity(input: unknown, known: ReadonlySet<string>): ReplyIdentity
  */
 export function parseIdentity(input: ReplyIdentity): ReplyIdentity {
   const fast = fastIdentity(input, REPLY_KEYS);
-  if (fast && readable(() => (input as Partial<ParsedReplyInput>).signal === undefined && (input as Partial<ParsedReplyInput>).provider === undefined)) {
+  if (
+    fast &&
+    readable(() => (input as Partial<ParsedReplyInput>).signal === undefined && (input as Partial<ParsedReplyInput>).provider === undefined)
+  ) {
     return fast;
   }
   return parseInput(replySchema, input) as ReplyIdentity;

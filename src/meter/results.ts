@@ -105,6 +105,14 @@ export function summaryOf(workspaceId: string, snapshot: Snapshot, models: Model
         remaining: fromMicros(grant.remaining),
         expiresAt: grant.expiresAt === null ? undefined : new Date(grant.expiresAt),
       })),
+    agents: account.agents.map((agent) => ({
+      agentId: agent.agentId,
+      spent: fromMicros(agent.spent),
+      held: fromMicros(agent.held),
+      limit: agent.limit === null ? undefined : fromMicros(agent.limit),
+      models: agent.models ?? undefined,
+    })),
+    recharge: account.recharge ? { below: fromMicros(account.recharge.below), credits: fromMicros(account.recharge.amount) } : undefined,
   };
 }
 

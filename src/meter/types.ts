@@ -53,6 +53,22 @@ export interface CreditMeterOptions {
    */
   lowBalanceThresholds?: readonly number[];
   /**
+   * Available balances, in credits, whose crossing downwards (available ≤ level) emits
+   * `balance.below`, once per period each: an alert at an absolute level beside the shares of
+   * the allotment.
+   * @default []
+   */
+  lowBalanceLevels?: readonly CreditsInput[];
+  /**
+   * Charges the customer for an automatic recharge (see `setRecharge`). Called once per
+   * crossing, however many servers see it; when it resolves, the meter adds the credits with
+   * `rechargeId` as the top-up's `grantId`, so the grant lands once. A rejection is reported
+   * as a `recharge.failed` event and the recharge re-arms once the balance is back above the
+   * threshold.
+   * @default undefined (recharges are announced as `recharge.requested` events only)
+   */
+  onRecharge?: RechargeHandler;
+  /**
    * What `reply` does when the store fails or times out: `refuse` throws `STORAGE_ERROR`
    * (no free replies); `allow` calls the provider unmetered and marks the result
    * `metered: false`. Only for hosts that prefer availability over billing accuracy.
@@ -77,6 +93,14 @@ export interface CreditMeterOptions {
   generateReplyId?: () => string;
 }
 
+/** Charges the customer for an automatic recharge; the meter adds the credits when it resolves. */
+export type RechargeHandler = (request: {
+  readonly workspaceId: string;
+  /** Idempotency key of this recharge: charge your customer once per key. */
+  readonly rechargeId: string;
+  readonly credits: Decimal;
+}) => void | Promise<void>;
+
 /** Input of {@link CreditMeter.createWorkspace}. */
 export interface CreateWorkspaceInput {
   workspaceId: string;
@@ -92,9 +116,12 @@ export interface CreateWorkspaceInput {
 
 /** A grant with credits left, as shown in a workspace summary. */
 export interface GrantSummary {
-  /** `period:<n>` for the plan allotment, the host's grantId for a top-up. */
+  /**
+   * `period:<n>` for the plan allotment, the host's grantId for a top-up,
+   * `adjustment:<id>` and `refund:<id>` for credits from adjustments and refunds.
+   */
   readonly grantId: string;
-  readonly kind: 'allotment' | 'topup';
+  readonly kind: 'allotment' | 'topup' | 'adjustment' | 'refund';
   readonly remaining: Decimal;
   readonly expiresAt: Date | undefined;
 }
@@ -126,12 +153,31 @@ export interface WorkspaceSummary {
   readonly repliesLeft: Readonly<Record<string, number | null>>;
   /** Live grants in spending order. */
   readonly grants: readonly GrantSummary[];
+  /** Agents that spent this period or have a cap. */
+  readonly agents: readonly AgentSummary[];
+  /** The automatic recharge, when one is set. */
+  readonly recharge: { readonly below: Decimal; readonly credits: Decimal } | undefined;
+}
+
+/** One agent's spending this period and its cap. */
+export interface AgentSummary {
+  readonly agentId: string;
+  /** Credits charged to its replies this period, net of refunds. */
+  readonly spent: Decimal;
+  /** Credits its replies in flight hold. */
+  readonly held: Decimal;
+  /** Its cap per period, or undefined for none. */
+  readonly limit: Decimal | undefined;
+  /** Models it may use, or undefined for any. */
+  readonly models: readonly string[] | undefined;
 }
 
 /** Input of {@link CreditMeter.quote}. */
 export interface QuoteInput {
   workspaceId: string;
   model: string;
+  /** The agent that would reply, to take its cap and models into account. */
+  agentId?: string;
 }
 
 /** What a reply would cost, by which route, and whether it would be allowed. Free to ask. */
@@ -149,6 +195,8 @@ export interface Quote {
   readonly available: Decimal | undefined;
   readonly renewsAt: Date | undefined;
   readonly priceVersion: string;
+  /** Why `allowed` is false: `credits`, the agent's `agent-limit`, or a `model` the agent may not use. */
+  readonly blockedBy: 'credits' | 'agent-limit' | 'model' | undefined;
 }
 
 /** Identifies one reply. */
@@ -398,8 +446,12 @@ export interface UsageInput {
 export interface UsageRow {
   /** The agent, model or conversation id. */
   readonly key: string;
-  /** Credits charged. */
+  /** Credits charged (gross: before refunds). */
   readonly credits: Decimal;
+  /** Credits refunded for replies of the group, by refunds made in the window. */
+  readonly refunded: Decimal;
+  /** `credits − refunded`. */
+  readonly net: Decimal;
   /** Replies on every route (byo and unmetered count with 0 credits). */
   readonly replies: number;
   /** Start of the bucket, when an interval was asked. */
@@ -415,6 +467,86 @@ export interface UsageReport {
   readonly interval?: UsageInterval;
   /** By bucket (oldest first), then by credits (most first), then by key. */
   readonly rows: readonly UsageRow[];
+  /** Credits charged (gross). */
   readonly totalCredits: Decimal;
+  /** Credits refunded in the window. */
+  readonly totalRefunded: Decimal;
+  /** `totalCredits − totalRefunded`. */
+  readonly totalNet: Decimal;
   readonly totalReplies: number;
+}
+
+/** Input of {@link CreditMeter.refund}. */
+export interface RefundInput {
+  workspaceId: string;
+  /** The charged reply to refund. */
+  replyId: string;
+  /** Idempotency key: the same refundId refunds once. */
+  refundId: string;
+  /** Why, kept on the ledger row (support tickets, "bad answer"). */
+  reason: string;
+  /**
+   * Credits to give back, at most what the reply was charged minus earlier refunds.
+   * @default everything not refunded yet
+   */
+  credits?: CreditsInput;
+}
+
+/** A refund. */
+export interface Refund {
+  readonly workspaceId: string;
+  readonly replyId: string;
+  readonly refundId: string;
+  readonly credits: Decimal;
+  readonly reason: string;
+  /** True when this refundId was made before (nothing given back now). */
+  readonly replayed: boolean;
+  /** The workspace after the refund; undefined for a workspace without a plan (self-hosted). */
+  readonly workspace: WorkspaceSummary | undefined;
+}
+
+/** Input of {@link CreditMeter.adjust}. */
+export interface AdjustInput {
+  workspaceId: string;
+  /** Idempotency key: the same adjustmentId applies once. */
+  adjustmentId: string;
+  /** Signed credits: a credit (> 0) is a grant, a debit (< 0) never takes the balance below zero. */
+  credits: CreditsInput;
+  /** Why, kept on the ledger row. */
+  reason: string;
+  /** For a credit: when its credits lapse. Omitted: never. */
+  expiresAt?: Date | string;
+}
+
+/** An adjustment. */
+export interface Adjustment {
+  readonly workspaceId: string;
+  readonly adjustmentId: string;
+  /** Signed credits. */
+  readonly credits: Decimal;
+  readonly reason: string;
+  readonly expiresAt: Date | undefined;
+  /** True when this adjustmentId was applied before. */
+  readonly replayed: boolean;
+  readonly workspace: WorkspaceSummary;
+}
+
+/** Input of {@link CreditMeter.setAgentLimit}. */
+export interface AgentLimitInput {
+  workspaceId: string;
+  agentId: string;
+  /** Most credits the agent may spend per period (holds in flight count); `null` lifts the cap. */
+  credits: CreditsInput | null;
+  /**
+   * Models the agent may use; `null` or omitted: any.
+   * @default null
+   */
+  models?: readonly string[] | null;
+}
+
+/** Input of {@link CreditMeter.setRecharge}. */
+export interface RechargeInput {
+  workspaceId: string;
+  /** "When available credits fall below `below`, recharge `credits`"; `null` turns it off. */
+  recharge: { below: CreditsInput; credits: CreditsInput } | null;
 }

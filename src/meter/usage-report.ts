@@ -18,25 +18,42 @@ interface Window {
  * only ever bucket by day, which every database does the same way; weeks and months come
  * from date-fns here, so every store agrees on them.
  */
-export function bucketUsage(window: Window, aggregates: readonly UsageAggregate[]): UsageReport {
-  const groups = new Map<string, { key: string; bucket: number | undefined; amount: number; replies: number }>();
-  for (const aggregate of aggregates) {
+export function bucketUsage(window: Window, aggregates: readonly UsageAggregate[], refunds: readonly UsageAggregate[] = []): UsageReport {
+  const groups = new Map<string, { key: string; bucket: number | undefined; amount: number; refunded: number; replies: number }>();
+  const groupOf = (aggregate: UsageAggregate) => {
     const bucket = window.interval && aggregate.day !== undefined ? bucketStart(aggregate.day, window.interval) : undefined;
     const id = bucket === undefined ? aggregate.key : `${bucket}\u0000${aggregate.key}`;
-    const group = groups.get(id) ?? { key: aggregate.key, bucket, amount: 0, replies: 0 };
+    let group = groups.get(id);
+    if (!group) {
+      group = { key: aggregate.key, bucket, amount: 0, refunded: 0, replies: 0 };
+      groups.set(id, group);
+    }
+    return group;
+  };
+  for (const aggregate of aggregates) {
+    const group = groupOf(aggregate);
     group.amount += aggregate.amount;
     group.replies += aggregate.replies;
-    groups.set(id, group);
   }
+  // Refunds count where they were made, against the group of the reply they give back for.
+  for (const refund of refunds) groupOf(refund).refunded += refund.amount;
   const sorted = [...groups.values()].sort(
     (a, b) => (a.bucket ?? 0) - (b.bucket ?? 0) || b.amount - a.amount || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0),
   );
   let totalMicros = 0;
+  let totalRefunded = 0;
   let totalReplies = 0;
   const rows: UsageRow[] = sorted.map((group) => {
     totalMicros += group.amount;
+    totalRefunded += group.refunded;
     totalReplies += group.replies;
-    const row = { key: group.key, credits: fromMicros(group.amount), replies: group.replies };
+    const row = {
+      key: group.key,
+      credits: fromMicros(group.amount),
+      refunded: fromMicros(group.refunded),
+      net: fromMicros(group.amount - group.refunded),
+      replies: group.replies,
+    };
     return group.bucket === undefined ? row : { ...row, bucket: new Date(group.bucket) };
   });
   return {
@@ -47,6 +64,8 @@ export function bucketUsage(window: Window, aggregates: readonly UsageAggregate[
     ...(window.interval && { interval: window.interval }),
     rows,
     totalCredits: fromMicros(totalMicros),
+    totalRefunded: fromMicros(totalRefunded),
+    totalNet: fromMicros(totalMicros - totalRefunded),
     totalReplies,
   };
 }

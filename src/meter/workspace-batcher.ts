@@ -1,5 +1,5 @@
 import { StorageError } from '../core/errors.js';
-import { type Command, type CoreEvent, type Outcome, replyKey, type Rules, topUpKey, Transition } from '../core/transition.js';
+import { adjustmentKey, type Command, type CoreEvent, type Outcome, refundKey, replyKey, type Rules, topUpKey, Transition } from '../core/transition.js';
 import type { CommitResult, LoadedWorkspace, LoadRequest, WorkspaceCommit } from '../storage/storage.js';
 
 /** What the batcher needs from the meter: the time, the rules and the store. */
@@ -72,10 +72,7 @@ export class WorkspaceBatcher {
 
   async #run(workspaceId: string, batch: readonly Pending[]): Promise<Applied[]> {
     const unique = new Set<string>();
-    for (const pending of batch) {
-      const key = keyOf(pending.command);
-      if (key !== undefined) unique.add(key);
-    }
+    for (const pending of batch) for (const key of keysOf(pending.command)) unique.add(key);
     const keys = [...unique];
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const now = this.#context.now();
@@ -91,17 +88,22 @@ export class WorkspaceBatcher {
   }
 }
 
-function keyOf(command: Command): string | undefined {
+/** The records a command reads: loaded with the state, in the same round trip. */
+function keysOf(command: Command): string[] {
   switch (command.type) {
     case 'reserve':
-      return replyKey(command.reply.replyId);
+      return [replyKey(command.reply.replyId)];
     case 'settle':
     case 'release':
     case 'extend':
-      return replyKey(command.replyId);
+      return [replyKey(command.replyId)];
     case 'topUp':
-      return topUpKey(command.grantId);
+      return [topUpKey(command.grantId)];
+    case 'refund':
+      return [replyKey(command.replyId), refundKey(command.refundId)];
+    case 'adjust':
+      return [adjustmentKey(command.adjustmentId)];
     default:
-      return undefined;
+      return [];
   }
 }
