@@ -287,9 +287,12 @@ export function stateDoc(workspaceId: string, ledgerSeq: number, amount = 10 * C
       grants: [grant],
       held: 0,
       alerts: [],
+      // Fields the core added later ride along as the core writes them (empty).
+      agents: [],
+      recharge: null,
       createdAt: PERIOD0.start,
       ...extra,
-    },
+    } as AccountState,
   };
 }
 
@@ -311,8 +314,9 @@ export function row(workspaceId: string, seq: number, kind: LedgerKind, amount: 
     plan: null,
     inputTokens: null,
     outputTokens: null,
+    reason: null,
     ...fields,
-  };
+  } as LedgerRow;
 }
 
 /** A reply record under `reply:<replyId>`; held (with `holdExpiresAt`) unless a status is given. */
@@ -334,8 +338,11 @@ export function replyStored(workspaceId: string, replyId: string, at: number, fi
     finishedAt: null,
     entrySeq: null,
     allocations: [{ grantId: 'period:0', amount: C }],
+    paidFrom: [],
+    refunded: 0,
+    refusedFor: null,
     ...fields,
-  };
+  } as ReplyRecord;
   return { key: `reply:${replyId}`, holdExpiresAt: value.status === 'held' ? value.expiresAt : null, value };
 }
 

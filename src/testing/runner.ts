@@ -15,7 +15,6 @@ import {
   type ConformanceContext,
   DEFAULT_CONCURRENCY,
   newMeter,
-  num,
   type StorageConformanceOptions,
   sum,
 } from './fixtures.js';
@@ -121,9 +120,9 @@ async function checkInvariants(ctx: ConformanceContext): Promise<void> {
     expect(sum(account.grants.map((grant) => grant.held)), `invariants: held of ${workspaceId} = held of its grants`).toBe(account.held);
     const summary = await newMeter(ctx).getWorkspace(workspaceId);
     rows = await allRows(ctx.storage, workspaceId);
-    const balance = num(summary.balance) * C;
-    const held = num(summary.held) * C;
-    expect(Math.round(balance + held), `invariants: ledger sum of ${workspaceId} = balance + held`).toBe(sum(rows.map((row) => row.amount)));
+    const balance = summary.balance.times(C).toNumber();
+    const held = summary.held.times(C).toNumber();
+    expect(balance + held, `invariants: ledger sum of ${workspaceId} = balance + held`).toBe(sum(rows.map((row) => row.amount)));
     expect(balance, `invariants: balance of ${workspaceId} ≥ 0`).toBeGreaterThanOrEqual(0);
     expect(held, `invariants: held of ${workspaceId} ≥ 0`).toBeGreaterThanOrEqual(0);
   }
