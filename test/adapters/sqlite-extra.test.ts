@@ -1,61 +1,87 @@
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { SqliteStorage } from '../../src/adapters/sqlite/index.js';
-import { CreditMeter, CreditsError, MemoryStorage, StorageError, type CreditStorage, type LedgerRow } from '../../src/index.js';
-import { ledgerRowInput } from '../../src/storage/storage-helpers.js';
+import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage, StorageError } from '../../src/index.js';
+import { type LedgerRow, UsageAccumulator, type WorkspaceCommit, type WorkspaceState } from '../../src/storage/index.js';
+import { TestClock } from '../support.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'credits-sqlite-extra-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const file = () => join(dir, `${randomUUID()}.db`);
 const T0 = Date.UTC(2026, 0, 15, 12);
+const MINUTE = 60_000;
 const fixture = fileURLToPath(new URL('./fixtures/sqlite-charger.ts', import.meta.url));
 
-function workspace(workspaceId: string, amount: number) {
-  return {
-    workspace: {
-      workspaceId,
-      plan: 'custom',
-      allotment: amount,
-      pendingPlan: null,
-      pendingAllotment: null,
-      anchor: T0,
-      periodIndex: 0,
-      periodStart: T0,
-      periodEnd: T0 + 30 * 86_400_000,
-      usedThisPeriod: 0,
-      version: 0,
-      createdAt: T0,
-    },
-    grant: { grantId: 'period:0', kind: 'allotment' as const, amount, remaining: amount, expiresAt: T0 + 30 * 86_400_000, createdAt: T0 },
-    entry: { ...ledgerRowInput(workspaceId, 'grant', amount, T0), grantId: 'period:0', plan: 'custom' },
-  };
+const state = (workspaceId: string, ledgerSeq: number): WorkspaceState => ({ workspaceId, account: null, ledgerSeq });
+const row = (workspaceId: string, seq: number, amount: number, at = T0): LedgerRow => ({
+  workspaceId,
+  seq,
+  kind: 'reply',
+  amount,
+  at,
+  replyId: `r${seq}`,
+  agentId: 'a',
+  conversationId: 'c',
+  model: 'm',
+  route: 'credits',
+  priceVersion: 'v',
+  grantId: null,
+  plan: null,
+  inputTokens: null,
+  outputTokens: null,
+  reason: null,
+});
+const commit = (workspaceId: string, expectedVersion: number, rows: LedgerRow[] = []): WorkspaceCommit => ({
+  workspaceId,
+  expectedVersion,
+  state: state(workspaceId, expectedVersion),
+  ledger: rows,
+  records: [],
+});
+
+/** The books of a workspace: balance + held must equal the signed ledger sum. */
+async function books(meter: CreditMeter, storage: CreditStorage, workspaceId: string) {
+  const summary = await meter.getWorkspace(workspaceId);
+  const rows = await storage.ledger({ workspaceId, limit: 1_000_000 });
+  const sum = rows.reduce((total, r) => total + r.amount, 0);
+  expect(sum).toBe(Math.round((summary.balance.toNumber() + summary.held.toNumber()) * 1e6));
+  return { summary, rows };
 }
 
-function reserve(replyId: string, workspaceId: string, amount: number, now = T0, ttl = 60_000) {
-  return {
-    reply: { replyId, workspaceId, agentId: 'a', conversationId: 'c', model: 'm', route: 'credits' as const, amount, priceVersion: 'v1', createdAt: now, expiresAt: now + ttl },
-    now,
-    requireWorkspace: true,
-  };
+function runCharger(filename: string, count: number, concurrency: number) {
+  const child = spawn(process.execPath, ['--import', 'tsx', fixture, filename, 'shared', String(count), String(concurrency)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const done = new Promise<{ charged: number; refused: number }>((resolve, reject) => {
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
+    child.on('error', reject);
+    child.on('exit', (code, signal) =>
+      code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`child exited ${code ?? signal}: ${err}`)),
+    );
+  });
+  return { child, done };
 }
-
-const sumLedger = (rows: LedgerRow[]) => rows.reduce((sum, row) => sum + row.amount, 0);
 
 describe('SqliteStorage options and life cycle', () => {
-  it('options - refuses a bad table prefix, both or neither of filename and database', () => {
+  it('options - refuses a bad table prefix, both or neither of filename and database, a bad synchronous', () => {
     expect(() => new SqliteStorage({ filename: file(), tablePrefix: 'Bad-Prefix' })).toThrow(/tablePrefix/);
     expect(() => new SqliteStorage({ filename: file(), tablePrefix: '1x' })).toThrow(/tablePrefix/);
     expect(() => new SqliteStorage({} as never)).toThrow(/filename/);
+    expect(() => new SqliteStorage({ filename: file(), database: new Database(':memory:') } as never)).toThrow(/filename/);
     expect(() => new SqliteStorage({ filename: file(), synchronous: 'OFF' as never })).toThrow(/synchronous/);
+    expect(() => new SqliteStorage({ filename: file(), busyTimeoutMs: -1 })).toThrow(/busyTimeoutMs/);
   });
 
-  it('migrate - is idempotent, versioned, and sets WAL and synchronous', async () => {
+  it('migrate - is idempotent, versioned, sets WAL, and refuses a newer schema', async () => {
     const filename = file();
     const storage = new SqliteStorage({ filename, tablePrefix: 'bb_' });
     await storage.migrate();
@@ -65,10 +91,10 @@ describe('SqliteStorage options and life cycle', () => {
     await again.migrate();
     await again.close();
     const db = new Database(filename);
-    expect(db.prepare("SELECT value FROM bb_meta WHERE key = 'schema_version'").get()).toEqual({ value: '1' });
+    expect(db.prepare("SELECT value FROM bb_meta WHERE key = 'schema_version'").get()).toEqual({ value: '2' });
     expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
     const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all();
-    expect(tables).toEqual([{ name: 'bb_alerts' }, { name: 'bb_grants' }, { name: 'bb_ledger' }, { name: 'bb_meta' }, { name: 'bb_replies' }, { name: 'bb_workspaces' }]);
+    expect(tables).toEqual([{ name: 'bb_entries' }, { name: 'bb_meta' }, { name: 'bb_records' }, { name: 'bb_states' }]);
     db.prepare("UPDATE bb_meta SET value = '99' WHERE key = 'schema_version'").run();
     db.close();
     const newer = new SqliteStorage({ filename, tablePrefix: 'bb_' });
@@ -76,223 +102,222 @@ describe('SqliteStorage options and life cycle', () => {
     await newer.close();
   });
 
+  it('migrate - refuses data written by 0.1 (schema version 1), changes nothing, and a new prefix works beside it', async () => {
+    const filename = file();
+    const db = new Database(filename);
+    db.exec(`CREATE TABLE credits_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+      INSERT INTO credits_meta VALUES ('schema_version', '1');
+      CREATE TABLE credits_workspaces (workspace_id TEXT PRIMARY KEY) STRICT;
+      INSERT INTO credits_workspaces VALUES ('old');`);
+    const storage = new SqliteStorage({ filename });
+    const meter = new CreditMeter({ storage });
+    const error = await meter.getWorkspace('old').catch((caught: unknown) => caught);
+    expect(CreditsError.is(error) && error.code).toBe('STORAGE_ERROR');
+    expect((error as Error).message).toMatch(/0\.1.*schema version 1.*tablePrefix/);
+    const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all();
+    expect(tables).toEqual([{ name: 'credits_meta' }, { name: 'credits_workspaces' }]);
+    await storage.close();
+    const beside = new SqliteStorage({ database: db, tablePrefix: 'credits2_' });
+    await new CreditMeter({ storage: beside }).createWorkspace({ workspaceId: 'new', plan: 'hobby' });
+    await beside.close();
+    db.close();
+  });
+
   it('close - closes only a database it opened; later calls fail with STORAGE_ERROR', async () => {
     const db = new Database(file());
     const storage = new SqliteStorage({ database: db });
-    await storage.createWorkspace(workspace('w', 10));
+    await new CreditMeter({ storage }).createWorkspace({ workspaceId: 'w', plan: 'hobby' });
     await storage.close();
     expect(db.open).toBe(true);
-    expect(db.prepare('SELECT COUNT(*) AS n FROM credits_workspaces').get()).toEqual({ n: 1 });
+    expect(db.prepare('SELECT COUNT(*) AS n FROM credits_states').get()).toEqual({ n: 1 });
     db.close();
-    const error = await storage.getReply('x').catch((caught: unknown) => caught);
+    const error = await storage.load({ workspaceId: 'w', keys: [], now: T0 }).catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(StorageError);
+    const owned = new SqliteStorage({ filename: file() });
+    await owned.migrate();
+    await owned.close();
+    await expect(owned.commit([commit('w', 0)])).rejects.toBeInstanceOf(StorageError);
   });
 
-  it('close - writes what was queued before closing', async () => {
+  it('restart - what a meter committed is there after the file is reopened', async () => {
     const filename = file();
-    const storage = new SqliteStorage({ filename });
-    await storage.createWorkspace(workspace('w', 1_000));
-    const pending = Array.from({ length: 50 }, (_, i) => storage.reserve(reserve(`r${i}`, 'w', 10)));
-    await storage.close();
-    expect((await Promise.all(pending)).every((outcome) => outcome.status === 'reserved')).toBe(true);
-    const reopened = new SqliteStorage({ filename });
-    expect((await reopened.getWorkspace('w', T0))?.held).toBe(500);
-    await reopened.close();
+    const clock = new TestClock(T0);
+    const first = new SqliteStorage({ filename });
+    const meter = new CreditMeter({ storage: first, clock: clock.now });
+    await meter.createWorkspace({ workspaceId: 'w', plan: 'hobby' });
+    const held = await meter.reserve({ workspaceId: 'w', agentId: 'a', conversationId: 'c', model: 'gpt-4o' });
+    const charged = await meter.reserve({ workspaceId: 'w', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' });
+    await meter.settle({ workspaceId: 'w', replyId: charged.replyId });
+    await first.close();
+    const second = new SqliteStorage({ filename });
+    const reopened = new CreditMeter({ storage: second, clock: clock.now });
+    const { summary, rows } = await books(reopened, second, 'w');
+    expect(summary.balance.toNumber()).toBe(2_000 - 1 - 5);
+    expect(summary.held.toNumber()).toBe(5);
+    expect(rows.map((r) => r.kind)).toEqual(['grant', 'reply']);
+    // The hold taken before the restart is still settled once, and a replay answers the same.
+    const settled = await reopened.settle({ workspaceId: 'w', replyId: held.replyId });
+    expect((await reopened.settle({ workspaceId: 'w', replyId: held.replyId })).entryId).toBe(settled.entryId);
+    expect((await books(reopened, second, 'w')).summary.balance.toNumber()).toBe(2_000 - 6);
+    await second.close();
   });
 
-  it('driver errors - become STORAGE_ERROR with the driver error as cause', async () => {
+  it('driver errors - a busy database fails with STORAGE_ERROR (SQLITE_BUSY as cause), writes nothing, and the next commit succeeds', async () => {
     const filename = file();
     const storage = new SqliteStorage({ filename, busyTimeoutMs: 0 });
     await storage.migrate();
     const locker = new Database(filename);
     locker.exec('BEGIN IMMEDIATE');
-    const error = await storage.createWorkspace(workspace('w', 10)).catch((caught: unknown) => caught);
+    const error = await storage.commit([commit('w', 0)]).catch((caught: unknown) => caught);
     locker.exec('ROLLBACK');
     locker.close();
     expect(error).toBeInstanceOf(StorageError);
     expect((error as StorageError).adapter).toBe('sqlite');
     expect((error as Error).cause).toMatchObject({ code: 'SQLITE_BUSY' });
-    expect((await storage.createWorkspace(workspace('w', 10))).status).toBe('created');
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: T0 })).version).toBe(0);
+    expect(await storage.commit([commit('w', 0)])).toEqual(['committed']);
     await storage.close();
   });
 });
 
-describe('SqliteStorage group commit', () => {
-  it('batch - a failing operation rolls back only itself and rejects only its own promise', async () => {
+describe('SqliteStorage commits', () => {
+  it('commit - a write that fails mid-way (a non-integer amount) rolls the whole commit back', async () => {
     const storage = new SqliteStorage({ filename: file() });
-    await storage.createWorkspace(workspace('base', 1_000));
-    const bad = workspace('bad', 100);
-    // The workspace and grant rows are written before the ledger row fails (STRICT INTEGER).
-    bad.entry.amount = 1.5;
-    const results = await Promise.allSettled([
-      storage.createWorkspace(workspace('a', 100)),
-      storage.reserve(reserve('r1', 'base', 10)),
-      storage.createWorkspace(bad),
-      storage.reserve(reserve('r2', 'base', 10)),
-      storage.reserve(reserve('r3', 'base', 2.5)),
-      storage.createWorkspace(workspace('c', 100)),
-    ]);
-    expect(results.map((result) => result.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'rejected', 'fulfilled']);
-    const failure = (results[2] as PromiseRejectedResult).reason as StorageError;
-    expect(CreditsError.is(failure) && failure.code).toBe('STORAGE_ERROR');
-    expect(await storage.getWorkspace('bad', T0)).toBeUndefined();
-    expect(await storage.getReply('r3')).toBeUndefined();
-    const base = await storage.getWorkspace('base', T0);
-    expect(base).toMatchObject({ available: 980, held: 20 });
-    expect((await storage.getWorkspace('a', T0))?.available).toBe(100);
-    expect((await storage.getWorkspace('c', T0))?.available).toBe(100);
-    expect(await storage.ledger({ workspaceId: 'bad', limit: 10 })).toEqual([]);
+    expect(await storage.commit([commit('w', 0, [row('w', 1, -5)])])).toEqual(['committed']);
+    const bad = commit('w', 1, [row('w', 2, -5), row('w', 3, -2.5)]);
+    const error = await storage
+      .commit([commit('other', 0), { ...bad, records: [{ key: 'reply:x', holdExpiresAt: T0, value: {} as never }] }])
+      .catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(StorageError);
+    const loaded = await storage.load({ workspaceId: 'w', keys: ['reply:x'], now: T0 });
+    expect(loaded).toMatchObject({ version: 1, records: [], lapsed: [] });
+    expect((await storage.load({ workspaceId: 'other', keys: [], now: T0 })).version).toBe(0);
+    expect((await storage.ledger({ workspaceId: 'w', limit: 10 })).map((r) => r.seq)).toEqual([1]);
+    expect(await storage.commit([commit('w', 1, [row('w', 2, -5)])])).toEqual(['committed']);
     await storage.close();
   });
 
-  it('batch - the same reply id twice in one batch holds once', async () => {
-    const storage = new SqliteStorage({ filename: file() });
-    await storage.createWorkspace(workspace('w', 100));
-    const [first, second] = await Promise.all([storage.reserve(reserve('same', 'w', 30)), storage.reserve(reserve('same', 'w', 30))]);
-    expect(first.status).toBe('reserved');
-    expect(second.status).toBe('exists');
-    expect(await storage.getWorkspace('w', T0)).toMatchObject({ available: 70, held: 30 });
-    await storage.close();
-  });
-
-  it('batch - a reserve of an existing id in a busy batch answers exists, and its neighbours commit', async () => {
-    const storage = new SqliteStorage({ filename: file() });
-    await storage.createWorkspace(workspace('w', 1_000));
-    expect((await storage.reserve(reserve('old', 'w', 10))).status).toBe('reserved');
-    expect((await storage.reserve(reserve('held', 'w', 20))).status).toBe('reserved');
-    const results = await Promise.all([
-      storage.reserve(reserve('new1', 'w', 30)),
-      storage.reserve(reserve('old', 'w', 99)),
-      storage.settle({ replyId: 'held', workspaceId: 'w', now: T0 + 1 }),
-      storage.reserve(reserve('new2', 'w', 40)),
-      storage.settle({ replyId: 'new1', workspaceId: 'w', now: T0 + 1 }),
-    ]);
-    // Operations of a batch run in order: new1, held in the same batch, settles.
-    expect(results.map((result) => result.status)).toEqual(['reserved', 'exists', 'settled', 'reserved', 'settled']);
-    expect(results[1]).toMatchObject({ reply: { replyId: 'old', amount: 10, status: 'held' } });
-    const settledInBatch = results[4] as Extract<(typeof results)[4], { status: 'settled' }>;
-    expect(await storage.getReply('new1')).toMatchObject({ status: 'settled', entryId: settledInBatch.entry.id, finishedAt: T0 + 1 });
-    const state = (await storage.getWorkspace('w', T0 + 2))!;
-    expect(state).toMatchObject({ available: 900, held: 50 });
-    const rows = await storage.ledger({ workspaceId: 'w', limit: 100 });
-    expect(rows.map((row) => row.id)).toEqual(rows.map((_, index) => String(index + 1)));
-    expect(sumLedger(rows)).toBe(state.available + state.held);
-    await storage.close();
-  });
-
-  it('batch - an operation that throws mid-way fails alone; the charges around it commit and the books balance', async () => {
+  it("commit - another connection's commit moves the version: a commit from the older load conflicts", async () => {
     const filename = file();
-    const storage = new SqliteStorage({ filename });
-    await storage.createWorkspace(workspace('w', 1_000));
-    for (const id of ['bad', 'r1', 'r2']) expect((await storage.reserve(reserve(id, 'w', 10))).status).toBe('reserved');
-    const raw = new Database(filename);
-    raw.prepare("UPDATE credits_replies SET allocations = 'not json' WHERE reply_id = 'bad'").run();
-    raw.close();
-    const results = await Promise.allSettled([
-      storage.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 1 }),
-      storage.reserve(reserve('r3', 'w', 50)),
-      storage.release({ replyId: 'bad', workspaceId: 'w', now: T0 + 1 }),
-      storage.release({ replyId: 'r2', workspaceId: 'w', now: T0 + 1 }),
-      storage.settle({ replyId: 'r3', workspaceId: 'w', now: T0 + 1 }),
-      storage.reserve(reserve('r4', 'w', 5)),
-    ]);
-    expect(results.map((result) => result.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled']);
-    expect((results[2] as PromiseRejectedResult).reason).toBeInstanceOf(StorageError);
-    expect((results[4] as PromiseFulfilledResult<{ status: string }>).value.status).toBe('settled');
-    expect((await storage.getReply('bad'))?.status).toBe('held');
-    expect((await storage.getReply('r1'))?.status).toBe('settled');
-    expect((await storage.getReply('r2'))?.status).toBe('released');
-    const state = (await storage.getWorkspace('w', T0 + 2))!;
-    // held: bad 10 + r4 5; charged: r1 10 + r3 50; r2 released.
-    expect(state).toMatchObject({ available: 925, held: 15 });
-    const rows = await storage.ledger({ workspaceId: 'w', limit: 100 });
-    expect(rows.filter((row) => row.kind === 'reply').map((row) => row.replyId)).toEqual(['r1', 'r3']);
-    expect(sumLedger(rows)).toBe(state.available + state.held);
-    await storage.close();
-  });
-
-  it('cache - a hold changed by another connection between batches is read again', async () => {
-    const filename = file();
-    const storage = new SqliteStorage({ filename });
-    await storage.createWorkspace(workspace('w', 100));
-    expect((await storage.reserve(reserve('r1', 'w', 10))).status).toBe('reserved');
-    const raw = new Database(filename);
-    raw.prepare("UPDATE credits_replies SET status = 'released', finished_at = ?, allocations = NULL WHERE reply_id = 'r1'").run(T0 + 1);
-    raw.close();
-    expect((await storage.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 2 })).status).toBe('released');
-    expect(await storage.ledger({ workspaceId: 'w', limit: 10 })).toHaveLength(1);
-    await storage.close();
-  });
-
-  it('cache - two stores on one connection see each other\'s writes', async () => {
-    const db = new Database(file());
-    const a = new SqliteStorage({ database: db });
-    const b = new SqliteStorage({ database: db });
-    await a.createWorkspace(workspace('w', 100));
-    expect((await a.reserve(reserve('r1', 'w', 10))).status).toBe('reserved');
-    expect((await b.release({ replyId: 'r1', workspaceId: 'w', now: T0 + 1 })).status).toBe('released');
-    expect((await a.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 2 })).status).toBe('released');
-    expect((await b.reserve(reserve('r2', 'w', 10))).status).toBe('reserved');
-    expect((await a.reserve(reserve('r2', 'w', 10))).status).toBe('exists');
-    expect(await a.getWorkspace('w', T0 + 3)).toMatchObject({ available: 90, held: 10 });
+    const a = new SqliteStorage({ filename });
+    const b = new SqliteStorage({ filename });
+    await a.commit([commit('w', 0)]);
+    const loadedByA = await a.load({ workspaceId: 'w', keys: [], now: T0 });
+    expect(await b.commit([commit('w', loadedByA.version, [row('w', 1, 7)])])).toEqual(['committed']);
+    expect(await a.commit([commit('w', loadedByA.version, [row('w', 1, 9)])])).toEqual(['conflict']);
+    expect((await a.ledger({ workspaceId: 'w', limit: 10 })).map((r) => r.amount)).toEqual([7]);
     await a.close();
     await b.close();
-    db.close();
   });
 
-  it('batch - a busy database rejects every operation of the batch, and the next batch succeeds', async () => {
-    const filename = file();
-    const storage = new SqliteStorage({ filename, busyTimeoutMs: 0 });
-    await storage.createWorkspace(workspace('w', 100));
-    const locker = new Database(filename);
-    locker.exec('BEGIN IMMEDIATE');
-    const results = await Promise.allSettled([storage.reserve(reserve('x1', 'w', 10)), storage.reserve(reserve('x2', 'w', 10))]);
-    locker.exec('ROLLBACK');
-    locker.close();
-    expect(results.map((result) => result.status)).toEqual(['rejected', 'rejected']);
-    expect(await storage.getReply('x1')).toBeUndefined();
-    expect((await storage.reserve(reserve('x1', 'w', 10))).status).toBe('reserved');
+  it('records - a lapsed hold is found through the index; holds that have not lapsed and settled records are not', async () => {
+    const storage = new SqliteStorage({ filename: file() });
+    const reply = (key: string, holdExpiresAt: number | null) => ({
+      key,
+      holdExpiresAt,
+      value: { type: 'topup', grantId: key, amount: 1, expiresAt: null, createdAt: T0 } as const,
+    });
+    const records = [reply('a', T0 - 1), reply('b', T0), reply('c', T0 + 1), reply('d', null)];
+    await storage.commit([
+      { ...commit('w', 0), records },
+      { ...commit('v', 0), records: [reply('e', T0 - 5)] },
+    ]);
+    const loaded = await storage.load({ workspaceId: 'w', keys: ['d', 'missing'], now: T0 });
+    expect(loaded.records).toEqual([records[3]]);
+    expect(loaded.lapsed.map((r) => r.key).sort()).toEqual(['a', 'b']);
+    await storage.commit([{ ...commit('w', 1), records: [reply('a', null)] }]);
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: T0 })).lapsed.map((r) => r.key)).toEqual(['b']);
     await storage.close();
+  });
+
+  it("two stores on one connection see each other's writes", async () => {
+    const db = new Database(file());
+    const clock = new TestClock(T0);
+    const a = new CreditMeter({ storage: new SqliteStorage({ database: db }), clock: clock.now });
+    const b = new CreditMeter({ storage: new SqliteStorage({ database: db }), clock: clock.now });
+    await a.createWorkspace({ workspaceId: 'w', plan: 'free' });
+    const hold = await a.reserve({ workspaceId: 'w', agentId: 'x', conversationId: 'c', model: 'gpt-4o' });
+    expect((await b.release({ workspaceId: 'w', replyId: hold.replyId })).replayed).toBe(false);
+    await expect(a.settle({ workspaceId: 'w', replyId: hold.replyId })).rejects.toThrow();
+    expect((await b.getWorkspace('w')).balance.toNumber()).toBe(100);
+    db.close();
   });
 });
 
 describe('SqliteStorage against MemoryStorage', () => {
-  it('same outcomes and ledger rows over a scripted sequence with lapses, expiries and renewals', async () => {
-    const stores: CreditStorage[] = [new MemoryStorage(), new SqliteStorage({ filename: file() })];
-    const transcripts: unknown[][] = [[], []];
-    for (const [index, storage] of stores.entries()) {
-      const log = (value: unknown) => transcripts[index]!.push(value);
-      log(await storage.createWorkspace(workspace('w', 100)));
-      log(await storage.grant({ workspaceId: 'w', grant: { grantId: 'topup:t1', kind: 'topup', amount: 50, remaining: 50, expiresAt: T0 + 5_000, createdAt: T0 }, entry: { ...workspace('w', 50).entry, kind: 'topup', grantId: 'topup:t1', plan: null }, now: T0 }));
-      log(await storage.grant({ workspaceId: 'w', grant: { grantId: 'topup:t2', kind: 'topup', amount: 40, remaining: 40, expiresAt: null, createdAt: T0 }, entry: { ...workspace('w', 40).entry, kind: 'topup', grantId: 'topup:t2', plan: null }, now: T0 }));
-      log(await storage.reserve(reserve('r1', 'w', 60, T0, 10_000)));
-      log(await storage.reserve(reserve('r2', 'w', 70, T0 + 1, 1_000)));
-      log(await storage.reserve(reserve('r3', 'w', 100, T0 + 2)));
-      log(await storage.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 100 }));
-      log(await storage.settle({ replyId: 'r1', workspaceId: 'w', now: T0 + 200 }));
-      log(await storage.getWorkspace('w', T0 + 2_000));
-      log(await storage.settle({ replyId: 'r2', workspaceId: 'w', now: T0 + 2_001 }));
-      log(await storage.reserve(reserve('r4', 'w', 20, T0 + 3_000, 100_000)));
-      log(await storage.getWorkspace('w', T0 + 6_000));
-      log(await storage.release({ replyId: 'r4', workspaceId: 'w', now: T0 + 7_000 }));
-      log(await storage.release({ replyId: 'r4', workspaceId: 'w', now: T0 + 7_001 }));
-      log(await storage.claimAlert({ workspaceId: 'w', periodIndex: 0, threshold: 0.8 }));
-      log(await storage.claimAlert({ workspaceId: 'w', periodIndex: 0, threshold: 0.8 }));
-      const state = (await storage.getWorkspace('w', T0 + 8_000))!;
-      log(await storage.changePlan({ workspaceId: 'w', expectedVersion: 0, workspace: { ...state.workspace, plan: 'big', allotment: 200, version: 1 }, allotmentIncrease: 100, entry: { ...workspace('w', 100).entry, kind: 'plan_change', grantId: null, plan: 'big', at: T0 + 8_000 }, now: T0 + 8_000 }));
-      log(await storage.reserve(reserve('r5', 'w', 30, T0 + 9_000)));
-      const end = state.workspace.periodEnd;
-      log(await storage.reserve(reserve('r6', 'w', 1, end)));
-      const next = { ...state.workspace, plan: 'big', allotment: 200, periodIndex: 1, periodStart: end, periodEnd: end + 30 * 86_400_000, usedThisPeriod: 0, version: 2 };
-      log(await storage.renew({ workspaceId: 'w', expectedVersion: 2, workspace: next, rolloverCap: 0, grant: { grantId: 'period:1', kind: 'allotment', amount: 200, remaining: 200, expiresAt: next.periodEnd, createdAt: end }, entry: { ...workspace('w', 200).entry, grantId: 'period:1', at: end }, now: end }));
-      log(await storage.renew({ workspaceId: 'w', expectedVersion: 1, workspace: next, rolloverCap: 50, grant: { grantId: 'period:1', kind: 'allotment', amount: 200, remaining: 200, expiresAt: next.periodEnd, createdAt: end }, entry: { ...workspace('w', 200).entry, grantId: 'period:1', at: end }, now: end + 5 }));
-      log(await storage.ledger({ workspaceId: 'w', limit: 100 }));
-      log(await storage.ledger({ workspaceId: 'w', limit: 2, afterId: '3', from: T0 + 1 }));
-      log(await storage.usage({ workspaceId: 'w', from: T0, to: end + 86_400_000, groupBy: 'model', byDay: true }));
-      log(await storage.getReply('r5'));
+  it('same answers, ledger and usage over a scripted month with top-ups, lapses, an upgrade and renewals', async () => {
+    const transcripts: unknown[][] = [];
+    for (const storage of [new MemoryStorage(), new SqliteStorage({ filename: file() })] as CreditStorage[]) {
+      const log: unknown[] = [];
+      transcripts.push(log);
+      const clock = new TestClock('2026-01-31T10:00:00Z');
+      let next = 0;
+      const meter = new CreditMeter({ storage, clock: clock.now, holdTtlMs: 10 * MINUTE, generateReplyId: () => `r${++next}` });
+      const note = (value: unknown) => log.push(JSON.parse(JSON.stringify(value)));
+      const ask = (conversationId: string, model = 'gpt-4o-mini', agentId = 'a1') => ({ workspaceId: 'w', agentId, conversationId, model });
+      note(await meter.createWorkspace({ workspaceId: 'w', plan: 'free' }));
+      note(await meter.addCredits({ workspaceId: 'w', credits: 5, grantId: 'promo', expiresAt: '2026-02-01T00:00:00Z' }));
+      note(await meter.addCredits({ workspaceId: 'w', credits: 40, grantId: 'pack' }));
+      note(await meter.addCredits({ workspaceId: 'w', credits: 40, grantId: 'pack' }));
+      const lapsing = await meter.reserve(ask('c1', 'gpt-4o'));
+      for (let i = 0; i < 12; i++) {
+        const hold = await meter.reserve(ask(`c${i % 3}`, i % 2 ? 'claude-haiku-4-5' : 'gpt-4o-mini', `a${i % 2}`));
+        note(await meter.settle({ workspaceId: 'w', replyId: hold.replyId, usage: { inputTokens: i, outputTokens: 2 * i } }));
+        clock.advance(3 * MINUTE);
+      }
+      note(await meter.getWorkspace('w'));
+      await expect(meter.settle({ workspaceId: 'w', replyId: lapsing.replyId })).rejects.toThrow();
+      note(await meter.changePlan({ workspaceId: 'w', plan: 'hobby' }));
+      clock.set('2026-02-28T10:00:00Z');
+      note(await meter.getWorkspace('w'));
+      note(await meter.reply({ ...ask('c9', 'gpt-4o'), input: 'x' }).catch((error: unknown) => String(error)));
+      clock.set('2026-04-01T00:00:00Z');
+      note(await meter.getWorkspace('w'));
+      const page1 = await meter.ledger({ workspaceId: 'w', limit: 5 });
+      const page2 = await meter.ledger({ workspaceId: 'w', limit: 5, cursor: page1.nextCursor! });
+      note([
+        page1,
+        page2,
+        await meter.ledger({ workspaceId: 'w', agentId: 'a1', from: '2026-01-31T10:10:00Z', to: '2026-02-01T00:00:00Z' }),
+      ]);
+      for (const groupBy of ['agent', 'model', 'conversation'] as const) {
+        note(await meter.usage({ workspaceId: 'w', from: '2026-01-01T00:00:00Z', to: '2026-05-01T00:00:00Z', groupBy, interval: 'day' }));
+        note(await meter.usage({ workspaceId: 'w', from: '2026-01-31T10:05:00Z', to: '2026-01-31T10:20:00Z', groupBy }));
+      }
+      note(await storage.ledger({ workspaceId: 'w', limit: 1_000 }));
+      await books(meter, storage, 'w');
       await storage.close();
     }
     expect(transcripts[1]).toEqual(transcripts[0]);
+  });
+
+  it('usage - the SQL sums equal the UsageAccumulator over the same rows, also before 1970 and across days', async () => {
+    const storage = new SqliteStorage({ filename: file() });
+    const DAY = 86_400_000;
+    const ats = [-DAY - 1, -DAY, -1, 0, 1, DAY - 1, DAY, T0, T0 + 5, T0 + DAY];
+    const rows = ats.map((at, i) => ({
+      ...row('w', i + 1, -(i + 1) * 1_000, at),
+      agentId: i % 3 ? `a${i % 2}` : null,
+      model: `m${i % 4}`,
+      kind: i === 4 ? ('grant' as const) : ('reply' as const),
+    }));
+    await storage.commit([commit('w', 0, rows)]);
+    for (const groupBy of ['agent', 'model', 'conversation'] as const) {
+      for (const byDay of [false, true]) {
+        for (const [from, to] of [
+          [-10 * DAY, T0 + 10 * DAY],
+          [-DAY, DAY],
+          [0, T0 + 1],
+        ] as const) {
+          const expected = new UsageAccumulator(groupBy, byDay);
+          for (const r of rows) if (r.at >= from && r.at < to) expected.add(r);
+          const sort = <T extends { key: string; day?: number }>(list: T[]) =>
+            list.sort((x, y) => (x.day ?? 0) - (y.day ?? 0) || x.key.localeCompare(y.key));
+          expect(sort(await storage.usage({ workspaceId: 'w', from, to, groupBy, byDay }))).toEqual(sort(expected.totals()));
+        }
+      }
+    }
+    await storage.close();
   });
 });
 
@@ -307,50 +332,55 @@ describe('SqliteStorage concurrency', () => {
         meters[i % 5]!.reserve({ workspaceId: 'hot', agentId: 'a', conversationId: `c${i}`, model: 'gpt-4o-mini' }),
       ),
     );
-    const won = results.filter((result) => result.status === 'fulfilled').map((result) => (result as PromiseFulfilledResult<{ replyId: string }>).value);
-    const lost = results.filter((result) => result.status === 'rejected') as PromiseRejectedResult[];
+    const won = results.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+    const lost = results.flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
     expect(won).toHaveLength(100);
-    expect(lost.every((result) => CreditsError.is(result.reason) && result.reason.code === 'INSUFFICIENT_CREDITS')).toBe(true);
+    expect(lost.every((reason) => CreditsError.is(reason) && reason.code === 'INSUFFICIENT_CREDITS')).toBe(true);
     await Promise.all(won.map((hold, i) => meters[i % 5]!.settle({ workspaceId: 'hot', replyId: hold.replyId })));
-    const summary = await meters[0]!.getWorkspace('hot');
+    const { summary, rows } = await books(meters[0]!, storage, 'hot');
     expect(summary.balance.toNumber()).toBe(0);
     expect(summary.held.toNumber()).toBe(0);
-    const rows = await storage.ledger({ workspaceId: 'hot', limit: 1_000 });
-    const replyRows = rows.filter((row) => row.kind === 'reply');
-    expect(replyRows).toHaveLength(100);
-    expect(new Set(replyRows.map((row) => row.replyId)).size).toBe(100);
-    expect(sumLedger(rows)).toBe(0);
+    const replyRows = rows.filter((r) => r.kind === 'reply');
+    expect(new Set(replyRows.map((r) => r.replyId)).size).toBe(100);
+    expect(rows.map((r) => r.seq)).toEqual(rows.map((_, i) => i + 1));
     await storage.close();
   });
 
   it('child processes charging one file never overspend', async () => {
     const filename = file();
     const setup = new SqliteStorage({ filename });
-    const meter = new CreditMeter({ storage: setup });
-    await meter.createWorkspace({ workspaceId: 'shared', plan: 'enterprise', allotment: 300 });
+    await new CreditMeter({ storage: setup }).createWorkspace({ workspaceId: 'shared', plan: 'enterprise', allotment: 300 });
     await setup.close();
-    const run = () =>
-      new Promise<{ charged: number; refused: number }>((resolve, reject) => {
-        const child = spawn(process.execPath, ['--import', 'tsx', fixture, filename, 'shared', '250', '25'], { stdio: ['ignore', 'pipe', 'pipe'] });
-        let out = '';
-        let err = '';
-        child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
-        child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
-        child.on('error', reject);
-        child.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out) as { charged: number; refused: number }) : reject(new Error(`child exited ${code}: ${err}`))));
-      });
-    const children = await Promise.all([run(), run(), run()]);
-    const charged = children.reduce((sum, child) => sum + child.charged, 0);
-    expect(charged).toBe(300);
+    const children = await Promise.all([1, 2, 3].map(() => runCharger(filename, 250, 25).done));
+    expect(children.reduce((sum, child) => sum + child.charged, 0)).toBe(300);
     expect(children.reduce((sum, child) => sum + child.refused, 0)).toBe(450);
     const check = new SqliteStorage({ filename });
-    const state = (await check.getWorkspace('shared', Date.now()))!;
-    expect(state.available).toBe(0);
-    expect(state.held).toBe(0);
-    const rows = await check.ledger({ workspaceId: 'shared', limit: 10_000 });
-    expect(sumLedger(rows)).toBe(state.available + state.held);
-    expect(rows.filter((row) => row.kind === 'reply')).toHaveLength(300);
+    const { summary, rows } = await books(new CreditMeter({ storage: check }), check, 'shared');
+    expect(summary.balance.toNumber()).toBe(0);
+    expect(summary.held.toNumber()).toBe(0);
+    expect(rows.filter((r) => r.kind === 'reply')).toHaveLength(300);
     await check.close();
-    expect(existsSync(filename)).toBe(true);
+  }, 120_000);
+
+  it('a process killed mid-run leaves a consistent file, and its holds lapse back into the balance', async () => {
+    const filename = file();
+    const setup = new SqliteStorage({ filename });
+    await new CreditMeter({ storage: setup }).createWorkspace({ workspaceId: 'shared', plan: 'enterprise', allotment: 1_000_000 });
+    const { child, done } = runCharger(filename, 1_000_000, 50);
+    const failed = done.catch((error: unknown) => error);
+    // Kill it once it has charged something, with holds in flight.
+    for (let i = 0; i < 600 && (await setup.ledger({ workspaceId: 'shared', limit: 200 })).length < 150; i++)
+      await new Promise((r) => setTimeout(r, 50));
+    child.kill('SIGKILL');
+    expect(String(await failed)).toMatch(/SIGKILL/);
+    const clock = new TestClock(Date.now());
+    const meter = new CreditMeter({ storage: setup, clock: clock.now });
+    const before = await books(meter, setup, 'shared');
+    expect(before.rows.filter((r) => r.kind === 'reply').length).toBeGreaterThan(100);
+    clock.advance(16 * MINUTE); // past the default 15-minute hold TTL
+    const after = await books(meter, setup, 'shared');
+    expect(after.summary.held.toNumber()).toBe(0);
+    expect(after.summary.balance.toNumber()).toBe(1_000_000 - after.rows.filter((r) => r.kind === 'reply').length);
+    await setup.close();
   }, 120_000);
 });

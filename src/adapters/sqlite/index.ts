@@ -4,11 +4,12 @@
  *
  * @packageDocumentation
  */
-export { SqliteStorage } from './sqlite-storage.js';
+
+export type { SqliteDatabase, SqliteRunResult, SqliteStatement } from './sqlite-driver.js';
 export type {
   SqliteStorageBaseOptions,
   SqliteStorageDatabaseOptions,
   SqliteStorageFileOptions,
   SqliteStorageOptions,
 } from './sqlite-storage.js';
-export type { SqliteDatabase, SqliteRunResult, SqliteStatement } from './sqlite-driver.js';
+export { SqliteStorage } from './sqlite-storage.js';

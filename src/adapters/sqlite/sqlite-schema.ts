@@ -1,106 +1,84 @@
 import type { SqliteDatabase } from './sqlite-driver.js';
 
-/** The schema version this code writes and reads. */
-export const SCHEMA_VERSION = 1;
+/**
+ * The schema version this code writes and reads. Version 1 was the layout of release 0.1,
+ * which kept balances, grants and replies in rule-specific tables; this release refuses it
+ * rather than guess (see {@link migrateSchema}).
+ */
+export const SCHEMA_VERSION = 2;
 
 /**
- * Each entry upgrades the schema from version `index` to `index + 1`. Tables are STRICT, so
- * a non-integer amount is refused by SQLite itself rather than stored as a REAL.
+ * Three tables, as the storage seam asks: one state document per workspace, records by key
+ * (with a partial index on open holds' lapse times), and the ledger, clustered by
+ * `(workspace_id, seq)`. Tables are STRICT, so a non-integer amount is refused by SQLite
+ * itself rather than stored as a REAL.
  */
-const MIGRATIONS: readonly ((p: string) => string)[] = [
-  (p) => `
-    CREATE TABLE ${p}workspaces (
-      workspace_id TEXT PRIMARY KEY,
-      plan TEXT NOT NULL,
-      allotment INTEGER NOT NULL,
-      pending_plan TEXT,
-      pending_allotment INTEGER,
-      anchor INTEGER NOT NULL,
-      period_index INTEGER NOT NULL,
-      period_start INTEGER NOT NULL,
-      period_end INTEGER NOT NULL,
-      used_this_period INTEGER NOT NULL,
-      version INTEGER NOT NULL,
-      created_at INTEGER NOT NULL,
-      held INTEGER NOT NULL
-    ) STRICT;
+const CREATE = (p: string) => `
+  CREATE TABLE ${p}states (
+    workspace_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+  ) STRICT;
 
-    CREATE TABLE ${p}grants (
-      workspace_id TEXT NOT NULL,
-      grant_id TEXT NOT NULL,
-      kind TEXT NOT NULL,
-      amount INTEGER NOT NULL,
-      remaining INTEGER NOT NULL,
-      expires_at INTEGER,
-      created_at INTEGER NOT NULL,
-      live INTEGER NOT NULL,
-      PRIMARY KEY (workspace_id, grant_id)
-    ) STRICT, WITHOUT ROWID;
-    CREATE INDEX ${p}grants_live ON ${p}grants (workspace_id) WHERE live = 1;
+  CREATE TABLE ${p}records (
+    workspace_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    hold_expires_at INTEGER,
+    value TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, key)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX ${p}records_holds ON ${p}records (workspace_id, hold_expires_at) WHERE hold_expires_at IS NOT NULL;
 
-    CREATE TABLE ${p}replies (
-      reply_id TEXT PRIMARY KEY,
-      workspace_id TEXT NOT NULL,
-      agent_id TEXT NOT NULL,
-      conversation_id TEXT NOT NULL,
-      model TEXT NOT NULL,
-      route TEXT NOT NULL,
-      amount INTEGER NOT NULL,
-      price_version TEXT NOT NULL,
-      status TEXT NOT NULL,
-      created_at INTEGER NOT NULL,
-      expires_at INTEGER NOT NULL,
-      finished_at INTEGER,
-      entry_id INTEGER,
-      allocations TEXT
-    ) STRICT;
-    CREATE INDEX ${p}replies_holds ON ${p}replies (workspace_id, status, expires_at) WHERE status = 'held';
-
-    CREATE TABLE ${p}ledger (
-      id INTEGER PRIMARY KEY,
-      workspace_id TEXT NOT NULL,
-      kind TEXT NOT NULL,
-      amount INTEGER NOT NULL,
-      at INTEGER NOT NULL,
-      reply_id TEXT,
-      agent_id TEXT,
-      conversation_id TEXT,
-      model TEXT,
-      route TEXT,
-      price_version TEXT,
-      grant_id TEXT,
-      plan TEXT
-    ) STRICT;
-    CREATE INDEX ${p}ledger_workspace_id ON ${p}ledger (workspace_id, id);
-    CREATE INDEX ${p}ledger_workspace_at ON ${p}ledger (workspace_id, at);
-
-    CREATE TABLE ${p}alerts (
-      workspace_id TEXT NOT NULL,
-      alert_key TEXT NOT NULL,
-      PRIMARY KEY (workspace_id, alert_key)
-    ) STRICT, WITHOUT ROWID;
-  `,
-];
+  CREATE TABLE ${p}entries (
+    workspace_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    reply_id TEXT,
+    agent_id TEXT,
+    conversation_id TEXT,
+    model TEXT,
+    route TEXT,
+    price_version TEXT,
+    grant_id TEXT,
+    plan TEXT,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    reason TEXT,
+    PRIMARY KEY (workspace_id, seq)
+  ) STRICT, WITHOUT ROWID;
+  CREATE INDEX ${p}entries_at ON ${p}entries (workspace_id, at);
+`;
 
 /**
  * Brings the schema to {@link SCHEMA_VERSION} inside one `BEGIN IMMEDIATE` transaction, so
- * processes that start together migrate once. Refuses a schema newer than this code.
+ * processes that start together create it once. Refuses a schema newer than this code, and
+ * refuses data written by release 0.1 (schema version 1) with an error that says what to do:
+ * nothing is created or changed in that case.
  */
 export function migrateSchema(db: SqliteDatabase, prefix: string): void {
   db.exec('BEGIN IMMEDIATE');
   try {
-    db.exec(`CREATE TABLE IF NOT EXISTS ${prefix}meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT`);
-    const row = db.prepare(`SELECT value FROM ${prefix}meta WHERE key = 'schema_version'`).get() as { value: string } | undefined;
+    const meta = `${prefix}meta`;
+    const hasMeta = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(meta) !== undefined;
+    const row = hasMeta
+      ? (db.prepare(`SELECT value FROM ${meta} WHERE key = 'schema_version'`).get() as { value: string } | undefined)
+      : undefined;
     const current = row ? Number(row.value) : 0;
-    if (!Number.isSafeInteger(current) || current < 0) throw new Error(`unreadable schema version "${String(row?.value)}"`);
+    if (!Number.isSafeInteger(current) || current < 0) throw new Error(`unreadable schema version "${String(row?.value)}" in ${meta}`);
+    if (current === 1) {
+      throw new Error(
+        `the tables ${prefix}* hold data written by @bookbag/credits 0.1 (schema version 1), which this release cannot read; ` +
+          'keep running 0.1.x on this database, or give this store a new file or another tablePrefix (see docs/adapters/sqlite.md, "Data from 0.1")',
+      );
+    }
     if (current > SCHEMA_VERSION) {
       throw new Error(`the database has schema version ${current}, newer than this library's ${SCHEMA_VERSION}; upgrade @bookbag/credits`);
     }
-    for (let version = current; version < SCHEMA_VERSION; version++) db.exec(MIGRATIONS[version]!(prefix));
-    if (current !== SCHEMA_VERSION) {
-      db.prepare(`INSERT INTO ${prefix}meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`).run(
-        String(SCHEMA_VERSION),
-      );
+    if (current === 0) {
+      db.exec(`CREATE TABLE IF NOT EXISTS ${meta} (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;${CREATE(prefix)}`);
+      db.prepare(`INSERT INTO ${meta} (key, value) VALUES ('schema_version', ?)`).run(String(SCHEMA_VERSION));
     }
     db.exec('COMMIT');
   } catch (error) {

@@ -1,31 +1,17 @@
-import { InvalidInputError, StorageError, type InputIssue } from '../../core/errors.js';
+import { type InputIssue, InvalidInputError, StorageError } from '../../core/errors.js';
+import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
+import { DAY_MS } from '../../core/usage-aggregate.js';
 import type {
-  ChangePlanCommand,
-  ChangePlanOutcome,
-  ClaimAlertCommand,
-  CreateWorkspaceCommand,
-  CreateWorkspaceOutcome,
+  CommitResult,
   CreditStorage,
-  GrantCommand,
-  GrantOutcome,
   LedgerQuery,
-  LedgerRow,
-  ReleaseCommand,
-  ReleaseOutcome,
-  RenewCommand,
-  RenewOutcome,
-  ReplyRecord,
-  ReserveCommand,
-  ReserveOutcome,
-  SettleCommand,
-  SettleOutcome,
+  LoadedWorkspace,
+  LoadRequest,
   UsageAggregate,
   UsageQuery,
-  WorkspaceState,
+  WorkspaceCommit,
 } from '../../storage/storage.js';
-import { GroupCommit } from './group-commit.js';
-import { openDatabase, type SqliteDatabase } from './sqlite-driver.js';
-import { SqliteOperations } from './sqlite-operations.js';
+import { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite-driver.js';
 import { migrateSchema } from './sqlite-schema.js';
 
 /** Options shared by both ways of giving {@link SqliteStorage} a database. */
@@ -49,12 +35,6 @@ export interface SqliteStorageBaseOptions {
    * @default 5000
    */
   busyTimeoutMs?: number;
-  /**
-   * The most operations written in one transaction by the group commit. Larger batches
-   * mean fewer fsyncs; smaller ones hold the write lock for less time.
-   * @default 1000
-   */
-  maxBatchSize?: number;
 }
 
 /** Open (and later close) a SQLite file, loading better-sqlite3 on first use. */
@@ -76,17 +56,89 @@ export type SqliteStorageOptions = SqliteStorageFileOptions | SqliteStorageDatab
 
 const PREFIX = /^[a-z_][a-z0-9_]*$/;
 
-interface Runtime {
-  db: SqliteDatabase;
-  operations: SqliteOperations;
-  commits: GroupCommit;
+/** Ledger columns and the {@link LedgerRow} fields they hold, in table order (the first is the workspace). */
+const ENTRY_FIELDS: readonly (readonly [string, string])[] = [
+  ['workspace_id', 'workspaceId'],
+  ['seq', 'seq'],
+  ['kind', 'kind'],
+  ['amount', 'amount'],
+  ['at', 'at'],
+  ['reply_id', 'replyId'],
+  ['agent_id', 'agentId'],
+  ['conversation_id', 'conversationId'],
+  ['model', 'model'],
+  ['route', 'route'],
+  ['price_version', 'priceVersion'],
+  ['grant_id', 'grantId'],
+  ['plan', 'plan'],
+  ['input_tokens', 'inputTokens'],
+  ['output_tokens', 'outputTokens'],
+  ['reason', 'reason'],
+];
+const ENTRY_COLUMNS = ENTRY_FIELDS.map(([column, field]) => (column === field ? column : `${column} AS ${field}`)).join(', ');
+const ROW_FIELDS = ENTRY_FIELDS.slice(1).map(([, field]) => field);
+
+const GROUP_COLUMN = { agent: 'agent_id', model: 'model', conversation: 'conversation_id' } as const;
+
+interface RecordRow {
+  key: string;
+  holdExpiresAt: number | null;
+  value: string;
+}
+
+/** The open connection and its prepared statements. */
+class Runtime {
+  readonly state: SqliteStatement;
+  readonly records: SqliteStatement;
+  readonly lapsed: SqliteStatement;
+  readonly insertState: SqliteStatement;
+  readonly updateState: SqliteStatement;
+  readonly insertEntry: SqliteStatement;
+  readonly upsertRecord: SqliteStatement;
+  readonly #queries = new Map<string, SqliteStatement>();
+
+  constructor(
+    readonly db: SqliteDatabase,
+    readonly prefix: string,
+  ) {
+    const p = prefix;
+    this.state = this.query(`SELECT version, state FROM ${p}states WHERE workspace_id = ?`);
+    this.records = this.query(
+      `SELECT key, hold_expires_at AS holdExpiresAt, value FROM ${p}records WHERE workspace_id = ? AND key IN (SELECT value FROM json_each(?))`,
+    );
+    // Walks the partial index from the oldest hold and stops at `now`: open holds that have
+    // not lapsed cost nothing.
+    this.lapsed = this.query(
+      `SELECT key, hold_expires_at AS holdExpiresAt, value FROM ${p}records
+       WHERE workspace_id = ? AND hold_expires_at IS NOT NULL AND hold_expires_at <= ?`,
+    );
+    this.insertState = db.prepare(`INSERT INTO ${p}states (workspace_id, version, state) VALUES (?, 1, ?) ON CONFLICT DO NOTHING`);
+    this.updateState = db.prepare(`UPDATE ${p}states SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`);
+    this.insertEntry = db.prepare(`INSERT INTO ${p}entries VALUES (${ENTRY_FIELDS.map(() => '?').join(', ')})`);
+    this.upsertRecord = db.prepare(
+      `INSERT INTO ${p}records (workspace_id, key, hold_expires_at, value) VALUES (?, ?, ?, ?)
+       ON CONFLICT (workspace_id, key) DO UPDATE SET hold_expires_at = excluded.hold_expires_at, value = excluded.value`,
+    );
+  }
+
+  /** A reading statement, prepared once per SQL text, returning JS numbers. */
+  query(sql: string): SqliteStatement {
+    let statement = this.#queries.get(sql);
+    if (!statement) {
+      statement = this.db.prepare(sql);
+      statement.safeIntegers(false);
+      this.#queries.set(sql, statement);
+    }
+    return statement;
+  }
 }
 
 /**
  * A durable store in one SQLite file (better-sqlite3), safe to share between the processes
- * of one machine. Each operation is one transaction; operations issued concurrently are
- * group-committed (one fsync for many, each still all-or-nothing on its own), which is what
- * lets one hot workspace take tens of thousands of charges per second.
+ * of one machine. It keeps what the storage seam asks for in three tables (state documents,
+ * records, ledger entries) and applies no rule. Each `commit` is one `BEGIN IMMEDIATE …
+ * COMMIT` of prepared statements, guarded by the state's version; the meter's per-workspace
+ * batcher hands it many operations at once, so one fsync serves hundreds of charges.
  *
  * better-sqlite3 is an optional peer dependency, loaded on first use: `npm install better-sqlite3`.
  *
@@ -108,16 +160,15 @@ export class SqliteStorage implements CreditStorage {
   readonly #prefix: string;
   readonly #synchronous: 'FULL' | 'NORMAL';
   readonly #busyTimeoutMs: number;
-  readonly #maxBatchSize: number;
   #runtime: Runtime | undefined;
   #starting: Promise<Runtime> | undefined;
   #closed = false;
 
   constructor(options: SqliteStorageOptions) {
-    const issues: InputIssue[] = [];
     if (typeof options !== 'object' || options === null) {
       throw new InvalidInputError([{ path: 'options', message: 'must be an object' }]);
     }
+    const issues: InputIssue[] = [];
     const hasFile = options.filename !== undefined;
     const hasDatabase = options.database !== undefined;
     if (hasFile === hasDatabase) issues.push({ path: 'filename', message: 'give exactly one of filename and database' });
@@ -137,102 +188,97 @@ export class SqliteStorage implements CreditStorage {
     if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
       issues.push({ path: 'busyTimeoutMs', message: 'must be a whole number of milliseconds, at least 0' });
     }
-    const maxBatchSize = options.maxBatchSize ?? 1000;
-    if (!Number.isSafeInteger(maxBatchSize) || maxBatchSize < 1) issues.push({ path: 'maxBatchSize', message: 'must be a whole number, at least 1' });
     if (issues.length > 0) throw new InvalidInputError(issues);
     this.#filename = options.filename;
     this.#database = options.database;
     this.#prefix = prefix;
     this.#synchronous = synchronous;
     this.#busyTimeoutMs = busyTimeoutMs;
-    this.#maxBatchSize = maxBatchSize;
   }
 
   /**
-   * Opens the database (loading better-sqlite3), turns on WAL, and creates or upgrades the
-   * schema. Idempotent, safe to call from several processes at once; every other method
-   * runs it first.
+   * Opens the database (loading better-sqlite3), turns on WAL, and creates the schema.
+   * Idempotent, safe to call from several processes at once; every other method runs it
+   * first. Refuses a database written by release 0.1 (see docs/adapters/sqlite.md).
    */
   async migrate(): Promise<void> {
     await this.#start();
   }
 
-  /**
-   * Writes what is queued, then closes the database if this store opened it (a `database`
-   * passed in stays open). Later calls fail with `STORAGE_ERROR`.
-   */
+  /** Closes the database if this store opened it (a `database` passed in stays open). Later calls fail with `STORAGE_ERROR`. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     const runtime = this.#runtime ?? (await this.#starting?.catch(() => undefined));
-    if (!runtime) return;
-    await runtime.commits.drain();
-    if (this.#database === undefined) runtime.db.close();
+    if (runtime && this.#database === undefined) runtime.db.close();
   }
 
-  async createWorkspace(command: CreateWorkspaceCommand): Promise<CreateWorkspaceOutcome> {
-    return this.#write('createWorkspace', (o) => o.createWorkspace(command));
+  async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    return this.#run('load', (s) => {
+      // The state is read first: anything read after it is at least as new, and a commit
+      // made from a mix is refused anyway, because the version it expects has moved.
+      const row = s.state.get(request.workspaceId) as { version: number; state: string } | undefined;
+      if (!row) return { version: 0, state: null, records: [], lapsed: [] };
+      const records = request.keys.length === 0 ? [] : s.records.all(request.workspaceId, JSON.stringify(request.keys));
+      return {
+        version: row.version,
+        state: JSON.parse(row.state) as WorkspaceState,
+        records: (records as RecordRow[]).map(toRecord),
+        lapsed: (s.lapsed.all(request.workspaceId, request.now) as RecordRow[]).map(toRecord),
+      };
+    });
   }
 
-  async getWorkspace(workspaceId: string, now: number): Promise<WorkspaceState | undefined> {
-    return this.#write('getWorkspace', (o) => o.getWorkspace(workspaceId, now));
-  }
-
-  async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    return this.#write('reserve', (o) => o.reserve(command), command.reply?.replyId, true);
-  }
-
-  async settle(command: SettleCommand): Promise<SettleOutcome> {
-    return this.#write('settle', (o) => o.settle(command), command.replyId);
-  }
-
-  async release(command: ReleaseCommand): Promise<ReleaseOutcome> {
-    return this.#write('release', (o) => o.release(command), command.replyId);
-  }
-
-  async renew(command: RenewCommand): Promise<RenewOutcome> {
-    return this.#write('renew', (o) => o.renew(command));
-  }
-
-  async changePlan(command: ChangePlanCommand): Promise<ChangePlanOutcome> {
-    return this.#write('changePlan', (o) => o.changePlan(command));
-  }
-
-  async grant(command: GrantCommand): Promise<GrantOutcome> {
-    return this.#write('grant', (o) => o.grant(command));
-  }
-
-  async claimAlert(command: ClaimAlertCommand): Promise<boolean> {
-    return this.#write('claimAlert', (o) => o.claimAlert(command));
+  async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    return this.#run('commit', (s) => {
+      s.db.exec('BEGIN IMMEDIATE');
+      try {
+        const results = commits.map((commit) => write(s, commit));
+        s.db.exec('COMMIT');
+        return results;
+      } catch (error) {
+        if (s.db.inTransaction) s.db.exec('ROLLBACK');
+        throw error;
+      }
+    });
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
-    return this.#read('ledger', (o) => o.ledger(query));
+    return this.#run('ledger', (s) => {
+      let where = 'workspace_id = ? AND seq > ?';
+      const params: unknown[] = [query.workspaceId, query.afterSeq ?? 0];
+      const filters: [unknown, string][] = [
+        [query.from, 'at >= ?'],
+        [query.to, 'at < ?'],
+        [query.agentId, 'agent_id = ?'],
+        [query.kinds && JSON.stringify(query.kinds), 'kind IN (SELECT value FROM json_each(?))'],
+      ];
+      for (const [value, clause] of filters) {
+        if (value === undefined) continue;
+        where += ` AND ${clause}`;
+        params.push(value);
+      }
+      params.push(query.limit);
+      return s.query(`SELECT ${ENTRY_COLUMNS} FROM ${s.prefix}entries WHERE ${where} ORDER BY seq LIMIT ?`).all(...params) as LedgerRow[];
+    });
   }
 
+  /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
-    return this.#read('usage', (o) => o.usage(query));
+    return this.#run('usage', (s) => {
+      const day = query.byDay ? `, at - ((at % ${DAY_MS}) + ${DAY_MS}) % ${DAY_MS} AS day` : '';
+      const sql = `SELECT COALESCE(${GROUP_COLUMN[query.groupBy]}, '') AS key${day}, -SUM(amount) AS amount, COUNT(*) AS replies
+        FROM ${s.prefix}entries WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY key${query.byDay ? ', day' : ''}`;
+      return s.query(sql).all(query.workspaceId, query.from, query.to) as UsageAggregate[];
+    });
   }
 
-  async getReply(replyId: string): Promise<ReplyRecord | undefined> {
-    return this.#read('getReply', (o) => o.getReply(replyId));
-  }
-
-  // ─── plumbing ──────────────────────────────────────────────────────────
-
-  /** Runs a writing operation in the next group-commit batch. */
-  async #write<T>(operation: string, run: (operations: SqliteOperations) => T, replyId?: string, creates = false): Promise<T> {
-    const runtime = this.#runtime ?? (await this.#start());
-    if (this.#closed) throw closedError(operation);
-    return runtime.commits.submit(operation, () => run(runtime.operations), typeof replyId === 'string' ? replyId : undefined, creates);
-  }
-
-  /** Runs a read on its own: WAL readers see the last commit and never wait for writers. */
-  async #read<T>(operation: string, run: (operations: SqliteOperations) => T): Promise<T> {
+  /** Runs one synchronous step on the open database; driver failures become `STORAGE_ERROR`. */
+  async #run<T>(operation: string, step: (runtime: Runtime) => T): Promise<T> {
     const runtime = this.#runtime ?? (await this.#start());
     if (this.#closed) throw closedError(operation);
     try {
-      return run(runtime.operations);
+      return step(runtime);
     } catch (error) {
       throw new StorageError(operation, error, 'sqlite');
     }
@@ -263,10 +309,8 @@ export class SqliteStorage implements CreditStorage {
       db.exec('PRAGMA journal_mode = WAL');
       db.exec(`PRAGMA synchronous = ${this.#synchronous}`);
       migrateSchema(db, this.#prefix);
-      const operations = new SqliteOperations(db, this.#prefix);
-      const runtime = { db, operations, commits: new GroupCommit(db, this.#maxBatchSize, operations) };
       if (this.#closed) throw new Error('the store was closed while it opened');
-      return runtime;
+      return new Runtime(db, this.#prefix);
     } catch (error) {
       if (owned) {
         try {
@@ -278,6 +322,24 @@ export class SqliteStorage implements CreditStorage {
       throw error instanceof StorageError ? error : new StorageError('migrate', error, 'sqlite');
     }
   }
+}
+
+/** One workspace's share of a commit, inside the caller's transaction. */
+function write(s: Runtime, commit: WorkspaceCommit): CommitResult {
+  const id = commit.workspaceId;
+  const state = JSON.stringify(commit.state);
+  const written = commit.expectedVersion === 0 ? s.insertState.run(id, state) : s.updateState.run(state, id, commit.expectedVersion);
+  if (written.changes !== 1) return 'conflict';
+  for (const row of commit.ledger) {
+    const fields = row as unknown as Record<string, unknown>;
+    s.insertEntry.run(id, ...ROW_FIELDS.map((field) => fields[field] ?? null));
+  }
+  for (const record of commit.records) s.upsertRecord.run(id, record.key, record.holdExpiresAt, JSON.stringify(record.value));
+  return 'committed';
+}
+
+function toRecord(row: RecordRow): StoredRecord {
+  return { key: row.key, holdExpiresAt: row.holdExpiresAt, value: JSON.parse(row.value) as StoredRecord['value'] };
 }
 
 function closedError(operation: string): StorageError {
