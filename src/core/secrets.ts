@@ -130,12 +130,7 @@ function readFields(error: unknown): RawFields {
   const status = read(error, 'status');
   return {
     name: typeof name === 'string' ? name : undefined,
-    message:
-      message === UNREADABLE
-        ? '(the error message could not be read)'
-        : message === undefined
-          ? ''
-          : safeString(message),
+    message: message === UNREADABLE ? '(the error message could not be read)' : message === undefined ? '' : safeString(message),
     status: status === undefined ? read(error, 'statusCode') : status,
     code: read(error, 'code'),
     type: read(error, 'type'),

@@ -1,7 +1,7 @@
 import type { Decimal } from 'decimal.js';
 import { z } from 'zod';
 import { isDecimalValue } from './credits.js';
-import { InvalidInputError, type InputIssue } from './errors.js';
+import { type InputIssue, InvalidInputError } from './errors.js';
 
 /** Longest id accepted (workspace, agent, conversation, reply, grant, model, plan), in UTF-16 units. */
 export const MAX_ID_LENGTH = 255;
@@ -12,6 +12,7 @@ export const MAX_ID_LENGTH = 255;
  * would reject or mangle them). Ids end up in logs, SQL rows, Redis keys and dashboards,
  * where these characters split lines, truncate strings or hide text.
  */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
 const FORBIDDEN_IN_ID = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** Names that reach `Object.prototype` when used as an object key; refused as ids and as input keys. */
@@ -61,9 +62,15 @@ export const MAX_INSTANT = Date.UTC(9999, 11, 31, 23, 59, 59, 999);
  * read as an instant, between 1970-01-01 and 9999-12-31 (UTC).
  */
 export const instantSchema = z
-  .union([z.date({ error: 'must be a valid Date' }), z.iso.datetime({ offset: true, error: 'must be a Date or an ISO-8601 date-time with an offset' })], {
-    error: 'must be a Date or an ISO-8601 date-time with an offset',
-  })
+  .union(
+    [
+      z.date({ error: 'must be a valid Date' }),
+      z.iso.datetime({ offset: true, error: 'must be a Date or an ISO-8601 date-time with an offset' }),
+    ],
+    {
+      error: 'must be a Date or an ISO-8601 date-time with an offset',
+    },
+  )
   .transform((v, ctx) => {
     const date = typeof v === 'string' ? new Date(v) : new Date(v.getTime());
     const ms = date.getTime();

@@ -3,7 +3,8 @@
  * config the same way): a bad option fails `new CreditMeter(...)` with `INVALID_INPUT`
  * naming it, never a `TypeError` on the first reply.
  */
-import { InvalidInputError, type InputIssue } from '../core/errors.js';
+import { toMicros } from '../core/credits.js';
+import { type InputIssue, InvalidInputError } from '../core/errors.js';
 import { DEFAULT_PLANS, PlanCatalog } from '../core/plan-catalog.js';
 import { DEFAULT_MODEL_PRICES, ModelPriceTable } from '../core/price-table.js';
 import type { MeterMode } from '../core/route.js';
@@ -46,6 +47,13 @@ export interface MeterConfig {
   readonly holdTtlMs: number;
   /** Fractions in (0, 1], ascending, without duplicates. @default [0.8, 1] */
   readonly lowBalanceThresholds: readonly number[];
+  /**
+   * Absolute `balance.below` levels, in micro-credits (credits × 10⁶), descending, without
+   * duplicates. @default []
+   */
+  readonly lowBalanceLevels: readonly number[];
+  /** @default undefined (recharges are announced as events only) */
+  readonly onRecharge: CreditMeterOptions['onRecharge'];
   /** @default 'refuse' */
   readonly onStorageFailure: 'refuse' | 'allow';
   /** Whole milliseconds, 1 ms to 1 hour. @default undefined (no limit) */
@@ -69,6 +77,8 @@ const OPTION_KEYS = [
   'clock',
   'holdTtlMs',
   'lowBalanceThresholds',
+  'lowBalanceLevels',
+  'onRecharge',
   'onStorageFailure',
   'storageTimeoutMs',
   'onEventError',
@@ -132,9 +142,10 @@ export function parseMeterOptions(options: unknown): MeterConfig {
   const holdTtlMs = wholeMs(raw.holdTtlMs, 'holdTtlMs', MIN_HOLD_TTL_MS, MAX_HOLD_TTL_MS, issues) ?? DEFAULT_HOLD_TTL_MS;
   const storageTimeoutMs = wholeMs(raw.storageTimeoutMs, 'storageTimeoutMs', 1, MAX_STORAGE_TIMEOUT_MS, issues);
   const lowBalanceThresholds = thresholdsOf(raw.lowBalanceThresholds, issues);
+  const lowBalanceLevels = levelsOf(raw.lowBalanceLevels, issues);
   const providers = providersOf(raw.providers, issues);
 
-  for (const key of ['byoKeys', 'clock', 'onEventError', 'generateReplyId'] as const) {
+  for (const key of ['byoKeys', 'clock', 'onEventError', 'generateReplyId', 'onRecharge'] as const) {
     if (raw[key] !== undefined && typeof raw[key] !== 'function') issues.push({ path: key, message: 'must be a function' });
   }
 
@@ -149,6 +160,8 @@ export function parseMeterOptions(options: unknown): MeterConfig {
     clock: raw.clock as (() => Date) | undefined,
     holdTtlMs,
     lowBalanceThresholds,
+    lowBalanceLevels,
+    onRecharge: raw.onRecharge as CreditMeterOptions['onRecharge'],
     onStorageFailure: onStorageFailure as 'refuse' | 'allow',
     storageTimeoutMs,
     onEventError: (raw.onEventError as EventErrorHandler | undefined) ?? logEventError,
@@ -178,7 +191,10 @@ export function checkedReplyIdGenerator(generate: () => string): () => string {
 export function replyIdSequence(): () => string {
   const bytes = new Uint8Array(16);
   globalThis.crypto.getRandomValues(bytes);
-  const base64url = btoa(String.fromCharCode(...bytes)).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  const base64url = btoa(String.fromCharCode(...bytes))
+    .replace(/\+/g, '-')
+    .replace(/\//g, '_')
+    .replace(/=+$/, '');
   const prefix = `${base64url}-`;
   let counter = 0;
   return () => prefix + (++counter).toString(36);
@@ -270,6 +286,24 @@ function thresholdsOf(value: unknown, issues: InputIssue[]): readonly number[] {
     }
   });
   return Object.freeze([...thresholds].sort((a, b) => a - b));
+}
+
+function levelsOf(value: unknown, issues: InputIssue[]): readonly number[] {
+  if (value === undefined) return Object.freeze([]);
+  if (!Array.isArray(value) || value.length > MAX_THRESHOLDS) {
+    issues.push({ path: 'lowBalanceLevels', message: `must be an array of at most ${MAX_THRESHOLDS} credit amounts, e.g. [100, 10]` });
+    return Object.freeze([]);
+  }
+  const levels = new Set<number>();
+  value.forEach((level: unknown, index) => {
+    try {
+      levels.add(toMicros(level, `lowBalanceLevels.${index}`));
+    } catch (error) {
+      if (!(error instanceof InvalidInputError)) throw error;
+      issues.push(...error.issues);
+    }
+  });
+  return Object.freeze([...levels].sort((a, b) => b - a));
 }
 
 function providersOf(value: unknown, issues: InputIssue[]): Readonly<Record<string, ReplyProvider>> {

@@ -1,8 +1,8 @@
 import { Decimal } from 'decimal.js';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CreditsError } from '../../src/index.js';
 import { fromMicros, toMicros } from '../../src/core/credits.js';
+import { CreditsError } from '../../src/index.js';
 
 describe('toMicros', () => {
   it.each([
@@ -23,7 +23,7 @@ describe('toMicros', () => {
     [-1, 'negative'],
     ['-0.5', 'negative'],
     ['1e400', 'at most'],
-    [1e400, 'finite'],
+    [Number('1e400'), 'finite'],
     ['abc', 'decimal'],
     ['', 'decimal'],
     ['0x10', 'decimal'],
@@ -72,7 +72,20 @@ describe('toMicros - Decimal values', () => {
     ['an infinite Decimal', new Decimal(Number.POSITIVE_INFINITY)],
     ['a Decimal with 7 decimals', new Decimal('1.0000001')],
     ['a negative Decimal', new Decimal(-1)],
-    ['a proxy that throws', new Proxy({}, { get: () => { throw new Error('no'); }, getPrototypeOf: () => { throw new Error('no'); } })],
+    [
+      'a proxy that throws',
+      new Proxy(
+        {},
+        {
+          get: () => {
+            throw new Error('no');
+          },
+          getPrototypeOf: () => {
+            throw new Error('no');
+          },
+        },
+      ),
+    ],
   ])('refuses %s with INVALID_INPUT naming the field', (_label, value) => {
     let caught: unknown;
     try {

@@ -127,7 +127,13 @@ describe('scrubProviderError - a fresh copy of five primitive fields', () => {
       throwingEverything,
       revoked.proxy,
       { message: circular },
-      { message: { toJSON: () => { throw new Error(KEY); } } },
+      {
+        message: {
+          toJSON: () => {
+            throw new Error(KEY);
+          },
+        },
+      },
       { message: Symbol(KEY) },
       { message: 42n },
       null,

@@ -187,7 +187,7 @@ const BAD_AMOUNTS: Array<[string, unknown]> = [
   ['Infinity', Number.POSITIVE_INFINITY],
   ['-Infinity', Number.NEGATIVE_INFINITY],
   ['-1', -1],
-  ['1e400 (a number)', 1e400],
+  ['1e400 (a number)', Number('1e400')],
   ['"1e400"', '1e400'],
   ['"abc"', 'abc'],
   ['""', ''],
@@ -243,17 +243,34 @@ for (const [label, value] of BAD_DATES.filter((_, i) => i % 2 === 0)) {
   add('usage', `to = ${label}`, { workspaceId: 'ws', from: range.from, to: value, groupBy: 'agent' }, 'to');
   add('createWorkspace', `startsAt = ${label}`, { workspaceId: 'ws2', plan: 'free', startsAt: value }, 'startsAt');
 }
-add('addCredits', 'expiresAt in the past', { workspaceId: 'ws', credits: 5, grantId: 'g1', expiresAt: '2026-01-01T00:00:00Z' }, 'expiresAt');
+add(
+  'addCredits',
+  'expiresAt in the past',
+  { workspaceId: 'ws', credits: 5, grantId: 'g1', expiresAt: '2026-01-01T00:00:00Z' },
+  'expiresAt',
+);
 add('createWorkspace', 'startsAt in the future', { workspaceId: 'ws2', plan: 'free', startsAt: '2027-01-01T00:00:00Z' }, 'startsAt');
 add('ledger', 'to before from', { workspaceId: 'ws', from: range.to, to: range.from }, 'to');
 add('usage', 'to before from', { workspaceId: 'ws', from: range.to, to: range.from, groupBy: 'agent' }, 'to');
 
 // ─── other fields ────────────────────────────────────────────────────────
 
-for (const [label, limit] of [['0', 0], ['1001', 1001], ['1.5', 1.5], ['"10"', '10'], ['NaN', Number.NaN], ['-1', -1]] as const) {
+for (const [label, limit] of [
+  ['0', 0],
+  ['1001', 1001],
+  ['1.5', 1.5],
+  ['"10"', '10'],
+  ['NaN', Number.NaN],
+  ['-1', -1],
+] as const) {
   add('ledger', `limit = ${label}`, { workspaceId: 'ws', limit }, 'limit');
 }
-for (const [label, cursor] of [['"nope"', 'nope'], ['a number', 3], ['21 digits', '1'.repeat(21)], ['""', '']] as const) {
+for (const [label, cursor] of [
+  ['"nope"', 'nope'],
+  ['a number', 3],
+  ['21 digits', '1'.repeat(21)],
+  ['""', ''],
+] as const) {
   add('ledger', `cursor = ${label}`, { workspaceId: 'ws', cursor }, 'cursor');
 }
 add('usage', 'groupBy = "team"', { workspaceId: 'ws', ...range, groupBy: 'team' }, 'groupBy');
@@ -272,7 +289,18 @@ add('settle', 'usage = "lots"', { ...ref, usage: 'lots' }, 'usage');
 
 // ─── not an object at all ──────────────────────────────────────────────────
 
-for (const entry of ['reply', 'reserve', 'settle', 'release', 'createWorkspace', 'quote', 'changePlan', 'addCredits', 'ledger', 'usage'] as const) {
+for (const entry of [
+  'reply',
+  'reserve',
+  'settle',
+  'release',
+  'createWorkspace',
+  'quote',
+  'changePlan',
+  'addCredits',
+  'ledger',
+  'usage',
+] as const) {
   add(entry, 'input = null', null, '(input)');
   add(entry, 'input = "ws"', 'ws', '(input)');
 }
@@ -284,10 +312,28 @@ add('reply', 'replyID (a typo)', { ...replyInput, replyID: 'r-1' }, 'replyID', '
 add('replyStream', 'replyID (a typo)', { ...replyInput, replyID: 'r-1' }, 'replyID', 'did you mean "replyId"?');
 add('reserve', 'replyID (a typo)', { ...ids, replyID: 'r-1' }, 'replyID', 'did you mean "replyId"?');
 add('reply', 'signl (a typo)', { ...replyInput, signl: new AbortController().signal }, 'signl', 'did you mean "signal"?');
-add('addCredits', 'expiresAT (a typo)', { workspaceId: 'ws', credits: 5, grantId: 'g1', expiresAT: '2027-01-01T00:00:00Z' }, 'expiresAT', 'did you mean "expiresAt"?');
+add(
+  'addCredits',
+  'expiresAT (a typo)',
+  { workspaceId: 'ws', credits: 5, grantId: 'g1', expiresAT: '2027-01-01T00:00:00Z' },
+  'expiresAT',
+  'did you mean "expiresAt"?',
+);
 add('addCredits', 'grant_id', { workspaceId: 'ws', credits: 5, grantId: 'g1', grant_id: 'g2' }, 'grant_id', 'did you mean "grantId"?');
-add('createWorkspace', 'startAt', { workspaceId: 'ws2', plan: 'free', startAt: '2026-01-01T00:00:00Z' }, 'startAt', 'did you mean "startsAt"?');
-add('changePlan', 'allotement', { workspaceId: 'ws', plan: 'enterprise', allotment: 5, allotement: 6 }, 'allotement', 'did you mean "allotment"?');
+add(
+  'createWorkspace',
+  'startAt',
+  { workspaceId: 'ws2', plan: 'free', startAt: '2026-01-01T00:00:00Z' },
+  'startAt',
+  'did you mean "startsAt"?',
+);
+add(
+  'changePlan',
+  'allotement',
+  { workspaceId: 'ws', plan: 'enterprise', allotment: 5, allotement: 6 },
+  'allotement',
+  'did you mean "allotment"?',
+);
 add('quote', 'modle', { workspaceId: 'ws', model: 'gpt-4o', modle: 'x' }, 'modle', 'did you mean "model"?');
 add('settle', 'modle', { ...ref, modle: 'gpt-4o' }, 'modle', 'did you mean "model"?');
 add('release', 'force', { ...ref, force: true }, 'force');
@@ -334,10 +380,27 @@ option('lowBalanceThresholds = [0]', { lowBalanceThresholds: [0] }, 'lowBalanceT
 option('lowBalanceThresholds = [0.5, 1.5]', { lowBalanceThresholds: [0.5, 1.5] }, 'lowBalanceThresholds.1');
 option('lowBalanceThresholds = [NaN]', { lowBalanceThresholds: [Number.NaN] }, 'lowBalanceThresholds.0');
 option('lowBalanceThresholds = ["0.8"]', { lowBalanceThresholds: ['0.8'] }, 'lowBalanceThresholds.0');
-for (const [label, value] of [['-1', -1], ['0', 0], ['0.5', 0.5], ['NaN', Number.NaN], ['"1000"', '1000'], ['500 (below 1 s)', 500], ['8 days', 8 * 86_400_000], ['1e20 (an Invalid Date)', 1e20]] as const) {
+option('lowBalanceLevels = 5', { lowBalanceLevels: 5 }, 'lowBalanceLevels');
+option('lowBalanceLevels = ["abc"]', { lowBalanceLevels: ['abc'] }, 'lowBalanceLevels.0');
+option('lowBalanceLevels = [10, -1]', { lowBalanceLevels: [10, -1] }, 'lowBalanceLevels.1');
+for (const [label, value] of [
+  ['-1', -1],
+  ['0', 0],
+  ['0.5', 0.5],
+  ['NaN', Number.NaN],
+  ['"1000"', '1000'],
+  ['500 (below 1 s)', 500],
+  ['8 days', 8 * 86_400_000],
+  ['1e20 (an Invalid Date)', 1e20],
+] as const) {
   option(`holdTtlMs = ${label}`, { holdTtlMs: value }, 'holdTtlMs');
 }
-for (const [label, value] of [['0', 0], ['Infinity', Number.POSITIVE_INFINITY], ['1e10', 1e10], ['"20"', '20']] as const) {
+for (const [label, value] of [
+  ['0', 0],
+  ['Infinity', Number.POSITIVE_INFINITY],
+  ['1e10', 1e10],
+  ['"20"', '20'],
+] as const) {
   option(`storageTimeoutMs = ${label}`, { storageTimeoutMs: value }, 'storageTimeoutMs');
 }
 option('providers = a Map', { providers: new Map([['openai', goodProvider]]) }, 'providers');
@@ -345,10 +408,16 @@ option('providers = an array', { providers: [goodProvider] }, 'providers');
 option('providers.openai = {}', { providers: { openai: {} } }, 'providers.openai');
 option('providers.openai.generate = 1', { providers: { openai: { generate: 1 } } }, 'providers.openai');
 option('providers.openai.stream = 5', { providers: { openai: { ...goodProvider, stream: 5 } } }, 'providers.openai');
-for (const key of ['byoKeys', 'clock', 'onEventError', 'generateReplyId']) option(`${key} = "x"`, { [key]: 'x' }, key);
+for (const key of ['byoKeys', 'clock', 'onEventError', 'generateReplyId', 'onRecharge']) option(`${key} = "x"`, { [key]: 'x' }, key);
 
 // generateReplyId's output is checked on every call, before anything is held.
-for (const [label, id] of [['""', ''], ['42', 42], ['__proto__', '__proto__'], ['a NUL', 'a\u0000b'], ['10 kB', ID_10KB]] as const) {
+for (const [label, id] of [
+  ['""', ''],
+  ['42', 42],
+  ['__proto__', '__proto__'],
+  ['a NUL', 'a\u0000b'],
+  ['10 kB', ID_10KB],
+] as const) {
   cases.push({
     entry: 'reply',
     label: `generateReplyId returns ${label}`,
@@ -402,7 +471,23 @@ describe('bad input - INVALID_INPUT naming the field, no provider call, the stor
   it('covers every entry point with at least 100 cases', () => {
     expect(cases.length).toBeGreaterThanOrEqual(100);
     const entries = new Set(cases.map((c) => c.entry));
-    for (const entry of ['options', 'createWorkspace', 'getWorkspace', 'quote', 'reply', 'replyStream', 'reserve', 'settle', 'release', 'changePlan', 'addCredits', 'ledger', 'usage', 'defineModelPrices', 'definePlans'] as const) {
+    for (const entry of [
+      'options',
+      'createWorkspace',
+      'getWorkspace',
+      'quote',
+      'reply',
+      'replyStream',
+      'reserve',
+      'settle',
+      'release',
+      'changePlan',
+      'addCredits',
+      'ledger',
+      'usage',
+      'defineModelPrices',
+      'definePlans',
+    ] as const) {
       expect(entries.has(entry), entry).toBe(true);
     }
   });

@@ -31,7 +31,10 @@ const ERRORS: Array<[string, () => unknown]> = [
     'in a non-enumerable property',
     () => Object.defineProperty(new Error('unauthorized'), 'config', { value: { apiKey: KEY }, enumerable: false }),
   ],
-  ['inside an AggregateError', () => new AggregateError([new Error(`key ${KEY} rejected`), new Error('retry failed')], 'all attempts failed')],
+  [
+    'inside an AggregateError',
+    () => new AggregateError([new Error(`key ${KEY} rejected`), new Error('retry failed')], 'all attempts failed'),
+  ],
   [
     'at the end of a 5-deep cause chain',
     () => {
@@ -52,14 +55,14 @@ const ERRORS: Array<[string, () => unknown]> = [
         },
       }),
   ],
-  [
-    'in a non-string message',
-    () => Object.assign(new Error(), { message: { detail: `bad key ${KEY}`, toString: () => KEY } }),
-  ],
+  ['in a non-string message', () => Object.assign(new Error(), { message: { detail: `bad key ${KEY}`, toString: () => KEY } })],
   ['as "Bearer <key>" in the message', () => new Error(`401 Unauthorized: Authorization: Bearer ${KEY} was rejected`)],
   ['URL-encoded in the message', () => new Error(`GET https://api.example.com/v1/chat?key=${encodeURIComponent(KEY)} failed`)],
   ['truncated in the message', () => new Error(`Incorrect API key provided: ${KEY.slice(0, 24)}****`)],
-  ['in code, type, name and status', () => Object.assign(new Error('x'), { code: `bad_key_${KEY}`, type: KEY, name: `KeyError ${KEY}`, status: KEY })],
+  [
+    'in code, type, name and status',
+    () => Object.assign(new Error('x'), { code: `bad_key_${KEY}`, type: KEY, name: `KeyError ${KEY}`, status: KEY }),
+  ],
   ['as a thrown string', () => `provider said: key ${KEY} is invalid`],
   [
     'in a proxy whose every trap throws',
@@ -219,7 +222,11 @@ async function setup(options: { onStorageFailure?: 'allow'; defaultEventErrors?:
       openai: {
         generate: (request, context) => provider.generate(request, context),
         stream: (request, context) =>
-          provider.mode === 'generate' ? (async function* () { yield (await provider.generate(request, context)).output; })() : streaming.stream(request, context),
+          provider.mode === 'generate'
+            ? (async function* () {
+                yield (await provider.generate(request, context)).output;
+              })()
+            : streaming.stream(request, context),
       },
     },
     byoKeys: ({ provider: id }) => (id === 'openai' ? KEY : undefined),

@@ -1,12 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { closestKey } from '../../src/core/validation.js';
 import { CreditMeter, DEFAULT_MODEL_PRICES, DEFAULT_PLANS, InvalidInputError, MemoryStorage } from '../../src/index.js';
-import {
-  checkedReplyIdGenerator,
-  DEFAULT_HOLD_TTL_MS,
-  DEFAULT_THRESHOLDS,
-  parseMeterOptions,
-} from '../../src/meter/options.js';
+import { checkedReplyIdGenerator, DEFAULT_HOLD_TTL_MS, DEFAULT_THRESHOLDS, parseMeterOptions } from '../../src/meter/options.js';
 import { harness, turn } from '../support.js';
 
 const BAD_AMOUNTS = [Number.NaN, Number.POSITIVE_INFINITY, -1, '1e400', 'abc', 1.0000001, '', null, {}, [1]];
@@ -62,7 +57,9 @@ describe('malformed input - a validation error naming the field, and nothing cha
   it('refuses prototype-polluting payloads without touching Object.prototype', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const payload = JSON.parse('{"workspaceId":"__proto__","agentId":"a","conversationId":"c","model":"gpt-4o","input":"x","__proto__":{"polluted":true}}');
+    const payload = JSON.parse(
+      '{"workspaceId":"__proto__","agentId":"a","conversationId":"c","model":"gpt-4o","input":"x","__proto__":{"polluted":true}}',
+    );
     await expectInvalid(meter.reply(payload), 'workspaceId');
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
@@ -90,8 +87,14 @@ describe('malformed input - a validation error naming the field, and nothing cha
     await expectInvalid(meter.ledger({ workspaceId: 'ws', limit: 1001 }), 'limit');
     await expectInvalid(meter.ledger({ workspaceId: 'ws', cursor: 'nope' }), 'cursor');
     await expectInvalid(meter.ledger({ workspaceId: 'ws', from: 'yesterday' }), 'from');
-    await expectInvalid(meter.usage({ workspaceId: 'ws', from: '2026-02-01T00:00:00Z', to: '2026-01-01T00:00:00Z', groupBy: 'agent' }), 'to');
-    await expectInvalid(meter.usage({ workspaceId: 'ws', from: '2026-01-01T00:00:00Z', to: '2026-02-01T00:00:00Z', groupBy: 'team' as never }), 'groupBy');
+    await expectInvalid(
+      meter.usage({ workspaceId: 'ws', from: '2026-02-01T00:00:00Z', to: '2026-01-01T00:00:00Z', groupBy: 'agent' }),
+      'to',
+    );
+    await expectInvalid(
+      meter.usage({ workspaceId: 'ws', from: '2026-01-01T00:00:00Z', to: '2026-02-01T00:00:00Z', groupBy: 'team' as never }),
+      'groupBy',
+    );
   });
 
   it('refuses bad options at construction', () => {
@@ -112,6 +115,8 @@ describe('parseMeterOptions - validated, defaulted and frozen at construction', 
       plans: DEFAULT_PLANS,
       holdTtlMs: DEFAULT_HOLD_TTL_MS,
       lowBalanceThresholds: DEFAULT_THRESHOLDS,
+      lowBalanceLevels: [],
+      onRecharge: undefined,
       onStorageFailure: 'refuse',
       storageTimeoutMs: undefined,
       byoKeys: undefined,
@@ -129,8 +134,14 @@ describe('parseMeterOptions - validated, defaulted and frozen at construction', 
   it('sorts and deduplicates thresholds, copies providers', () => {
     const provider = { generate: async () => ({ output: 'x' }) };
     const providers = { openai: provider };
-    const config = parseMeterOptions({ lowBalanceThresholds: [1, 0.5, 0.5], providers, holdTtlMs: 1000 });
+    const config = parseMeterOptions({
+      lowBalanceThresholds: [1, 0.5, 0.5],
+      lowBalanceLevels: [10, '100', 10],
+      providers,
+      holdTtlMs: 1000,
+    });
     expect(config.lowBalanceThresholds).toEqual([0.5, 1]);
+    expect(config.lowBalanceLevels).toEqual([100_000_000, 10_000_000]);
     expect(config.providers.openai).toBe(provider);
     expect(config.providers).not.toBe(providers);
     expect(config.holdTtlMs).toBe(1000);
