@@ -90,7 +90,9 @@ export interface LanguageModelLike<
   /** e.g. `openai.chat`, `openai.responses`, `anthropic.messages`. */
   readonly provider: string;
   readonly modelId: string;
+  /** Generates a whole answer. */
   doGenerate(options: P): PromiseLike<R>;
+  /** Streams an answer as parts. */
   doStream(options: P): PromiseLike<S>;
 }
 
@@ -103,7 +105,9 @@ export interface LanguageModelLike<
  * ```
  */
 export interface MeterLike {
+  /** Runs a whole reply on the given provider, inside one hold. */
   reply(input: ReplyInput & { provider: ReplyProvider }): Promise<ReplyResult>;
+  /** Streams a reply from the given provider, settled once when the stream ends. */
   replyStream(input: ReplyInput & { provider: ReplyProvider }): Promise<ReplyStream>;
 }
 
@@ -185,9 +189,11 @@ export interface CreditsMetadata {
  */
 export interface CreditsMiddleware {
   readonly specificationVersion: 'v3';
+  /** Runs a `generateText` step as one metered reply. */
   wrapGenerate<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(
     options: WrapOptions<P, R, S>,
   ): Promise<R>;
+  /** Runs a `streamText` step as one metered reply. */
   wrapStream<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike>(
     options: WrapOptions<P, R, S>,
   ): Promise<S>;
@@ -204,8 +210,11 @@ export interface CreditsMiddleware {
 export interface WrapOptions<P extends CallOptionsLike, R extends GenerateResultLike, S extends StreamResultLike> {
   /** The wrapped model's own call, with the original params (the middleware calls `model` itself). */
   doGenerate: () => PromiseLike<R>;
+  /** The wrapped model's own streaming call, with the original params. */
   doStream: () => PromiseLike<S>;
+  /** The call options. */
   params: P;
+  /** The wrapped model. */
   model: LanguageModelLike<P, R, S>;
 }
 

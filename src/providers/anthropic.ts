@@ -42,6 +42,7 @@ export interface AnthropicRequestOptionsLike {
  */
 export interface AnthropicClientLike {
   readonly messages: {
+    /** The Messages API: resolves to a message, or to an async iterable of events with `stream: true`. */
     create(body: { model: string; max_tokens: number; messages: unknown }, options?: AnthropicRequestOptionsLike): PromiseLike<unknown>;
   };
 }

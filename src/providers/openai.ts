@@ -42,10 +42,12 @@ export interface OpenAIRequestOptionsLike {
 export interface OpenAIClientLike {
   readonly chat: {
     readonly completions: {
+      /** Chat Completions: resolves to a completion, or to an async iterable of chunks with `stream: true`. */
       create(body: { model: string; messages: unknown }, options?: OpenAIRequestOptionsLike): PromiseLike<unknown>;
     };
   };
   readonly responses?: {
+    /** The Responses API: resolves to a response, or to an async iterable of events with `stream: true`. */
     create(body: { model?: string; input?: unknown }, options?: OpenAIRequestOptionsLike): PromiseLike<unknown>;
   };
 }
