@@ -67,7 +67,8 @@ export type Command =
   | { type: 'refund'; refundId: string; replyId: string; amount: number | null; reason: string }
   | { type: 'adjust'; adjustmentId: string; amount: number; reason: string; expiresAt: number | null }
   | { type: 'setAgentLimit'; agentId: string; limit: number | null; models: string[] | null }
-  | { type: 'setRecharge'; recharge: { below: number; amount: number } | null };
+  | { type: 'setRecharge'; recharge: { below: number; amount: number } | null }
+  | { type: 'close' };
 
 /** A workspace's money as of a command. */
 export interface Snapshot {
@@ -101,7 +102,8 @@ export type Outcome =
   | { status: 'conflict'; field: string }
   | { status: 'adjusted'; adjustment: AdjustmentRecord; replayed: boolean; snapshot: Snapshot }
   | { status: 'debit_too_large'; required: number; available: number; renewsAt: number }
-  | { status: 'settings_changed'; snapshot: Snapshot };
+  | { status: 'settings_changed'; snapshot: Snapshot }
+  | { status: 'closed'; existed: boolean };
 
 /** Something the host hears about, in micro-credits. */
 export type CoreEvent =
@@ -208,6 +210,8 @@ export class Transition {
         return this.#setAgentLimit(command.agentId, command.limit, command.models);
       case 'setRecharge':
         return this.#setRecharge(command.recharge);
+      case 'close':
+        return this.#close();
     }
   }
 
@@ -517,6 +521,20 @@ export class Transition {
     account.recharge = recharge && { below: recharge.below, amount: recharge.amount, armed: true, count };
     this.#changed = true;
     return { status: 'settings_changed', snapshot: this.#snapshot(account) };
+  }
+
+  /**
+   * Ends a workspace's account: its plan, grants and settings go; the ledger numbering stays,
+   * so a ledger kept after erasure never collides with the rows of a workspace created afresh
+   * under the same id.
+   */
+  #close(): Outcome {
+    const existed = this.#state.account !== null;
+    if (existed) {
+      this.#state.account = null;
+      this.#changed = true;
+    }
+    return { status: 'closed', existed };
   }
 
   // ─── watching the balance: absolute alerts and recharges ────────────────

@@ -39,6 +39,10 @@ export const rechargeSchema = z.strictObject({
   recharge: z.strictObject({ below: creditsInputSchema, credits: creditsInputSchema }).nullable(),
 });
 
+export const deleteWorkspaceSchema = z.strictObject({ workspaceId: idSchema, keepLedger: z.boolean().optional() });
+
+export const listWorkspacesSchema = z.strictObject({ cursor: idSchema.optional(), limit: z.number().int().min(1).max(1000).optional() });
+
 /** Micro-credits of a signed amount: the same rules as {@link toMicros}, either sign. */
 export function toSignedMicros(value: number | string | Decimal, field: string): number {
   const negative = typeof value === 'number' ? value < 0 : typeof value === 'string' ? value.trim().startsWith('-') : Decimal.isDecimal(value) && value.isNegative();

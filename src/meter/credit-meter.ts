@@ -25,7 +25,7 @@ import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
 import type { CreditStorage, UsageAggregate } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
-import { adjustSchema, agentLimitSchema, rechargeSchema, refundSchema, toSignedMicros } from './billing-inputs.js';
+import { adjustSchema, agentLimitSchema, deleteWorkspaceSchema, listWorkspacesSchema, rechargeSchema, refundSchema, toSignedMicros } from './billing-inputs.js';
 import { EventBus, type CreditEventHandler, type CreditEventName } from './events.js';
 import { keepHoldAlive } from './hold-keeper.js';
 import {
@@ -58,7 +58,11 @@ import type {
   AdjustInput,
   Adjustment,
   AgentLimitInput,
+  DeleteWorkspaceInput,
+  ListWorkspacesInput,
   RechargeHandler,
+  WorkspaceDeletion,
+  WorkspacePage,
   RechargeInput,
   Refund,
   RefundInput,
@@ -650,6 +654,45 @@ export class CreditMeter {
     if (recharge && recharge.amount === 0) throw new InvalidInputError([{ path: 'recharge.credits', message: 'must be greater than 0' }]);
     const outcome = await this.#apply(parsed.workspaceId, { type: 'setRecharge', recharge });
     return summaryOf(parsed.workspaceId, expect(outcome, 'settings_changed').snapshot, this.models);
+  }
+
+  /**
+   * Removes a workspace: its plan, balance, settings, reply records and ledger, or, with
+   * `keepLedger: true`, everything but the ledger, whose agent and conversation ids are erased.
+   * Idempotent; the id may then be created afresh. Needs a store with `erase` (every shipped
+   * store has it).
+   *
+   * @example
+   * ```ts
+   * await meter.deleteWorkspace({ workspaceId: 'ws_1', keepLedger: true }); // a customer left; finance keeps the books
+   * ```
+   */
+  async deleteWorkspace(input: DeleteWorkspaceInput): Promise<WorkspaceDeletion> {
+    const parsed = parseInput(deleteWorkspaceSchema, input);
+    const keepLedger = parsed.keepLedger ?? false;
+    if (!this.storage.erase) throw new StorageError('deleteWorkspace', new Error('this store cannot erase workspaces (it has no erase method)'));
+    const applied = await this.#batcher.submit(parsed.workspaceId, { type: 'close' });
+    const { existed } = expect(applied.outcome, 'closed');
+    await this.#store('erase', (storage) => storage.erase!({ workspaceId: parsed.workspaceId, keepLedger }));
+    return { workspaceId: parsed.workspaceId, existed, keptLedger: keepLedger };
+  }
+
+  /**
+   * Workspace ids, a page at a time, for admin pages and batch jobs.
+   *
+   * @example
+   * ```ts
+   * let page = await meter.listWorkspaces({ limit: 500 });
+   * while (page.nextCursor) page = await meter.listWorkspaces({ cursor: page.nextCursor, limit: 500 });
+   * ```
+   */
+  async listWorkspaces(input: ListWorkspacesInput = {}): Promise<WorkspacePage> {
+    const parsed = parseInput(listWorkspacesSchema, input);
+    const limit = parsed.limit ?? 100;
+    if (!this.storage.listWorkspaces) throw new StorageError('listWorkspaces', new Error('this store cannot list workspaces (it has no listWorkspaces method)'));
+    const ids = await this.#store('listWorkspaces', (storage) => storage.listWorkspaces!({ limit: limit + 1, ...(parsed.cursor !== undefined && { afterId: parsed.cursor }) }));
+    const page = ids.slice(0, limit);
+    return ids.length > limit ? { workspaces: page, nextCursor: page[page.length - 1]! } : { workspaces: page };
   }
 
   /**

@@ -550,3 +550,41 @@ export interface RechargeInput {
   /** "When available credits fall below `below`, recharge `credits`"; `null` turns it off. */
   recharge: { below: CreditsInput; credits: CreditsInput } | null;
 }
+
+/** Input of {@link CreditMeter.deleteWorkspace}. */
+export interface DeleteWorkspaceInput {
+  workspaceId: string;
+  /**
+   * Keep the ledger (for accounting) with agent and conversation ids erased, instead of
+   * removing it with everything else.
+   * @default false
+   */
+  keepLedger?: boolean;
+}
+
+/** The outcome of {@link CreditMeter.deleteWorkspace}. */
+export interface WorkspaceDeletion {
+  readonly workspaceId: string;
+  /** False when there was no workspace with a plan to delete (a repeated call, say). */
+  readonly existed: boolean;
+  readonly keptLedger: boolean;
+}
+
+/** Input of {@link CreditMeter.listWorkspaces}. */
+export interface ListWorkspacesInput {
+  /** `nextCursor` of the previous page. */
+  cursor?: string;
+  /**
+   * Ids per page, 1–1,000.
+   * @default 100
+   */
+  limit?: number;
+}
+
+/** A page of workspace ids. */
+export interface WorkspacePage {
+  /** Ids in the store's order: every workspace with a state, including ones known only from self-hosted replies. */
+  readonly workspaces: readonly string[];
+  /** Pass as `cursor` for the next page; absent on the last page. */
+  readonly nextCursor?: string;
+}

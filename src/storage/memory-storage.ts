@@ -1,5 +1,5 @@
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../core/state.js';
-import type { CommitResult, CreditStorage, LedgerQuery, LoadedWorkspace, LoadRequest, WorkspaceCommit } from './storage.js';
+import type { CommitResult, CreditStorage, EraseRequest, LedgerQuery, ListQuery, LoadedWorkspace, LoadRequest, WorkspaceCommit } from './storage.js';
 
 interface Slot {
   version: number;
@@ -89,6 +89,23 @@ export class MemoryStorage implements CreditStorage {
       page.push(row);
     }
     return page;
+  }
+
+  async listWorkspaces(query: ListQuery): Promise<string[]> {
+    const ids = [...this.#slots.keys()].filter((id) => query.afterId === undefined || id > query.afterId).sort();
+    return ids.slice(0, query.limit);
+  }
+
+  async erase(request: EraseRequest): Promise<void> {
+    const slot = this.#slots.get(request.workspaceId);
+    if (!slot) return;
+    if (!request.keepLedger) {
+      this.#slots.delete(request.workspaceId);
+      return;
+    }
+    slot.records = new Map();
+    slot.holds = new HoldHeap();
+    slot.ledger = slot.ledger.map((row) => ({ ...row, agentId: null, conversationId: null }));
   }
 }
 

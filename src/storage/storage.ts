@@ -117,4 +117,30 @@ export interface CreditStorage {
    * through `ledger` and sums in memory, which is exact but slower on long histories.
    */
   usage?(query: UsageQuery): Promise<UsageAggregate[]>;
+  /**
+   * Optional, for `meter.listWorkspaces()`: ids of the workspaces that have a state document,
+   * in the store's ascending order of ids, after `afterId`, at most `limit`.
+   */
+  listWorkspaces?(query: ListQuery): Promise<string[]>;
+  /**
+   * Optional, for `meter.deleteWorkspace()`: removes a workspace's records and either its whole
+   * ledger and state document (`keepLedger: false`: afterwards it is as if it never existed) or,
+   * with `keepLedger: true`, keeps the ledger rows with `agentId` and `conversationId` set to
+   * null and leaves the state document alone (the meter has just written one without an
+   * account). Atomic, and idempotent.
+   */
+  erase?(request: EraseRequest): Promise<void>;
+}
+
+/** Input of {@link CreditStorage.listWorkspaces}. */
+export interface ListQuery {
+  /** Ids after this one (the previous page's last). */
+  afterId?: string;
+  limit: number;
+}
+
+/** Input of {@link CreditStorage.erase}. */
+export interface EraseRequest {
+  workspaceId: string;
+  keepLedger: boolean;
 }

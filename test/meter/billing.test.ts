@@ -238,3 +238,49 @@ describe('charges come from the grants live at settle', () => {
     expect(await ledgerSum(meter, 'ws')).toBe(50);
   });
 });
+
+describe('erasure and listing', () => {
+  it('deleteWorkspace removes state, records and ledger; it is idempotent and the id can be created afresh', async () => {
+    const { meter } = harness();
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
+    await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'm1' });
+    expect(await meter.deleteWorkspace({ workspaceId: 'ws' })).toEqual({ workspaceId: 'ws', existed: true, keptLedger: false });
+    await expect(meter.getWorkspace('ws')).rejects.toMatchObject({ code: 'WORKSPACE_NOT_FOUND' });
+    expect((await meter.ledger({ workspaceId: 'ws' })).entries).toEqual([]);
+    expect((await meter.deleteWorkspace({ workspaceId: 'ws' })).existed).toBe(false);
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    // The old replyId is a new reply now: nothing of the old workspace survived.
+    expect((await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'm1' })).replayed).toBe(false);
+    expect(await ledgerSum(meter, 'ws')).toBe(1995);
+  });
+
+  it('keepLedger keeps the rows with agent and conversation ids erased, and a new workspace numbers on after them', async () => {
+    const { meter } = harness();
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
+    await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'm1' });
+    await meter.deleteWorkspace({ workspaceId: 'ws', keepLedger: true });
+    await expect(meter.getWorkspace('ws')).rejects.toMatchObject({ code: 'WORKSPACE_NOT_FOUND' });
+    const kept = (await meter.ledger({ workspaceId: 'ws' })).entries;
+    expect(kept.map((e) => [e.kind, Number(e.credits), e.agentId, e.conversationId])).toEqual([
+      ['grant', 100, undefined, undefined],
+      ['reply', -5, undefined, undefined],
+    ]);
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
+    const ids = (await meter.ledger({ workspaceId: 'ws' })).entries.map((e) => Number(e.id));
+    expect(ids).toEqual([1, 2, 3]);
+  });
+
+  it('listWorkspaces pages through every workspace once', async () => {
+    const { meter } = harness();
+    const ids = Array.from({ length: 7 }, (_, i) => `ws_${i}`);
+    for (const workspaceId of ids) await meter.createWorkspace({ workspaceId, plan: 'free' });
+    const seen: string[] = [];
+    let page = await meter.listWorkspaces({ limit: 3 });
+    seen.push(...page.workspaces);
+    while (page.nextCursor) {
+      page = await meter.listWorkspaces({ cursor: page.nextCursor, limit: 3 });
+      seen.push(...page.workspaces);
+    }
+    expect(seen).toEqual(ids);
+  });
+});
