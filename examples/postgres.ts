@@ -1,16 +1,17 @@
 /**
  * A meter on PostgreSQL: a Hobby workspace, replies from two "app servers" (two meters, each
  * with its own connection pool) racing on one balance, then the balance, ledger and usage
- * read back. Every operation is one transaction with the workspace locked, so the servers
- * never overspend; concurrent operations share transactions (group commit).
+ * read back. Each meter commits a workspace's concurrent replies together, in one statement
+ * that lands only if no other server wrote the workspace since it was read (otherwise that
+ * meter reads again and retries), so the servers never overspend.
  *
  *   DATABASE_URL=postgres://user:pass@127.0.0.1:5432/db npx tsx examples/postgres.ts
  *
  * The example creates its tables in a fresh schema and drops that schema at the end.
  */
 import { randomUUID } from 'node:crypto';
-import { twoAppServers } from './shared/two-app-servers.js';
 import { PostgresStorage } from '../src/adapters/postgres/index.js';
+import { twoAppServers } from './shared/two-app-servers.js';
 
 const connectionString = process.env['DATABASE_URL'];
 if (!connectionString) {

@@ -63,14 +63,14 @@ export function layout(n: SchemaNames): string {
 CREATE TABLE IF NOT EXISTS ${n.workspaces} (
   workspace_id text COLLATE "C" PRIMARY KEY,
   version bigint NOT NULL,
-  state jsonb NOT NULL
+  state json NOT NULL
 ) WITH (fillfactor = 50);
 
 CREATE TABLE IF NOT EXISTS ${n.records} (
   workspace_id text COLLATE "C" NOT NULL,
   key text COLLATE "C" NOT NULL,
   hold_expires_at bigint,
-  value jsonb NOT NULL,
+  value json NOT NULL,
   PRIMARY KEY (workspace_id, key)
 );
 -- Only open holds are in it: finding the lapsed ones costs what they are, not what is stored.
@@ -130,9 +130,9 @@ export const LEDGER_SELECT = LEDGER_COLUMNS.map(([column, field]) => `${column} 
  */
 export function commitSql(n: SchemaNames, expectNew: boolean): string {
   const guard = expectNew
-    ? `INSERT INTO ${n.workspaces} (workspace_id, version, state) VALUES ($1, 1, $2::jsonb)
+    ? `INSERT INTO ${n.workspaces} (workspace_id, version, state) VALUES ($1, 1, $2::json)
          ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id`
-    : `UPDATE ${n.workspaces} SET version = version + 1, state = $2::jsonb
+    : `UPDATE ${n.workspaces} SET version = version + 1, state = $2::json
          WHERE workspace_id = $1 AND version = $5 RETURNING workspace_id`;
   const columns = LEDGER_COLUMNS.map(([column]) => column).join(', ');
   const fields = LEDGER_COLUMNS.map(([, field, type]) => `"${field}" ${type}`).join(', ');
@@ -146,7 +146,7 @@ rows AS (
 recs AS (
   INSERT INTO ${n.records} (workspace_id, key, hold_expires_at, value)
   SELECT ws.workspace_id, t.key, t."holdExpiresAt", t.value
-    FROM ws, jsonb_to_recordset($4::jsonb) AS t(key text, "holdExpiresAt" bigint, value jsonb)
+    FROM ws, json_to_recordset($4::json) AS t(key text, "holdExpiresAt" bigint, value json)
   ON CONFLICT (workspace_id, key) DO UPDATE SET hold_expires_at = excluded.hold_expires_at, value = excluded.value
 )
 SELECT count(*)::int AS written FROM ws`;
