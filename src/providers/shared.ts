@@ -3,24 +3,9 @@
  * keys, and the input splitting. Internal: each entry re-exports what it documents.
  */
 
-/**
- * What a shipped provider returns: the output, the model the API reports produced it, and the
- * token usage when the API reports it. A superset of what `ReplyProvider.generate` must return.
- *
- * @example
- * ```ts
- * const { output, model, usage } = await openaiProvider({ client }).generate(request, {});
- * // 'Your order ships tomorrow.', 'gpt-4o-2024-11-20', { inputTokens: 12, outputTokens: 6 }
- * ```
- */
-export interface ProviderResult {
-  /** The answer: its text by default, the SDK's whole response with `output: 'response'`. */
-  readonly output: unknown;
-  /** The model id the API says produced the answer (it may differ from the one asked for). */
-  readonly model?: string;
-  /** Tokens, when the API reports them. */
-  readonly usage?: { readonly inputTokens?: number; readonly outputTokens?: number };
-}
+import type { ProviderResult } from '../meter/provider.js';
+
+export type { ProviderResult } from '../meter/provider.js';
 
 /**
  * An SDK client, or a factory that makes one per key (for bring-your-own keys). The factory
