@@ -52,6 +52,12 @@ export const turn = (n: number, model = 'gpt-4o-mini', agentId = 'agent-1', conv
   input: `message ${n}`,
 });
 
+/** A reply's identity without its input: what `reserve()` takes (it refuses unknown keys). */
+export const ask = (n: number, model = 'gpt-4o-mini', agentId = 'agent-1', conversationId = 'conv-1') => {
+  const { input: _input, ...identity } = turn(n, model, agentId, conversationId);
+  return identity;
+};
+
 /** Sum of the ledger of a workspace, in credits, read through every page. */
 export async function ledgerSum(meter: CreditMeter, workspaceId: string): Promise<number> {
   let total = 0;

@@ -36,7 +36,7 @@ export interface Plan {
   readonly rolloverCapMicros: number;
 }
 
-const planSchema = z.object({
+const planSchema = z.strictObject({
   id: idSchema,
   name: z.string().min(1).max(200),
   monthlyCredits: creditsInputSchema.nullable(),

@@ -36,7 +36,7 @@ export interface ModelPrice {
   readonly micros: number;
 }
 
-const modelSchema = z.object({
+const modelSchema = z.strictObject({
   id: idSchema,
   name: z.string().min(1).max(200),
   provider: idSchema,
@@ -45,7 +45,7 @@ const modelSchema = z.object({
 });
 
 const tableSchema = z.array(modelSchema).min(1, 'must list at least one model').max(10_000);
-const versionSchema = z.object({ version: idSchema.optional() }).optional();
+const versionSchema = z.strictObject({ version: idSchema.optional() }).optional();
 
 /**
  * A validated, versioned, immutable price table. Every charge records the table's
@@ -90,9 +90,10 @@ export class ModelPriceTable {
    * ```
    */
   extend(entries: readonly ModelPriceInput[], options?: { version?: string }): ModelPriceTable {
-    const merged = new Map<string, ModelPriceInput>(this.models.map((m) => [m.id, m]));
-    const additions = parseModels(entries);
-    for (const entry of additions) merged.set(entry.id, entry);
+    // Back to inputs: a validated entry also carries `micros`, which an input may not.
+    const input = (m: ModelPrice): ModelPriceInput => ({ id: m.id, name: m.name, provider: m.provider, credits: m.credits, providerBacked: m.providerBacked });
+    const merged = new Map<string, ModelPriceInput>(this.models.map((m) => [m.id, input(m)]));
+    for (const entry of parseModels(entries)) merged.set(entry.id, input(entry));
     return defineModelPrices([...merged.values()], { version: options?.version ?? `${this.version}+custom` });
   }
 }

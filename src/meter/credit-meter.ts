@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { fromMicros, MICROS_PER_CREDIT, toMicros, type CreditsInput } from '../core/credits.js';
 import {
   AgentLimitError,
@@ -23,6 +22,7 @@ import type { Command, CoreEvent, Outcome, Snapshot } from '../core/transition.j
 import { UsageAccumulator } from '../core/usage-aggregate.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
+import { parseMeterOptions } from './options.js';
 import type { CreditStorage, UsageAggregate } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
 import { adjustSchema, agentLimitSchema, deleteWorkspaceSchema, listWorkspacesSchema, rechargeSchema, refundSchema, toSignedMicros } from './billing-inputs.js';
@@ -33,11 +33,12 @@ import {
   changePlanSchema,
   createWorkspaceSchema,
   ledgerSchema,
-  parseIdentity,
+  parseReplyInput,
   parseReplyRef,
+  parseReserveInput,
+  parseSettleInput,
   quoteSchema,
   replySchema,
-  settleSchema,
   usageSchema,
   workspaceIdSchema,
 } from './inputs.js';
@@ -93,8 +94,6 @@ import type {
 import { bucketUsage } from './usage-report.js';
 import { WorkspaceBatcher } from './workspace-batcher.js';
 
-const DEFAULT_HOLD_TTL_MS = 15 * 60 * 1000;
-const DEFAULT_THRESHOLDS = [0.8, 1];
 const USAGE_PAGE = 1000;
 
 interface Routed {
@@ -153,27 +152,24 @@ export class CreditMeter {
   readonly #ready: { done: boolean; pending: Promise<void> | undefined } = { done: false, pending: undefined };
 
   constructor(options: CreditMeterOptions = {}) {
-    const config = validateOptions(options);
-    this.storage = options.storage ?? new MemoryStorage();
-    this.mode = options.mode ?? 'cloud';
-    this.models = options.models ?? DEFAULT_MODEL_PRICES;
-    this.plans = options.plans ?? DEFAULT_PLANS;
-    this.holdTtlMs = options.holdTtlMs ?? DEFAULT_HOLD_TTL_MS;
-    this.#providers = new Map(Object.entries(options.providers ?? {}));
-    this.#byoKeys = options.byoKeys;
-    this.#clock = options.clock;
-    this.#failOpen = options.onStorageFailure === 'allow';
-    this.#timeoutMs = options.storageTimeoutMs;
-    this.#newReplyId = options.generateReplyId ?? replyIdSequence();
-    this.#onRecharge = options.onRecharge;
-    this.#events = new EventBus(
-      options.onEventError ??
-        ((error, event) => {
-          console.error(`[credits] a "${event.type}" handler failed:`, error);
-        }),
-    );
+    const config = parseMeterOptions(options);
+    this.storage = config.storage ?? new MemoryStorage();
+    this.mode = config.mode;
+    this.models = config.models;
+    this.plans = config.plans;
+    this.holdTtlMs = config.holdTtlMs;
+    this.#providers = new Map(Object.entries(config.providers));
+    this.#byoKeys = config.byoKeys;
+    this.#clock = config.clock;
+    this.#failOpen = config.onStorageFailure === 'allow';
+    this.#timeoutMs = config.storageTimeoutMs;
+    this.#newReplyId = config.generateReplyId;
+    this.#onRecharge = config.onRecharge;
+    const onEventError = config.onEventError;
+    // A handler's error may quote whatever the handler touched: hosts get a scrubbed copy.
+    this.#events = new EventBus((error, event) => onEventError(scrubError(error), event));
     this.#batcher = new WorkspaceBatcher({
-      rules: { plans: this.plans, thresholds: config.thresholds, levels: config.levels },
+      rules: { plans: this.plans, thresholds: config.lowBalanceThresholds, levels: config.lowBalanceLevels },
       now: () => this.#now(),
       load: (request) => this.#store('load', (storage) => storage.load(request)),
       commit: (commit) => this.#store('commit', (storage) => storage.commit([commit])).then((results) => results[0]!),
@@ -285,7 +281,7 @@ export class CreditMeter {
    * ```
    */
   async reserve(input: ReserveInput): Promise<Reservation> {
-    const prepared = this.#prepare(parseIdentity(input));
+    const prepared = this.#prepare(parseReserveInput(input));
     const { record, replayed } = await this.#hold(prepared instanceof Promise ? await prepared : prepared, false);
     return reservationOf(record, replayed);
   }
@@ -302,9 +298,8 @@ export class CreditMeter {
    * ```
    */
   async settle(input: SettleInput): Promise<Settlement> {
-    const parsed = input.model === undefined && input.usage === undefined ? parseReplyRef(input) : parseInput(settleSchema, input);
-    const settleInput = parsed as SettleInput;
-    return this.#settle(parsed.workspaceId, parsed.replyId, settleInput.model, settleInput.usage);
+    const parsed = parseSettleInput(input);
+    return this.#settle(parsed.workspaceId, parsed.replyId, parsed.model, parsed.usage);
   }
 
   /**
@@ -1117,16 +1112,6 @@ function expect<S extends Outcome['status']>(outcome: Outcome, status: S): Extra
   return outcome as Extract<Outcome, { status: S }>;
 }
 
-/**
- * Reply ids for callers who give none: a random 128-bit prefix per meter, then a counter.
- * As unique as a random UUID, and cheaper to make and to hash than a new UUID per reply.
- */
-function replyIdSequence(): () => string {
-  const prefix = `${randomBytes(16).toString('base64url')}-`;
-  let counter = 0;
-  return () => prefix + (++counter).toString(36);
-}
-
 const RESULT_KEYS = new Set(['output', 'model', 'usage']);
 
 /** A provider's answer must be `{ output, model?, usage? }`; anything else is its failure. */
@@ -1149,41 +1134,6 @@ function checkResult(value: unknown, prepared: Prepared): ProviderResult {
   return result as unknown as ProviderResult;
 }
 
-function validateOptions(options: CreditMeterOptions): { thresholds: readonly number[]; levels: readonly number[] } {
-  if (typeof options !== 'object' || options === null) {
-    throw new InvalidInputError([{ path: 'options', message: 'must be an object' }]);
-  }
-  const issues: { path: string; message: string }[] = [];
-  if (options.mode !== undefined && options.mode !== 'cloud' && options.mode !== 'self-hosted') {
-    issues.push({ path: 'mode', message: "must be 'cloud' or 'self-hosted'" });
-  }
-  if (options.holdTtlMs !== undefined && !(Number.isSafeInteger(options.holdTtlMs) && options.holdTtlMs > 0)) {
-    issues.push({ path: 'holdTtlMs', message: 'must be a positive whole number of milliseconds' });
-  }
-  if (options.storageTimeoutMs !== undefined && !(Number.isSafeInteger(options.storageTimeoutMs) && options.storageTimeoutMs > 0)) {
-    issues.push({ path: 'storageTimeoutMs', message: 'must be a positive whole number of milliseconds' });
-  }
-  if (options.onStorageFailure !== undefined && options.onStorageFailure !== 'refuse' && options.onStorageFailure !== 'allow') {
-    issues.push({ path: 'onStorageFailure', message: "must be 'refuse' or 'allow'" });
-  }
-  const thresholds = [...(options.lowBalanceThresholds ?? DEFAULT_THRESHOLDS)];
-  thresholds.forEach((t, i) => {
-    if (typeof t !== 'number' || !(t > 0 && t <= 1)) issues.push({ path: `lowBalanceThresholds.${i}`, message: 'must be a fraction in (0, 1]' });
-  });
-  for (const [id, provider] of Object.entries(options.providers ?? {})) {
-    if (typeof provider?.generate !== 'function') issues.push({ path: `providers.${id}`, message: 'must have a generate() method' });
-  }
-  for (const key of ['byoKeys', 'clock', 'onEventError', 'generateReplyId'] as const) {
-    if (options[key] !== undefined && typeof options[key] !== 'function') issues.push({ path: key, message: 'must be a function' });
-  }
-  const levels: number[] = [];
-  if (options.lowBalanceLevels !== undefined && !Array.isArray(options.lowBalanceLevels)) issues.push({ path: 'lowBalanceLevels', message: 'must be an array of credit amounts' });
-  else (options.lowBalanceLevels ?? []).forEach((level, i) => levels.push(toMicros(level, `lowBalanceLevels.${i}`)));
-  if (options.onRecharge !== undefined && typeof options.onRecharge !== 'function') issues.push({ path: 'onRecharge', message: 'must be a function' });
-  if (issues.length > 0) throw new InvalidInputError(issues);
-  return { thresholds: Object.freeze(thresholds.sort((a, b) => a - b)), levels: Object.freeze([...new Set(levels)].sort((a, b) => b - a)) };
-}
-
 function planAllotment(plan: Plan, allotment: CreditsInput | undefined): number {
   if (plan.monthlyMicros !== null) {
     if (allotment !== undefined) {
@@ -1195,12 +1145,6 @@ function planAllotment(plan: Plan, allotment: CreditsInput | undefined): number 
     throw new InvalidInputError([{ path: 'allotment', message: `plan "${plan.id}" is custom: an allotment is required` }]);
   }
   return toMicros(allotment, 'allotment');
-}
-
-function parseReplyInput(input: ReplyInput): ReplyInput {
-  const identity = parseIdentity(input);
-  if (input.signal !== undefined || input.provider !== undefined) parseInput(replySchema, input);
-  return identity === input ? input : { ...input, ...identity };
 }
 
 function requestOf(prepared: Prepared, input: unknown): ReplyRequest {

@@ -16,8 +16,8 @@ import type { CreditMeterOptions } from './types.js';
 
 /** Hold lifetime when `holdTtlMs` is not given: 15 minutes. */
 export const DEFAULT_HOLD_TTL_MS = 15 * 60 * 1000;
-/** Shortest `holdTtlMs`: 1 second (a shorter hold lapses before most models answer). */
-export const MIN_HOLD_TTL_MS = 1000;
+/** Shortest `holdTtlMs`: 50 ms (the meter extends a hold at half its TTL while a reply runs; shorter would be a write storm). */
+export const MIN_HOLD_TTL_MS = 50;
 /** Longest `holdTtlMs`: 7 days (a hold keeps credits from the workspace until it lapses). */
 export const MAX_HOLD_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 /** Longest `storageTimeoutMs`: 1 hour. */
@@ -43,7 +43,7 @@ export interface MeterConfig {
   readonly byoKeys: ByoKeyResolver | undefined;
   /** @default undefined (`Date.now()`) */
   readonly clock: (() => Date) | undefined;
-  /** Whole milliseconds, 1 s to 7 days. @default 900000 (15 minutes) */
+  /** Whole milliseconds, 50 ms to 7 days. @default 900000 (15 minutes) */
   readonly holdTtlMs: number;
   /** Fractions in (0, 1], ascending, without duplicates. @default [0.8, 1] */
   readonly lowBalanceThresholds: readonly number[];

@@ -389,7 +389,7 @@ for (const [label, value] of [
   ['0.5', 0.5],
   ['NaN', Number.NaN],
   ['"1000"', '1000'],
-  ['500 (below 1 s)', 500],
+  ['10 (below 50 ms)', 10],
   ['8 days', 8 * 86_400_000],
   ['1e20 (an Invalid Date)', 1e20],
 ] as const) {

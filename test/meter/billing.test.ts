@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, MemoryStorage, type BalanceBelowEvent, type RechargeFailedEvent } from '../../src/index.js';
-import { harness, ledgerSum, turn } from '../support.js';
+import { harness, ledgerSum, ask, turn } from '../support.js';
 
 const credits = async (meter: CreditMeter, workspaceId = 'ws') => {
   const ws = await meter.getWorkspace(workspaceId);
@@ -88,7 +88,7 @@ describe('adjustments', () => {
   it('a debit never takes the balance below zero: refused with required and available, nothing changed', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    await meter.reserve({ ...turn(1, 'gpt-4o'), replyId: 'h' }); // 5 held
+    await meter.reserve({ ...ask(1, 'gpt-4o'), replyId: 'h' }); // 5 held
     await expect(meter.adjust({ workspaceId: 'ws', adjustmentId: 'd1', credits: -96, reason: 'clawback' })).rejects.toMatchObject({
       code: 'INSUFFICIENT_CREDITS',
     });
@@ -107,7 +107,7 @@ describe('per-agent caps', () => {
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meter.setAgentLimit({ workspaceId: 'ws', agentId: 'sales', credits: 12 });
     await meter.reply(turn(1, 'gpt-4o', 'sales')); // 5
-    await meter.reserve({ ...turn(2, 'gpt-4o', 'sales'), replyId: 'held' }); // 5 held
+    await meter.reserve({ ...ask(2, 'gpt-4o', 'sales'), replyId: 'held' }); // 5 held
     const calls = providers.openai.calls.length;
     const error = await meter.reply(turn(3, 'gpt-4o', 'sales')).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'AGENT_LIMIT_REACHED', agentId: 'sales' });
@@ -227,10 +227,10 @@ describe('charges come from the grants live at settle', () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meter.addCredits({ workspaceId: 'ws', credits: 50, grantId: 'pack' });
-    const first = await meter.reserve({ ...turn(1, 'gpt-4o'), replyId: 'a' });
+    const first = await meter.reserve({ ...ask(1, 'gpt-4o'), replyId: 'a' });
     // Spend the allotment down so the next hold spills into the pack.
     for (let i = 0; i < 19; i++) await meter.reply(turn(10 + i, 'gpt-4o'));
-    const spill = await meter.reserve({ ...turn(2, 'gpt-4o'), replyId: 'b' }); // from the pack
+    const spill = await meter.reserve({ ...ask(2, 'gpt-4o'), replyId: 'b' }); // from the pack
     await meter.release({ workspaceId: 'ws', replyId: first.replyId }); // 5 back into the allotment
     await meter.settle({ workspaceId: 'ws', replyId: spill.replyId }); // charged from the allotment now
     const ws = await meter.getWorkspace('ws');

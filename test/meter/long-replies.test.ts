@@ -1,20 +1,21 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { CreditMeter, MemoryStorage, type ReplyProvider } from '../../src/index.js';
-import { ledgerSum, turn } from '../support.js';
+import { ledgerSum, ask, turn } from '../support.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // These run on the real clock: the keep-alive is a timer, and the hold's expiry is checked
-// against the meter's clock when the reply settles.
+// against the meter's clock when the reply settles. Each reply outlives its hold three times
+// over; the TTL leaves room for a loaded machine's timer delays.
 describe('holds that live as long as the reply', () => {
   it('a reply that takes longer than holdTtlMs is still charged exactly once', async () => {
     const slow: ReplyProvider = {
       async generate() {
-        await sleep(300);
+        await sleep(1600);
         return { output: 'late but here' };
       },
     };
-    const meter = new CreditMeter({ providers: { openai: slow }, holdTtlMs: 60 });
+    const meter = new CreditMeter({ providers: { openai: slow }, holdTtlMs: 500 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     const result = await meter.reply(turn(1, 'gpt-4o'));
     expect(result.output).toBe('late but here');
@@ -31,12 +32,12 @@ describe('holds that live as long as the reply', () => {
       },
       async *stream() {
         for (const chunk of ['a', 'b', 'c', 'd']) {
-          await sleep(80);
+          await sleep(450);
           yield chunk;
         }
       },
     };
-    const meter = new CreditMeter({ providers: { openai: slow }, holdTtlMs: 60 });
+    const meter = new CreditMeter({ providers: { openai: slow }, holdTtlMs: 500 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     const stream = await meter.replyStream(turn(1, 'gpt-4o'));
     const chunks: unknown[] = [];
@@ -50,8 +51,8 @@ describe('holds that live as long as the reply', () => {
     let now = Date.parse('2026-01-15T12:00:00Z');
     const meter = new CreditMeter({ clock: () => new Date(now), holdTtlMs: 1000 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const kept = await meter.reserve({ ...turn(1, 'gpt-4o'), replyId: 'kept' });
-    const lost = await meter.reserve({ ...turn(2, 'gpt-4o'), replyId: 'lost' });
+    const kept = await meter.reserve({ ...ask(1, 'gpt-4o'), replyId: 'kept' });
+    const lost = await meter.reserve({ ...ask(2, 'gpt-4o'), replyId: 'lost' });
     now += 900;
     const extended = await meter.extend({ workspaceId: 'ws', replyId: kept.replyId });
     expect(extended.expiresAt.getTime()).toBe(now + 1000);
@@ -68,7 +69,7 @@ describe('holds that live as long as the reply', () => {
     const storage = new MemoryStorage();
     const crashed = new CreditMeter({ storage, clock: () => new Date(now), holdTtlMs: 1000 });
     await crashed.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    await crashed.reserve({ ...turn(1, 'gpt-4o'), replyId: 'orphan' });
+    await crashed.reserve({ ...ask(1, 'gpt-4o'), replyId: 'orphan' });
     const survivor = new CreditMeter({ storage, clock: () => new Date(now), holdTtlMs: 1000 });
     expect(Number((await survivor.getWorkspace('ws')).held)).toBe(5);
     now += 1000;
@@ -127,9 +128,9 @@ describe('charging the model that produced the reply', () => {
   it('settle({ model }) does the same for hosts on the low-level calls; a BYO reply stays free', async () => {
     const meter = new CreditMeter({ byoKeys: ({ provider }) => (provider === 'anthropic' ? 'sk-ant-own' : undefined) });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     expect(Number((await meter.settle({ workspaceId: 'ws', replyId: hold.replyId, model: 'claude-sonnet-4-6' })).credits)).toBe(4);
-    const byo = await meter.reserve(turn(2, 'claude-haiku-4-5'));
+    const byo = await meter.reserve(ask(2, 'claude-haiku-4-5'));
     const settled = await meter.settle({ workspaceId: 'ws', replyId: byo.replyId, model: 'claude-sonnet-4-6' });
     expect([settled.route, settled.model, Number(settled.credits)]).toEqual(['byo', 'claude-sonnet-4-6', 0]);
     await expect(meter.settle({ workspaceId: 'ws', replyId: 'x', model: 'no-such-model' })).rejects.toMatchObject({ code: 'UNKNOWN_MODEL' });
@@ -243,8 +244,7 @@ describe('streams you can cancel', () => {
     await iterator.next();
     await stream.cancel();
     expect(Number((await stream.result).credits)).toBe(5);
-    await sleep(20);
-    expect(state.closed).toBe(true);
+    await vi.waitFor(() => expect(state.closed).toBe(true));
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
   });
 
@@ -259,8 +259,7 @@ describe('streams you can cancel', () => {
     }
     await stream.cancel();
     expect(Number((await stream.result).credits)).toBe(5);
-    await sleep(20);
-    expect(state.closed).toBe(true);
+    await vi.waitFor(() => expect(state.closed).toBe(true));
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
   });
 });

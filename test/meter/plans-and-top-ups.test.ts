@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { harness, ledgerSum, turn } from '../support.js';
+import { harness, ledgerSum, ask, turn } from '../support.js';
 
 describe('changePlan', () => {
   it('upgrade Hobby → Pro mid-period after spending 1,500: 38,500 available at once, anchor kept', async () => {
@@ -119,7 +119,7 @@ describe('addCredits (top-ups)', () => {
     const { meter, clock } = harness({ start: '2026-01-10T00:00:00Z' });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meter.addCredits({ workspaceId: 'ws', credits: 5, grantId: 'promo', expiresAt: '2026-01-10T00:05:00Z' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     clock.advance(6 * 60_000);
     await meter.release({ workspaceId: 'ws', replyId: hold.replyId });
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(100);

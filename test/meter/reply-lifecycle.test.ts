@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, CreditsError, InsufficientCreditsError, MemoryStorage } from '../../src/index.js';
-import { harness, ledgerSum, turn, wrapStorage } from '../support.js';
+import { harness, ledgerSum, ask, turn, wrapStorage } from '../support.js';
 
 describe('reply - charge per reply', () => {
   it('charges exactly the model price and records one ledger entry', async () => {
@@ -143,7 +143,7 @@ describe('reply - idempotency', () => {
   it('a reply in flight elsewhere is not called twice', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve({ ...turn(1), replyId: 'busy' });
+    const hold = await meter.reserve({ ...ask(1), replyId: 'busy' });
     await expect(meter.reply({ ...turn(1), replyId: hold.replyId })).rejects.toMatchObject({ code: 'REPLY_IN_PROGRESS' });
   });
 });
@@ -192,7 +192,7 @@ describe('reserve / settle / release', () => {
   it('holds the cost, then charges once on settle', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     expect(hold).toMatchObject({ status: 'held', route: 'credits', replayed: false });
     expect(Number(hold.credits)).toBe(5);
     let ws = await meter.getWorkspace('ws');
@@ -209,18 +209,18 @@ describe('reserve / settle / release', () => {
   it('a repeated reserve returns the same hold; after settle it reports settled', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve({ ...turn(1, 'gpt-4o'), replyId: 'r' });
-    expect(await meter.reserve({ ...turn(1, 'gpt-4o'), replyId: 'r' })).toMatchObject({ replyId: 'r', status: 'held', replayed: true });
+    const hold = await meter.reserve({ ...ask(1, 'gpt-4o'), replyId: 'r' });
+    expect(await meter.reserve({ ...ask(1, 'gpt-4o'), replyId: 'r' })).toMatchObject({ replyId: 'r', status: 'held', replayed: true });
     expect(Number((await meter.getWorkspace('ws')).held)).toBe(5);
     await meter.settle({ workspaceId: 'ws', replyId: hold.replyId });
-    expect(await meter.reserve({ ...turn(1, 'gpt-4o'), replyId: 'r' })).toMatchObject({ status: 'settled', replayed: true });
+    expect(await meter.reserve({ ...ask(1, 'gpt-4o'), replyId: 'r' })).toMatchObject({ status: 'settled', replayed: true });
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
   });
 
   it('release returns the credits; settle after release is refused; release resolves at most once', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     expect(await meter.release({ workspaceId: 'ws', replyId: hold.replyId })).toMatchObject({ replayed: false });
     expect(await meter.release({ workspaceId: 'ws', replyId: hold.replyId })).toMatchObject({ replayed: true });
     await expect(meter.settle({ workspaceId: 'ws', replyId: hold.replyId })).rejects.toMatchObject({ code: 'REPLY_RELEASED' });
@@ -230,7 +230,7 @@ describe('reserve / settle / release', () => {
   it('release after settle is refused and changes nothing', async () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     await meter.settle({ workspaceId: 'ws', replyId: hold.replyId });
     await expect(meter.release({ workspaceId: 'ws', replyId: hold.replyId })).rejects.toMatchObject({ code: 'REPLY_SETTLED' });
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
@@ -239,7 +239,7 @@ describe('reserve / settle / release', () => {
   it('a hold expires after its TTL and returns the credits (a process died mid-reply)', async () => {
     const { meter, clock } = harness({ holdTtlMs: 60_000 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     expect(hold.expiresAt.getTime() - clock.ms).toBe(60_000);
     clock.advance(59_999);
     expect(Number((await meter.getWorkspace('ws')).held)).toBe(5);
@@ -253,7 +253,7 @@ describe('reserve / settle / release', () => {
   it('a settle after the hold expired is refused even before any sweep', async () => {
     const { meter, clock } = harness({ holdTtlMs: 1000 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     clock.advance(1000);
     await expect(meter.settle({ workspaceId: 'ws', replyId: hold.replyId })).rejects.toMatchObject({ code: 'HOLD_EXPIRED' });
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(100);
@@ -263,7 +263,7 @@ describe('reserve / settle / release', () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meter.createWorkspace({ workspaceId: 'other', plan: 'free' });
-    const hold = await meter.reserve(turn(1, 'gpt-4o'));
+    const hold = await meter.reserve(ask(1, 'gpt-4o'));
     await expect(meter.settle({ workspaceId: 'ws', replyId: 'nope' })).rejects.toMatchObject({ code: 'REPLY_NOT_FOUND' });
     await expect(meter.settle({ workspaceId: 'other', replyId: hold.replyId })).rejects.toMatchObject({ code: 'REPLY_NOT_FOUND' });
   });
