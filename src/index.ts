@@ -3,10 +3,12 @@ export { MemoryStorage } from './storage/memory-storage.js';
 export { DEFAULT_MODEL_PRICES, defineModelPrices, ModelPriceTable } from './core/price-table.js';
 export { DEFAULT_PLANS, definePlans, PlanCatalog } from './core/plan-catalog.js';
 export {
+  AgentLimitError,
   CreditsError,
   IdempotencyConflictError,
   InsufficientCreditsError,
   InvalidInputError,
+  ModelNotAllowedError,
   ProviderError,
   ProviderNotFoundError,
   ReplyStateError,
@@ -18,6 +20,7 @@ export {
 } from './core/errors.js';
 export { CREDIT_DECIMALS, MAX_INPUT_CREDITS } from './core/credits.js';
 export { periodBounds, periodIndexAt, periodStart } from './core/billing-period.js';
+export { toHttpError } from './http/to-http-error.js';
 export { Decimal } from 'decimal.js';
 
 export type { CreditsErrorCode, InputIssue, InsufficientCreditsDetails } from './core/errors.js';
@@ -28,8 +31,21 @@ export type { PeriodBounds } from './core/billing-period.js';
 export type { MeterMode } from './core/route.js';
 export type { LedgerKind, Route, UsageGroupBy } from './core/state.js';
 export type { ScrubbedProviderError } from './core/secrets.js';
+export type { HttpErrorBody, HttpErrorResponse, HttpJsonValue, ToHttpErrorOptions } from './http/to-http-error.js';
 export type {
   AddCreditsInput,
+  AdjustInput,
+  Adjustment,
+  AgentLimitInput,
+  AgentSummary,
+  DeleteWorkspaceInput,
+  ListWorkspacesInput,
+  RechargeHandler,
+  RechargeInput,
+  Refund,
+  RefundInput,
+  WorkspaceDeletion,
+  WorkspacePage,
   ChangePlanInput,
   CreateWorkspaceInput,
   CreditMeterOptions,
@@ -60,6 +76,7 @@ export type {
   WorkspaceSummary,
 } from './meter/types.js';
 export type {
+  BalanceBelowEvent,
   BalanceLowEvent,
   CreditEvent,
   CreditEventHandler,
@@ -67,6 +84,8 @@ export type {
   CreditEventName,
   EventErrorHandler,
   PeriodRenewedEvent,
+  RechargeFailedEvent,
+  RechargeRequestedEvent,
   ReplyBlockedEvent,
   ReplyChargedEvent,
 } from './meter/events.js';
