@@ -6,7 +6,7 @@
  */
 import { expect } from 'vitest';
 import type { CreditMeter } from '../meter/credit-meter.js';
-import { allRows, ask, type ConformanceContext, defineCases, meters, money, newWorkspace, ONE, race, rowsOf, sum } from './fixtures.js';
+import { allRows, ask, type ConformanceContext, defineCases, money, newWorkspace, ONE, race, racingMeters, rowsOf, sum } from './fixtures.js';
 import { FakeProvider } from './fake-provider.js';
 
 /** Polls the stored state while `work` runs and returns the lowest stored balance seen. */
@@ -39,8 +39,8 @@ export const concurrencyCases = defineCases([
   [
     'concurrency - replies from several meters never overspend',
     async (ctx) => {
-      const { meters: count, requests, affordable } = ctx.concurrency;
-      const fleet = meters(ctx, count);
+      const { requests, affordable } = ctx.concurrency;
+      const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, affordable);
       const { result, lowest } = await watchBalance(
         ctx,
@@ -60,8 +60,8 @@ export const concurrencyCases = defineCases([
   [
     'concurrency - reserves from several meters hold exactly the affordable amount',
     async (ctx) => {
-      const { meters: count, requests, affordable } = ctx.concurrency;
-      const fleet = meters(ctx, count);
+      const { requests, affordable } = ctx.concurrency;
+      const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, affordable);
       const { result, lowest } = await watchBalance(
         ctx,
@@ -86,7 +86,7 @@ export const concurrencyCases = defineCases([
   [
     'concurrency - settles of one replyId from several meters charge once',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, 10);
       const hold = await fleet[0]!.reserve(ask(workspaceId, ONE));
       const { ok, errors } = await race(Math.max(10, ctx.concurrency.meters * 4), (i) => fleet[i % fleet.length]!.settle({ workspaceId, replyId: hold.replyId }));
@@ -100,7 +100,7 @@ export const concurrencyCases = defineCases([
   [
     'concurrency - reserves of one replyId from several meters create one hold',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, 10);
       const replyId = ctx.id('reply');
       const { ok, errors } = await race(Math.max(10, ctx.concurrency.meters * 4), (i) => fleet[i % fleet.length]!.reserve(ask(workspaceId, ONE, { replyId })));
@@ -113,7 +113,7 @@ export const concurrencyCases = defineCases([
     'concurrency - a retried reply with one replyId charges once and calls the provider once',
     async (ctx) => {
       const provider = new FakeProvider({ delayMs: 5 });
-      const fleet = meters(ctx, ctx.concurrency.meters, { providers: { bookbag: provider } });
+      const fleet = racingMeters(ctx, { providers: { bookbag: provider } });
       const workspaceId = await funded(ctx, fleet, 10);
       const replyId = ctx.id('reply');
       const send = (i: number) => fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { replyId }), input: 'hi' });
@@ -132,7 +132,7 @@ export const concurrencyCases = defineCases([
     'concurrency - a failing provider charges nothing under load',
     async (ctx) => {
       const provider = new FakeProvider({ error: new Error('upstream down') });
-      const fleet = meters(ctx, ctx.concurrency.meters, { providers: { bookbag: provider } });
+      const fleet = racingMeters(ctx, { providers: { bookbag: provider } });
       const workspaceId = await funded(ctx, fleet, 10);
       const { ok, errors } = await race(40, (i) => fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `conv_${i}` }), input: i }));
       expect(ok).toHaveLength(0);
@@ -145,8 +145,8 @@ export const concurrencyCases = defineCases([
   [
     'concurrency - mixed reserve, settle and release traffic from several meters keeps the ledger exact',
     async (ctx) => {
-      const { meters: count, requests, affordable } = ctx.concurrency;
-      const fleet = meters(ctx, count);
+      const { requests, affordable } = ctx.concurrency;
+      const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, affordable);
       const { result, lowest } = await watchBalance(
         ctx,
@@ -172,7 +172,7 @@ export const concurrencyCases = defineCases([
   [
     'concurrency - replies in several workspaces from several meters stay independent',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaces = await Promise.all(Array.from({ length: 4 }, (_, i) => newWorkspace(ctx, fleet[i % fleet.length]!, 5 + i)));
       const { ok } = await race(workspaces.length * 15, (i) => {
         const workspaceId = workspaces[i % workspaces.length]!;

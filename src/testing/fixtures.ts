@@ -177,6 +177,33 @@ export function meters(ctx: ConformanceContext, count: number, extra: Partial<Cr
   return Array.from({ length: Math.max(1, count) }, () => newMeter(ctx, extra));
 }
 
+/**
+ * The store as a meter sees it, with a pause after each `load`: every meter's load lands
+ * before any of them commits, so their commits race on one version on any store, however
+ * fast. A store that ignores the version lets a stale batch through and overspends here.
+ */
+export function interleaved(storage: CreditStorage): CreditStorage {
+  const pause = () => new Promise((resolve) => setImmediate(resolve));
+  const usage = storage.usage?.bind(storage);
+  return {
+    migrate: () => storage.migrate(),
+    close: async () => undefined,
+    load: async (request) => {
+      const loaded = await storage.load(request);
+      await pause();
+      return loaded;
+    },
+    commit: (commits) => storage.commit(commits),
+    ledger: (query) => storage.ledger(query),
+    ...(usage && { usage }),
+  };
+}
+
+/** Meters racing on one store, their loads and commits interleaved. */
+export function racingMeters(ctx: ConformanceContext, extra: Partial<CreditMeterOptions> = {}): CreditMeter[] {
+  return meters(ctx, ctx.concurrency.meters, { storage: interleaved(ctx.storage), ...extra });
+}
+
 /** Creates a tracked workspace on a custom plan with `credits` (or on `plan`), starting now. */
 export async function newWorkspace(
   ctx: ConformanceContext,

@@ -14,12 +14,12 @@ import {
   expectCode,
   FOUR,
   HOUR,
-  meters,
   money,
   newMeter,
   newWorkspace,
   num,
   race,
+  racingMeters,
   rowsOf,
   THREE,
   TWO,
@@ -97,7 +97,7 @@ export const grantCases = defineCases([
   [
     'addCredits - concurrent top-ups with one grantId from several meters add it once',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 10);
       const { ok, errors } = await race(20, (i) => fleet[i % fleet.length]!.addCredits({ workspaceId, credits: 5, grantId: 'g1' }));
       expect(errors).toEqual([]);
@@ -273,7 +273,7 @@ export const grantCases = defineCases([
   [
     'changePlan - racing upgrades from several meters add the credits once',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 0, { plan: 'starter' });
       const { ok, errors } = await race(10, (i) => fleet[i % fleet.length]!.changePlan({ workspaceId, plan: 'team' }));
       expect(errors).toEqual([]);

@@ -17,7 +17,6 @@ import {
   expectCode,
   FOUR,
   HOUR,
-  meters,
   MINUTE,
   money,
   n,
@@ -27,6 +26,7 @@ import {
   ONE,
   PRICE_VERSION,
   race,
+  racingMeters,
   rejection,
   replyRecord,
   rowsOf,
@@ -85,7 +85,7 @@ export const lifecycleCases = defineCases([
   [
     'createWorkspace - concurrent creates of one id from several meters create it once',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = ctx.id('ws');
       const { ok, errors } = await race(10, (i) => fleet[i % fleet.length]!.createWorkspace({ workspaceId, plan: 'custom', allotment: i + 1 }));
       ctx.track(workspaceId);

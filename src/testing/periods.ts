@@ -13,7 +13,6 @@ import {
   defineCases,
   FOUR,
   HOUR,
-  meters,
   MINUTE,
   money,
   newMeter,
@@ -21,6 +20,7 @@ import {
   num,
   ONE,
   race,
+  racingMeters,
   rowsOf,
   sum,
   THREE,
@@ -89,7 +89,7 @@ export const periodCases = defineCases([
   [
     'renew - exactly once when several meters read after the period end',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 0, { plan: 'starter' });
       ctx.setNow((await periodEnd(ctx, workspaceId)) + 1);
       const racers = Math.max(2, ctx.concurrency.meters * 4);
@@ -189,7 +189,7 @@ export const periodCases = defineCases([
   [
     'renew - concurrent operations from several meters just after a period end renew once',
     async (ctx) => {
-      const fleet = meters(ctx, ctx.concurrency.meters);
+      const fleet = racingMeters(ctx);
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 0, { plan: 'team' });
       const end = await periodEnd(ctx, workspaceId);
       ctx.setNow(end + 1);
@@ -267,7 +267,7 @@ export const periodCases = defineCases([
     'alerts - racing charges from several meters announce each threshold once',
     async (ctx) => {
       const seen: number[] = [];
-      const fleet = meters(ctx, ctx.concurrency.meters, { lowBalanceThresholds: [0.5, 0.8, 1] });
+      const fleet = racingMeters(ctx, { lowBalanceThresholds: [0.5, 0.8, 1] });
       for (const meter of fleet) {
         meter.on('balance.low', (event) => {
           seen.push(event.threshold);

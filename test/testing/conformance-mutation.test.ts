@@ -1,153 +1,134 @@
 /**
- * A mutation test of the conformance kit: each store below is MemoryStorage with one
- * deliberate, realistic bug. The kit must fail every one of them, in the cases named.
+ * A mutation test of the conformance kit: each store below is the memory store with one
+ * deliberate, realistic bug on the load/commit seam. The kit must fail every one of them,
+ * in the cases named, and pass the sound stores.
  */
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from '../../src/index.js';
-import type {
-  ClaimAlertCommand,
-  CreditStorage,
-  GrantCommand,
-  GrantOutcome,
-  LedgerQuery,
-  LedgerRow,
-  RenewCommand,
-  RenewOutcome,
-  ReserveCommand,
-  ReplyRecord,
-  ReserveOutcome,
-  SettleCommand,
-  SettleOutcome,
-  UsageAggregate,
-  UsageQuery,
-  WorkspaceState,
-} from '../../src/index.js';
-import { conformanceCases, runConformanceCase, type ConformanceContext, type StorageConformanceOptions } from '../../src/testing/index.js';
-import { ledgerRowInput } from '../../src/storage/storage-helpers.js';
+import { UsageAccumulator } from '../../src/storage/index.js';
+import type { CommitResult, CreditStorage, LedgerQuery, LedgerRow, LoadedWorkspace, LoadRequest, UsageAggregate, UsageQuery, WorkspaceCommit } from '../../src/storage/index.js';
+import { conformanceCases, runConformanceCase, runStorageConformance, type ConformanceContext, type StorageConformanceOptions } from '../../src/testing/index.js';
 
-const tick = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
-/**
- * Reads the balance, awaits a tick, then writes whatever the stale read allowed: the
- * read-then-write race of a naive SQL adapter (`SELECT balance` … `UPDATE`). Where the
- * stale read said "enough" but the store no longer has it, the hold goes through anyway,
- * as an unguarded UPDATE would (modelled as an overdraft grant so the ledger stays summable).
- */
-class ReadThenWriteReserve extends MemoryStorage {
-  override async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    if (!command.requireWorkspace) return super.reserve(command);
-    const seen = await this.getWorkspace(command.reply.workspaceId, command.now);
-    await tick();
-    if (!seen || seen.available < command.reply.amount) return super.reserve(command);
-    const current = await this.getWorkspace(command.reply.workspaceId, command.now);
-    const shortfall = command.reply.amount - (current?.available ?? 0);
-    if (shortfall > 0 && !(await this.getReply(command.reply.replyId))) {
-      const grantId = `topup:overdraft:${command.reply.replyId}`;
-      await super.grant({
-        workspaceId: command.reply.workspaceId,
-        grant: { grantId, kind: 'topup', amount: shortfall, remaining: shortfall, expiresAt: null, createdAt: command.now },
-        entry: { ...ledgerRowInput(command.reply.workspaceId, 'topup', shortfall, command.now), grantId },
-        now: command.now,
-      });
+/** The memory store plus a `usage` that sums in the store, as a SQL store would. */
+class SummingStorage extends MemoryStorage {
+  async usage(query: UsageQuery): Promise<UsageAggregate[]> {
+    const sum = new UsageAccumulator(query.groupBy, query.byDay);
+    for (const row of await this.ledger({ workspaceId: query.workspaceId, limit: Number.MAX_SAFE_INTEGER })) {
+      if (row.at >= query.from && row.at < query.to) sum.add(row);
     }
-    return super.reserve(command);
+    return sum.totals();
   }
 }
 
-/** Settles a replayed reply again: a retry charges twice (no "already settled" check). */
-class DoubleChargeOnReplay extends MemoryStorage {
-  override async settle(command: SettleCommand): Promise<SettleOutcome> {
-    const outcome = await super.settle(command);
-    if (outcome.status !== 'settled' || !outcome.replayed) return outcome;
-    const { reply } = outcome;
-    const again = await super.reserve({
-      reply: { ...reply, replyId: `${reply.replyId}:again:${command.now}:${Math.random()}`, createdAt: command.now, expiresAt: command.now + 60_000 },
-      now: command.now,
-      requireWorkspace: outcome.workspace !== null,
+/** Never answers `conflict`: the `WHERE version = $expected` guard was forgotten (last writer wins). */
+class IgnoresVersion extends MemoryStorage {
+  override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const results: CommitResult[] = [];
+    for (const commit of commits) {
+      let result: CommitResult = 'conflict';
+      while (result === 'conflict') {
+        const { version } = await this.load({ workspaceId: commit.workspaceId, keys: [], now: 0 });
+        [result] = (await super.commit([{ ...commit, expectedVersion: version }])) as [CommitResult];
+      }
+      results.push(result);
+    }
+    return results;
+  }
+}
+
+/** Appends the rows before checking the version, outside the transaction: a conflicting commit still leaves its rows. */
+class RowsOutsideCommit extends MemoryStorage {
+  readonly #stray = new Map<string, LedgerRow[]>();
+
+  override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const results = await super.commit(commits);
+    results.forEach((result, i) => {
+      const commit = commits[i]!;
+      if (result === 'conflict' && commit.ledger.length > 0) this.#stray.set(commit.workspaceId, [...(this.#stray.get(commit.workspaceId) ?? []), ...commit.ledger]);
     });
-    if (again.status !== 'reserved') return outcome;
-    const charged = await super.settle({ ...command, replyId: again.reply.replyId });
-    if (charged.status !== 'settled') return outcome;
-    return { ...charged, reply, replayed: false };
+    return results;
   }
-}
 
-/** Renews whatever the version: the `WHERE version = $expected` guard was forgotten. */
-class UnguardedRenew extends MemoryStorage {
-  override async renew(command: RenewCommand): Promise<RenewOutcome> {
-    const outcome = await super.renew(command);
-    if (outcome.status !== 'stale') return outcome;
-    const { workspace } = outcome;
-    const next = workspace.periodIndex + 1;
-    return super.renew({ ...command, expectedVersion: workspace.version, workspace: { ...command.workspace, version: workspace.version + 1 }, grant: { ...command.grant, grantId: `period:${next}` }, entry: { ...command.entry, grantId: `period:${next}` } });
-  }
-}
-
-/** Settles with the hold's creation time: a lapsed hold is still charged. */
-class SettlesLapsedHolds extends MemoryStorage {
-  override async settle(command: SettleCommand): Promise<SettleOutcome> {
-    const reply = await this.getReply(command.replyId);
-    return super.settle(reply?.status === 'held' ? { ...command, now: Math.min(command.now, reply.createdAt) } : command);
-  }
-}
-
-/** Drops a top-up's expiry on write (a column left out of the INSERT). */
-class ForgetsGrantExpiry extends MemoryStorage {
-  override grant(command: GrantCommand): Promise<GrantOutcome> {
-    return super.grant({ ...command, grant: { ...command.grant, expiresAt: null } });
-  }
-}
-
-/** Claims an alert every time: the unique key on (workspace, period, threshold) is missing. */
-class AlertsEveryTime extends MemoryStorage {
-  override async claimAlert(command: ClaimAlertCommand): Promise<boolean> {
-    await super.claimAlert(command);
-    return true;
-  }
-}
-
-/** Pages with `id >= afterId` instead of `id > afterId`: each page repeats the previous page's last row. */
-class InclusiveCursor extends MemoryStorage {
   override async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
-    if (query.afterId === undefined) return super.ledger(query);
-    const { afterId, ...rest } = query;
-    const all = await super.ledger({ ...rest, limit: Number.MAX_SAFE_INTEGER });
-    return all.filter((row) => BigInt(row.id) >= BigInt(afterId)).slice(0, query.limit);
+    const rows = await super.ledger(query);
+    const stray = (this.#stray.get(query.workspaceId) ?? []).filter((row) => row.seq > (query.afterSeq ?? 0));
+    return [...rows, ...stray].sort((a, b) => a.seq - b.seq).slice(0, query.limit);
   }
 }
 
-/** Treats the usage window as closed: `at <= to`. */
-class ClosedUsageWindow extends MemoryStorage {
-  override usage(query: UsageQuery): Promise<UsageAggregate[]> {
-    return super.usage({ ...query, to: query.to + 1 });
+/** A multi-row upsert that writes only the first record of each commit: the others are lost. */
+class LosesRecords extends MemoryStorage {
+  override commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    return super.commit(commits.map((commit) => ({ ...commit, records: commit.records.slice(0, 1) })));
   }
 }
 
-/** Reads without sweeping: lapsed holds and expired grants are only cleaned up by writes. */
-class ReadsWithoutSweeping extends MemoryStorage {
-  override getWorkspace(workspaceId: string, now: number): Promise<WorkspaceState | undefined> {
-    return super.getWorkspace(workspaceId, Number.MIN_SAFE_INTEGER);
+/** Forgets the lapsed-hold listing: nobody learns of a hold whose server died. */
+class ForgetsLapsed extends MemoryStorage {
+  override async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    return { ...(await super.load(request)), lapsed: [] };
   }
 }
 
-/** Checks the balance first and answers `insufficient` without writing the refused record. */
-class ForgetsRefusals extends MemoryStorage {
-  override async reserve(command: ReserveCommand): Promise<ReserveOutcome> {
-    const current = command.requireWorkspace ? await super.getWorkspace(command.reply.workspaceId, command.now) : undefined;
-    const known = await this.getReply(command.reply.replyId);
-    if (current && !known && command.now < current.workspace.periodEnd && current.available < command.reply.amount) {
-      const reply: ReplyRecord = { ...command.reply, status: 'refused', finishedAt: command.now, entryId: null };
-      return { status: 'insufficient', reply, available: current.available, workspace: current.workspace };
-    }
-    return super.reserve(command);
+/** Never removes a hold from its lapse index when the record is rewritten (a ZREM or index update left out). */
+class StaleLapseIndex extends MemoryStorage {
+  readonly #firstLapse = new Map<string, Map<string, number>>();
+
+  override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const results = await super.commit(commits);
+    results.forEach((result, i) => {
+      const commit = commits[i]!;
+      if (result !== 'committed') return;
+      const index = this.#firstLapse.get(commit.workspaceId) ?? new Map<string, number>();
+      for (const record of commit.records) if (record.holdExpiresAt !== null && !index.has(record.key)) index.set(record.key, record.holdExpiresAt);
+      this.#firstLapse.set(commit.workspaceId, index);
+    });
+    return results;
+  }
+
+  override async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    const loaded = await super.load(request);
+    const keys = [...(this.#firstLapse.get(request.workspaceId) ?? [])].filter(([, at]) => at <= request.now).map(([key]) => key);
+    const extra = (await super.load({ ...request, keys })).records.filter((record) => !loaded.lapsed.some((lapsed) => lapsed.key === record.key));
+    return { ...loaded, lapsed: [...loaded.lapsed, ...extra] };
   }
 }
 
-/** Settles by replyId alone: the `AND workspace_id = $2` was left out. */
-class SettlesAnyWorkspace extends MemoryStorage {
-  override async settle(command: SettleCommand): Promise<SettleOutcome> {
-    const reply = await this.getReply(command.replyId);
-    return super.settle(reply ? { ...command, workspaceId: reply.workspaceId } : command);
+/** Orders the ledger by time instead of by sequence number. */
+class OrdersByTime extends MemoryStorage {
+  override async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    const rows = await super.ledger({ ...query, limit: Number.MAX_SAFE_INTEGER });
+    return rows.sort((a, b) => a.at - b.at || a.seq - b.seq).slice(0, query.limit);
+  }
+}
+
+/** Keeps amounts as credits with two decimals (a DECIMAL(20,2) column): small and huge amounts drift. */
+class LosesPrecision extends MemoryStorage {
+  override async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    return (await super.ledger(query)).map((row) => ({ ...row, amount: Math.round(row.amount / 10_000) * 10_000 }));
+  }
+}
+
+/** Filters by `workspace_id LIKE $1 || '%'`: rows of workspaces whose id starts with the one asked for leak in. */
+class LeaksWorkspaces extends MemoryStorage {
+  readonly #ids = new Set<string>();
+
+  override commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    for (const commit of commits) this.#ids.add(commit.workspaceId);
+    return super.commit(commits);
+  }
+
+  override async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    const rows: LedgerRow[] = [];
+    for (const id of this.#ids) if (id.startsWith(query.workspaceId)) rows.push(...(await super.ledger({ ...query, workspaceId: id })));
+    return rows.sort((a, b) => a.seq - b.seq).slice(0, query.limit);
+  }
+}
+
+/** Pages with `seq >= afterSeq` instead of `seq > afterSeq`: each page repeats the previous page's last row. */
+class InclusiveCursor extends MemoryStorage {
+  override ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    return super.ledger(query.afterSeq === undefined ? query : { ...query, afterSeq: Math.max(0, query.afterSeq - 1) });
   }
 }
 
@@ -156,6 +137,30 @@ class LedgerIgnoresTo extends MemoryStorage {
   override ledger(query: LedgerQuery): Promise<LedgerRow[]> {
     const { to: _to, ...rest } = query;
     return super.ledger(rest);
+  }
+}
+
+/** Drops the kinds filter. */
+class LedgerIgnoresKinds extends MemoryStorage {
+  override ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    const { kinds: _kinds, ...rest } = query;
+    return super.ledger(rest);
+  }
+}
+
+/** Sums usage over a closed window: `at <= to`. */
+class ClosedUsageWindow extends SummingStorage {
+  override usage(query: UsageQuery): Promise<UsageAggregate[]> {
+    return super.usage({ ...query, to: query.to + 1 });
+  }
+}
+
+/** Sums usage over every kind of row, top-ups and expiries included. */
+class UsageOfEveryKind extends MemoryStorage {
+  async usage(query: UsageQuery): Promise<UsageAggregate[]> {
+    const sum = new UsageAccumulator(query.groupBy, query.byDay);
+    for (const row of await this.ledger({ workspaceId: query.workspaceId, from: query.from, to: query.to, limit: Number.MAX_SAFE_INTEGER })) sum.add({ ...row, kind: 'reply' });
+    return sum.totals();
   }
 }
 
@@ -168,84 +173,85 @@ interface Mutant {
 
 const mutants: readonly Mutant[] = [
   {
-    name: 'read-then-write reserve',
-    create: () => new ReadThenWriteReserve(),
+    name: 'commit without the version guard',
+    create: () => new IgnoresVersion(),
     caughtBy: [
-      'reserve - concurrent reserves never overspend',
+      'commit - a second create at version 0 conflicts and writes nothing',
+      'commit - a stale expectedVersion conflicts and writes nothing: no state, no rows, no records',
+      'commit - concurrent commits at one version: exactly one wins, and only its writes land',
       'concurrency - replies from several meters never overspend',
       'concurrency - reserves from several meters hold exactly the affordable amount',
+      'renew - exactly once when several meters read after the period end',
     ],
   },
   {
-    name: 'double charge on a replayed settle',
-    create: () => new DoubleChargeOnReplay(),
+    name: 'ledger rows appended outside the commit',
+    create: () => new RowsOutsideCommit(),
     caughtBy: [
-      'settle - a replay returns the same row with replayed true and charges nothing more',
-      'settle - concurrent settles of one reply charge once',
+      'commit - a stale expectedVersion conflicts and writes nothing: no state, no rows, no records',
+      'commit - concurrent commits at one version: exactly one wins, and only its writes land',
+      'renew - exactly once when several meters read after the period end',
       'concurrency - settles of one replyId from several meters charge once',
     ],
   },
   {
-    name: 'renew without the version guard',
-    create: () => new UnguardedRenew(),
+    name: 'records lost from a multi-record commit',
+    create: () => new LosesRecords(),
+    caughtBy: ['records - upsert by key and come back unchanged', 'concurrency - replies from several meters never overspend', 'concurrency - reserves from several meters hold exactly the affordable amount'],
+  },
+  {
+    name: 'no lapsed-hold listing',
+    create: () => new ForgetsLapsed(),
     caughtBy: [
-      'renew - a stale expectedVersion returns stale and changes nothing',
-      'renew - exactly once under racing callers',
-      'renew - through CreditMeter, concurrent operations just after a period end renew once',
+      'load - lapsed lists exactly the records whose holdExpiresAt is at or before now',
+      'hold expiry - a lapsed hold returns its credits on the next getWorkspace',
+      'hold expiry - a hold a dead server left returns its credits on another meter after holdTtlMs',
     ],
   },
   {
-    name: 'settle charges a lapsed hold',
-    create: () => new SettlesLapsedHolds(),
-    caughtBy: ['settle - after the hold expired returns expired and returns the credits'],
+    name: 'a lapse index never cleaned up',
+    create: () => new StaleLapseIndex(),
+    caughtBy: ['load - a record rewritten without a hold stops being lapsed; one rewritten with a later lapse moves', 'hold expiry - a hold once swept is no longer listed as lapsed'],
   },
   {
-    name: 'grant drops the expiry',
-    create: () => new ForgetsGrantExpiry(),
-    caughtBy: [
-      'reserve - spends a grant expiring before the period end before the allotment',
-      'reserve - never spends an expired grant',
-      'release - credits of a grant that expired while held expire with an expiry row',
-    ],
+    name: 'ledger ordered by time',
+    create: () => new OrdersByTime(),
+    caughtBy: ['ledger - keeps seq order even when the clock goes back'],
   },
   {
-    name: 'claimAlert without a unique key',
-    create: () => new AlertsEveryTime(),
-    caughtBy: ['claimAlert - true once per workspace, period and threshold', 'claimAlert - concurrent claims succeed once'],
+    name: 'amounts kept with two decimals of a credit',
+    create: () => new LosesPrecision(),
+    caughtBy: ['ledger - big, negative and zero amounts and every column round-trip exactly'],
+  },
+  {
+    name: 'ledger rows of other workspaces leak in',
+    create: () => new LeaksWorkspaces(),
+    caughtBy: ['ledger - shows only the rows of the workspace asked for', 'ledger - through CreditMeter, entries of another workspace never show'],
   },
   {
     name: 'inclusive ledger cursor',
     create: () => new InclusiveCursor(),
-    caughtBy: ['ledger - limit and afterId page through every row exactly once', 'ledger - filters and windows combine with paging'],
-  },
-  {
-    name: 'getWorkspace without the sweep',
-    create: () => new ReadsWithoutSweeping(),
-    caughtBy: [
-      'hold expiry - a lapsed hold returns its credits on the next getWorkspace',
-      'reserve - an expired grant is swept by getWorkspace with one expiry row',
-      'hold expiry - through CreditMeter, a hold nobody settles returns its credits after holdTtlMs',
-    ],
-  },
-  {
-    name: 'refusal without a refused record',
-    create: () => new ForgetsRefusals(),
-    caughtBy: ['reserve - a refused replyId never charges later', 'reserve - refuses an amount above the balance, writes a refused record and changes nothing else'],
-  },
-  {
-    name: 'settle without the workspace check',
-    create: () => new SettlesAnyWorkspace(),
-    caughtBy: ["settle - an unknown reply or another workspace's reply returns not_found"],
+    caughtBy: ['ledger - limit and afterSeq page through every row exactly once, in seq order', 'ledger - through CreditMeter, a cursor pages through every entry exactly once'],
   },
   {
     name: 'ledger without the upper bound',
     create: () => new LedgerIgnoresTo(),
-    caughtBy: ['ledger - from is inclusive and to is exclusive'],
+    caughtBy: ['ledger - from is inclusive and to is exclusive', 'ledger - through CreditMeter, from is inclusive, to exclusive, and agentId filters, also across pages'],
+  },
+  {
+    name: 'ledger without the kinds filter',
+    create: () => new LedgerIgnoresKinds(),
+    caughtBy: ['ledger - agentId and kinds filter, and combine with windows and paging'],
   },
   {
     name: 'closed usage window',
     create: () => new ClosedUsageWindow(),
-    caughtBy: ['usage - the window is half-open'],
+    caughtBy: ['usage - equals UsageAccumulator over the same rows, per group and per UTC day', 'usage - the window is half-open'],
+  },
+  {
+    name: 'usage of every kind of row',
+    create: () => new UsageOfEveryKind(),
+    caughtBy: ['usage - equals UsageAccumulator over the same rows, per group and per UTC day', "usage - the store's sums equal the meter's ledger fallback"],
   },
 ];
 
@@ -263,7 +269,7 @@ async function failures(store: StorageConformanceOptions): Promise<Map<string, s
     try {
       await runConformanceCase(store, testCase);
     } catch (error) {
-      // A crash in the kit is not a catch: only assertion failures count.
+      // A crash in the kit is not a catch: only assertion failures and the meter's own errors count.
       expect(error, `"${testCase.name}" crashed instead of failing an assertion`).not.toBeInstanceOf(TypeError);
       expect(error).not.toBeInstanceOf(ReferenceError);
       failed.set(testCase.name, error instanceof Error ? error.message.split('\n')[0]! : String(error));
@@ -277,6 +283,10 @@ describe('conformance kit mutation test', () => {
     expect([...(await failures(options('memory', () => new MemoryStorage())))]).toEqual([]);
   });
 
+  it('a memory store that sums usage itself passes every case', async () => {
+    expect([...(await failures(options('summing', () => new SummingStorage())))]).toEqual([]);
+  });
+
   for (const mutant of mutants) {
     it(`catches: ${mutant.name}`, async () => {
       for (const name of mutant.caughtBy) expect(conformanceCases.map((c) => c.name), 'a case named in caughtBy').toContain(name);
@@ -286,8 +296,8 @@ describe('conformance kit mutation test', () => {
   }
 
   it('runConformanceCase rejects on the broken store and resolves on the sound one', async () => {
-    const name = 'reserve - concurrent reserves never overspend';
-    await expect(runConformanceCase(options('racy', () => new ReadThenWriteReserve()), name)).rejects.toThrow();
+    const name = 'concurrency - replies from several meters never overspend';
+    await expect(runConformanceCase(options('unguarded', () => new IgnoresVersion()), name)).rejects.toThrow();
     await expect(runConformanceCase(options('memory', () => new MemoryStorage()), name)).resolves.toBeUndefined();
   });
 
@@ -298,12 +308,30 @@ describe('conformance kit mutation test', () => {
       run: async (ctx: ConformanceContext) => {
         const workspaceId = ctx.id('ws');
         const at = ctx.now();
-        await ctx.storage.createWorkspace({
-          workspace: { workspaceId, plan: 'p', allotment: 5, pendingPlan: null, pendingAllotment: null, anchor: at, periodIndex: 0, periodStart: at, periodEnd: at + 1_000_000, usedThisPeriod: 0, version: 0, createdAt: at },
-          grant: { grantId: 'period:0', kind: 'allotment', amount: 5, remaining: 5, expiresAt: at + 1_000_000, createdAt: at },
-          // The ledger row disagrees with the grant: the invariant check must notice.
-          entry: { workspaceId, kind: 'grant', amount: 4, at, replyId: null, agentId: null, conversationId: null, model: null, route: null, priceVersion: null, grantId: 'period:0', plan: 'p' },
-        });
+        const state = {
+          workspaceId,
+          ledgerSeq: 1,
+          account: {
+            plan: 'custom',
+            allotment: 5,
+            pendingPlan: null,
+            pendingAllotment: null,
+            anchor: at,
+            periodIndex: 0,
+            periodStart: at,
+            periodEnd: at + 1_000_000,
+            usedThisPeriod: 0,
+            grants: [{ grantId: 'period:0', kind: 'allotment' as const, amount: 5, remaining: 5, held: 0, expiresAt: at + 1_000_000, createdAt: at }],
+            held: 0,
+            alerts: [],
+            agents: [],
+            recharge: null,
+            createdAt: at,
+          },
+        };
+        // The ledger row disagrees with the grant: the invariant check must notice.
+        const row = { workspaceId, seq: 1, kind: 'grant' as const, amount: 4, at, replyId: null, agentId: null, conversationId: null, model: null, route: null, priceVersion: null, grantId: 'period:0', plan: 'custom', inputTokens: null, outputTokens: null, reason: null };
+        await ctx.storage.commit([{ workspaceId, expectedVersion: 0, state: state as never, ledger: [row as LedgerRow], records: [] }]);
         ctx.track(workspaceId);
       },
     };
@@ -311,7 +339,16 @@ describe('conformance kit mutation test', () => {
     await expect(runConformanceCase(store, leaky.name)).rejects.toThrow(/invariants: ledger sum/);
   });
 
-  it('an unknown case name is an error', async () => {
+  it('an unknown case name is an error, and so are a bad skip and bad sizes', async () => {
     await expect(runConformanceCase(options('memory', () => new MemoryStorage()), 'reserve - no such case')).rejects.toThrow(/no conformance case/);
+    expect(() => runStorageConformance({ ...options('memory', () => new MemoryStorage()), skip: ['reserve - no such case'] })).toThrow(/skip: no conformance case/);
+    expect(() => runStorageConformance({ name: 'memory', create: () => new MemoryStorage(), concurrency: { requests: 10, affordable: 10 } })).toThrow(/affordable/);
+    expect(() => runStorageConformance({ name: 'memory', create: () => new MemoryStorage(), concurrency: { meters: 0 } })).toThrow(/meters/);
+  });
+
+  it('every case is named "<operation> - <behaviour>", once', () => {
+    const names = conformanceCases.map((c) => c.name);
+    expect(new Set(names).size).toBe(names.length);
+    for (const testCase of conformanceCases) expect(testCase.name.startsWith(`${testCase.group} - `)).toBe(true);
   });
 });
