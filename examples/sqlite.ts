@@ -7,8 +7,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CreditMeter, type ReplyProvider } from '../src/index.js';
 import { SqliteStorage } from '../src/adapters/sqlite/index.js';
+import { CreditMeter, type ReplyProvider } from '../src/index.js';
 
 // A stand-in for the host's LLM client: answers at once, never calls a network.
 const fakeLlm: ReplyProvider = {
