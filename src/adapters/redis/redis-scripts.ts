@@ -9,34 +9,38 @@
 
 const HELPERS = /* lua */ `
 local function fmt(n) return string.format('%.0f', n) end
+local function pad(n) return string.format('%016.0f', n) end
+local function hmget(key, fields)
+  local out = {}
+  for c = 1, #fields, 4000 do
+    for _, v in ipairs(redis.call('HMGET', key, unpack(fields, c, math.min(c + 3999, #fields)))) do out[#out + 1] = v end
+  end
+  return out
+end
 `;
 
 /**
  * KEYS: state, records, holds. ARGV: now, record keys...
  * Returns [version | nil, state JSON | nil, records asked for (nil when absent), lapsed records].
  */
-export const LOAD = /* lua */ `
-local function hmget(list, from)
-  local out = {}
-  for c = from, #list, 4000 do
-    for _, v in ipairs(redis.call('HMGET', KEYS[2], unpack(list, c, math.min(c + 3999, #list)))) do out[#out + 1] = v end
-  end
-  return out
-end
+export const LOAD = /* lua */ `${HELPERS}
+local keys = {}
+for j = 2, #ARGV do keys[j - 1] = ARGV[j] end
 local s = redis.call('HMGET', KEYS[1], 'v', 'd')
-return { s[1], s[2], hmget(ARGV, 2), hmget(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1]), 1) }
+return { s[1], s[2], hmget(KEYS[2], keys), hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) }
 `;
 
 /**
  * KEYS: state, records, holds, ledger, at index, days, then one rollup hash per (day, group).
  * ARGV: expected version, new version, state JSON, then counted groups:
  * record (key, JSON) pairs; hold (expiry, key) pairs; keys to drop from the holds;
- * ledger (seq, JSON) pairs; at-index (at, padded seq) pairs; day (day, day) pairs;
- * then first row's at, last row's at ('' without rows), whether the rows are in time order;
- * then per rollup hash: a count and (field, increment) pairs.
+ * ledger (padded seq, JSON) pairs; at-index (at, padded seq) pairs; day (day, day) pairs;
+ * then first row's at, last row's at and padded seq ('' without rows), whether the rows are
+ * in time order; then per rollup hash a count and (field, increment) pairs, added with one
+ * read and one write per hash (a call per field would cost more than all the rest).
  * Returns 1 when written, 0 (and writes nothing) when the version moved.
  */
-export const COMMIT = /* lua */ `
+export const COMMIT = /* lua */ `${HELPERS}
 local head = redis.call('HMGET', KEYS[1], 'v', 'a')
 if (head[1] or '0') ~= ARGV[1] then return 0 end
 local i = 4
@@ -49,22 +53,30 @@ end
 bulk('HSET', KEYS[2], 2)
 bulk('ZADD', KEYS[3], 2)
 bulk('ZREM', KEYS[3], 1)
-bulk('ZADD', KEYS[4], 2)
+bulk('HSET', KEYS[4], 2)
 bulk('ZADD', KEYS[5], 2)
 bulk('ZADD', KEYS[6], 2)
 local state = { 'v', ARGV[2], 'd', ARGV[3] }
 if ARGV[i] ~= '' then
   -- A row earlier than one already kept (a clock went back) turns off seq-range paging for good.
-  if ARGV[i + 2] == '0' or (head[2] and tonumber(ARGV[i]) < tonumber(head[2])) then
+  if ARGV[i + 3] == '0' or (head[2] and tonumber(ARGV[i]) < tonumber(head[2])) then
     state[#state + 1] = 'o'; state[#state + 1] = '1'
   end
   state[#state + 1] = 'a'; state[#state + 1] = ARGV[i + 1]
+  state[#state + 1] = 'n'; state[#state + 1] = ARGV[i + 2]
 end
 redis.call('HSET', KEYS[1], unpack(state))
-i = i + 3
+i = i + 4
 for k = 7, #KEYS do
   local n = tonumber(ARGV[i])
-  for j = i + 1, i + 2 * n, 2 do redis.call('HINCRBY', KEYS[k], ARGV[j], ARGV[j + 1]) end
+  local fields, sums = {}, {}
+  for j = 1, n do fields[j] = ARGV[i + 2 * j - 1] end
+  local current = redis.call('HMGET', KEYS[k], unpack(fields))
+  for j = 1, n do
+    sums[2 * j - 1] = fields[j]
+    sums[2 * j] = fmt((tonumber(current[j]) or 0) + tonumber(ARGV[i + 2 * j]))
+  end
+  redis.call('HSET', KEYS[k], unpack(sums))
   i = i + 1 + 2 * n
 end
 return 1
@@ -77,49 +89,45 @@ return 1
 export const LEDGER = /* lua */ `${HELPERS}
 local after, from, to, agent, kinds, limit = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local out = {}
-local function take(json)
-  local r = cjson.decode(json)
-  if from ~= '' and r.at < tonumber(from) then return end
-  if to ~= '' and r.at >= tonumber(to) then return end
-  if agent ~= '' and r.agentId ~= string.sub(agent, 2) then return end
-  if kinds ~= '' and not string.find(kinds, ',' .. r.kind .. ',', 1, true) then return end
-  out[#out + 1] = json
-end
-local ordered = redis.call('HGET', KEYS[1], 'o') ~= '1'
-if ordered or (from == '' and to == '') then
-  -- Rows in time order: the window is one run of seqs, found through the at index.
-  local lo, hi = fmt(after + 1), '+inf'
-  if ordered and from ~= '' then
-    local first = redis.call('ZRANGEBYSCORE', KEYS[3], from, '+inf', 'LIMIT', 0, 1)[1]
-    if not first then return out end
-    lo = fmt(math.max(after + 1, tonumber(first)))
-  end
-  if ordered and to ~= '' then
-    local last = redis.call('ZREVRANGEBYSCORE', KEYS[3], '(' .. to, '-inf', 'LIMIT', 0, 1)[1]
-    if not last then return out end
-    hi = fmt(tonumber(last))
-  end
-  while #out < limit do
-    local chunk = math.min(math.max(limit - #out, 16), 1024)
-    local rows = redis.call('ZRANGEBYSCORE', KEYS[2], lo, hi, 'WITHSCORES', 'LIMIT', 0, chunk)
-    for j = 1, #rows, 2 do
-      if #out < limit then take(rows[j]) end
+local function take(seqs)
+  for _, json in ipairs(hmget(KEYS[2], seqs)) do
+    if #out >= limit then return end
+    local r = json and cjson.decode(json)
+    if r and (from == '' or r.at >= tonumber(from)) and (to == '' or r.at < tonumber(to))
+      and (agent == '' or r.agentId == string.sub(agent, 2))
+      and (kinds == '' or string.find(kinds, ',' .. r.kind .. ',', 1, true)) then
+      out[#out + 1] = json
     end
-    if #rows < 2 * chunk then break end
-    lo = '(' .. rows[#rows]
+  end
+end
+local head = redis.call('HMGET', KEYS[1], 'o', 'n')
+if head[1] ~= '1' or (from == '' and to == '') then
+  -- Rows in time order: the window is one run of seqs, its ends found through the at index.
+  local lo, hi = after + 1, tonumber(head[2] or '0')
+  if head[1] ~= '1' and from ~= '' then
+    local first = redis.call('ZRANGEBYSCORE', KEYS[3], from, '+inf', 'LIMIT', 0, 1)[1]
+    lo = first and math.max(lo, tonumber(first)) or hi + 1
+  end
+  if head[1] ~= '1' and to ~= '' then
+    local last = redis.call('ZREVRANGEBYSCORE', KEYS[3], '(' .. to, '-inf', 'LIMIT', 0, 1)[1]
+    hi = last and math.min(hi, tonumber(last)) or 0
+  end
+  while #out < limit and lo <= hi do
+    local stop = math.min(hi, lo + math.min(math.max(limit - #out, 16), 1024) - 1)
+    local seqs = {}
+    for n = lo, stop do seqs[#seqs + 1] = pad(n) end
+    take(seqs)
+    lo = stop + 1
   end
 else
   -- A clock went back once: every row of the window through the at index, then in seq order.
   local seqs = {}
   for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], from == '' and '-inf' or from, to == '' and '+inf' or '(' .. to)) do
-    local n = tonumber(s)
-    if n > after then seqs[#seqs + 1] = n end
+    if tonumber(s) > after then seqs[#seqs + 1] = s end
   end
   table.sort(seqs)
-  for _, n in ipairs(seqs) do
-    if #out >= limit then break end
-    local row = redis.call('ZRANGEBYSCORE', KEYS[2], fmt(n), fmt(n))[1]
-    if row then take(row) end
+  for c = 1, #seqs, 1024 do
+    if #out < limit then take({ unpack(seqs, c, math.min(c + 1023, #seqs)) }) end
   end
 end
 return out
@@ -130,7 +138,7 @@ return out
  * then two edge windows [from, to) read row by row. Returns
  * [[day, HGETALL of its rollup]..., [row JSON...]].
  */
-export const USAGE = /* lua */ `
+export const USAGE = /* lua */ `${HELPERS}
 local days, rows = {}, {}
 if ARGV[3] ~= ARGV[4] then
   for _, day in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '(' .. ARGV[4])) do
@@ -140,9 +148,7 @@ if ARGV[3] ~= ARGV[4] then
 end
 for e = 5, 7, 2 do
   if ARGV[e] ~= ARGV[e + 1] then
-    for _, s in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[e], '(' .. ARGV[e + 1])) do
-      rows[#rows + 1] = redis.call('ZRANGEBYSCORE', KEYS[2], s, s)[1]
-    end
+    for _, row in ipairs(hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[e], '(' .. ARGV[e + 1]))) do rows[#rows + 1] = row end
   end
 end
 return { days, rows }

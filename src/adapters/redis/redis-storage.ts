@@ -61,7 +61,8 @@ export type RedisStorageOptions = RedisStorageUrlOptions | RedisStorageClientOpt
 
 /** The key layout this version writes, kept under `<prefix>schema`. 0.1.0 wrote 1 or 2. */
 const LAYOUT = '3';
-const GROUPS = { agent: 'agentId', model: 'model', conversation: 'conversationId' } as const;
+/** Rollup groups; a hash's name ends in the first letter, as `UsageQuery.groupBy` does. */
+const GROUPS = ['agentId', 'model', 'conversationId'] as const;
 type Script = { readonly source: string; readonly sha: string };
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE) };
@@ -241,48 +242,53 @@ export class RedisStorage implements CreditStorage {
 
   #commitCall(commit: WorkspaceCommit): { keys: string[]; args: string[] } {
     const k = this.#keys(commit.workspaceId);
-    const records: string[] = [];
-    const holds: string[] = [];
-    const done: string[] = [];
-    for (const record of commit.records) {
-      records.push(record.key, JSON.stringify(record));
-      if (record.holdExpiresAt === null) done.push(record.key);
-      else holds.push(String(record.holdExpiresAt), record.key);
-    }
-    const ledger: string[] = [];
-    const at: string[] = [];
-    const days = new Set<number>();
-    const rollups = new Map<string, Map<string, number>>();
-    let ordered = true;
-    commit.ledger.forEach((row, i) => {
-      ledger.push(String(row.seq), JSON.stringify(row));
-      at.push(String(row.at), String(row.seq).padStart(16, '0'));
-      if (i > 0 && row.at < commit.ledger[i - 1]!.at) ordered = false;
-      if (row.kind !== 'reply') return;
-      const day = dayOf(row.at);
-      days.add(day);
-      for (const [group, field] of Object.entries(GROUPS)) {
-        const hash = `${k.base}day:${day}:${group[0]}`;
-        const fields = rollups.get(hash) ?? new Map<string, number>();
-        const key = row[field] ?? '';
-        fields.set(`s${key}`, (fields.get(`s${key}`) ?? 0) - row.amount);
-        fields.set(`n${key}`, (fields.get(`n${key}`) ?? 0) + 1);
-        rollups.set(hash, fields);
-      }
-    });
-    const rows = commit.ledger;
+    const { records, ledger: rows } = commit;
     const args = [String(commit.expectedVersion), String(commit.expectedVersion + 1), JSON.stringify(commit.state)];
-    const counted = (list: string[], width: number) => args.push(String(list.length / width), ...list);
-    counted(records, 2);
-    counted(holds, 2);
-    counted(done, 1);
-    counted(ledger, 2);
-    counted(at, 2);
-    counted([...days].flatMap((day) => [String(day), String(day)]), 2);
-    args.push(rows.length ? String(rows[0]!.at) : '', rows.length ? String(rows[rows.length - 1]!.at) : '', ordered ? '1' : '0');
-    for (const fields of rollups.values()) {
-      args.push(String(fields.size));
-      for (const [field, increment] of fields) args.push(field, String(increment));
+    // Each group is preceded by its length; the length's slot is filled once the group is known.
+    const group = (fill: () => void, width: number) => {
+      const slot = args.push('') - 1;
+      fill();
+      args[slot] = String((args.length - slot - 1) / width);
+    };
+    group(() => records.forEach((record) => args.push(record.key, JSON.stringify(record))), 2);
+    group(() => records.forEach((r) => r.holdExpiresAt !== null && args.push(String(r.holdExpiresAt), r.key)), 2);
+    group(() => records.forEach((r) => r.holdExpiresAt === null && args.push(r.key)), 1);
+    const seqs = rows.map((row) => String(row.seq).padStart(16, '0'));
+    group(() => rows.forEach((row, i) => args.push(seqs[i]!, JSON.stringify(row))), 2);
+    group(() => rows.forEach((row, i) => args.push(String(row.at), seqs[i]!)), 2);
+    // Usage rollups: per UTC day and group, micro-credits and replies of the `reply` rows.
+    const rollups = new Map<string, Map<string, [number, number]>>();
+    let day = Number.NaN;
+    let hashes: Map<string, [number, number]>[] = [];
+    let ordered = true;
+    rows.forEach((row, i) => {
+      if (i > 0 && row.at < rows[i - 1]!.at) ordered = false;
+      if (row.kind !== 'reply') return;
+      if (dayOf(row.at) !== day) {
+        day = dayOf(row.at);
+        hashes = GROUPS.map((field) => {
+          const name = `${k.base}day:${day}:${field[0]}`;
+          const hash = rollups.get(name) ?? new Map<string, [number, number]>();
+          rollups.set(name, hash);
+          return hash;
+        });
+      }
+      GROUPS.forEach((field, g) => {
+        const key = row[field] ?? '';
+        const sum = hashes[g]!.get(key);
+        if (sum) {
+          sum[0] -= row.amount;
+          sum[1] += 1;
+        } else hashes[g]!.set(key, [-row.amount, 1]);
+      });
+    });
+    const days = new Set([...rollups.keys()].map((name) => name.slice(k.base.length + 4, -2)));
+    group(() => days.forEach((d) => args.push(d, d)), 2);
+    const last = rows[rows.length - 1];
+    args.push(last ? String(rows[0]!.at) : '', last ? String(last.at) : '', last ? String(last.seq) : '', ordered ? '1' : '0');
+    for (const sums of rollups.values()) {
+      args.push(String(2 * sums.size));
+      for (const [key, [amount, replies]] of sums) args.push(`s${key}`, String(amount), `n${key}`, String(replies));
     }
     return { keys: [k.state, k.records, k.holds, k.ledger, k.at, k.days, ...rollups.keys()], args };
   }
