@@ -20,6 +20,11 @@ interface Hold {
   expiresAt: number;
   from: Array<[Grant, number]>;
 }
+interface Charge {
+  amount: number;
+  refunded: number;
+  paidFrom: Array<[Grant, number]>;
+}
 
 const PRICES: Record<string, number> = { 'bookbag-local': 1, 'gpt-4o-mini': 1, 'claude-haiku-4-5': 2, 'claude-sonnet-4-6': 4, 'gpt-4o': 5 };
 const MONTHLY: Record<string, number> = { free: 100e6, hobby: 2000e6, standard: 12000e6, pro: 40000e6 };
@@ -29,6 +34,12 @@ class Model {
   grants: Grant[] = [];
   holds = new Map<string, Hold>();
   finished = new Map<string, 'settled' | 'released' | 'expired' | 'refused'>();
+  charges = new Map<string, Charge>();
+  refunds = new Map<string, string>();
+  adjustments = new Map<string, number>();
+  /** The one agent's cap (micro-credits per period) and what it spent this period. */
+  cap: number | null = null;
+  spent = 0;
   plan: string;
   pending: string | null = null;
   allotment: number;
@@ -59,6 +70,25 @@ class Model {
     this.finished.set(id, status);
   }
 
+  #live(now: number): Grant[] {
+    return this.grants
+      .filter((g) => g.remaining > 0 && (g.expiresAt === null || g.expiresAt > now))
+      .sort((a, b) => (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) || a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
+  }
+
+  #take(amount: number, now: number): Array<[Grant, number]> {
+    const from: Array<[Grant, number]> = [];
+    let left = amount;
+    for (const grant of this.#live(now)) {
+      const part = Math.min(grant.remaining, left);
+      if (part === 0) continue;
+      grant.remaining -= part;
+      from.push([grant, part]);
+      left -= part;
+    }
+    return from;
+  }
+
   #sweep(now: number): void {
     for (const [id, hold] of [...this.holds]) if (hold.expiresAt <= now) this.#lapse(id, 'expired', now);
     for (const grant of this.grants) if (grant.expiresAt !== null && grant.expiresAt <= now) grant.remaining = 0;
@@ -68,6 +98,7 @@ class Model {
     while (now >= this.end) {
       for (const [id, hold] of [...this.holds]) if (hold.expiresAt <= now) this.#lapse(id, 'expired', now);
       for (const grant of this.grants) if (grant.id.startsWith('period:') || (grant.expiresAt !== null && grant.expiresAt <= now)) grant.remaining = 0;
+      this.spent = 0;
       if (this.pending) {
         this.plan = this.pending;
         this.allotment = MONTHLY[this.pending]!;
@@ -81,26 +112,18 @@ class Model {
     this.#sweep(now);
   }
 
-  reserve(id: string, amount: number, now: number): 'held' | 'refused' | 'exists' {
+  reserve(id: string, amount: number, now: number): 'held' | 'refused' | 'capped' | 'exists' {
     if (this.holds.has(id) || this.finished.has(id)) return 'exists';
     this.current(now);
+    if (this.cap !== null && amount > 0 && this.spent + this.held() + amount > this.cap) {
+      this.finished.set(id, 'refused');
+      return 'capped';
+    }
     if (this.available(now) < amount) {
       this.finished.set(id, 'refused');
       return 'refused';
     }
-    const order = this.grants
-      .filter((g) => g.remaining > 0 && (g.expiresAt === null || g.expiresAt > now))
-      .sort((a, b) => (a.expiresAt ?? Infinity) - (b.expiresAt ?? Infinity) || a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
-    const from: Array<[Grant, number]> = [];
-    let left = amount;
-    for (const grant of order) {
-      const part = Math.min(grant.remaining, left);
-      if (part === 0) continue;
-      grant.remaining -= part;
-      from.push([grant, part]);
-      left -= part;
-    }
-    this.holds.set(id, { amount, expiresAt: now + TTL, from });
+    this.holds.set(id, { amount, expiresAt: now + TTL, from: this.#take(amount, now) });
     return 'held';
   }
 
@@ -111,9 +134,55 @@ class Model {
       this.#lapse(id, 'expired', now);
       return 'expired-now';
     }
+    // The charge is taken afresh from the grants live now: the hold's credits go back first;
+    // those set aside from a grant that expired since stay spent.
+    const paidFrom: Array<[Grant, number]> = [];
+    for (const [grant, part] of hold.from) {
+      if (grant.expiresAt === null || grant.expiresAt > now) grant.remaining += part;
+      else paidFrom.push([grant, part]);
+    }
+    const setAside = paidFrom.reduce((sum, [, part]) => sum + part, 0);
+    paidFrom.push(...this.#take(hold.amount - setAside, now));
     this.holds.delete(id);
     this.finished.set(id, 'settled');
+    this.charges.set(id, { amount: hold.amount, refunded: 0, paidFrom });
+    this.spent += hold.amount;
     return 'settled-now';
+  }
+
+  refund(replyId: string, refundId: string, now: number): string {
+    this.current(now);
+    const charge = this.charges.get(replyId);
+    if (this.refunds.has(refundId)) return this.refunds.get(refundId) === replyId ? 'replayed' : 'IDEMPOTENCY_CONFLICT';
+    if (!charge) {
+      if (this.holds.has(replyId)) return 'REPLY_IN_PROGRESS';
+      const status = this.finished.get(replyId);
+      return status === 'released' ? 'REPLY_RELEASED' : status === 'expired' ? 'HOLD_EXPIRED' : 'REPLY_NOT_FOUND';
+    }
+    let left = charge.amount - charge.refunded;
+    if (left <= 0) return 'INVALID_INPUT';
+    this.refunds.set(refundId, replyId);
+    charge.refunded += left;
+    this.spent -= Math.min(left, this.spent);
+    for (let i = charge.paidFrom.length - 1; i >= 0 && left > 0; i--) {
+      const [grant, part] = charge.paidFrom[i]!;
+      if (!(grant.expiresAt === null || grant.expiresAt > now)) continue;
+      const back = Math.min(part, left);
+      grant.remaining += back;
+      left -= back;
+    }
+    if (left > 0) this.grants.push({ id: `refund:${refundId}`, remaining: left, expiresAt: this.end, createdAt: now });
+    return 'refunded';
+  }
+
+  adjust(adjustmentId: string, amount: number, now: number): string {
+    this.current(now);
+    if (this.adjustments.has(adjustmentId)) return this.adjustments.get(adjustmentId) === amount ? 'replayed' : 'IDEMPOTENCY_CONFLICT';
+    if (amount < 0 && this.available(now) < -amount) return 'INSUFFICIENT_CREDITS';
+    this.adjustments.set(adjustmentId, amount);
+    if (amount > 0) this.grants.push({ id: `adjustment:${adjustmentId}`, remaining: amount, expiresAt: null, createdAt: now });
+    else this.#take(-amount, now);
+    return 'adjusted';
   }
 
   release(id: string, now: number): string {
@@ -155,6 +224,9 @@ type Op =
   | { kind: 'advance'; ms: number }
   | { kind: 'topUp'; id: number; credits: number; expiresInMs: number | null }
   | { kind: 'changePlan'; plan: string }
+  | { kind: 'refund'; id: number; refundId: number }
+  | { kind: 'adjust'; id: number; credits: number }
+  | { kind: 'cap'; credits: number | null }
   | { kind: 'bad'; which: number };
 
 const models = fc.constantFrom(...Object.keys(PRICES));
@@ -180,6 +252,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     weight: 1,
   },
   { arbitrary: fc.record({ kind: fc.constant('changePlan' as const), plan: fc.constantFrom('free', 'hobby', 'pro') }), weight: 1 },
+  { arbitrary: fc.record({ kind: fc.constant('refund' as const), id: fc.nat(30), refundId: fc.nat(8) }), weight: 2 },
+  { arbitrary: fc.record({ kind: fc.constant('adjust' as const), id: fc.nat(8), credits: fc.integer({ min: -60, max: 60 }).filter((n) => n !== 0) }), weight: 1 },
+  { arbitrary: fc.record({ kind: fc.constant('cap' as const), credits: fc.option(fc.integer({ min: 0, max: 40 }), { nil: null }) }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant('bad' as const), which: fc.nat(5) }), weight: 1 },
 );
 
@@ -213,13 +288,13 @@ describe('meter vs reference model (property)', () => {
               const expected = model.reserve(`r${step.id}`, PRICES[modelId]! * 1e6, now);
               if (step.kind === 'reserve') {
                 const got = await meter.reserve(identity(modelId, step.id)).then((r) => (r.replayed ? 'exists' : r.status), codeOf);
-                if (expected === 'exists') expect(['exists', 'INSUFFICIENT_CREDITS', 'REPLY_RELEASED', 'HOLD_EXPIRED']).toContain(got);
-                else expect(got).toBe(expected === 'held' ? 'held' : 'INSUFFICIENT_CREDITS');
+                if (expected === 'exists') expect(['exists', 'INSUFFICIENT_CREDITS', 'AGENT_LIMIT_REACHED', 'REPLY_RELEASED', 'HOLD_EXPIRED']).toContain(got);
+                else expect(got).toBe(expected === 'held' ? 'held' : expected === 'capped' ? 'AGENT_LIMIT_REACHED' : 'INSUFFICIENT_CREDITS');
               } else {
                 if (expected === 'held') model.settle(`r${step.id}`, now);
                 const got = await meter.reply({ ...identity(modelId, step.id), input: 'x' }).then((r) => (r.replayed ? 'exists' : 'ok'), codeOf);
-                if (expected === 'exists') expect(['exists', 'INSUFFICIENT_CREDITS', 'REPLY_RELEASED', 'HOLD_EXPIRED', 'REPLY_IN_PROGRESS']).toContain(got);
-                else expect(got).toBe(expected === 'held' ? 'ok' : 'INSUFFICIENT_CREDITS');
+                if (expected === 'exists') expect(['exists', 'INSUFFICIENT_CREDITS', 'AGENT_LIMIT_REACHED', 'REPLY_RELEASED', 'HOLD_EXPIRED', 'REPLY_IN_PROGRESS']).toContain(got);
+                else expect(got).toBe(expected === 'held' ? 'ok' : expected === 'capped' ? 'AGENT_LIMIT_REACHED' : 'INSUFFICIENT_CREDITS');
               }
               break;
             }
@@ -269,6 +344,27 @@ describe('meter vs reference model (property)', () => {
               });
               break;
             }
+            case 'refund': {
+              const expected = model.refund(`r${step.id}`, `f${step.refundId}`, now);
+              const got = await meter
+                .refund({ workspaceId: 'ws', replyId: `r${step.id}`, refundId: `f${step.refundId}`, reason: 'test' })
+                .then((r) => (r.replayed ? 'replayed' : 'refunded'), codeOf);
+              expect(got).toBe(expected);
+              break;
+            }
+            case 'adjust': {
+              const expected = model.adjust(`a${step.id}`, step.credits * 1e6, now);
+              const got = await meter
+                .adjust({ workspaceId: 'ws', adjustmentId: `a${step.id}`, credits: step.credits, reason: 'test' })
+                .then((r) => (r.replayed ? 'replayed' : 'adjusted'), codeOf);
+              expect(got).toBe(expected);
+              break;
+            }
+            case 'cap':
+              model.current(now);
+              model.cap = step.credits === null ? null : step.credits * 1e6;
+              await meter.setAgentLimit({ workspaceId: 'ws', agentId: 'a', credits: step.credits });
+              break;
             case 'changePlan':
               model.changePlan(step.plan, now);
               await meter.changePlan({ workspaceId: 'ws', plan: step.plan });
