@@ -138,6 +138,21 @@ export const periodCases = defineCases([
     },
   ],
   [
+    'renew - credits of a hold that lapsed before the period end return to the ending period and expire with it',
+    async (ctx) => {
+      const meter = newMeter(ctx, { holdTtlMs: MINUTE });
+      const workspaceId = await newWorkspace(ctx, meter, 0, { plan: 'starter' });
+      const end = await periodEnd(ctx, workspaceId);
+      ctx.setNow(end - 10 * MINUTE);
+      const hold = await meter.reserve(ask(workspaceId, FOUR));
+      // Nobody reads the workspace until a day after the end: the lapse is applied as of its own instant, before the renewal.
+      ctx.setNow(end + DAY);
+      expect(await money(meter, workspaceId)).toMatchObject({ balance: 10, held: 0 });
+      expect((await rowsOf(ctx, workspaceId, 'expiry')).map((row) => [row.amount, row.grantId, row.at])).toEqual([[-10 * C, 'period:0', end]]);
+      expect((await ctx.storage.load({ workspaceId, keys: [`reply:${hold.replyId}`], now: ctx.now() })).records[0]?.value).toMatchObject({ status: 'expired', finishedAt: hold.expiresAt.getTime() });
+    },
+  ],
+  [
     'renew - top-ups survive the renewal',
     async (ctx) => {
       const meter = newMeter(ctx);
