@@ -119,8 +119,13 @@ const LEDGER_COLUMNS = [
   ['reason', 'reason', 'text'],
 ] as const;
 
-/** The ledger's columns as `column AS "field"`, for reading rows back as `LedgerRow`s. */
-export const LEDGER_SELECT = LEDGER_COLUMNS.map(([column, field]) => `${column} AS "${field}"`).join(', ');
+/**
+ * The ledger's columns as `LedgerRow` fields. bigint goes out as float8, which pg reads as a JS
+ * number: exact, since every amount and instant is at most 2⁵³ − 1.
+ */
+export const LEDGER_SELECT = LEDGER_COLUMNS.map(
+  ([column, field, type]) => `${column}${type === 'bigint' ? '::float8' : ''} AS "${field}"`,
+).join(', ');
 
 /**
  * One commit as one statement (one implicit transaction, one round trip). `guard` writes the

@@ -215,12 +215,8 @@ export class PostgresStorage implements CreditStorage {
     // One statement each, in order: workspaces commit independently, and a workspace named
     // twice sees its first commit before its second.
     for (const commit of commits) {
-      const values: unknown[] = [
-        commit.workspaceId,
-        JSON.stringify(commit.state),
-        JSON.stringify(commit.ledger),
-        JSON.stringify(commit.records),
-      ];
+      const { workspaceId, state, ledger, records } = commit;
+      const values: unknown[] = [workspaceId, JSON.stringify(state), JSON.stringify(ledger), JSON.stringify(records)];
       const isNew = commit.expectedVersion === 0;
       if (!isNew) values.push(commit.expectedVersion);
       const [row] = await this.#query('commit', { ...this.#statements[isNew ? 'insert' : 'update'], values });
@@ -241,15 +237,7 @@ export class PostgresStorage implements CreditStorage {
     const limit = param(Math.max(0, Math.floor(query.limit)));
     const text = `SELECT ${LEDGER_SELECT} FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ${limit}`;
     const rows = await this.#query('ledger', { text, values });
-    return rows.map((row) => ({
-      ...(row as unknown as LedgerRow),
-      workspaceId: query.workspaceId,
-      seq: Number(row['seq']),
-      amount: Number(row['amount']),
-      at: Number(row['at']),
-      inputTokens: row['inputTokens'] == null ? null : Number(row['inputTokens']),
-      outputTokens: row['outputTokens'] == null ? null : Number(row['outputTokens']),
-    }));
+    return rows.map((row) => ({ workspaceId: query.workspaceId, ...row }) as unknown as LedgerRow);
   }
 
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
