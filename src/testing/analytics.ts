@@ -35,7 +35,10 @@ async function busy(ctx: ConformanceContext, meter: CreditMeter): Promise<string
   const workspaceId = await newWorkspace(ctx, meter, 1000);
   for (let i = 0; i < 20; i++) {
     ctx.advance(HOUR);
-    await spend(meter, workspaceId, [ONE, TWO, THREE][i % 3]!, { agentId: i % 2 === 0 ? 'agent_even' : 'agent_odd', conversationId: `conv_${i % 4}` });
+    await spend(meter, workspaceId, [ONE, TWO, THREE][i % 3]!, {
+      agentId: i % 2 === 0 ? 'agent_even' : 'agent_odd',
+      conversationId: `conv_${i % 4}`,
+    });
     if (i % 7 === 6) await meter.addCredits({ workspaceId, credits: 1, grantId: `g${i}` });
   }
   return workspaceId;
@@ -126,7 +129,9 @@ export const analyticsCases = defineCases([
       expect(odd.map((entry) => entry.id)).toEqual(rows.filter((row) => row.agentId === 'agent_odd').map((row) => String(row.seq)));
       expect(odd).toHaveLength(10);
       const both = await everyEntry(meter, { workspaceId, agentId: 'agent_even', from: new Date(from), to: new Date(to) }, 2);
-      expect(both.map((entry) => entry.id)).toEqual(rows.filter((row) => row.at >= from && row.at < to && row.agentId === 'agent_even').map((row) => String(row.seq)));
+      expect(both.map((entry) => entry.id)).toEqual(
+        rows.filter((row) => row.at >= from && row.at < to && row.agentId === 'agent_even').map((row) => String(row.seq)),
+      );
       expect((await meter.ledger({ workspaceId, agentId: 'agent_nobody' })).entries).toEqual([]);
     },
   ],
@@ -190,7 +195,9 @@ export const analyticsCases = defineCases([
         ctx.setNow(at(offset));
         await spend(meter, workspaceId, model);
       }
-      expect(await usage(meter, { workspaceId, from: new Date(at(HOUR)), to: new Date(at(2 * HOUR)), groupBy: 'agent' })).toEqual([{ key: 'agent_a', credits: 6, replies: 2, bucket: undefined }]);
+      expect(await usage(meter, { workspaceId, from: new Date(at(HOUR)), to: new Date(at(2 * HOUR)), groupBy: 'agent' })).toEqual([
+        { key: 'agent_a', credits: 6, replies: 2, bucket: undefined },
+      ]);
       expect(await usage(meter, { workspaceId, from: new Date(at(HOUR)), to: new Date(at(HOUR)), groupBy: 'agent' })).toEqual([]);
     },
   ],
@@ -209,7 +216,15 @@ export const analyticsCases = defineCases([
         ctx.setNow(at);
         await spend(meter, workspaceId, model, { agentId });
       }
-      expect(await usage(meter, { workspaceId, from: new Date(midnight - DAY), to: new Date(midnight + 2 * DAY), groupBy: 'agent', interval: 'day' })).toEqual([
+      expect(
+        await usage(meter, {
+          workspaceId,
+          from: new Date(midnight - DAY),
+          to: new Date(midnight + 2 * DAY),
+          groupBy: 'agent',
+          interval: 'day',
+        }),
+      ).toEqual([
         { key: 'agent_a', credits: 1, replies: 1, bucket: midnight - DAY },
         { key: 'agent_a', credits: 6, replies: 2, bucket: midnight },
         { key: 'agent_b', credits: 4, replies: 1, bucket: midnight + DAY },
@@ -256,7 +271,9 @@ export const analyticsCases = defineCases([
       await spend(meter, a, ONE);
       await spend(meter, b, TWO);
       const to = new Date(ctx.now() + 1);
-      expect(await usage(meter, { workspaceId: a, from, to, groupBy: 'model' })).toEqual([{ key: ONE, credits: 1, replies: 1, bucket: undefined }]);
+      expect(await usage(meter, { workspaceId: a, from, to, groupBy: 'model' })).toEqual([
+        { key: ONE, credits: 1, replies: 1, bucket: undefined },
+      ]);
       expect(await usage(meter, { workspaceId: ctx.id('missing'), from, to, groupBy: 'model' })).toEqual([]);
       expect(await usage(meter, { workspaceId: a, from: to, to: new Date(to.getTime() + DAY), groupBy: 'model' })).toEqual([]);
     },

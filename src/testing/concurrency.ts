@@ -6,8 +6,20 @@
  */
 import { expect } from 'vitest';
 import type { CreditMeter } from '../meter/credit-meter.js';
-import { allRows, ask, type ConformanceContext, defineCases, money, newWorkspace, ONE, race, racingMeters, rowsOf, sum } from './fixtures.js';
 import { FakeProvider } from './fake-provider.js';
+import {
+  allRows,
+  ask,
+  type ConformanceContext,
+  defineCases,
+  money,
+  newWorkspace,
+  ONE,
+  race,
+  racingMeters,
+  rowsOf,
+  sum,
+} from './fixtures.js';
 
 /** Polls the stored state while `work` runs and returns the lowest stored balance seen. */
 async function watchBalance<T>(ctx: ConformanceContext, workspaceId: string, work: Promise<T>): Promise<{ result: T; lowest: number }> {
@@ -18,7 +30,12 @@ async function watchBalance<T>(ctx: ConformanceContext, workspaceId: string, wor
       const loaded = await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() });
       const account = loaded.state?.account;
       if (account) {
-        lowest = Math.min(lowest, ...account.grants.map((grant) => grant.remaining), sum(account.grants.map((grant) => grant.remaining)), account.held);
+        lowest = Math.min(
+          lowest,
+          ...account.grants.map((grant) => grant.remaining),
+          sum(account.grants.map((grant) => grant.remaining)),
+          account.held,
+        );
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
@@ -45,7 +62,12 @@ export const concurrencyCases = defineCases([
       const { result, lowest } = await watchBalance(
         ctx,
         workspaceId,
-        race(requests, (i) => fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { agentId: `agent_${i % 3}`, conversationId: `conv_${i}` }), input: i })),
+        race(requests, (i) =>
+          fleet[i % fleet.length]!.reply({
+            ...ask(workspaceId, ONE, { agentId: `agent_${i % 3}`, conversationId: `conv_${i}` }),
+            input: i,
+          }),
+        ),
       );
       expect(result.ok).toHaveLength(affordable);
       expect(result.errors).toEqual(Array.from({ length: requests - affordable }, () => 'INSUFFICIENT_CREDITS'));
@@ -77,7 +99,9 @@ export const concurrencyCases = defineCases([
       expect(loaded.records).toHaveLength(affordable);
       for (const record of loaded.records) expect(record.value).toMatchObject({ status: 'held' });
       // Settling every hold at once, from every meter, charges each exactly once.
-      const settled = await race(result.ok.length, (i) => fleet[(i + 1) % fleet.length]!.settle({ workspaceId, replyId: result.ok[i]!.replyId }));
+      const settled = await race(result.ok.length, (i) =>
+        fleet[(i + 1) % fleet.length]!.settle({ workspaceId, replyId: result.ok[i]!.replyId }),
+      );
       expect(settled.errors).toEqual([]);
       expect(await money(fleet[0]!, workspaceId)).toMatchObject({ held: 0, used: affordable });
       expect(await rowsOf(ctx, workspaceId, 'reply')).toHaveLength(affordable);
@@ -89,7 +113,9 @@ export const concurrencyCases = defineCases([
       const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, 10);
       const hold = await fleet[0]!.reserve(ask(workspaceId, ONE));
-      const { ok, errors } = await race(Math.max(10, ctx.concurrency.meters * 4), (i) => fleet[i % fleet.length]!.settle({ workspaceId, replyId: hold.replyId }));
+      const { ok, errors } = await race(Math.max(10, ctx.concurrency.meters * 4), (i) =>
+        fleet[i % fleet.length]!.settle({ workspaceId, replyId: hold.replyId }),
+      );
       expect(errors).toEqual([]);
       expect(ok.filter((s) => !s.replayed)).toHaveLength(1);
       expect(new Set(ok.map((s) => s.entryId)).size).toBe(1);
@@ -103,7 +129,9 @@ export const concurrencyCases = defineCases([
       const fleet = racingMeters(ctx);
       const workspaceId = await funded(ctx, fleet, 10);
       const replyId = ctx.id('reply');
-      const { ok, errors } = await race(Math.max(10, ctx.concurrency.meters * 4), (i) => fleet[i % fleet.length]!.reserve(ask(workspaceId, ONE, { replyId })));
+      const { ok, errors } = await race(Math.max(10, ctx.concurrency.meters * 4), (i) =>
+        fleet[i % fleet.length]!.reserve(ask(workspaceId, ONE, { replyId })),
+      );
       expect(errors).toEqual([]);
       expect(ok.filter((r) => !r.replayed)).toHaveLength(1);
       expect(await money(fleet[0]!, workspaceId)).toMatchObject({ balance: 9, held: 1 });
@@ -134,7 +162,9 @@ export const concurrencyCases = defineCases([
       const provider = new FakeProvider({ error: new Error('upstream down') });
       const fleet = racingMeters(ctx, { providers: { bookbag: provider } });
       const workspaceId = await funded(ctx, fleet, 10);
-      const { ok, errors } = await race(40, (i) => fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `conv_${i}` }), input: i }));
+      const { ok, errors } = await race(40, (i) =>
+        fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `conv_${i}` }), input: i }),
+      );
       expect(ok).toHaveLength(0);
       // Every hold was released: a reply refused while others held the balance is fine, a charge is not.
       expect(errors.every((code) => code === 'PROVIDER_ERROR' || code === 'INSUFFICIENT_CREDITS')).toBe(true);

@@ -225,14 +225,23 @@ export async function newWorkspace(
 
 /** A reply's identity for `reserve` and `reply`, with defaults. */
 export function ask(workspaceId: string, model = ONE, extra: { replyId?: string; agentId?: string; conversationId?: string } = {}) {
-  return { workspaceId, agentId: extra.agentId ?? 'agent_a', conversationId: extra.conversationId ?? 'conv_1', model, ...(extra.replyId !== undefined && { replyId: extra.replyId }) };
+  return {
+    workspaceId,
+    agentId: extra.agentId ?? 'agent_a',
+    conversationId: extra.conversationId ?? 'conv_1',
+    model,
+    ...(extra.replyId !== undefined && { replyId: extra.replyId }),
+  };
 }
 
 /** Credits of a summary field as a number. */
 export const num = (value: { toString(): string }): number => Number(value.toString());
 
 /** The balance and held credits of a workspace, as numbers. */
-export async function money(meter: CreditMeter, workspaceId: string): Promise<{ balance: number; held: number; used: number; summary: WorkspaceSummary }> {
+export async function money(
+  meter: CreditMeter,
+  workspaceId: string,
+): Promise<{ balance: number; held: number; used: number; summary: WorkspaceSummary }> {
   const summary = await meter.getWorkspace(workspaceId);
   return { balance: num(summary.balance), held: num(summary.held), used: num(summary.usedThisPeriod), summary };
 }
@@ -297,7 +306,15 @@ export const n = (value: number): number => value + 0;
 
 /** A state document with one allotment grant of `amount` micro-credits, as the core would write it. */
 export function stateDoc(workspaceId: string, ledgerSeq: number, amount = 10 * C, extra: Partial<AccountState> = {}): WorkspaceState {
-  const grant: GrantState = { grantId: 'period:0', kind: 'allotment', amount, remaining: amount, held: 0, expiresAt: PERIOD0.end, createdAt: PERIOD0.start };
+  const grant: GrantState = {
+    grantId: 'period:0',
+    kind: 'allotment',
+    amount,
+    remaining: amount,
+    held: 0,
+    expiresAt: PERIOD0.end,
+    createdAt: PERIOD0.start,
+  };
   return {
     workspaceId,
     ledgerSeq,
@@ -324,7 +341,14 @@ export function stateDoc(workspaceId: string, ledgerSeq: number, amount = 10 * C
 }
 
 /** A ledger row with every optional column null. */
-export function row(workspaceId: string, seq: number, kind: LedgerKind, amount: number, at: number, fields: Partial<LedgerRow> = {}): LedgerRow {
+export function row(
+  workspaceId: string,
+  seq: number,
+  kind: LedgerKind,
+  amount: number,
+  at: number,
+  fields: Partial<LedgerRow> = {},
+): LedgerRow {
   return {
     workspaceId,
     seq,

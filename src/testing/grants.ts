@@ -4,6 +4,7 @@
  */
 import { expect } from 'vitest';
 import { fromMicros, MAX_INPUT_CREDITS, MAX_MICROS } from '../core/credits.js';
+import type { CreditMeter } from '../meter/credit-meter.js';
 import {
   allRows,
   ask,
@@ -24,7 +25,6 @@ import {
   THREE,
   TWO,
 } from './fixtures.js';
-import type { CreditMeter } from '../meter/credit-meter.js';
 
 async function spend(meter: CreditMeter, workspaceId: string, model: string) {
   return meter.settle({ workspaceId, replyId: (await meter.reserve(ask(workspaceId, model))).replyId });
@@ -69,7 +69,13 @@ export const grantCases = defineCases([
       const rows = await allRows(ctx.storage, workspaceId);
       expect(rows[1]).toMatchObject({ kind: 'topup', amount: 5 * C, grantId: 'topup:g1', at: ctx.now(), seq: 2 });
       const loaded = await ctx.storage.load({ workspaceId, keys: ['topup:g1'], now: ctx.now() });
-      expect(loaded.records).toEqual([{ key: 'topup:g1', holdExpiresAt: null, value: { type: 'topup', grantId: 'g1', amount: 5 * C, expiresAt: null, createdAt: ctx.now() } }]);
+      expect(loaded.records).toEqual([
+        {
+          key: 'topup:g1',
+          holdExpiresAt: null,
+          value: { type: 'topup', grantId: 'g1', amount: 5 * C, expiresAt: null, createdAt: ctx.now() },
+        },
+      ]);
     },
   ],
   [
@@ -240,7 +246,9 @@ export const grantCases = defineCases([
       expect(num(change.creditsAdded)).toBe(20);
       const { summary } = await money(meter, workspaceId);
       expect(num(summary.balance)).toBe(27);
-      expect(summary.grants.map((g) => [g.grantId, num(g.remaining), g.expiresAt?.getTime()])).toEqual([['period:0', 27, summary.periodEnd.getTime()]]);
+      expect(summary.grants.map((g) => [g.grantId, num(g.remaining), g.expiresAt?.getTime()])).toEqual([
+        ['period:0', 27, summary.periodEnd.getTime()],
+      ]);
       const rows = await allRows(ctx.storage, workspaceId);
       expect(rows[rows.length - 1]).toMatchObject({ kind: 'plan_change', amount: 20 * C, plan: 'team', at: ctx.now() });
       expect((await stored(ctx, workspaceId))?.account).toMatchObject({ plan: 'team', allotment: 30 * C });

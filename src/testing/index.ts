@@ -4,9 +4,9 @@
  *
  * @packageDocumentation
  */
+
+export type { FakeProviderCall, FakeProviderOptions } from './fake-provider.js';
+export { FakeProvider } from './fake-provider.js';
+export type { ConformanceCase, ConformanceConcurrency, ConformanceContext, StorageConformanceOptions } from './fixtures.js';
 export { CONFORMANCE_EPOCH } from './fixtures.js';
 export { conformanceCases, runConformanceCase, runStorageConformance } from './runner.js';
-export { FakeProvider } from './fake-provider.js';
-
-export type { ConformanceCase, ConformanceConcurrency, ConformanceContext, StorageConformanceOptions } from './fixtures.js';
-export type { FakeProviderCall, FakeProviderOptions } from './fake-provider.js';

@@ -42,7 +42,12 @@ async function setup(ctx: ConformanceContext, credits: number, holdTtlMs?: numbe
 }
 
 /** Reserves and settles one reply; returns the settlement. */
-async function charge(meter: CreditMeter, workspaceId: string, model = ONE, extra: { agentId?: string; conversationId?: string; replyId?: string } = {}) {
+async function charge(
+  meter: CreditMeter,
+  workspaceId: string,
+  model = ONE,
+  extra: { agentId?: string; conversationId?: string; replyId?: string } = {},
+) {
   const hold = await meter.reserve(ask(workspaceId, model, extra));
   return meter.settle({ workspaceId, replyId: hold.replyId });
 }
@@ -63,7 +68,16 @@ export const lifecycleCases = defineCases([
       expect(num(summary.held)).toBe(0);
       expect(summary.grants.map((g) => [g.grantId, num(g.remaining)])).toEqual([['period:0', 10]]);
       expect(await allRows(ctx.storage, workspaceId)).toEqual([
-        expect.objectContaining({ workspaceId, seq: 1, kind: 'grant', amount: 10 * C, grantId: 'period:0', plan: 'starter', at: ctx.now(), replyId: null }),
+        expect.objectContaining({
+          workspaceId,
+          seq: 1,
+          kind: 'grant',
+          amount: 10 * C,
+          grantId: 'period:0',
+          plan: 'starter',
+          at: ctx.now(),
+          replyId: null,
+        }),
       ]);
       const loaded = await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() });
       expect(loaded.version).toBeGreaterThan(0);
@@ -87,7 +101,9 @@ export const lifecycleCases = defineCases([
     async (ctx) => {
       const fleet = racingMeters(ctx);
       const workspaceId = ctx.id('ws');
-      const { ok, errors } = await race(10, (i) => fleet[i % fleet.length]!.createWorkspace({ workspaceId, plan: 'custom', allotment: i + 1 }));
+      const { ok, errors } = await race(10, (i) =>
+        fleet[i % fleet.length]!.createWorkspace({ workspaceId, plan: 'custom', allotment: i + 1 }),
+      );
       ctx.track(workspaceId);
       expect(ok).toHaveLength(1);
       expect(errors).toEqual(Array.from({ length: 9 }, () => 'WORKSPACE_EXISTS'));
@@ -106,7 +122,11 @@ export const lifecycleCases = defineCases([
       for (const [index, workspaceId] of ids.entries()) await newWorkspace(ctx, meter, index + 1, { workspaceId });
       for (const [index, workspaceId] of ids.entries()) {
         const odd = ODD[index % ODD.length]!;
-        const settlement = await charge(meter, workspaceId, ONE, { replyId: `${ctx.id('reply')}${odd}`, agentId: `agent ${odd}`, conversationId: `conv${odd}` });
+        const settlement = await charge(meter, workspaceId, ONE, {
+          replyId: `${ctx.id('reply')}${odd}`,
+          agentId: `agent ${odd}`,
+          conversationId: `conv${odd}`,
+        });
         expect(settlement).toMatchObject({ workspaceId, agentId: `agent ${odd}`, replayed: false });
         expect((await replyRecord(ctx, workspaceId, settlement.replyId))?.workspaceId).toBe(workspaceId);
       }
@@ -126,7 +146,12 @@ export const lifecycleCases = defineCases([
     async (ctx) => {
       const workspaceId = ctx.id('missing');
       await expectCode(newMeter(ctx).getWorkspace(workspaceId), 'WORKSPACE_NOT_FOUND');
-      expect(await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).toEqual({ version: 0, state: null, records: [], lapsed: [] });
+      expect(await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).toEqual({
+        version: 0,
+        state: null,
+        records: [],
+        lapsed: [],
+      });
       expect(await allRows(ctx.storage, workspaceId)).toEqual([]);
     },
   ],
@@ -158,7 +183,14 @@ export const lifecycleCases = defineCases([
       const loaded = await ctx.storage.load({ workspaceId, keys: [`reply:${hold.replyId}`], now: ctx.now() });
       expect(loaded.records).toHaveLength(1);
       expect(loaded.records[0]!.holdExpiresAt).toBe(hold.expiresAt.getTime());
-      expect(loaded.records[0]!.value).toMatchObject({ type: 'reply', replyId: hold.replyId, workspaceId, status: 'held', amount: 3 * C, model: THREE });
+      expect(loaded.records[0]!.value).toMatchObject({
+        type: 'reply',
+        replyId: hold.replyId,
+        workspaceId,
+        status: 'held',
+        amount: 3 * C,
+        model: THREE,
+      });
       // A hold is not a ledger row: the ledger sums to balance + held.
       expect(await allRows(ctx.storage, workspaceId)).toHaveLength(1);
     },
@@ -240,7 +272,12 @@ export const lifecycleCases = defineCases([
       const workspaceId = ctx.id('missing');
       const replyId = ctx.id('reply');
       await expectCode(newMeter(ctx).reserve(ask(workspaceId, ONE, { replyId })), 'WORKSPACE_NOT_FOUND');
-      expect(await ctx.storage.load({ workspaceId, keys: [`reply:${replyId}`], now: ctx.now() })).toEqual({ version: 0, state: null, records: [], lapsed: [] });
+      expect(await ctx.storage.load({ workspaceId, keys: [`reply:${replyId}`], now: ctx.now() })).toEqual({
+        version: 0,
+        state: null,
+        records: [],
+        lapsed: [],
+      });
     },
   ],
   [
@@ -317,7 +354,10 @@ export const lifecycleCases = defineCases([
         }),
       );
       for (const [i, workspaceId] of workspaces.entries()) {
-        expect(outcomes.filter((o) => o.workspaceId === workspaceId && o.ok), `holds in workspace ${i}`).toHaveLength(10 + i);
+        expect(
+          outcomes.filter((o) => o.workspaceId === workspaceId && o.ok),
+          `holds in workspace ${i}`,
+        ).toHaveLength(10 + i);
         expect(await money(meter, workspaceId)).toMatchObject({ balance: 0, held: 10 + i });
       }
     },
@@ -330,7 +370,16 @@ export const lifecycleCases = defineCases([
       const hold = await meter.reserve(ask(workspaceId, THREE, { agentId: 'agent_s', conversationId: 'conv_s' }));
       ctx.advance(1000);
       const settlement = await meter.settle({ workspaceId, replyId: hold.replyId });
-      expect(settlement).toMatchObject({ replyId: hold.replyId, workspaceId, agentId: 'agent_s', conversationId: 'conv_s', model: THREE, route: 'credits', replayed: false, priceVersion: PRICE_VERSION });
+      expect(settlement).toMatchObject({
+        replyId: hold.replyId,
+        workspaceId,
+        agentId: 'agent_s',
+        conversationId: 'conv_s',
+        model: THREE,
+        route: 'credits',
+        replayed: false,
+        priceVersion: PRICE_VERSION,
+      });
       expect(num(settlement.credits)).toBe(3);
       expect(settlement.at.getTime()).toBe(ctx.now());
       const rows = await allRows(ctx.storage, workspaceId);
@@ -454,7 +503,12 @@ export const lifecycleCases = defineCases([
     async (ctx) => {
       const { meter, workspaceId } = await setup(ctx, 10);
       const dearer = await meter.reserve(ask(workspaceId, TWO));
-      const charged = await meter.settle({ workspaceId, replyId: dearer.replyId, model: FOUR, usage: { inputTokens: 10, outputTokens: 20 } });
+      const charged = await meter.settle({
+        workspaceId,
+        replyId: dearer.replyId,
+        model: FOUR,
+        usage: { inputTokens: 10, outputTokens: 20 },
+      });
       expect(num(charged.credits)).toBe(4);
       const cheaper = await meter.reserve(ask(workspaceId, FOUR));
       expect(num((await meter.settle({ workspaceId, replyId: cheaper.replyId, model: ONE })).credits)).toBe(1);
@@ -564,7 +618,10 @@ export const lifecycleCases = defineCases([
       const { meter, workspaceId } = await setup(ctx, 10);
       const other = newMeter(ctx);
       const hold = await meter.reserve(ask(workspaceId, THREE));
-      const [settled, released] = await Promise.allSettled([meter.settle({ workspaceId, replyId: hold.replyId }), other.release({ workspaceId, replyId: hold.replyId })]);
+      const [settled, released] = await Promise.allSettled([
+        meter.settle({ workspaceId, replyId: hold.replyId }),
+        other.release({ workspaceId, replyId: hold.replyId }),
+      ]);
       expect([settled.status, released.status].filter((s) => s === 'fulfilled')).toHaveLength(1);
       const { balance, held } = await money(meter, workspaceId);
       expect(held).toBe(0);
@@ -624,7 +681,9 @@ export const lifecycleCases = defineCases([
       const { meter, workspaceId } = await setup(ctx, 10, MINUTE);
       const hold = await meter.reserve(ask(workspaceId, FOUR));
       ctx.advance(MINUTE);
-      expect((await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).lapsed.map((r) => r.key)).toEqual([`reply:${hold.replyId}`]);
+      expect((await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).lapsed.map((r) => r.key)).toEqual([
+        `reply:${hold.replyId}`,
+      ]);
       await meter.getWorkspace(workspaceId);
       const loaded = await ctx.storage.load({ workspaceId, keys: [`reply:${hold.replyId}`], now: ctx.now() + DAY });
       expect(loaded.lapsed).toEqual([]);

@@ -57,7 +57,11 @@ export const periodCases = defineCases([
         ['grant', 10 * C, 'period:1', end],
       ]);
       expect(rows[3]!.plan).toBe('starter');
-      expect((await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).state?.account).toMatchObject({ periodIndex: 1, periodStart: end, usedThisPeriod: 0 });
+      expect((await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).state?.account).toMatchObject({
+        periodIndex: 1,
+        periodStart: end,
+        usedThisPeriod: 0,
+      });
     },
   ],
   [
@@ -107,7 +111,8 @@ export const periodCases = defineCases([
       const meter = newMeter(ctx);
       const capped = await newWorkspace(ctx, meter, 0, { plan: 'rollover' }); // 10 a month, carries up to 5
       const all = await newWorkspace(ctx, meter, 0, { plan: 'rollover-all' }); // 10 a month, carries up to 100
-      for (const workspaceId of [capped, all]) await meter.settle({ workspaceId, replyId: (await meter.reserve(ask(workspaceId, THREE))).replyId });
+      for (const workspaceId of [capped, all])
+        await meter.settle({ workspaceId, replyId: (await meter.reserve(ask(workspaceId, THREE))).replyId });
       ctx.setNow(await periodEnd(ctx, capped));
       let summary = (await money(meter, capped)).summary;
       expect(num(summary.balance)).toBe(15);
@@ -148,8 +153,13 @@ export const periodCases = defineCases([
       // Nobody reads the workspace until a day after the end: the lapse is applied as of its own instant, before the renewal.
       ctx.setNow(end + DAY);
       expect(await money(meter, workspaceId)).toMatchObject({ balance: 10, held: 0 });
-      expect((await rowsOf(ctx, workspaceId, 'expiry')).map((row) => [row.amount, row.grantId, row.at])).toEqual([[-10 * C, 'period:0', end]]);
-      expect((await ctx.storage.load({ workspaceId, keys: [`reply:${hold.replyId}`], now: ctx.now() })).records[0]?.value).toMatchObject({ status: 'expired', finishedAt: hold.expiresAt.getTime() });
+      expect((await rowsOf(ctx, workspaceId, 'expiry')).map((row) => [row.amount, row.grantId, row.at])).toEqual([
+        [-10 * C, 'period:0', end],
+      ]);
+      expect((await ctx.storage.load({ workspaceId, keys: [`reply:${hold.replyId}`], now: ctx.now() })).records[0]?.value).toMatchObject({
+        status: 'expired',
+        finishedAt: hold.expiresAt.getTime(),
+      });
     },
   ],
   [
@@ -261,7 +271,8 @@ export const periodCases = defineCases([
       const a = await newWorkspace(ctx, meter, 0, { plan: 'starter' });
       const b = await newWorkspace(ctx, meter, 0, { plan: 'starter' });
       const start = (await meter.getWorkspace(a)).periodStart.getTime();
-      const spend = async (workspaceId: string, model: string) => meter.settle({ workspaceId, replyId: (await meter.reserve(ask(workspaceId, model))).replyId });
+      const spend = async (workspaceId: string, model: string) =>
+        meter.settle({ workspaceId, replyId: (await meter.reserve(ask(workspaceId, model))).replyId });
       await spend(a, FOUR);
       expect(seen).toEqual([]);
       await spend(a, ONE); // used 5 of 10
@@ -289,7 +300,9 @@ export const periodCases = defineCases([
         });
       }
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 0, { plan: 'starter' });
-      const { ok } = await race(20, (i) => fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `conv_${i}` }), input: i }));
+      const { ok } = await race(20, (i) =>
+        fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `conv_${i}` }), input: i }),
+      );
       expect(ok).toHaveLength(10);
       expect(seen.sort()).toEqual([0.5, 0.8, 1]);
     },

@@ -47,7 +47,8 @@ function resolveConcurrency(options: StorageConformanceOptions): Required<Confor
   for (const key of ['meters', 'requests', 'affordable'] as const) {
     if (!Number.isSafeInteger(merged[key]) || merged[key] < 1) throw new Error(`concurrency.${key} must be a positive whole number`);
   }
-  if (merged.affordable >= merged.requests) throw new Error('concurrency.affordable must be below concurrency.requests, so some calls must be refused');
+  if (merged.affordable >= merged.requests)
+    throw new Error('concurrency.affordable must be below concurrency.requests, so some calls must be refused');
   return merged;
 }
 

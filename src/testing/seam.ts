@@ -27,7 +27,13 @@ import {
 /** A first commit (expectedVersion 0) of a workspace with a grant row; tracked. */
 function create(ctx: ConformanceContext, workspaceId = ctx.id('ws'), amount = 10 * C): WorkspaceCommit {
   ctx.track(workspaceId);
-  return { workspaceId, expectedVersion: 0, state: stateDoc(workspaceId, 1, amount), ledger: [row(workspaceId, 1, 'grant', amount, ctx.now(), { grantId: 'period:0', plan: 'custom' })], records: [] };
+  return {
+    workspaceId,
+    expectedVersion: 0,
+    state: stateDoc(workspaceId, 1, amount),
+    ledger: [row(workspaceId, 1, 'grant', amount, ctx.now(), { grantId: 'period:0', plan: 'custom' })],
+    records: [],
+  };
 }
 
 async function created(ctx: ConformanceContext, workspaceId?: string, amount?: number): Promise<string> {
@@ -52,7 +58,12 @@ async function holdCommit(ctx: ConformanceContext, workspaceId: string, replyId:
 }
 
 /** A commit that settles a held reply of 1 credit with one reply row. */
-async function settleCommit(ctx: ConformanceContext, workspaceId: string, replyId: string, fields: Partial<LedgerRow> = {}): Promise<WorkspaceCommit> {
+async function settleCommit(
+  ctx: ConformanceContext,
+  workspaceId: string,
+  replyId: string,
+  fields: Partial<LedgerRow> = {},
+): Promise<WorkspaceCommit> {
   const loaded = await ctx.storage.load({ workspaceId, keys: [`reply:${replyId}`], now: ctx.now() });
   const state = structuredClone(loaded.state!);
   const grant = state.account!.grants[0]!;
@@ -66,13 +77,27 @@ async function settleCommit(ctx: ConformanceContext, workspaceId: string, replyI
     workspaceId,
     expectedVersion: loaded.version,
     state,
-    ledger: [row(workspaceId, seq, 'reply', -C, ctx.now(), { replyId, agentId: 'agent_a', conversationId: 'conv_1', model: 'one-credit', route: 'credits', priceVersion: 'p', ...fields })],
+    ledger: [
+      row(workspaceId, seq, 'reply', -C, ctx.now(), {
+        replyId,
+        agentId: 'agent_a',
+        conversationId: 'conv_1',
+        model: 'one-credit',
+        route: 'credits',
+        priceVersion: 'p',
+        ...fields,
+      }),
+    ],
     records: [{ key: held.key, holdExpiresAt: null, value }],
   };
 }
 
 /** Appends rows (amounts summing to zero with their state change is the caller's job) at the stored version. */
-async function append(ctx: ConformanceContext, workspaceId: string, rows: readonly Omit<LedgerRow, 'seq' | 'workspaceId'>[]): Promise<LedgerRow[]> {
+async function append(
+  ctx: ConformanceContext,
+  workspaceId: string,
+  rows: readonly Omit<LedgerRow, 'seq' | 'workspaceId'>[],
+): Promise<LedgerRow[]> {
   const loaded = await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() });
   const state = structuredClone(loaded.state!);
   const written = rows.map((r) => ({ ...r, workspaceId, seq: ++state.ledgerSeq }));
@@ -80,7 +105,9 @@ async function append(ctx: ConformanceContext, workspaceId: string, rows: readon
   const grant = state.account!.grants[0]!;
   grant.amount += delta;
   grant.remaining += delta;
-  expect(await ctx.storage.commit([{ workspaceId, expectedVersion: loaded.version, state, ledger: written, records: [] }])).toEqual(['committed']);
+  expect(await ctx.storage.commit([{ workspaceId, expectedVersion: loaded.version, state, ledger: written, records: [] }])).toEqual([
+    'committed',
+  ]);
   return written;
 }
 
@@ -94,7 +121,14 @@ async function busy(ctx: ConformanceContext): Promise<{ workspaceId: string; row
     const reply = kind === 'reply';
     return {
       ...row(workspaceId, 0, kind, amount, CONFORMANCE_EPOCH + (i + 1) * HOUR),
-      ...(reply && { replyId: `r${i}`, agentId: i % 2 === 0 ? 'agent_even' : 'agent_odd', model: `m${i % 3}`, conversationId: i % 4 === 0 ? null : `conv_${i % 4}`, route: 'credits' as const, priceVersion: 'p' }),
+      ...(reply && {
+        replyId: `r${i}`,
+        agentId: i % 2 === 0 ? 'agent_even' : 'agent_odd',
+        model: `m${i % 3}`,
+        conversationId: i % 4 === 0 ? null : `conv_${i % 4}`,
+        route: 'credits' as const,
+        priceVersion: 'p',
+      }),
       ...(!reply && { grantId: `topup:g${i}` }),
     };
   });
@@ -106,7 +140,10 @@ async function busy(ctx: ConformanceContext): Promise<{ workspaceId: string; row
 }
 
 /** Pages through `ledger` with `afterSeq`, `limit` at a time. */
-async function pages(ctx: ConformanceContext, query: Omit<Parameters<ConformanceContext['storage']['ledger']>[0], 'afterSeq'>): Promise<LedgerRow[]> {
+async function pages(
+  ctx: ConformanceContext,
+  query: Omit<Parameters<ConformanceContext['storage']['ledger']>[0], 'afterSeq'>,
+): Promise<LedgerRow[]> {
   const seen: LedgerRow[] = [];
   let afterSeq: number | undefined;
   for (let guard = 0; guard < 1000; guard++) {
@@ -272,7 +309,11 @@ export const seamCases = defineCases([
     async (ctx) => {
       const workspaceId = await created(ctx);
       const first = await holdCommit(ctx, workspaceId, 'r1', ctx.now() + HOUR);
-      const topUp: StoredRecord = { key: 'topup:g1', holdExpiresAt: null, value: { type: 'topup', grantId: 'g1', amount: MAX_MICROS, expiresAt: null, createdAt: ctx.now() } };
+      const topUp: StoredRecord = {
+        key: 'topup:g1',
+        holdExpiresAt: null,
+        value: { type: 'topup', grantId: 'g1', amount: MAX_MICROS, expiresAt: null, createdAt: ctx.now() },
+      };
       first.records = [...first.records, topUp];
       expect(await ctx.storage.commit([first])).toEqual(['committed']);
       let loaded = await ctx.storage.load({ workspaceId, keys: ['reply:r1', 'topup:g1', 'reply:none'], now: ctx.now() });
@@ -300,16 +341,29 @@ export const seamCases = defineCases([
         const commit = await holdCommit(ctx, workspaceId, replyId, ctx.now() + HOUR);
         (commit.records[0]!.value as { agentId: string }).agentId = `agent${ODD[index % ODD.length]}`;
         expect(await ctx.storage.commit([commit])).toEqual(['committed']);
-        const settled = await settleCommit(ctx, workspaceId, replyId, { agentId: `agent${ODD[index % ODD.length]}`, model: `model ${index} ✓`, conversationId: `conv${ODD[index % ODD.length]}` });
+        const settled = await settleCommit(ctx, workspaceId, replyId, {
+          agentId: `agent${ODD[index % ODD.length]}`,
+          model: `model ${index} ✓`,
+          conversationId: `conv${ODD[index % ODD.length]}`,
+        });
         expect(await ctx.storage.commit([settled])).toEqual(['committed']);
       }
       for (const [index, workspaceId] of ids.entries()) {
         const replyId = `reply${ODD[index % ODD.length]}`;
-        const loaded = await ctx.storage.load({ workspaceId, keys: ODD.map((s) => `reply${s}`).map((id) => `reply:${id}`), now: ctx.now() });
+        const loaded = await ctx.storage.load({
+          workspaceId,
+          keys: ODD.map((s) => `reply${s}`).map((id) => `reply:${id}`),
+          now: ctx.now(),
+        });
         expect(loaded.state?.workspaceId, JSON.stringify(workspaceId)).toBe(workspaceId);
         expect(loaded.state?.account?.allotment).toBe((index + 1) * C);
         expect(loaded.records.map((r) => r.key)).toEqual([`reply:${replyId}`]);
-        expect(loaded.records[0]!.value).toMatchObject({ replyId, workspaceId, agentId: `agent${ODD[index % ODD.length]}`, status: 'settled' });
+        expect(loaded.records[0]!.value).toMatchObject({
+          replyId,
+          workspaceId,
+          agentId: `agent${ODD[index % ODD.length]}`,
+          status: 'settled',
+        });
         const rows = await ctx.storage.ledger({ workspaceId, limit: 10 });
         expect(rows.map((r) => r.workspaceId)).toEqual([workspaceId, workspaceId]);
         expect(rows[1]).toMatchObject({ replyId, agentId: `agent${ODD[index % ODD.length]}`, model: `model ${index} ✓` });
@@ -319,7 +373,12 @@ export const seamCases = defineCases([
           expect(usage.map((u) => u.key)).toEqual([`model ${index} ✓`]);
         }
       }
-      expect(await ctx.storage.load({ workspaceId: `${base}:a:`, keys: [], now: ctx.now() })).toEqual({ version: 0, state: null, records: [], lapsed: [] });
+      expect(await ctx.storage.load({ workspaceId: `${base}:a:`, keys: [], now: ctx.now() })).toEqual({
+        version: 0,
+        state: null,
+        records: [],
+        lapsed: [],
+      });
       expect(await ctx.storage.ledger({ workspaceId: base, limit: 10 })).toEqual([]);
     },
   ],
@@ -327,7 +386,8 @@ export const seamCases = defineCases([
     'load - returns only the records asked for that exist',
     async (ctx) => {
       const workspaceId = await created(ctx);
-      for (const id of ['a', 'b', 'c']) expect(await ctx.storage.commit([await holdCommit(ctx, workspaceId, id, ctx.now() + HOUR)])).toEqual(['committed']);
+      for (const id of ['a', 'b', 'c'])
+        expect(await ctx.storage.commit([await holdCommit(ctx, workspaceId, id, ctx.now() + HOUR)])).toEqual(['committed']);
       const loaded = await ctx.storage.load({ workspaceId, keys: ['reply:a', 'reply:c', 'reply:zzz', 'topup:a'], now: ctx.now() });
       expect(loaded.records.map((r) => r.key).sort()).toEqual(['reply:a', 'reply:c']);
       expect((await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).records).toEqual([]);
@@ -339,11 +399,18 @@ export const seamCases = defineCases([
       const workspaceId = await created(ctx);
       const t = ctx.now();
       const lapses = { early: t + MINUTE, same1: t + 2 * MINUTE, same2: t + 2 * MINUTE, late: t + HOUR };
-      for (const [id, at] of Object.entries(lapses)) expect(await ctx.storage.commit([await holdCommit(ctx, workspaceId, id, at)])).toEqual(['committed']);
+      for (const [id, at] of Object.entries(lapses))
+        expect(await ctx.storage.commit([await holdCommit(ctx, workspaceId, id, at)])).toEqual(['committed']);
       // A record with no hold is never lapsed, whatever its value says.
-      const topUp: StoredRecord = { key: 'topup:g', holdExpiresAt: null, value: { type: 'topup', grantId: 'g', amount: 0, expiresAt: t, createdAt: t } };
+      const topUp: StoredRecord = {
+        key: 'topup:g',
+        holdExpiresAt: null,
+        value: { type: 'topup', grantId: 'g', amount: 0, expiresAt: t, createdAt: t },
+      };
       const loaded0 = await ctx.storage.load({ workspaceId, keys: [], now: t });
-      expect(await ctx.storage.commit([{ workspaceId, expectedVersion: loaded0.version, state: loaded0.state!, ledger: [], records: [topUp] }])).toEqual(['committed']);
+      expect(
+        await ctx.storage.commit([{ workspaceId, expectedVersion: loaded0.version, state: loaded0.state!, ledger: [], records: [topUp] }]),
+      ).toEqual(['committed']);
       const other = await created(ctx);
       expect(await ctx.storage.commit([await holdCommit(ctx, other, 'early', t + MINUTE)])).toEqual(['committed']);
       const lapsedAt = async (now: number) => (await ctx.storage.load({ workspaceId, keys: [], now })).lapsed.map((r) => r.key).sort();
@@ -356,7 +423,10 @@ export const seamCases = defineCases([
       // A load is not a write: asking again lists them again.
       expect(await lapsedAt(t + DAY)).toEqual(['reply:early', 'reply:late', 'reply:same1', 'reply:same2']);
       const full = await ctx.storage.load({ workspaceId, keys: [], now: t + DAY });
-      for (const record of full.lapsed) expect(record).toEqual(replyStored(workspaceId, record.key.slice('reply:'.length), t, { expiresAt: lapses[record.key.slice(6) as keyof typeof lapses] }));
+      for (const record of full.lapsed)
+        expect(record).toEqual(
+          replyStored(workspaceId, record.key.slice('reply:'.length), t, { expiresAt: lapses[record.key.slice(6) as keyof typeof lapses] }),
+        );
     },
   ],
   [
@@ -364,17 +434,26 @@ export const seamCases = defineCases([
     async (ctx) => {
       const workspaceId = await created(ctx);
       const t = ctx.now();
-      for (const id of ['settled', 'extended', 'kept']) expect(await ctx.storage.commit([await holdCommit(ctx, workspaceId, id, t + MINUTE)])).toEqual(['committed']);
+      for (const id of ['settled', 'extended', 'kept'])
+        expect(await ctx.storage.commit([await holdCommit(ctx, workspaceId, id, t + MINUTE)])).toEqual(['committed']);
       expect(await ctx.storage.commit([await settleCommit(ctx, workspaceId, 'settled')])).toEqual(['committed']);
       const loaded = await ctx.storage.load({ workspaceId, keys: ['reply:extended'], now: t });
-      const extended = { ...loaded.records[0]!, holdExpiresAt: t + HOUR, value: { ...loaded.records[0]!.value, expiresAt: t + HOUR } } as StoredRecord;
-      expect(await ctx.storage.commit([{ workspaceId, expectedVersion: loaded.version, state: loaded.state!, ledger: [], records: [extended] }])).toEqual(['committed']);
+      const extended = {
+        ...loaded.records[0]!,
+        holdExpiresAt: t + HOUR,
+        value: { ...loaded.records[0]!.value, expiresAt: t + HOUR },
+      } as StoredRecord;
+      expect(
+        await ctx.storage.commit([{ workspaceId, expectedVersion: loaded.version, state: loaded.state!, ledger: [], records: [extended] }]),
+      ).toEqual(['committed']);
       const lapsedAt = async (now: number) => (await ctx.storage.load({ workspaceId, keys: [], now })).lapsed.map((r) => r.key).sort();
       expect(await lapsedAt(t + MINUTE)).toEqual(['reply:kept']);
       expect(await lapsedAt(t + HOUR - 1)).toEqual(['reply:kept']);
       expect(await lapsedAt(t + HOUR)).toEqual(['reply:extended', 'reply:kept']);
       // Lapsed records come back as they were last written.
-      expect((await ctx.storage.load({ workspaceId, keys: [], now: t + HOUR })).lapsed.find((r) => r.key === 'reply:extended')).toEqual(extended);
+      expect((await ctx.storage.load({ workspaceId, keys: [], now: t + HOUR })).lapsed.find((r) => r.key === 'reply:extended')).toEqual(
+        extended,
+      );
     },
   ],
   [
@@ -406,16 +485,22 @@ export const seamCases = defineCases([
     'ledger - agentId and kinds filter, and combine with windows and paging',
     async (ctx) => {
       const { workspaceId, rows } = await busy(ctx);
-      expect(await ctx.storage.ledger({ workspaceId, agentId: 'agent_odd', limit: 1000 })).toEqual(rows.filter((r) => r.agentId === 'agent_odd'));
+      expect(await ctx.storage.ledger({ workspaceId, agentId: 'agent_odd', limit: 1000 })).toEqual(
+        rows.filter((r) => r.agentId === 'agent_odd'),
+      );
       expect(await ctx.storage.ledger({ workspaceId, agentId: 'agent_nobody', limit: 10 })).toEqual([]);
       expect(await ctx.storage.ledger({ workspaceId, kinds: ['reply'], limit: 1000 })).toEqual(rows.filter((r) => r.kind === 'reply'));
-      expect(await ctx.storage.ledger({ workspaceId, kinds: ['topup', 'expiry'], limit: 1000 })).toEqual(rows.filter((r) => r.kind === 'topup' || r.kind === 'expiry'));
+      expect(await ctx.storage.ledger({ workspaceId, kinds: ['topup', 'expiry'], limit: 1000 })).toEqual(
+        rows.filter((r) => r.kind === 'topup' || r.kind === 'expiry'),
+      );
       const from = rows[2]!.at;
       const to = rows[rows.length - 3]!.at;
       const expected = rows.filter((r) => r.at >= from && r.at < to && r.agentId === 'agent_even' && r.kind === 'reply');
       expect(expected.length).toBeGreaterThan(3);
       expect(await pages(ctx, { workspaceId, from, to, agentId: 'agent_even', kinds: ['reply'], limit: 2 })).toEqual(expected);
-      expect(await pages(ctx, { workspaceId, from, to, kinds: ['reply', 'topup'], limit: 3 })).toEqual(rows.filter((r) => r.at >= from && r.at < to && r.kind !== 'expiry' && r.kind !== 'grant'));
+      expect(await pages(ctx, { workspaceId, from, to, kinds: ['reply', 'topup'], limit: 3 })).toEqual(
+        rows.filter((r) => r.at >= from && r.at < to && r.kind !== 'expiry' && r.kind !== 'grant'),
+      );
     },
   ],
   [
@@ -423,12 +508,18 @@ export const seamCases = defineCases([
     async (ctx) => {
       const workspaceId = await created(ctx);
       const t = ctx.now();
-      const written = await append(ctx, workspaceId, [row('', 0, 'topup', C, t + HOUR), row('', 0, 'topup', C, t + 30 * MINUTE), row('', 0, 'topup', C, t + 2 * HOUR)]);
+      const written = await append(ctx, workspaceId, [
+        row('', 0, 'topup', C, t + HOUR),
+        row('', 0, 'topup', C, t + 30 * MINUTE),
+        row('', 0, 'topup', C, t + 2 * HOUR),
+      ]);
       const rows = await ctx.storage.ledger({ workspaceId, limit: 10 });
       expect(rows.map((r) => r.seq)).toEqual([1, 2, 3, 4]);
       expect(rows.slice(1)).toEqual(written);
       expect((await ctx.storage.ledger({ workspaceId, from: t + 30 * MINUTE, limit: 10 })).map((r) => r.seq)).toEqual([2, 3, 4]);
-      expect((await ctx.storage.ledger({ workspaceId, from: t + 30 * MINUTE, to: t + 2 * HOUR, limit: 10 })).map((r) => r.seq)).toEqual([2, 3]);
+      expect((await ctx.storage.ledger({ workspaceId, from: t + 30 * MINUTE, to: t + 2 * HOUR, limit: 10 })).map((r) => r.seq)).toEqual([
+        2, 3,
+      ]);
       expect((await ctx.storage.ledger({ workspaceId, from: t + 30 * MINUTE, to: t + HOUR, limit: 10 })).map((r) => r.seq)).toEqual([3]);
     },
   ],
@@ -451,7 +542,16 @@ export const seamCases = defineCases([
       const written = await append(ctx, workspaceId, [
         row('', 0, 'topup', MAX_MICROS, ctx.now(), { grantId: 'topup:big' }),
         row('', 0, 'expiry', -MAX_MICROS, ctx.now(), { grantId: 'topup:big' }),
-        row('', 0, 'reply', 0, at, { replyId: 'r', agentId: 'a', conversationId: 'c', model: 'm', route: 'byo', priceVersion: 'v', inputTokens: MAX_MICROS, outputTokens: 0 }),
+        row('', 0, 'reply', 0, at, {
+          replyId: 'r',
+          agentId: 'a',
+          conversationId: 'c',
+          model: 'm',
+          route: 'byo',
+          priceVersion: 'v',
+          inputTokens: MAX_MICROS,
+          outputTokens: 0,
+        }),
         row('', 0, 'plan_change', 1, 0, { plan: 'team' }),
         row('', 0, 'expiry', -1, 1, { grantId: 'period:0' }),
       ]);
@@ -491,7 +591,10 @@ export const seamCases = defineCases([
         );
       }
       // Rows of other kinds in the same window are never counted.
-      replies.push(row('', 0, 'topup', 7 * C, midnight, { agentId: 'agent_0', grantId: 'topup:x' }), row('', 0, 'expiry', -2 * C, midnight, { agentId: 'agent_0', grantId: 'topup:x' }));
+      replies.push(
+        row('', 0, 'topup', 7 * C, midnight, { agentId: 'agent_0', grantId: 'topup:x' }),
+        row('', 0, 'expiry', -2 * C, midnight, { agentId: 'agent_0', grantId: 'topup:x' }),
+      );
       await append(ctx, workspaceId, replies);
       const other = await created(ctx);
       await append(ctx, other, [row('', 0, 'reply', -C, midnight, { agentId: 'agent_0', model: 'model_0', conversationId: 'conv_0' })]);
@@ -516,7 +619,15 @@ export const seamCases = defineCases([
           }
         }
       }
-      expect(await ctx.storage.usage({ workspaceId: ctx.id('missing'), from: midnight - DAY, to: midnight + DAY, groupBy: 'agent', byDay: false })).toEqual([]);
+      expect(
+        await ctx.storage.usage({
+          workspaceId: ctx.id('missing'),
+          from: midnight - DAY,
+          to: midnight + DAY,
+          groupBy: 'agent',
+          byDay: false,
+        }),
+      ).toEqual([]);
     },
   ],
   [

@@ -5,9 +5,25 @@
  */
 import { describe, expect, it } from 'vitest';
 import { MemoryStorage } from '../../src/index.js';
+import type {
+  CommitResult,
+  CreditStorage,
+  LedgerQuery,
+  LedgerRow,
+  LoadedWorkspace,
+  LoadRequest,
+  UsageAggregate,
+  UsageQuery,
+  WorkspaceCommit,
+} from '../../src/storage/index.js';
 import { UsageAccumulator } from '../../src/storage/index.js';
-import type { CommitResult, CreditStorage, LedgerQuery, LedgerRow, LoadedWorkspace, LoadRequest, UsageAggregate, UsageQuery, WorkspaceCommit } from '../../src/storage/index.js';
-import { conformanceCases, runConformanceCase, runStorageConformance, type ConformanceContext, type StorageConformanceOptions } from '../../src/testing/index.js';
+import {
+  type ConformanceContext,
+  conformanceCases,
+  runConformanceCase,
+  runStorageConformance,
+  type StorageConformanceOptions,
+} from '../../src/testing/index.js';
 
 /** The memory store plus a `usage` that sums in the store, as a SQL store would. */
 class SummingStorage extends MemoryStorage {
@@ -44,7 +60,8 @@ class RowsOutsideCommit extends MemoryStorage {
     const results = await super.commit(commits);
     results.forEach((result, i) => {
       const commit = commits[i]!;
-      if (result === 'conflict' && commit.ledger.length > 0) this.#stray.set(commit.workspaceId, [...(this.#stray.get(commit.workspaceId) ?? []), ...commit.ledger]);
+      if (result === 'conflict' && commit.ledger.length > 0)
+        this.#stray.set(commit.workspaceId, [...(this.#stray.get(commit.workspaceId) ?? []), ...commit.ledger]);
     });
     return results;
   }
@@ -80,7 +97,8 @@ class StaleLapseIndex extends MemoryStorage {
       const commit = commits[i]!;
       if (result !== 'committed') return;
       const index = this.#firstLapse.get(commit.workspaceId) ?? new Map<string, number>();
-      for (const record of commit.records) if (record.holdExpiresAt !== null && !index.has(record.key)) index.set(record.key, record.holdExpiresAt);
+      for (const record of commit.records)
+        if (record.holdExpiresAt !== null && !index.has(record.key)) index.set(record.key, record.holdExpiresAt);
       this.#firstLapse.set(commit.workspaceId, index);
     });
     return results;
@@ -89,7 +107,9 @@ class StaleLapseIndex extends MemoryStorage {
   override async load(request: LoadRequest): Promise<LoadedWorkspace> {
     const loaded = await super.load(request);
     const keys = [...(this.#firstLapse.get(request.workspaceId) ?? [])].filter(([, at]) => at <= request.now).map(([key]) => key);
-    const extra = (await super.load({ ...request, keys })).records.filter((record) => !loaded.lapsed.some((lapsed) => lapsed.key === record.key));
+    const extra = (await super.load({ ...request, keys })).records.filter(
+      (record) => !loaded.lapsed.some((lapsed) => lapsed.key === record.key),
+    );
     return { ...loaded, lapsed: [...loaded.lapsed, ...extra] };
   }
 }
@@ -159,7 +179,8 @@ class ClosedUsageWindow extends SummingStorage {
 class UsageOfEveryKind extends MemoryStorage {
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
     const sum = new UsageAccumulator(query.groupBy, query.byDay);
-    for (const row of await this.ledger({ workspaceId: query.workspaceId, from: query.from, to: query.to, limit: Number.MAX_SAFE_INTEGER })) sum.add({ ...row, kind: 'reply' });
+    for (const row of await this.ledger({ workspaceId: query.workspaceId, from: query.from, to: query.to, limit: Number.MAX_SAFE_INTEGER }))
+      sum.add({ ...row, kind: 'reply' });
     return sum.totals();
   }
 }
@@ -197,7 +218,11 @@ const mutants: readonly Mutant[] = [
   {
     name: 'records lost from a multi-record commit',
     create: () => new LosesRecords(),
-    caughtBy: ['records - upsert by key and come back unchanged', 'concurrency - replies from several meters never overspend', 'concurrency - reserves from several meters hold exactly the affordable amount'],
+    caughtBy: [
+      'records - upsert by key and come back unchanged',
+      'concurrency - replies from several meters never overspend',
+      'concurrency - reserves from several meters hold exactly the affordable amount',
+    ],
   },
   {
     name: 'no lapsed-hold listing',
@@ -211,7 +236,10 @@ const mutants: readonly Mutant[] = [
   {
     name: 'a lapse index never cleaned up',
     create: () => new StaleLapseIndex(),
-    caughtBy: ['load - a record rewritten without a hold stops being lapsed; one rewritten with a later lapse moves', 'hold expiry - a hold once swept is no longer listed as lapsed'],
+    caughtBy: [
+      'load - a record rewritten without a hold stops being lapsed; one rewritten with a later lapse moves',
+      'hold expiry - a hold once swept is no longer listed as lapsed',
+    ],
   },
   {
     name: 'ledger ordered by time',
@@ -226,17 +254,26 @@ const mutants: readonly Mutant[] = [
   {
     name: 'ledger rows of other workspaces leak in',
     create: () => new LeaksWorkspaces(),
-    caughtBy: ['ledger - shows only the rows of the workspace asked for', 'ledger - through CreditMeter, entries of another workspace never show'],
+    caughtBy: [
+      'ledger - shows only the rows of the workspace asked for',
+      'ledger - through CreditMeter, entries of another workspace never show',
+    ],
   },
   {
     name: 'inclusive ledger cursor',
     create: () => new InclusiveCursor(),
-    caughtBy: ['ledger - limit and afterSeq page through every row exactly once, in seq order', 'ledger - through CreditMeter, a cursor pages through every entry exactly once'],
+    caughtBy: [
+      'ledger - limit and afterSeq page through every row exactly once, in seq order',
+      'ledger - through CreditMeter, a cursor pages through every entry exactly once',
+    ],
   },
   {
     name: 'ledger without the upper bound',
     create: () => new LedgerIgnoresTo(),
-    caughtBy: ['ledger - from is inclusive and to is exclusive', 'ledger - through CreditMeter, from is inclusive, to exclusive, and agentId filters, also across pages'],
+    caughtBy: [
+      'ledger - from is inclusive and to is exclusive',
+      'ledger - through CreditMeter, from is inclusive, to exclusive, and agentId filters, also across pages',
+    ],
   },
   {
     name: 'ledger without the kinds filter',
@@ -251,7 +288,10 @@ const mutants: readonly Mutant[] = [
   {
     name: 'usage of every kind of row',
     create: () => new UsageOfEveryKind(),
-    caughtBy: ['usage - equals UsageAccumulator over the same rows, per group and per UTC day', "usage - the store's sums equal the meter's ledger fallback"],
+    caughtBy: [
+      'usage - equals UsageAccumulator over the same rows, per group and per UTC day',
+      "usage - the store's sums equal the meter's ledger fallback",
+    ],
   },
 ];
 
@@ -289,7 +329,11 @@ describe('conformance kit mutation test', () => {
 
   for (const mutant of mutants) {
     it(`catches: ${mutant.name}`, async () => {
-      for (const name of mutant.caughtBy) expect(conformanceCases.map((c) => c.name), 'a case named in caughtBy').toContain(name);
+      for (const name of mutant.caughtBy)
+        expect(
+          conformanceCases.map((c) => c.name),
+          'a case named in caughtBy',
+        ).toContain(name);
       const failed = await failures(options(mutant.name, mutant.create));
       for (const name of mutant.caughtBy) expect(failed.has(name), `"${name}" must fail against "${mutant.name}"`).toBe(true);
     });
@@ -297,8 +341,18 @@ describe('conformance kit mutation test', () => {
 
   it('runConformanceCase rejects on the broken store and resolves on the sound one', async () => {
     const name = 'concurrency - replies from several meters never overspend';
-    await expect(runConformanceCase(options('unguarded', () => new IgnoresVersion()), name)).rejects.toThrow();
-    await expect(runConformanceCase(options('memory', () => new MemoryStorage()), name)).resolves.toBeUndefined();
+    await expect(
+      runConformanceCase(
+        options('unguarded', () => new IgnoresVersion()),
+        name,
+      ),
+    ).rejects.toThrow();
+    await expect(
+      runConformanceCase(
+        options('memory', () => new MemoryStorage()),
+        name,
+      ),
+    ).resolves.toBeUndefined();
   });
 
   it('runs a case of the caller, with the invariant check after it', async () => {
@@ -321,7 +375,17 @@ describe('conformance kit mutation test', () => {
             periodStart: at,
             periodEnd: at + 1_000_000,
             usedThisPeriod: 0,
-            grants: [{ grantId: 'period:0', kind: 'allotment' as const, amount: 5, remaining: 5, held: 0, expiresAt: at + 1_000_000, createdAt: at }],
+            grants: [
+              {
+                grantId: 'period:0',
+                kind: 'allotment' as const,
+                amount: 5,
+                remaining: 5,
+                held: 0,
+                expiresAt: at + 1_000_000,
+                createdAt: at,
+              },
+            ],
             held: 0,
             alerts: [],
             agents: [],
@@ -330,7 +394,24 @@ describe('conformance kit mutation test', () => {
           },
         };
         // The ledger row disagrees with the grant: the invariant check must notice.
-        const row = { workspaceId, seq: 1, kind: 'grant' as const, amount: 4, at, replyId: null, agentId: null, conversationId: null, model: null, route: null, priceVersion: null, grantId: 'period:0', plan: 'custom', inputTokens: null, outputTokens: null, reason: null };
+        const row = {
+          workspaceId,
+          seq: 1,
+          kind: 'grant' as const,
+          amount: 4,
+          at,
+          replyId: null,
+          agentId: null,
+          conversationId: null,
+          model: null,
+          route: null,
+          priceVersion: null,
+          grantId: 'period:0',
+          plan: 'custom',
+          inputTokens: null,
+          outputTokens: null,
+          reason: null,
+        };
         await ctx.storage.commit([{ workspaceId, expectedVersion: 0, state: state as never, ledger: [row as LedgerRow], records: [] }]);
         ctx.track(workspaceId);
       },
@@ -340,10 +421,21 @@ describe('conformance kit mutation test', () => {
   });
 
   it('an unknown case name is an error, and so are a bad skip and bad sizes', async () => {
-    await expect(runConformanceCase(options('memory', () => new MemoryStorage()), 'reserve - no such case')).rejects.toThrow(/no conformance case/);
-    expect(() => runStorageConformance({ ...options('memory', () => new MemoryStorage()), skip: ['reserve - no such case'] })).toThrow(/skip: no conformance case/);
-    expect(() => runStorageConformance({ name: 'memory', create: () => new MemoryStorage(), concurrency: { requests: 10, affordable: 10 } })).toThrow(/affordable/);
-    expect(() => runStorageConformance({ name: 'memory', create: () => new MemoryStorage(), concurrency: { meters: 0 } })).toThrow(/meters/);
+    await expect(
+      runConformanceCase(
+        options('memory', () => new MemoryStorage()),
+        'reserve - no such case',
+      ),
+    ).rejects.toThrow(/no conformance case/);
+    expect(() => runStorageConformance({ ...options('memory', () => new MemoryStorage()), skip: ['reserve - no such case'] })).toThrow(
+      /skip: no conformance case/,
+    );
+    expect(() =>
+      runStorageConformance({ name: 'memory', create: () => new MemoryStorage(), concurrency: { requests: 10, affordable: 10 } }),
+    ).toThrow(/affordable/);
+    expect(() => runStorageConformance({ name: 'memory', create: () => new MemoryStorage(), concurrency: { meters: 0 } })).toThrow(
+      /meters/,
+    );
   });
 
   it('every case is named "<operation> - <behaviour>", once', () => {

@@ -16,7 +16,9 @@ describe('FakeProvider', () => {
   it('generate - records the call and returns the configured output', async () => {
     const provider = new FakeProvider({ output: (r: { model: string }) => `echo ${r.model}` });
     expect(await provider.generate(request, {})).toEqual({ output: 'echo gpt-4o-mini' });
-    expect(provider.calls).toEqual([{ method: 'generate', request, hasApiKey: false, hasSignal: false, outcome: 'ok', chunksDelivered: 1 }]);
+    expect(provider.calls).toEqual([
+      { method: 'generate', request, hasApiKey: false, hasSignal: false, outcome: 'ok', chunksDelivered: 1 },
+    ]);
     expect(await new FakeProvider().generate(request, {})).toEqual({ output: 'fake reply to gpt-4o-mini' });
   });
 
@@ -78,7 +80,9 @@ describe('FakeProvider', () => {
     expect(result).toMatchObject({ output: 'Hello!', route: 'byo' });
     expect(openai.apiKeyOf(openai.calls[0]!)).toBe(SECRET);
     openai.configure({ error: new Error(`upstream refused key ${SECRET}`), failTimes: 1 });
-    const failure = await meter.reply({ workspaceId: 'ws_1', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini', input: 'Hi' }).catch((e: unknown) => e);
+    const failure = await meter
+      .reply({ workspaceId: 'ws_1', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini', input: 'Hi' })
+      .catch((e: unknown) => e);
     expect(CreditsError.is(failure) && failure.code).toBe('PROVIDER_ERROR');
     expect(inspect(failure, { depth: 10 })).not.toContain(SECRET);
     expect(Number((await meter.getWorkspace('ws_1')).balance)).toBe(100);
