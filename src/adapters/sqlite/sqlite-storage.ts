@@ -4,9 +4,11 @@ import { DAY_MS } from '../../core/usage-aggregate.js';
 import type {
   CommitResult,
   CreditStorage,
+  EraseRequest,
   LedgerQuery,
-  LoadedWorkspace,
+  ListQuery,
   LoadRequest,
+  LoadedWorkspace,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,
@@ -264,6 +266,33 @@ export class SqliteStorage implements CreditStorage {
   }
 
   /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
+  async listWorkspaces(query: ListQuery): Promise<string[]> {
+    return this.#run('listWorkspaces', (s) => {
+      const rows = s.query(`SELECT workspace_id FROM ${s.prefix}states WHERE workspace_id > ? ORDER BY workspace_id LIMIT ?`).all(query.afterId ?? '', query.limit);
+      return (rows as { workspace_id: string }[]).map((row) => row.workspace_id);
+    });
+  }
+
+  async erase(request: EraseRequest): Promise<void> {
+    return this.#run('erase', (s) => {
+      s.db.exec('BEGIN IMMEDIATE');
+      try {
+        const id = request.workspaceId;
+        s.query(`DELETE FROM ${s.prefix}records WHERE workspace_id = ?`).run(id);
+        if (request.keepLedger) {
+          s.query(`UPDATE ${s.prefix}entries SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`).run(id);
+        } else {
+          s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
+          s.query(`DELETE FROM ${s.prefix}states WHERE workspace_id = ?`).run(id);
+        }
+        s.db.exec('COMMIT');
+      } catch (error) {
+        if (s.db.inTransaction) s.db.exec('ROLLBACK');
+        throw error;
+      }
+    });
+  }
+
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
     return this.#run('usage', (s) => {
       const day = query.byDay ? `, at - ((at % ${DAY_MS}) + ${DAY_MS}) % ${DAY_MS} AS day` : '';
