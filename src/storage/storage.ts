@@ -102,7 +102,13 @@ export interface CreditStorage {
   migrate(): Promise<void>;
   /** Releases connections the store opened itself. */
   close(): Promise<void>;
-  /** Reads a workspace's state and version, the records asked for and the lapsed holds. */
+  /**
+   * Reads a workspace's state and version, the records asked for and the lapsed holds. It
+   * need not be one snapshot, but it must read the state and version **first**: records
+   * read after it can only be as new or newer, and a commit based on anything newer than the
+   * version it carries is refused by the version guard. (Records read before the state could
+   * be older than a state that passes the guard.)
+   */
   load(request: LoadRequest): Promise<LoadedWorkspace>;
   /**
    * Applies each workspace's changes atomically: the state, the rows and the records all
