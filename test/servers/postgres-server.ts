@@ -158,7 +158,7 @@ export async function startPostgres(): Promise<TestServer> {
         'PostgreSQL',
       );
     } catch (error) {
-      await stop();
+      await stop().catch(() => undefined);
       throw error;
     }
     return {
@@ -176,6 +176,9 @@ export async function startPostgres(): Promise<TestServer> {
       },
     };
   } catch (error) {
+    // pg_ctl may give up waiting on a server that still comes up later: stop whatever holds the data folder.
+    if (existsSync(join(dir, 'data', 'postmaster.pid')))
+      await run('pg_ctl', ['-D', join(dir, 'data'), '-m', 'immediate', 'stop']).catch(() => undefined);
     const log = join(dir, 'postgres.log');
     const tail = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').slice(-5).join('\n') : '';
     rmSync(dir, { recursive: true, force: true });
