@@ -529,12 +529,15 @@ export class Transition {
    * under the same id.
    */
   #close(): Outcome {
-    const existed = this.#state.account !== null;
-    if (existed) {
-      this.#state.account = null;
-      this.#changed = true;
-    }
-    return { status: 'closed', existed };
+    const account = this.#state.account;
+    if (!account) return { status: 'closed', existed: false };
+    // What was left (held credits included: their replies go with the workspace) is written
+    // off, so a kept ledger still sums to the balance: zero, until the id is created afresh.
+    const left = availableOf(account.grants) + account.held;
+    if (left > 0) this.#append('expiry', -left, this.#now, { reason: 'workspace deleted' });
+    this.#state.account = null;
+    this.#changed = true;
+    return { status: 'closed', existed: true };
   }
 
   // ─── watching the balance: absolute alerts and recharges ────────────────

@@ -113,7 +113,9 @@ export interface CreditStorage {
   /**
    * Applies each workspace's changes atomically: the state, the rows and the records all
    * land, or none does. A workspace whose version moved answers `conflict` and changes
-   * nothing; the others are unaffected. Results are in the order of `commits`.
+   * nothing; the others are unaffected. Commits are applied in the order given (two of one
+   * workspace at one version: the first lands, the second conflicts) and results come back in
+   * that order.
    */
   commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]>;
   /** Ledger rows of a workspace in `seq` order, filtered and paged. */

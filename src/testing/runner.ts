@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import type { CreditStorage } from '../storage/storage.js';
 import { analyticsCases } from './analytics.js';
+import { billingCases } from './billing.js';
 import { concurrencyCases } from './concurrency.js';
 import {
   allRows,
@@ -39,6 +40,7 @@ export const conformanceCases: readonly ConformanceCase[] = freeze([
   ...periodCases,
   ...grantCases,
   ...analyticsCases,
+  ...billingCases,
   ...concurrencyCases,
 ]);
 

@@ -264,10 +264,13 @@ describe('erasure and listing', () => {
     expect(kept.map((e) => [e.kind, Number(e.credits), e.agentId, e.conversationId])).toEqual([
       ['grant', 100, undefined, undefined],
       ['reply', -5, undefined, undefined],
+      ['expiry', -95, undefined, undefined],
     ]);
+    expect(await ledgerSum(meter, 'ws')).toBe(0);
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     const ids = (await meter.ledger({ workspaceId: 'ws' })).entries.map((e) => Number(e.id));
-    expect(ids).toEqual([1, 2, 3]);
+    expect(ids).toEqual([1, 2, 3, 4]);
+    expect(await ledgerSum(meter, 'ws')).toBe(100);
   });
 
   it('listWorkspaces pages through every workspace once', async () => {
