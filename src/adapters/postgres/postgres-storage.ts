@@ -323,7 +323,7 @@ function oldRelease(schema: string, prefix: string, version: number): Error {
     `schema "${schema}" holds the tables of @bookbag/credits 0.1 (layout ${version}, prefix "${prefix}"), which this release ` +
       'does not read or convert. Keep 0.1 on that data, or point this release at another schema or tablePrefix, or drop the ' +
       `old tables (${prefix}workspaces, ${prefix}grants, ${prefix}replies, ${prefix}ledger, ${prefix}alerts, ${prefix}migrations ` +
-      'with CASCADE, which also drops their functions): see "Upgrading from 0.1" in docs/adapters/postgres.md',
+      'with CASCADE, which also drops their functions): see "Migrations and data from 0.1" in docs/adapters/postgres.md',
   );
 }
 
