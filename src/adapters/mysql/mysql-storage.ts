@@ -1,0 +1,373 @@
+import type * as seam from '../../storage/index.js';
+
+// ─── 1. The driver, typed structurally ──────────────────────────────────────
+// The package never imports mysql2's types: these are the few methods the store calls, and a
+// mysql2/promise `Pool` (or a wrapper that adds tracing) has them.
+
+/** Something that runs SQL with `?` placeholders: a mysql2/promise pool or connection. */
+export interface MySqlQueryable {
+  /** Resolves to `[rows, fields]`; for a write, `rows` is a result with `affectedRows`. */
+  query(sql: string, values?: unknown): Promise<[unknown, unknown]>;
+}
+
+/** A connection checked out of a pool (mysql2's `PoolConnection`). */
+export interface MySqlPoolConnection extends MySqlQueryable {
+  /** Returns the connection to the pool. */
+  release(): void;
+  /** Closes the connection instead (used after an error that may have left it unusable). */
+  destroy(): void;
+}
+
+/** The methods of a mysql2/promise `Pool` the store uses. `mysql.createPool(...)` satisfies it. */
+export interface MySqlPool extends MySqlQueryable {
+  /** Checks a connection out, for a transaction. */
+  getConnection(): Promise<MySqlPoolConnection>;
+  /** Closes every connection. Called by `close()` only for a pool the store created. */
+  end(): Promise<void>;
+}
+
+interface CommonOptions {
+  /**
+   * Prefix of every table name, e.g. `credits_` gives `credits_ledger`. Lets several stores
+   * share one database.
+   * @default 'credits_'
+   */
+  tablePrefix?: string;
+}
+
+/** Options of a store that opens its own pool from a URL. */
+export interface MySqlUriOptions extends CommonOptions {
+  /** A MySQL URL with the database, e.g. `mysql://user:pass@127.0.0.1:3306/app`. */
+  uri: string;
+  /**
+   * Most connections in the pool the store creates. A hot workspace uses one at a time (the
+   * meter commits its concurrent changes together); other workspaces share the rest.
+   * @default 10
+   */
+  poolSize?: number;
+  pool?: never;
+}
+
+/** Options of a store that uses the host's mysql2/promise pool (its charset must be utf8mb4). */
+export interface MySqlPoolOptions extends CommonOptions {
+  /** An existing pool, e.g. `mysql.createPool(url)` from `mysql2/promise`; `close()` leaves it open. */
+  pool: MySqlPool;
+  uri?: never;
+  poolSize?: never;
+}
+
+/** Options of {@link MySqlStorage}: a URL or a pool, plus a table prefix. */
+export type MySqlStorageOptions = MySqlUriOptions | MySqlPoolOptions;
+
+/** The number of this layout in `<prefix>migrations`. */
+const LAYOUT_VERSION = 1;
+const DAY_MS = 86_400_000;
+/**
+ * Errors after which nothing was written and a fresh load may well succeed: a duplicate key
+ * (a second creator of one workspace), a deadlock, a lock wait that timed out. A commit that
+ * meets one answers `conflict`, and the meter reloads and retries.
+ */
+const RETRYABLE = new Set([1062, 1213, 1205]);
+
+// ─── 2. The schema ───────────────────────────────────────────────────────────
+// Ids use a binary, no-pad collation: 'A' ≠ 'a', 'é' ≠ 'e', 'x' ≠ 'x '. Amounts and instants
+// are BIGINT; JSON is kept as text, exactly as given. Ids are at most 255 characters; record
+// keys and grant ids add a prefix such as `adjustment:`. Primary-key columns are NOT NULL by rule.
+function layout(t: Tables, collation: string): string[] {
+  const id = (size: number) => `VARCHAR(${size}) CHARACTER SET utf8mb4 COLLATE ${collation}`;
+  return [
+    `CREATE TABLE IF NOT EXISTS ${t.workspaces} (workspace_id ${id(255)} PRIMARY KEY, version BIGINT NOT NULL, state LONGTEXT NOT NULL)`,
+    // The (workspace_id, hold_expires_at) index makes finding lapsed holds cost what they are.
+    `CREATE TABLE IF NOT EXISTS ${t.records} (workspace_id ${id(255)}, record_key ${id(300)}, hold_expires_at BIGINT NULL,
+      value LONGTEXT NOT NULL, PRIMARY KEY (workspace_id, record_key), KEY hold_idx (workspace_id, hold_expires_at))`,
+    `CREATE TABLE IF NOT EXISTS ${t.ledger} (workspace_id ${id(255)}, seq BIGINT, kind VARCHAR(32) NOT NULL, amount BIGINT NOT NULL,
+      at BIGINT NOT NULL, reply_id ${id(255)}, agent_id ${id(255)}, conversation_id ${id(255)}, model ${id(255)}, route VARCHAR(32),
+      price_version TEXT, grant_id ${id(300)}, plan ${id(255)}, input_tokens BIGINT, output_tokens BIGINT, reason TEXT,
+      PRIMARY KEY (workspace_id, seq), KEY at_idx (workspace_id, at), KEY agent_idx (workspace_id, agent_id, seq))`,
+  ].map((ddl) => `${ddl} ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`);
+}
+
+/** The fields of a `LedgerRow` in the ledger table, each in the column of its snake-cased name. */
+const LEDGER = 'seq kind amount at replyId agentId conversationId model route priceVersion grantId plan inputTokens outputTokens reason';
+const FIELDS = LEDGER.split(' ') as (keyof seam.LedgerRow)[];
+const COLUMNS = FIELDS.map((field) => field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`));
+/** The BIGINT fields: a pool made with `bigNumberStrings` hands them over as strings. */
+const INTEGERS = ['seq', 'amount', 'at', 'inputTokens', 'outputTokens'] as const;
+
+type Tables = Record<'workspaces' | 'records' | 'ledger' | 'migrations', string>;
+type Row = Record<string, unknown>;
+
+/**
+ * The MySQL / MariaDB store: credits, holds and the ledger in your database, safe with many
+ * app servers on one database (MySQL 8.0+ or MariaDB 10.3+, InnoDB).
+ *
+ * It applies no rule. A workspace is one row (its state as JSON and a version), its records
+ * (one per reply or top-up) and its ledger rows. A commit is one transaction opened by a
+ * guarded `UPDATE … WHERE version = ?` (or an `INSERT` for a new workspace): when another
+ * server moved the version first it writes nothing and answers `conflict`, and the meter
+ * reloads and retries. The `mysql2` driver is an optional peer dependency, loaded on first use.
+ *
+ * @example
+ * ```ts
+ * import { CreditMeter } from '@bookbag/credits';
+ * import { MySqlStorage } from '@bookbag/credits/mysql';
+ *
+ * const storage = new MySqlStorage({ uri: process.env.MYSQL_URL! });
+ * const meter = new CreditMeter({ storage });
+ * ```
+ */
+export class MySqlStorage implements seam.CreditStorage {
+  /** The prefix of the store's table names. */
+  readonly tablePrefix: string;
+  readonly #tables: Tables;
+  readonly #options: MySqlStorageOptions;
+  readonly #pool: Promise<MySqlPool>;
+  #migrating: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(options: MySqlStorageOptions) {
+    const problem = validate(options);
+    if (problem) throw new TypeError(`MySqlStorage: ${problem}`);
+    this.#options = options;
+    this.tablePrefix = options.tablePrefix ?? 'credits_';
+    const table = (name: string) => `\`${this.tablePrefix}${name}\``;
+    this.#tables = { workspaces: table('workspaces'), records: table('records'), ledger: table('ledger'), migrations: table('migrations') };
+    // Loads mysql2 now, outside module load; the pool connects on first use.
+    this.#pool = options.pool ? Promise.resolve(options.pool) : openPool(options);
+    this.#pool.catch(() => undefined); // reported by the first call that needs the pool
+  }
+
+  // ─── 3. migrate and close ─────────────────────────────────────────────────
+
+  /**
+   * Creates the tables when missing. Idempotent, safe when several servers run it at once
+   * (a named lock serializes them), and also run on first use. Refuses tables of these names
+   * that it did not create, rather than guessing what they hold.
+   */
+  async migrate(): Promise<void> {
+    this.#migrating ??= this.#migrate().catch((error: unknown) => {
+      this.#migrating = undefined;
+      throw error;
+    });
+    return this.#migrating;
+  }
+
+  /** Ends the pool if this store created it. Calls after this one fail. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (!this.#options.pool) await (await this.#pool.catch(() => undefined))?.end();
+  }
+
+  // ─── 4. load: the state, the records asked for and the lapsed holds, in one query ───
+
+  async load(request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
+    const { workspaces, records } = this.#tables;
+    const id = request.workspaceId;
+    // One statement reads one snapshot: the records agree with the state's version.
+    const [rows] = await (await this.#ready()).query(
+      `SELECT 0 AS part, version, state AS doc, NULL AS k, NULL AS h FROM ${workspaces} WHERE workspace_id = ?
+       UNION ALL SELECT 1, NULL, value, record_key, hold_expires_at FROM ${records}
+         WHERE workspace_id = ? AND ${request.keys.length > 0 ? 'record_key IN (?)' : 'FALSE'}
+       UNION ALL SELECT 2, NULL, value, record_key, hold_expires_at FROM ${records} WHERE workspace_id = ? AND hold_expires_at <= ?`,
+      [id, id, ...(request.keys.length > 0 ? [request.keys] : []), id, request.now],
+    );
+    const loaded: seam.LoadedWorkspace = { version: 0, state: null, records: [], lapsed: [] };
+    for (const { part, version, doc, k, h } of rows as Row[]) {
+      const value = JSON.parse(String(doc));
+      if (Number(part) === 0) Object.assign(loaded, { version: Number(version), state: value });
+      else
+        (Number(part) === 1 ? loaded.records : loaded.lapsed).push({ key: String(k), holdExpiresAt: h == null ? null : Number(h), value });
+    }
+    return loaded;
+  }
+
+  // ─── 5. commit: one transaction per workspace, guarded by the version ───
+
+  async commit(commits: readonly seam.WorkspaceCommit[]): Promise<seam.CommitResult[]> {
+    const results: seam.CommitResult[] = [];
+    for (const commit of commits) results.push(await this.#transaction((connection) => this.#commitOne(connection, commit)));
+    return results;
+  }
+
+  async #commitOne(connection: MySqlQueryable, commit: seam.WorkspaceCommit): Promise<seam.CommitResult> {
+    const t = this.#tables;
+    const id = commit.workspaceId;
+    // A new workspace is an INSERT: a second creator waits on the first one's row lock, then
+    // meets the duplicate key. An existing one is an UPDATE guarded by the version; its row
+    // lock serializes every writer of the workspace until COMMIT.
+    const guard =
+      commit.expectedVersion === 0
+        ? `INSERT INTO ${t.workspaces} (state, workspace_id, version) VALUES (?, ?, ? + 1)`
+        : `UPDATE ${t.workspaces} SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`;
+    const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]);
+    if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
+    if (commit.ledger.length > 0) {
+      const rows = commit.ledger.map((row) => [id, ...FIELDS.map((field) => row[field])]);
+      await connection.query(`INSERT INTO ${t.ledger} (workspace_id, ${COLUMNS.join(', ')}) VALUES ?`, [rows]);
+    }
+    if (commit.records.length > 0) {
+      const rows = commit.records.map((record) => [id, record.key, record.holdExpiresAt, JSON.stringify(record.value)]);
+      await connection.query(
+        `INSERT INTO ${t.records} (workspace_id, record_key, hold_expires_at, value) VALUES ?
+         ON DUPLICATE KEY UPDATE hold_expires_at = VALUES(hold_expires_at), value = VALUES(value)`,
+        [rows],
+      );
+    }
+    return 'committed';
+  }
+
+  // ─── 6. reads: ledger pages, usage, workspace ids ───
+
+  async ledger(query: seam.LedgerQuery): Promise<seam.LedgerRow[]> {
+    const where = ['workspace_id = ?'];
+    const values: unknown[] = [query.workspaceId];
+    const add = (sql: string, value: unknown) => where.push(sql) && values.push(value);
+    if (query.afterSeq !== undefined) add('seq > ?', query.afterSeq);
+    if (query.from !== undefined) add('at >= ?', query.from);
+    if (query.to !== undefined) add('at < ?', query.to);
+    if (query.agentId !== undefined) add('agent_id = ?', query.agentId);
+    if (query.kinds !== undefined) add('kind IN (?)', query.kinds.length > 0 ? query.kinds : [null]);
+    const [rows] = await (await this.#ready()).query(
+      `SELECT ${COLUMNS.map((column, i) => `${column} AS ${FIELDS[i]}`).join(', ')} FROM ${this.#tables.ledger}
+        WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`,
+      [...values, Math.max(0, Math.floor(query.limit))],
+    );
+    return (rows as Row[]).map((row) => {
+      for (const field of INTEGERS) if (row[field] != null) row[field] = Number(row[field]);
+      return { workspaceId: query.workspaceId, ...row } as unknown as seam.LedgerRow;
+    });
+  }
+
+  async usage(query: seam.UsageQuery): Promise<seam.UsageAggregate[]> {
+    const column = query.groupBy === 'agent' ? 'agent_id' : query.groupBy === 'model' ? 'model' : 'conversation_id';
+    // The UTC day by integer arithmetic, floored like dayOf (MOD keeps the sign of `at`).
+    const day = query.byDay ? `, at - MOD(MOD(at, ${DAY_MS}) + ${DAY_MS}, ${DAY_MS}) AS day` : '';
+    const [rows] = await (await this.#ready()).query(
+      `SELECT COALESCE(${column}, '') AS k${day}, -SUM(amount) AS amount, COUNT(*) AS replies FROM ${this.#tables.ledger}
+        WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY k${query.byDay ? ', day' : ''}`,
+      [query.workspaceId, query.from, query.to],
+    );
+    return (rows as Row[]).map((row) => {
+      // `+ 0` turns the -0 of an all-zero group into 0, as the in-memory sum has it.
+      const totals = { key: String(row['k']), amount: Number(row['amount']) + 0, replies: Number(row['replies']) };
+      return query.byDay ? { ...totals, day: Number(row['day']) } : totals;
+    });
+  }
+
+  async listWorkspaces(query: seam.ListQuery): Promise<string[]> {
+    const after = query.afterId === undefined ? [] : [query.afterId];
+    const [rows] = await (await this.#ready()).query(
+      `SELECT workspace_id FROM ${this.#tables.workspaces} ${after.length > 0 ? 'WHERE workspace_id > ?' : ''} ORDER BY workspace_id LIMIT ?`,
+      [...after, query.limit],
+    );
+    return (rows as Row[]).map((row) => String(row['workspace_id']));
+  }
+
+  // ─── 7. erase: one transaction, behind the workspace's row lock ───
+
+  async erase(request: seam.EraseRequest): Promise<void> {
+    const t = this.#tables;
+    const id = [request.workspaceId];
+    const result = await this.#transaction(async (connection) => {
+      // The state row first, as a commit takes it: the two never wait on each other crosswise.
+      await connection.query(`SELECT version FROM ${t.workspaces} WHERE workspace_id = ? FOR UPDATE`, id);
+      await connection.query(`DELETE FROM ${t.records} WHERE workspace_id = ?`, id);
+      if (request.keepLedger) {
+        await connection.query(`UPDATE ${t.ledger} SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`, id);
+      } else {
+        await connection.query(`DELETE FROM ${t.ledger} WHERE workspace_id = ?`, id);
+        await connection.query(`DELETE FROM ${t.workspaces} WHERE workspace_id = ?`, id);
+      }
+      return 'committed';
+    });
+    if (result === 'conflict') throw new Error('MySqlStorage: erase met a deadlock and changed nothing; try again');
+  }
+
+  // ─── 8. internals: the pool, transactions, the migration ───
+
+  /** The pool, once migrated; fails after `close()`. */
+  async #ready(): Promise<MySqlPool> {
+    if (this.#closed) throw new Error('MySqlStorage: the store is closed');
+    await this.migrate();
+    return this.#pool;
+  }
+
+  /** Runs `work` in a transaction: COMMIT when it commits, ROLLBACK when not or when it throws. */
+  async #transaction(work: (connection: MySqlQueryable) => Promise<seam.CommitResult>): Promise<seam.CommitResult> {
+    const connection = await (await this.#ready()).getConnection();
+    let healthy = true;
+    try {
+      await connection.query('START TRANSACTION');
+      const result = await work(connection);
+      await connection.query(result === 'committed' ? 'COMMIT' : 'ROLLBACK');
+      return result;
+    } catch (error) {
+      // A connection that cannot even roll back is closed rather than returned to the pool.
+      await connection.query('ROLLBACK').catch(() => (healthy = false));
+      if (RETRYABLE.has((error as { errno?: number } | null)?.errno ?? 0)) return 'conflict';
+      throw error;
+    } finally {
+      if (healthy) connection.release();
+      else connection.destroy();
+    }
+  }
+
+  async #migrate(): Promise<void> {
+    const connection = await (await this.#pool).getConnection();
+    const t = this.#tables;
+    const lock = `credits_migrate:${this.tablePrefix}`;
+    try {
+      await connection.query('SELECT GET_LOCK(CONCAT(DATABASE(), ?), 60)', [lock]);
+      const names = Object.values(t).map((name) => name.slice(1, -1));
+      const [found] = await connection.query(
+        'SELECT TABLE_NAME AS name FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN (?)',
+        [names],
+      );
+      const existing = (found as Row[]).map((row) => String(row['name']));
+      if (existing.length > 0 && !existing.includes(names[3]!)) throw new Error(foreign(existing));
+      // The binary collations that do not pad: MySQL 8's, else MariaDB's.
+      const [collations] = await connection.query(
+        "SELECT COLLATION_NAME AS c FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin')",
+      );
+      await connection.query(`CREATE TABLE IF NOT EXISTS ${t.migrations} (version INT NOT NULL PRIMARY KEY) ENGINE=InnoDB`);
+      for (const ddl of layout(t, String((collations as Row[])[0]?.['c'] ?? 'utf8mb4_bin'))) await connection.query(ddl);
+      await connection.query(`INSERT IGNORE INTO ${t.migrations} (version) VALUES (?)`, [LAYOUT_VERSION]);
+    } finally {
+      await connection.query('SELECT RELEASE_LOCK(CONCAT(DATABASE(), ?))', [lock]).catch(() => undefined);
+      connection.release();
+    }
+  }
+}
+
+// ─── 9. helpers: loading the driver, checking the options ───
+
+type CreatePool = (config: object) => MySqlPool;
+
+const foreign = (tables: string[]) =>
+  `MySqlStorage: the database holds tables named ${tables.join(', ')} that this store did not create (no migrations table). ` +
+  'Drop them or give the store another tablePrefix; see docs/adapters/mysql.md';
+
+async function openPool(options: MySqlUriOptions): Promise<MySqlPool> {
+  // A variable specifier keeps bundlers from resolving the optional peer at build time.
+  const specifier = 'mysql2/promise';
+  const mysql = (await import(specifier).catch((error: unknown) => {
+    throw new Error('the "mysql2" package is not installed; MySqlStorage needs it: run `npm install mysql2`', { cause: error });
+  })) as { createPool?: CreatePool; default?: { createPool?: CreatePool } };
+  const createPool = (mysql.createPool ?? mysql.default?.createPool) as CreatePool;
+  // BIGINTs come back as numbers (exact up to 2^53 - 1), as strings beyond: Number() reads both.
+  return createPool({ uri: options.uri, connectionLimit: options.poolSize ?? 10, charset: 'utf8mb4', supportBigNumbers: true });
+}
+
+/** What is wrong with the options, or undefined. */
+function validate(o: MySqlStorageOptions): string | undefined {
+  if (typeof o !== 'object' || o === null) return 'options must be an object';
+  const problems: [boolean, string][] = [
+    [(o.uri === undefined) === (o.pool === undefined), 'give exactly one of uri or pool'],
+    [o.uri !== undefined && (typeof o.uri !== 'string' || o.uri === ''), 'uri must be a non-empty string'],
+    [o.pool !== undefined && typeof o.pool?.getConnection !== 'function', 'pool must be a mysql2/promise pool (with getConnection)'],
+    [o.tablePrefix !== undefined && !/^([A-Za-z_]\w{0,39})?$/.test(String(o.tablePrefix)), 'tablePrefix: up to 40 of [A-Za-z0-9_]'],
+    [o.poolSize !== undefined && !(Number.isSafeInteger(o.poolSize) && o.poolSize > 0), 'poolSize must be a positive whole number'],
+  ];
+  return problems.find(([bad]) => bad)?.[1];
+}
