@@ -101,23 +101,14 @@ CREATE INDEX IF NOT EXISTS ${n.local('ledger_agent_idx')} ON ${n.ledger} (worksp
 `;
 }
 
-const LEDGER_COLUMNS = [
-  ['seq', 'seq', 'bigint'],
-  ['kind', 'kind', 'text'],
-  ['amount', 'amount', 'bigint'],
-  ['at', 'at', 'bigint'],
-  ['reply_id', 'replyId', 'text'],
-  ['agent_id', 'agentId', 'text'],
-  ['conversation_id', 'conversationId', 'text'],
-  ['model', 'model', 'text'],
-  ['route', 'route', 'text'],
-  ['price_version', 'priceVersion', 'text'],
-  ['grant_id', 'grantId', 'text'],
-  ['plan', 'plan', 'text'],
-  ['input_tokens', 'inputTokens', 'bigint'],
-  ['output_tokens', 'outputTokens', 'bigint'],
-  ['reason', 'reason', 'text'],
-] as const;
+// The ledger's columns; each holds the `LedgerRow` field of the camel-cased name.
+const LEDGER_COLUMNS =
+  'seq kind amount at reply_id agent_id conversation_id model route price_version grant_id plan input_tokens output_tokens reason'
+    .split(' ')
+    .map((column) => {
+      const type = /^(seq|amount|at|input_tokens|output_tokens)$/.test(column) ? 'bigint' : 'text';
+      return [column, column.replace(/_(.)/g, (_, letter: string) => letter.toUpperCase()), type] as const;
+    });
 
 /**
  * The ledger's columns as `LedgerRow` fields. bigint goes out as float8, which pg reads as a JS
@@ -166,4 +157,18 @@ SELECT w.version, w.state,
   (SELECT json_agg(${record}) FROM ${n.records}
     WHERE workspace_id = $1 AND hold_expires_at IS NOT NULL AND hold_expires_at <= $3) AS lapsed
 FROM (VALUES (1)) AS one LEFT JOIN ${n.workspaces} w ON w.workspace_id = $1`;
+}
+
+/**
+ * Erases a workspace in one statement: its records always; then its ledger and state
+ * (`$2` false) or, keeping the ledger (`$2` true), only the rows' agent and conversation ids.
+ */
+export function eraseSql(n: SchemaNames): string {
+  return /* sql */ `
+WITH recs AS (DELETE FROM ${n.records} WHERE workspace_id = $1),
+rows AS (DELETE FROM ${n.ledger} WHERE workspace_id = $1 AND NOT $2::boolean),
+anon AS (UPDATE ${n.ledger} SET agent_id = NULL, conversation_id = NULL
+          WHERE workspace_id = $1 AND $2::boolean AND (agent_id IS NOT NULL OR conversation_id IS NOT NULL)),
+ws AS (DELETE FROM ${n.workspaces} WHERE workspace_id = $1 AND NOT $2::boolean)
+SELECT 1`;
 }

@@ -4,23 +4,16 @@ import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.j
 import type {
   CommitResult,
   CreditStorage,
+  EraseRequest,
   LedgerQuery,
+  ListQuery,
   LoadedWorkspace,
   LoadRequest,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,
 } from '../../storage/storage.js';
-import {
-  commitSql,
-  identifierProblem,
-  LAYOUT_VERSION,
-  LEDGER_SELECT,
-  layout,
-  loadSql,
-  type SchemaNames,
-  schemaNames,
-} from './postgres-schema.js';
+import * as tables from './postgres-schema.js';
 
 // ─── the driver, typed structurally ─────────────────────────────────────────
 
@@ -142,7 +135,7 @@ export class PostgresStorage implements CreditStorage {
   readonly schema: string;
   /** The prefix of the store's table and index names. */
   readonly tablePrefix: string;
-  readonly #names: SchemaNames;
+  readonly #names: tables.SchemaNames;
   readonly #connectionString: string | undefined;
   readonly #poolSize: number;
   readonly #ownsPool: boolean;
@@ -158,17 +151,17 @@ export class PostgresStorage implements CreditStorage {
     if (issues.length > 0) throw new InvalidInputError(issues);
     this.schema = options.schema ?? 'public';
     this.tablePrefix = options.tablePrefix ?? 'credits_';
-    this.#names = schemaNames(this.schema, this.tablePrefix);
+    this.#names = tables.schemaNames(this.schema, this.tablePrefix);
     this.#connectionString = options.connectionString;
     this.#poolSize = options.poolSize ?? 10;
     this.#ownsPool = options.pool === undefined;
     this.#pool = options.pool;
     // Prepared-statement names are cut at 63 bytes: a digest keeps them short and distinct.
-    const id = createHash('sha256').update(`${this.#names.key}:${LAYOUT_VERSION}`).digest('hex').slice(0, 24);
+    const id = createHash('sha256').update(`${this.#names.key}:${tables.LAYOUT_VERSION}`).digest('hex').slice(0, 24);
     this.#statements = {
-      load: { name: `credits_load_${id}`, text: loadSql(this.#names) },
-      insert: { name: `credits_insert_${id}`, text: commitSql(this.#names, true) },
-      update: { name: `credits_update_${id}`, text: commitSql(this.#names, false) },
+      load: { name: `credits_load_${id}`, text: tables.loadSql(this.#names) },
+      insert: { name: `credits_insert_${id}`, text: tables.commitSql(this.#names, true) },
+      update: { name: `credits_update_${id}`, text: tables.commitSql(this.#names, false) },
     };
   }
 
@@ -235,7 +228,7 @@ export class PostgresStorage implements CreditStorage {
     if (query.agentId !== undefined) where.push(`agent_id = ${param(query.agentId)}`);
     if (query.kinds !== undefined) where.push(`kind = ANY(${param(query.kinds)}::text[])`);
     const limit = param(Math.max(0, Math.floor(query.limit)));
-    const text = `SELECT ${LEDGER_SELECT} FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ${limit}`;
+    const text = `SELECT ${tables.LEDGER_SELECT} FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ${limit}`;
     const rows = await this.#query('ledger', { text, values });
     return rows.map((row) => ({ workspaceId: query.workspaceId, ...row }) as unknown as LedgerRow);
   }
@@ -253,6 +246,18 @@ export class PostgresStorage implements CreditStorage {
       const totals = { key: String(row['key']), amount: Number(row['amount']), replies: Number(row['replies']) };
       return query.byDay ? { ...totals, day: Number(row['day']) } : totals;
     });
+  }
+
+  /** Ids of the workspaces that have a state, in byte order, after `afterId`. */
+  async listWorkspaces(query: ListQuery): Promise<string[]> {
+    const text = `SELECT workspace_id FROM ${this.#names.workspaces} WHERE $1::text IS NULL OR workspace_id > $1 ORDER BY workspace_id LIMIT $2`;
+    const rows = await this.#query('listWorkspaces', { text, values: [query.afterId ?? null, query.limit] });
+    return rows.map((row) => String(row['workspace_id']));
+  }
+
+  /** Removes a workspace's records, and its ledger and state or (`keepLedger`) the ledger's agent and conversation ids. Atomic. */
+  async erase(request: EraseRequest): Promise<void> {
+    await this.#query('erase', { text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] });
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
@@ -300,11 +305,11 @@ export class PostgresStorage implements CreditStorage {
       });
       const { rows } = await client.query({ text: `SELECT COALESCE(max(version), 0) AS version FROM ${names.migrations}` });
       const version = Number(rows[0]?.['version'] ?? 0);
-      if (version > 0 && version < LAYOUT_VERSION) throw oldRelease(this.schema, this.tablePrefix, version);
+      if (version > 0 && version < tables.LAYOUT_VERSION) throw oldRelease(this.schema, this.tablePrefix, version);
       // A newer layout (a newer release migrated first) is left as it is.
       if (version === 0) {
-        await client.query({ text: layout(names) });
-        await client.query({ text: `INSERT INTO ${names.migrations} (version) VALUES ($1)`, values: [LAYOUT_VERSION] });
+        await client.query({ text: tables.layout(names) });
+        await client.query({ text: `INSERT INTO ${names.migrations} (version) VALUES ($1)`, values: [tables.LAYOUT_VERSION] });
       }
       await client.query({ text: 'COMMIT' });
       client.release();
@@ -354,7 +359,7 @@ function validate(options: PostgresStorageOptions): InputIssue[] {
     issues.push({ path: 'pool', message: 'must be a pg Pool (with query and connect)' });
   }
   for (const key of ['schema', 'tablePrefix'] as const) {
-    const problem = options[key] === undefined ? undefined : identifierProblem(options[key], key);
+    const problem = options[key] === undefined ? undefined : tables.identifierProblem(options[key], key);
     if (problem) issues.push({ path: key, message: problem });
   }
   if (options.poolSize !== undefined && !(Number.isSafeInteger(options.poolSize) && options.poolSize > 0)) {
