@@ -859,7 +859,7 @@ function copyAccount(account: AccountState): AccountState {
     grants: account.grants.map(copyGrant),
     held: account.held,
     alerts: account.alerts.slice(),
-    agents: account.agents.map((agent) => ({ ...agent, models: agent.models && agent.models.slice() })),
+    agents: account.agents.map((agent) => ({ ...agent, models: agent.models?.slice() ?? null })),
     recharge: account.recharge && { ...account.recharge },
     createdAt: account.createdAt,
   };

@@ -9,7 +9,7 @@ const reasonSchema = z
   .string()
   .min(1, 'must say why')
   .max(500)
-  .refine((text) => !/[\u0000-\u001f\u007f]/.test(text), 'must not contain control characters');
+  .refine((text) => ![...text].some((char) => char.charCodeAt(0) < 0x20 || char.charCodeAt(0) === 0x7f), 'must not contain control characters');
 
 export const refundSchema = z.strictObject({
   workspaceId: idSchema,

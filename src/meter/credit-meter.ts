@@ -13,12 +13,12 @@ import {
   WorkspaceExistsError,
   WorkspaceNotFoundError,
 } from '../core/errors.js';
-import { DEFAULT_PLANS, type Plan, type PlanCatalog } from '../core/plan-catalog.js';
-import { DEFAULT_MODEL_PRICES, type ModelPrice, type ModelPriceTable } from '../core/price-table.js';
+import type { Plan, PlanCatalog } from '../core/plan-catalog.js';
+import type { ModelPrice, ModelPriceTable } from '../core/price-table.js';
 import { resolveRoute, routeCost, type MeterMode } from '../core/route.js';
 import type { ReplyRecord, Route, UsageGroupBy } from '../core/state.js';
 import { scrubError } from '../core/secrets.js';
-import type { Command, CoreEvent, Outcome, Snapshot } from '../core/transition.js';
+import type { Command, CoreEvent, Outcome } from '../core/transition.js';
 import { UsageAccumulator } from '../core/usage-aggregate.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
@@ -38,7 +38,6 @@ import {
   parseReserveInput,
   parseSettleInput,
   quoteSchema,
-  replySchema,
   usageSchema,
   workspaceIdSchema,
 } from './inputs.js';

@@ -62,7 +62,7 @@ export class WorkspaceBatcher {
       const batch = queue.splice(0, MAX_BATCH);
       try {
         const results = await this.#run(workspaceId, batch);
-        batch.forEach((pending, i) => pending.resolve(results[i]!));
+        for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
       } catch (error) {
         for (const pending of batch) pending.reject(error);
       }

@@ -171,7 +171,7 @@ export const billingCases = defineCases([
     'listWorkspaces - pages through every workspace once, in a stable order',
     async (ctx) => {
       const meter = newMeter(ctx);
-      const ids = [];
+      const ids: string[] = [];
       for (let i = 0; i < 5; i++) ids.push(await newWorkspace(ctx, meter, 10));
       if (!ctx.storage.listWorkspaces) {
         expect(await rejection(meter.listWorkspaces())).toBe('STORAGE_ERROR');
