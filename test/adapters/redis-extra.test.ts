@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RedisStorage } from '../../src/adapters/redis/index.js';
-import { CreditMeter, CreditsError, type CreditStorage, MemoryStorage, StorageError } from '../../src/index.js';
+import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage, StorageError } from '../../src/index.js';
 import { row, stateDoc } from '../../src/testing/fixtures.js';
 import { startRedis } from '../servers/redis-server.js';
 
@@ -43,7 +43,12 @@ async function books(meter: CreditMeter, workspaceId: string) {
   } while (cursor);
   const summary = await meter.getWorkspace(workspaceId);
   const micros = (value: unknown) => Math.round(Number(value) * 1e6);
-  return { entries, sum: entries.reduce((total, entry) => total + micros(entry.credits), 0), booked: micros(summary.balance) + micros(summary.held), summary };
+  return {
+    entries,
+    sum: entries.reduce((total, entry) => total + micros(entry.credits), 0),
+    booked: micros(summary.balance) + micros(summary.held),
+    summary,
+  };
 }
 
 /** The hash tag Redis Cluster hashes a key by: between the first `{` and the next `}`, if not empty. */
@@ -191,14 +196,43 @@ type Op =
 
 const opArb: fc.Arbitrary<Op> = fc.oneof(
   // A few reply ids, so settles and releases meet holds, and retries meet their first outcome.
-  { weight: 6, arbitrary: fc.record({ kind: fc.constantFrom('reserve' as const, 'charge' as const), reply: fc.nat(12), agent: fc.nat(2), model: fc.constantFrom(0 as const, 1 as const) }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      kind: fc.constantFrom('reserve' as const, 'charge' as const),
+      reply: fc.nat(12),
+      agent: fc.nat(2),
+      model: fc.constantFrom(0 as const, 1 as const),
+    }),
+  },
   { weight: 4, arbitrary: fc.record({ kind: fc.constantFrom('settle' as const, 'release' as const), reply: fc.nat(12) }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('topUp' as const), grant: fc.nat(3), credits: fc.integer({ min: 1, max: 20 }) }) },
   // Mostly forward, sometimes back (a clock that went back): time order of the ledger breaks.
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant('clock' as const), ms: fc.integer({ min: -6 * 3_600_000, max: 20 * 3_600_000 }) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({ kind: fc.constant('clock' as const), ms: fc.integer({ min: -6 * 3_600_000, max: 20 * 3_600_000 }) }),
+  },
   // Windows start up to two days before the clock, where the rows are.
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('ledger' as const), from: fc.option(fc.integer({ min: 0, max: 2 * DAY })), span: fc.option(fc.integer({ min: 0, max: 2 * DAY })), agent: fc.option(fc.nat(2)), limit: fc.integer({ min: 1, max: 15 }) }) },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('usage' as const), from: fc.integer({ min: 0, max: 2 * DAY }), span: fc.integer({ min: 0, max: 3 * DAY }), group: fc.constantFrom(0 as const, 1 as const, 2 as const), byDay: fc.boolean() }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('ledger' as const),
+      from: fc.option(fc.integer({ min: 0, max: 2 * DAY })),
+      span: fc.option(fc.integer({ min: 0, max: 2 * DAY })),
+      agent: fc.option(fc.nat(2)),
+      limit: fc.integer({ min: 1, max: 15 }),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('usage' as const),
+      from: fc.integer({ min: 0, max: 2 * DAY }),
+      span: fc.integer({ min: 0, max: 3 * DAY }),
+      group: fc.constantFrom(0 as const, 1 as const, 2 as const),
+      byDay: fc.boolean(),
+    }),
+  },
 );
 
 let counter = 0;
@@ -212,7 +246,11 @@ async function apply(meter: CreditMeter, op: Op, now: number): Promise<unknown> 
         return plain(await meter.reserve({ ...ask(ws, op.agent), model: op.model ? 'gpt-4o' : 'gpt-4o-mini', replyId: `r${op.reply}` }));
       case 'charge': {
         // A fresh id per charge: the op's index keeps it the same on both meters.
-        const hold = await meter.reserve({ ...ask(ws, op.agent), model: op.model ? 'gpt-4o' : 'gpt-4o-mini', replyId: `c${op.reply}-${counter++}` });
+        const hold = await meter.reserve({
+          ...ask(ws, op.agent),
+          model: op.model ? 'gpt-4o' : 'gpt-4o-mini',
+          replyId: `c${op.reply}-${counter++}`,
+        });
         return plain(await meter.settle({ workspaceId: ws, replyId: hold.replyId }));
       }
       case 'settle':
@@ -265,7 +303,8 @@ describe('redis - behaves as the memory store', () => {
         const clock = () => new Date(now);
         const memory = new CreditMeter({ storage: new MemoryStorage(), clock, holdTtlMs: 8 * 3_600_000 });
         const redis = new CreditMeter({ storage: store(), clock, holdTtlMs: 8 * 3_600_000 });
-        for (const meter of [memory, redis]) await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 100, startsAt: new Date(T0) });
+        for (const meter of [memory, redis])
+          await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 100, startsAt: new Date(T0) });
         for (const [i, op] of ops.entries()) {
           if (op.kind === 'clock') now = Math.max(T0, now + op.ms);
           const ids = counter;
@@ -417,8 +456,15 @@ describe('redis - a large ledger', () => {
         await client.eval(loader, 1, 'big:{big}:state', 'big:{big}:', String(T0 + d * DAY), '10', String(perDay), String(seq), state);
       }
       // One more reply row through the real commit lands in the same structures.
-      const live = row('big', days * perDay + 1, 'reply', -5, T0 + days * DAY, { agentId: 'agent0', model: 'model0', conversationId: 'conv0', replyId: 'live' });
-      const committed = await storage.commit([{ workspaceId: 'big', expectedVersion: 1, state: stateDoc('big', days * perDay + 1), ledger: [live], records: [] }]);
+      const live = row('big', days * perDay + 1, 'reply', -5, T0 + days * DAY, {
+        agentId: 'agent0',
+        model: 'model0',
+        conversationId: 'conv0',
+        replyId: 'live',
+      });
+      const committed = await storage.commit([
+        { workspaceId: 'big', expectedVersion: 1, state: stateDoc('big', days * perDay + 1), ledger: [live], records: [] },
+      ]);
       expect(committed).toEqual(['committed']);
 
       const from = T0 + 3 * DAY + DAY / 2; // part days at both edges
@@ -444,7 +490,9 @@ describe('redis - a large ledger', () => {
       // Guards against scanning the whole ledger (tens of seconds here), not a benchmark.
       expect(elapsed).toBeLessThan(10_000);
       const byDay = await storage.usage({ workspaceId: 'big', from, to, groupBy: 'model', byDay: true });
-      expect(byDay.reduce((total, group) => total + group.replies, 0)).toBe([...expected.values()].reduce((total, group) => total + group.replies, 0));
+      expect(byDay.reduce((total, group) => total + group.replies, 0)).toBe(
+        [...expected.values()].reduce((total, group) => total + group.replies, 0),
+      );
       expect(new Set(byDay.map((group) => group.day)).size).toBe(98);
 
       started = performance.now();

@@ -67,7 +67,10 @@ type Script = { readonly source: string; readonly sha: string };
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE) };
 
-type IoredisConstructor = new (url: string, options: Record<string, unknown>) => RedisClientLike & {
+type IoredisConstructor = new (
+  url: string,
+  options: Record<string, unknown>,
+) => RedisClientLike & {
   on(event: 'error', listener: (error: unknown) => void): unknown;
 };
 
@@ -237,33 +240,54 @@ export class RedisStorage implements CreditStorage {
   #keys(workspaceId: string) {
     const base = `${this.keyPrefix}{${workspaceId.replace(/[%{}]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)}}:`;
     const at = `${base}at`;
-    return { base, state: `${base}state`, records: `${base}records`, holds: `${base}holds`, ledger: `${base}ledger`, at, days: `${base}days` };
+    return {
+      base,
+      state: `${base}state`,
+      records: `${base}records`,
+      holds: `${base}holds`,
+      ledger: `${base}ledger`,
+      at,
+      days: `${base}days`,
+    };
   }
 
   #commitCall(commit: WorkspaceCommit): { keys: string[]; args: string[] } {
     const k = this.#keys(commit.workspaceId);
     const { records, ledger: rows } = commit;
     const args = [String(commit.expectedVersion), String(commit.expectedVersion + 1), JSON.stringify(commit.state)];
-    // Each group is preceded by its length; the length's slot is filled once the group is known.
-    const group = (fill: () => void, width: number) => {
-      const slot = args.push('') - 1;
-      fill();
-      args[slot] = String((args.length - slot - 1) / width);
+    const group = (items: readonly string[], width: number) => {
+      args.push(String(items.length / width));
+      for (const item of items) args.push(item);
     };
-    group(() => records.forEach((record) => args.push(record.key, JSON.stringify(record))), 2);
-    group(() => records.forEach((r) => r.holdExpiresAt !== null && args.push(String(r.holdExpiresAt), r.key)), 2);
-    group(() => records.forEach((r) => r.holdExpiresAt === null && args.push(r.key)), 1);
+    group(
+      records.flatMap((r) => [r.key, JSON.stringify(r)]),
+      2,
+    );
+    group(
+      records.flatMap((r) => (r.holdExpiresAt === null ? [] : [String(r.holdExpiresAt), r.key])),
+      2,
+    );
+    group(
+      records.flatMap((r) => (r.holdExpiresAt === null ? [r.key] : [])),
+      1,
+    );
     const seqs = rows.map((row) => String(row.seq).padStart(16, '0'));
-    group(() => rows.forEach((row, i) => args.push(seqs[i]!, JSON.stringify(row))), 2);
-    group(() => rows.forEach((row, i) => args.push(String(row.at), seqs[i]!)), 2);
+    group(
+      rows.flatMap((row, i) => [seqs[i]!, JSON.stringify(row)]),
+      2,
+    );
+    group(
+      rows.flatMap((row, i) => [String(row.at), seqs[i]!]),
+      2,
+    );
     // Usage rollups: per UTC day and group, micro-credits and replies of the `reply` rows.
     const rollups = new Map<string, Map<string, [number, number]>>();
     let day = Number.NaN;
     let hashes: Map<string, [number, number]>[] = [];
     let ordered = true;
-    rows.forEach((row, i) => {
+    for (const [i, row] of rows.entries()) {
       if (i > 0 && row.at < rows[i - 1]!.at) ordered = false;
-      if (row.kind !== 'reply') return;
+      if (row.kind !== 'reply') continue;
       if (dayOf(row.at) !== day) {
         day = dayOf(row.at);
         hashes = GROUPS.map((field) => {
@@ -273,17 +297,20 @@ export class RedisStorage implements CreditStorage {
           return hash;
         });
       }
-      GROUPS.forEach((field, g) => {
+      for (const [g, field] of GROUPS.entries()) {
         const key = row[field] ?? '';
         const sum = hashes[g]!.get(key);
         if (sum) {
           sum[0] -= row.amount;
           sum[1] += 1;
         } else hashes[g]!.set(key, [-row.amount, 1]);
-      });
-    });
+      }
+    }
     const days = new Set([...rollups.keys()].map((name) => name.slice(k.base.length + 4, -2)));
-    group(() => days.forEach((d) => args.push(d, d)), 2);
+    group(
+      [...days].flatMap((d) => [d, d]),
+      2,
+    );
     const last = rows[rows.length - 1];
     args.push(last ? String(rows[0]!.at) : '', last ? String(last.at) : '', last ? String(last.seq) : '', ordered ? '1' : '0');
     for (const sums of rollups.values()) {
@@ -338,6 +365,7 @@ async function loadIoredis(): Promise<IoredisConstructor> {
     throw new StorageError('connect', new Error(hint, { cause: error }), 'redis');
   }
   const candidate = module.Redis ?? (module.default as { Redis?: unknown } | undefined)?.Redis ?? module.default;
-  if (typeof candidate !== 'function') throw new StorageError('connect', new Error('the installed ioredis exports no Redis client class'), 'redis');
+  if (typeof candidate !== 'function')
+    throw new StorageError('connect', new Error('the installed ioredis exports no Redis client class'), 'redis');
   return candidate as IoredisConstructor;
 }
