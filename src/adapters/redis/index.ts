@@ -3,7 +3,7 @@
  *
  * @packageDocumentation
  */
-export { RedisStorage } from './redis-storage.js';
+
 export type {
   RedisClientLike,
   RedisStorageBaseOptions,
@@ -11,3 +11,4 @@ export type {
   RedisStorageOptions,
   RedisStorageUrlOptions,
 } from './redis-storage.js';
+export { RedisStorage } from './redis-storage.js';

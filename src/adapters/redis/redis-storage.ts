@@ -63,6 +63,8 @@ export type RedisStorageOptions = RedisStorageUrlOptions | RedisStorageClientOpt
 const LAYOUT = '3';
 /** Rollup groups; a hash's name ends in the first letter, as `UsageQuery.groupBy` does. */
 const GROUPS = ['agentId', 'model', 'conversationId'] as const;
+/** What the load script answers: version, state JSON, records asked for, lapsed records. */
+type LoadReply = [string | null, string | null, (string | null)[], (string | null)[]];
 type Script = { readonly source: string; readonly sha: string };
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE) };
@@ -70,9 +72,7 @@ const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LED
 type IoredisConstructor = new (
   url: string,
   options: Record<string, unknown>,
-) => RedisClientLike & {
-  on(event: 'error', listener: (error: unknown) => void): unknown;
-};
+) => RedisClientLike & { on(event: 'error', listener: () => void): unknown };
 
 /**
  * A {@link CreditStorage} on Redis, single node or Redis Cluster. A workspace is a handful of
@@ -106,17 +106,13 @@ export class RedisStorage implements CreditStorage {
   constructor(options: RedisStorageOptions) {
     this.keyPrefix = options.keyPrefix ?? 'credits:';
     if (/[{}]/.test(this.keyPrefix)) throw new TypeError('RedisStorage keyPrefix may not contain { or }: the hash tag is the workspace id');
-    if ('client' in options) {
-      this.#client = options.client;
-      this.#url = undefined;
-      this.#autoPipelining = false;
-    } else {
-      if (typeof options.url !== 'string' || options.url === '') {
-        throw new TypeError('RedisStorage needs { url } (a redis:// URL) or { client } (an ioredis Redis or Cluster)');
-      }
-      this.#url = options.url;
-      this.#autoPipelining = options.autoPipelining ?? true;
+    const url = 'client' in options ? undefined : options.url;
+    if (!('client' in options) && (typeof url !== 'string' || url === '')) {
+      throw new TypeError('RedisStorage needs { url } (a redis:// URL) or { client } (an ioredis Redis or Cluster)');
     }
+    this.#client = 'client' in options ? options.client : undefined;
+    this.#url = url;
+    this.#autoPipelining = 'client' in options ? false : (options.autoPipelining ?? true);
   }
 
   /**
@@ -149,12 +145,7 @@ export class RedisStorage implements CreditStorage {
 
   async load(request: LoadRequest): Promise<LoadedWorkspace> {
     const k = this.#keys(request.workspaceId);
-    const reply = (await this.#run('load', [k.state, k.records, k.holds], [String(request.now), ...request.keys])) as [
-      string | null,
-      string | null,
-      (string | null)[],
-      (string | null)[],
-    ];
+    const reply = (await this.#run('load', [k.state, k.records, k.holds], [String(request.now), ...request.keys])) as LoadReply;
     return {
       version: reply[0] === null ? 0 : Number(reply[0]),
       state: reply[1] === null ? null : (JSON.parse(reply[1]) as WorkspaceState),
@@ -219,11 +210,11 @@ export class RedisStorage implements CreditStorage {
       totals.set(id, group);
     };
     for (let i = 0; i < days.length; i += 2) {
+      // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order.
       const fields = days[i + 1] as string[];
-      const hash = new Map<string, string>();
-      for (let j = 0; j < fields.length; j += 2) hash.set(fields[j]!, fields[j + 1]!);
-      for (const [field, value] of hash) {
-        if (field[0] === 's') add(field.slice(1), Number(days[i]), Number(value), Number(hash.get(`n${field.slice(1)}`) ?? 0));
+      for (let j = 0; j < fields.length; j += 2) {
+        const [field, value] = [fields[j]!, Number(fields[j + 1])];
+        add(field.slice(1), Number(days[i]), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
       }
     }
     for (const group of edge.totals()) add(group.key, group.day ?? 0, group.amount, group.replies);
