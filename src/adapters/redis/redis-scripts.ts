@@ -161,3 +161,35 @@ if current then return current end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 `;
+
+/**
+ * KEYS: state, records, holds, ledger, at index, days. ARGV: the workspace's key base,
+ * '1' to keep the ledger, then (when keeping it) the version read, and ledger rows and
+ * rollups rewritten without agent and conversation ids: n, (seq, row JSON)×n, then per
+ * rollup hash: name, m, (field, value)×m. Returns 0 (nothing written) when the version moved.
+ */
+export const ERASE = /* lua */ `
+local days = redis.call('ZRANGE', KEYS[6], 0, -1)
+if ARGV[2] ~= '1' then
+  for _, day in ipairs(days) do
+    for _, g in ipairs({ 'a', 'm', 'c' }) do redis.call('DEL', ARGV[1] .. 'day:' .. day .. ':' .. g) end
+  end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+  return 1
+end
+if (redis.call('HGET', KEYS[1], 'v') or '0') ~= ARGV[3] then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+local i = 4
+local n = tonumber(ARGV[i])
+for c = i + 1, i + 2 * n, 4000 do redis.call('HSET', KEYS[4], unpack(ARGV, c, math.min(c + 3999, i + 2 * n))) end
+i = i + 1 + 2 * n
+for _, day in ipairs(days) do
+  for _, g in ipairs({ 'a', 'c' }) do redis.call('DEL', ARGV[1] .. 'day:' .. day .. ':' .. g) end
+end
+while i <= #ARGV do
+  local name, m = ARGV[i], tonumber(ARGV[i + 1])
+  redis.call('HSET', name, unpack(ARGV, i + 2, i + 1 + 2 * m))
+  i = i + 2 + 2 * m
+end
+return 1
+`;

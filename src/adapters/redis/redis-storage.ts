@@ -5,14 +5,16 @@ import { DAY_MS, dayOf, UsageAccumulator } from '../../core/usage-aggregate.js';
 import type {
   CommitResult,
   CreditStorage,
+  EraseRequest,
   LedgerQuery,
+  ListQuery,
   LoadedWorkspace,
   LoadRequest,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,
 } from '../../storage/storage.js';
-import { COMMIT, LEDGER, LOAD, MIGRATE, USAGE } from './redis-scripts.js';
+import { COMMIT, ERASE, LEDGER, LOAD, MIGRATE, USAGE } from './redis-scripts.js';
 
 /**
  * The commands {@link RedisStorage} needs from a Redis client. An ioredis `Redis` or
@@ -26,6 +28,10 @@ export interface RedisClientLike {
   eval(script: string, numkeys: number, ...args: string[]): Promise<unknown>;
   /** Closes the connection gracefully. */
   quit(): Promise<unknown>;
+  /** `SCAN cursor MATCH pattern COUNT n`, for `listWorkspaces` (ioredis clients have it). */
+  scan?(cursor: string, ...args: (string | number)[]): Promise<[string, string[]]>;
+  /** A Cluster's master nodes, each scanned by `listWorkspaces` (ioredis `Cluster` has it). */
+  nodes?(role: 'master'): RedisClientLike[];
 }
 
 /** Options shared by both ways of constructing a {@link RedisStorage}. */
@@ -67,7 +73,7 @@ const GROUPS = ['agentId', 'model', 'conversationId'] as const;
 type LoadReply = [string | null, string | null, (string | null)[], (string | null)[]];
 type Script = { readonly source: string; readonly sha: string };
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE) };
+const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE), erase: script(ERASE) };
 
 type IoredisConstructor = new (
   url: string,
@@ -228,6 +234,65 @@ export class RedisStorage implements CreditStorage {
    * percent-encoded, so the tag is always exactly the whole workspace id and two ids never
    * share keys.
    */
+  /**
+   * Every workspace with a state: each master is scanned for state keys, so a page costs a
+   * pass over the keyspace (no store-wide index, which a cluster could not keep atomically).
+   */
+  async listWorkspaces(query: ListQuery): Promise<string[]> {
+    try {
+      const client = this.#client ?? (await this.#connect());
+      const nodes = client.nodes ? client.nodes('master') : [client];
+      const pattern = `${this.keyPrefix.replace(/[*?[\]\\]/g, (c) => `\\${c}`)}{*}:state`;
+      const ids = new Set<string>();
+      for (const node of nodes) {
+        if (!node.scan) throw new Error('the Redis client has no scan()');
+        let cursor = '0';
+        do {
+          const [next, keys] = await node.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+          cursor = next;
+          for (const key of keys) ids.add(decodeURIComponent(key.slice(this.keyPrefix.length + 1, -'}:state'.length)));
+        } while (cursor !== '0');
+      }
+      return [...ids].filter((id) => query.afterId === undefined || id > query.afterId).sort().slice(0, query.limit);
+    } catch (error) {
+      throw error instanceof StorageError ? error : new StorageError('listWorkspaces', error, 'redis');
+    }
+  }
+
+  /** One script on the workspace's node; keeping the ledger rewrites its rows and rollups without agent and conversation ids. */
+  async erase(request: EraseRequest): Promise<void> {
+    const k = this.#keys(request.workspaceId);
+    const keys = [k.state, k.records, k.holds, k.ledger, k.at, k.days];
+    if (!request.keepLedger) {
+      await this.#run('erase', keys, [k.base, '0']);
+      return;
+    }
+    for (let attempt = 0; attempt < 16; attempt++) {
+      const [version] = (await this.#run('load', [k.state, k.records, k.holds], ['-inf'])) as LoadReply;
+      const rows = (await this.ledger({ workspaceId: request.workspaceId, limit: Number.MAX_SAFE_INTEGER })).map((row) => ({ ...row, agentId: null, conversationId: null }));
+      const args = [k.base, '1', version ?? '0', String(rows.length)];
+      for (const row of rows) args.push(String(row.seq).padStart(16, '0'), JSON.stringify(row));
+      const rollups = new Map<string, UsageAccumulator>();
+      for (const row of rows) {
+        for (const g of ['a', 'c']) {
+          const name = `${k.base}day:${dayOf(row.at)}:${g}`;
+          // Every row's agent and conversation are now null, so both rollups sum under ''.
+          const sum = rollups.get(name) ?? new UsageAccumulator('agent', false);
+          rollups.set(name, sum);
+          sum.add(row);
+        }
+      }
+      for (const [name, sum] of rollups) {
+        const totals = sum.totals();
+        if (totals.length === 0) continue;
+        args.push(name, String(2 * totals.length));
+        for (const total of totals) args.push(`s${total.key}`, String(total.amount), `n${total.key}`, String(total.replies));
+      }
+      if ((await this.#run('erase', keys, args)) === 1) return;
+    }
+    throw new StorageError('erase', new Error('the workspace kept changing; try again'), 'redis');
+  }
+
   #keys(workspaceId: string) {
     const base = `${this.keyPrefix}{${workspaceId.replace(/[%{}]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)}}:`;
     const at = `${base}at`;
