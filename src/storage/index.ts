@@ -8,6 +8,7 @@ export { MemoryStorage } from './memory-storage.js';
 export { compareGrants } from '../core/grants.js';
 export { UsageAccumulator, dayOf, DAY_MS } from '../core/usage-aggregate.js';
 export { MAX_MICROS, MICROS_PER_CREDIT, fromMicros, toMicros } from '../core/credits.js';
+export { CreditsError, InvalidInputError, StorageError } from '../core/errors.js';
 
 export type { CommitResult, CreditStorage, EraseRequest, LedgerQuery, ListQuery, LoadedWorkspace, LoadRequest, UsageAggregate, UsageQuery, WorkspaceCommit } from './storage.js';
 export type {

@@ -62,7 +62,7 @@ export interface LedgerQuery {
   /** Exclusive upper bound on `at`. */
   to?: number;
   agentId?: string;
-  /** Only rows of these kinds. */
+  /** Only rows of these kinds (an empty list matches none). */
   kinds?: readonly LedgerKind[];
   /** At most this many rows, in `seq` order. */
   limit: number;
