@@ -14,9 +14,37 @@ function run(): number {
   const started = performance.now();
   for (let i = 0; i < N; i++) {
     const replyId = ids[i]!;
-    const record = { replyId, workspaceId: 'w', agentId: 'a', conversationId: 'c', model: 'm', route: 'credits', amount: 1, priceVersion: 'v', status: 'settled', createdAt: i, expiresAt: i, finishedAt: i, entryId: null };
+    const record = {
+      replyId,
+      workspaceId: 'w',
+      agentId: 'a',
+      conversationId: 'c',
+      model: 'm',
+      route: 'credits',
+      amount: 1,
+      priceVersion: 'v',
+      status: 'settled',
+      createdAt: i,
+      expiresAt: i,
+      finishedAt: i,
+      entryId: null,
+    };
     replies.set(replyId, { record, allocations: null });
-    ledger.push({ id: String(i), workspaceId: 'w', kind: 'reply', amount: -1, at: i, replyId, agentId: 'a', conversationId: 'c', model: 'm', route: 'credits', priceVersion: 'v', grantId: null, plan: null });
+    ledger.push({
+      id: String(i),
+      workspaceId: 'w',
+      kind: 'reply',
+      amount: -1,
+      at: i,
+      replyId,
+      agentId: 'a',
+      conversationId: 'c',
+      model: 'm',
+      route: 'credits',
+      priceVersion: 'v',
+      grantId: null,
+      plan: null,
+    });
   }
   const elapsed = performance.now() - started;
   if (replies.size !== N || ledger.length !== N) throw new Error('lost writes');
@@ -24,4 +52,6 @@ function run(): number {
 }
 
 const rounds = [run(), run(), run()].sort((a, b) => a - b);
-console.log(`retention floor: ${Math.round(rounds[1]!).toLocaleString('en-US')} iterations/s (median of 3; rounds ${rounds.map((r) => Math.round(r).toLocaleString('en-US')).join(' / ')})`);
+console.log(
+  `retention floor: ${Math.round(rounds[1]!).toLocaleString('en-US')} iterations/s (median of 3; rounds ${rounds.map((r) => Math.round(r).toLocaleString('en-US')).join(' / ')})`,
+);

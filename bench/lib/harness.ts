@@ -98,11 +98,7 @@ export async function batches(op: (i: number) => Promise<unknown>, size: number,
  * completed, so that `concurrency` operations are always in flight. `worker` is the index
  * of the worker running the operation (used to spread workers over workspaces).
  */
-export async function concurrent(
-  op: (i: number, worker: number) => Promise<unknown>,
-  concurrency: number,
-  until: Until,
-): Promise<Run> {
+export async function concurrent(op: (i: number, worker: number) => Promise<unknown>, concurrency: number, until: Until): Promise<Run> {
   const started = performance.now();
   const deadline = until.ms === undefined ? Infinity : started + until.ms;
   const count = until.count ?? Infinity;

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, release, totalmem, type as osType } from 'node:os';
+import { availableParallelism, cpus, loadavg, type as osType, release, totalmem } from 'node:os';
 
 /** What the numbers were measured on. */
 export interface Machine {

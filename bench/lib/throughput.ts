@@ -4,9 +4,9 @@
  */
 import type { CreditMeter } from '../../src/index.js';
 import type { CreditStorage } from '../../src/storage/storage.js';
-import { batches, concurrent, median, pause, sequential, syncLoop, type Run, type Until } from './harness.js';
+import { batches, concurrent, median, pause, type Run, sequential, syncLoop, type Until } from './harness.js';
 import type { StoreContext } from './stores.js';
-import { verifyWorkspace, type Check } from './verify.js';
+import { type Check, verifyWorkspace } from './verify.js';
 import { createWorkspace, MODEL_MICROS, newMeter, replyOp, reserveSettle, Tally } from './workload.js';
 
 export interface ThroughputOptions {
@@ -63,7 +63,10 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
   const { concurrency, workspaces } = options;
   let shared: { storage: CreditStorage; meter: CreditMeter } | undefined;
   const meterFor = () => {
-    if (ctx.durable) return (shared ??= { storage: ctx.storage(), meter: newMeter(ctx.storage()) });
+    if (ctx.durable) {
+      shared ??= { storage: ctx.storage(), meter: newMeter(ctx.storage()) };
+      return shared;
+    }
     const storage = ctx.storage();
     return { storage, meter: newMeter(storage) };
   };
@@ -79,7 +82,11 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
   };
 
   const runner = (op: (i: number) => Promise<unknown>, mode: 'sequential' | 'batch' | 'concurrent') => (until: Until) =>
-    mode === 'sequential' ? sequential(op, until) : mode === 'batch' ? batches(op, options.batch, until) : concurrent(op, concurrency, until);
+    mode === 'sequential'
+      ? sequential(op, until)
+      : mode === 'batch'
+        ? batches(op, options.batch, until)
+        : concurrent(op, concurrency, until);
 
   /** A peer scenario on keys `keys(round)`; checks the points consumed afterwards. */
   const peerScenario = (id: string, label: string, mode: 'sequential' | 'batch' | 'concurrent', keyCount: number): Scenario => ({
@@ -175,10 +182,31 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
       peerScenario('peer-seq', 'rate-limiter-flexible consume(), 1 in flight', 'sequential', 1),
       oursScenario('ours-seq', 'reserve + settle, 1 in flight', 'peer-seq', 'reserve+settle', 'sequential', 1),
       peerScenario('peer-hot', `rate-limiter-flexible consume(), ${concurrency} in flight, one key`, 'concurrent', 1),
-      oursScenario('ours-hot', `reserve + settle, ${concurrency} in flight, one hot workspace`, 'peer-hot', 'reserve+settle', 'concurrent', 1),
-      oursScenario('ours-reply-hot', `reply (instant provider), ${concurrency} in flight, one hot workspace`, 'peer-hot', 'reply', 'concurrent', 1),
+      oursScenario(
+        'ours-hot',
+        `reserve + settle, ${concurrency} in flight, one hot workspace`,
+        'peer-hot',
+        'reserve+settle',
+        'concurrent',
+        1,
+      ),
+      oursScenario(
+        'ours-reply-hot',
+        `reply (instant provider), ${concurrency} in flight, one hot workspace`,
+        'peer-hot',
+        'reply',
+        'concurrent',
+        1,
+      ),
       peerScenario('peer-multi', `rate-limiter-flexible consume(), ${concurrency} in flight, ${workspaces} keys`, 'concurrent', workspaces),
-      oursScenario('ours-multi', `reserve + settle, ${concurrency} in flight, ${workspaces} workspaces`, 'peer-multi', 'reserve+settle', 'concurrent', workspaces),
+      oursScenario(
+        'ours-multi',
+        `reserve + settle, ${concurrency} in flight, ${workspaces} workspaces`,
+        'peer-multi',
+        'reserve+settle',
+        'concurrent',
+        workspaces,
+      ),
     );
   }
 

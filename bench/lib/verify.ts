@@ -3,7 +3,9 @@
  * ledger, the balance is not negative, and the ledger holds exactly the expected number of
  * reply charges, each of the expected price.
  */
-import { toMicros, type CreditMeter } from '../../src/index.js';
+
+import { toMicros } from '../../src/core/credits.js';
+import type { CreditMeter } from '../../src/index.js';
 import type { CreditStorage } from '../../src/storage/storage.js';
 
 export interface Check {

@@ -1,5 +1,7 @@
 /** The charge operations measured, shared by the throughput and ledger-growth runs. */
-import { CreditMeter, DEFAULT_MODEL_PRICES, toMicros } from '../../src/index.js';
+
+import { toMicros } from '../../src/core/credits.js';
+import { CreditMeter, DEFAULT_MODEL_PRICES } from '../../src/index.js';
 import type { ReplyProvider } from '../../src/meter/provider.js';
 import type { CreditStorage } from '../../src/storage/storage.js';
 
