@@ -35,9 +35,18 @@ const meter = new CreditMeter({
 });
 
 const alerts: string[] = [];
-meter.on('balance.low', (e) => void alerts.push(`${new Date(e.at).toISOString().slice(0, 16)}  ${e.threshold * 100}% of the allotment used`));
-meter.on('period.renewed', (e) => void alerts.push(`${e.periodStart.toISOString().slice(0, 16)}  renewed: ${e.allotment} credits (${e.expired} unused expired)`));
-meter.on('balance.below', (e) => void alerts.push(`${e.at.toISOString().slice(0, 16)}  ${e.available} credits left (at or below ${e.level})`));
+meter.on(
+  'balance.low',
+  (e) => void alerts.push(`${new Date(e.at).toISOString().slice(0, 16)}  ${e.threshold * 100}% of the allotment used`),
+);
+meter.on(
+  'period.renewed',
+  (e) => void alerts.push(`${e.periodStart.toISOString().slice(0, 16)}  renewed: ${e.allotment} credits (${e.expired} unused expired)`),
+);
+meter.on(
+  'balance.below',
+  (e) => void alerts.push(`${e.at.toISOString().slice(0, 16)}  ${e.available} credits left (at or below ${e.level})`),
+);
 
 const agents = [
   { agentId: 'support', model: 'claude-sonnet-4-6' }, // 4 credits a reply
@@ -87,32 +96,62 @@ printTable(
   ]),
 );
 
-printTable('Balance', ['', ''], [
-  ['replies answered', replies],
-  ['replies blocked (out of credits)', blocked],
-  ['credits used', afterRun.usedThisPeriod.toString()],
-  ['balance', afterRun.balance.toString()],
-  ['renews at', afterRun.renewsAt.toISOString().slice(0, 16)],
-  ['claude-haiku-4-5 replies left', afterRun.repliesLeft['claude-haiku-4-5'] ?? 'unlimited'],
-  ['faq replies (own OpenAI key)', perAgent.rows.find((r) => r.key === 'faq')?.replies ?? 0],
-]);
+printTable(
+  'Balance',
+  ['', ''],
+  [
+    ['replies answered', replies],
+    ['replies blocked (out of credits)', blocked],
+    ['credits used', afterRun.usedThisPeriod.toString()],
+    ['balance', afterRun.balance.toString()],
+    ['renews at', afterRun.renewsAt.toISOString().slice(0, 16)],
+    ['claude-haiku-4-5 replies left', afterRun.repliesLeft['claude-haiku-4-5'] ?? 'unlimited'],
+    ['faq replies (own OpenAI key)', perAgent.rows.find((r) => r.key === 'faq')?.replies ?? 0],
+  ],
+);
 
 // The next operation after the period end renews the allotment: no cron.
 now = afterRun.renewsAt.getTime();
-const renewed = await meter.reply({ workspaceId: 'acme', agentId: 'support', conversationId: 'after-renewal', model: 'claude-sonnet-4-6', input: 'hello again' });
+const renewed = await meter.reply({
+  workspaceId: 'acme',
+  agentId: 'support',
+  conversationId: 'after-renewal',
+  model: 'claude-sonnet-4-6',
+  input: 'hello again',
+});
 const afterRenewal = await meter.getWorkspace('acme');
-console.log(`\nAfter renewal: a ${renewed.model} reply cost ${renewed.credits}; balance ${afterRenewal.balance}, renews ${day(afterRenewal.renewsAt)}`);
+console.log(
+  `\nAfter renewal: a ${renewed.model} reply cost ${renewed.credits}; balance ${afterRenewal.balance}, renews ${day(afterRenewal.renewsAt)}`,
+);
 
 // What support and finance do next.
-const lastSupport = (await meter.ledger({ workspaceId: 'acme', agentId: 'support', limit: 1000 })).entries.filter((e) => e.kind === 'reply').at(-1)!;
-const refund = await meter.refund({ workspaceId: 'acme', replyId: lastSupport.replyId!, refundId: 'ticket-4711', reason: 'answered with the wrong return policy' });
-const credit = await meter.adjust({ workspaceId: 'acme', adjustmentId: 'fin-2026-12-1', credits: 50, reason: 'goodwill for the outage on Dec 2' });
+const lastSupport = (await meter.ledger({ workspaceId: 'acme', agentId: 'support', limit: 1000 })).entries
+  .filter((e) => e.kind === 'reply')
+  .at(-1)!;
+const refund = await meter.refund({
+  workspaceId: 'acme',
+  replyId: lastSupport.replyId!,
+  refundId: 'ticket-4711',
+  reason: 'answered with the wrong return policy',
+});
+const credit = await meter.adjust({
+  workspaceId: 'acme',
+  adjustmentId: 'fin-2026-12-1',
+  credits: 50,
+  reason: 'goodwill for the outage on Dec 2',
+});
 await meter.setAgentLimit({ workspaceId: 'acme', agentId: 'sales', credits: 10, models: ['claude-haiku-4-5', 'gpt-4o-mini'] });
 let salesReplies = 0;
 let salesCapped = '';
 for (let turn = 1; turn <= 10 && !salesCapped; turn++) {
   try {
-    await meter.reply({ workspaceId: 'acme', agentId: 'sales', conversationId: 'capped', model: 'claude-haiku-4-5', input: `lead ${turn}` });
+    await meter.reply({
+      workspaceId: 'acme',
+      agentId: 'sales',
+      conversationId: 'capped',
+      model: 'claude-haiku-4-5',
+      input: `lead ${turn}`,
+    });
     salesReplies++;
   } catch (error) {
     if (CreditsError.is(error) && error.code === 'AGENT_LIMIT_REACHED') salesCapped = error.message;
@@ -121,7 +160,13 @@ for (let turn = 1; turn <= 10 && !salesCapped; turn++) {
 }
 await meter.setRecharge({ workspaceId: 'acme', recharge: { below: 1700, credits: 1000 } });
 for (let turn = 1; turn <= 120; turn++) {
-  await meter.reply({ workspaceId: 'acme', agentId: 'support', conversationId: 'busy-day', model: 'claude-sonnet-4-6', input: `question ${turn}` });
+  await meter.reply({
+    workspaceId: 'acme',
+    agentId: 'support',
+    conversationId: 'busy-day',
+    model: 'claude-sonnet-4-6',
+    input: `question ${turn}`,
+  });
   now += 60_000;
 }
 const afterBilling = await meter.getWorkspace('acme');
@@ -153,13 +198,17 @@ do {
   cursor = page.nextCursor;
 } while (cursor);
 const total = afterBilling.balance.plus(afterBilling.held);
-console.log(`\nLedger: ${entries} entries summing to ${sum / 1e6} credits = balance ${afterBilling.balance} + held ${afterBilling.held}: ${sum / 1e6 === Number(total) ? 'yes' : 'NO'}`);
+console.log(
+  `\nLedger: ${entries} entries summing to ${sum / 1e6} credits = balance ${afterBilling.balance} + held ${afterBilling.held}: ${sum / 1e6 === Number(total) ? 'yes' : 'NO'}`,
+);
 
 // A customer leaves: remove the workspace, keeping an anonymised ledger for the books.
 await meter.createWorkspace({ workspaceId: 'globex', plan: 'free' });
 const listed = (await meter.listWorkspaces()).workspaces;
 await meter.deleteWorkspace({ workspaceId: 'globex', keepLedger: true });
-console.log(`Workspaces: ${listed.join(', ')}; globex removed, its ledger kept without agent or conversation ids (${(await meter.ledger({ workspaceId: 'globex' })).entries.length} entry)`);
+console.log(
+  `Workspaces: ${listed.join(', ')}; globex removed, its ledger kept without agent or conversation ids (${(await meter.ledger({ workspaceId: 'globex' })).entries.length} entry)`,
+);
 if (sum / 1e6 !== Number(total)) process.exit(1);
 
 function day(date: Date): string {

@@ -12,7 +12,13 @@ const meter = new CreditMeter({
 });
 
 for (let i = 0; i < 250; i++) {
-  await meter.reply({ workspaceId: 'my-team', agentId: i % 2 ? 'support' : 'docs', conversationId: `c${i % 40}`, model: i % 5 ? 'bookbag-local' : 'gpt-4o', input: 'hi' });
+  await meter.reply({
+    workspaceId: 'my-team',
+    agentId: i % 2 ? 'support' : 'docs',
+    conversationId: `c${i % 40}`,
+    model: i % 5 ? 'bookbag-local' : 'gpt-4o',
+    input: 'hi',
+  });
 }
 const from = new Date(Date.now() - 86_400_000);
 const to = new Date(Date.now() + 86_400_000);

@@ -1,5 +1,5 @@
-import type { ReplyProvider, ReplyRequest, ReplyContext } from '../src/index.js';
-import { CreditMeter, MemoryStorage, type CreditMeterOptions, type CreditStorage } from '../src/index.js';
+import type { ReplyContext, ReplyProvider, ReplyRequest } from '../src/index.js';
+import { CreditMeter, type CreditMeterOptions, type CreditStorage, MemoryStorage } from '../src/index.js';
 
 /** A clock the test moves by hand. */
 export class TestClock {

@@ -23,7 +23,13 @@ export async function twoAppServers(serverAStore: CreditStorage, serverBStore: C
   const questions = ['Where is my order?', 'Can I change my plan?', 'Do you ship to Norway?', 'What is your refund policy?'];
   const replies = await Promise.all(
     questions.map((input, i) =>
-      (i % 2 ? serverB : serverA).reply({ workspaceId: 'acme', agentId: i % 2 ? 'sales' : 'support', conversationId: `c${i}`, model: 'claude-haiku-4-5', input }),
+      (i % 2 ? serverB : serverA).reply({
+        workspaceId: 'acme',
+        agentId: i % 2 ? 'sales' : 'support',
+        conversationId: `c${i}`,
+        model: 'claude-haiku-4-5',
+        input,
+      }),
     ),
   );
   for (const reply of replies) console.log(`${reply.replyId}  ${reply.agentId.padEnd(7)}  -${reply.credits.toString()} credits`);
@@ -33,6 +39,11 @@ export async function twoAppServers(serverAStore: CreditStorage, serverBStore: C
   const page = await serverA.ledger({ workspaceId: 'acme' });
   console.log(`ledger: ${page.entries.map((entry) => `${entry.kind} ${entry.credits.toString()}`).join(', ')}`);
   const now = Date.now();
-  const usage = await serverA.usage({ workspaceId: 'acme', from: new Date(now - 86_400_000), to: new Date(now + 60_000), groupBy: 'agent' });
+  const usage = await serverA.usage({
+    workspaceId: 'acme',
+    from: new Date(now - 86_400_000),
+    to: new Date(now + 60_000),
+    groupBy: 'agent',
+  });
   for (const row of usage.rows) console.log(`usage: ${row.key} ${row.credits.toString()} credits in ${row.replies} replies`);
 }

@@ -1,6 +1,6 @@
 import type { Decimal } from 'decimal.js';
 import { z } from 'zod';
-import { fromMicros, toMicros, type CreditsInput } from './credits.js';
+import { type CreditsInput, fromMicros, toMicros } from './credits.js';
 import { InvalidInputError, UnknownPlanError } from './errors.js';
 import { creditsInputSchema, idSchema, parseInput } from './validation.js';
 

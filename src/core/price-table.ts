@@ -1,6 +1,6 @@
 import type { Decimal } from 'decimal.js';
 import { z } from 'zod';
-import { fromMicros, toMicros, type CreditsInput } from './credits.js';
+import { type CreditsInput, fromMicros, toMicros } from './credits.js';
 import { InvalidInputError, UnknownModelError } from './errors.js';
 import { creditsInputSchema, idSchema, parseInput } from './validation.js';
 
@@ -91,7 +91,13 @@ export class ModelPriceTable {
    */
   extend(entries: readonly ModelPriceInput[], options?: { version?: string }): ModelPriceTable {
     // Back to inputs: a validated entry also carries `micros`, which an input may not.
-    const input = (m: ModelPrice): ModelPriceInput => ({ id: m.id, name: m.name, provider: m.provider, credits: m.credits, providerBacked: m.providerBacked });
+    const input = (m: ModelPrice): ModelPriceInput => ({
+      id: m.id,
+      name: m.name,
+      provider: m.provider,
+      credits: m.credits,
+      providerBacked: m.providerBacked,
+    });
     const merged = new Map<string, ModelPriceInput>(this.models.map((m) => [m.id, input(m)]));
     for (const entry of parseModels(entries)) merged.set(entry.id, input(entry));
     return defineModelPrices([...merged.values()], { version: options?.version ?? `${this.version}+custom` });

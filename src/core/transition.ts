@@ -149,7 +149,12 @@ export class Transition {
   #events: CoreEvent[] = [];
   #changed = false;
 
-  constructor(workspaceId: string, loaded: { state: WorkspaceState | null; records: readonly StoredRecord[]; lapsed: readonly StoredRecord[] }, now: number, rules: Rules) {
+  constructor(
+    workspaceId: string,
+    loaded: { state: WorkspaceState | null; records: readonly StoredRecord[]; lapsed: readonly StoredRecord[] },
+    now: number,
+    rules: Rules,
+  ) {
     this.#rules = rules;
     this.#now = now;
     this.#state = loaded.state ? copyState(loaded.state) : { workspaceId, account: null, ledgerSeq: 0 };
@@ -214,7 +219,6 @@ export class Transition {
         return this.#close();
     }
   }
-
 
   // ─── commands ───────────────────────────────────────────────────────────
 
@@ -868,4 +872,3 @@ function copyAccount(account: AccountState): AccountState {
 function copyState(state: WorkspaceState): WorkspaceState {
   return { workspaceId: state.workspaceId, account: state.account ? copyAccount(state.account) : null, ledgerSeq: state.ledgerSeq };
 }
-

@@ -9,7 +9,10 @@ const reasonSchema = z
   .string()
   .min(1, 'must say why')
   .max(500)
-  .refine((text) => ![...text].some((char) => char.charCodeAt(0) < 0x20 || char.charCodeAt(0) === 0x7f), 'must not contain control characters');
+  .refine(
+    (text) => ![...text].some((char) => char.charCodeAt(0) < 0x20 || char.charCodeAt(0) === 0x7f),
+    'must not contain control characters',
+  );
 
 export const refundSchema = z.strictObject({
   workspaceId: idSchema,
@@ -45,7 +48,12 @@ export const listWorkspacesSchema = z.strictObject({ cursor: idSchema.optional()
 
 /** Micro-credits of a signed amount: the same rules as {@link toMicros}, either sign. */
 export function toSignedMicros(value: number | string | Decimal, field: string): number {
-  const negative = typeof value === 'number' ? value < 0 : typeof value === 'string' ? value.trim().startsWith('-') : Decimal.isDecimal(value) && value.isNegative();
+  const negative =
+    typeof value === 'number'
+      ? value < 0
+      : typeof value === 'string'
+        ? value.trim().startsWith('-')
+        : Decimal.isDecimal(value) && value.isNegative();
   if (!negative) return toMicros(value, field);
   const magnitude = typeof value === 'number' ? -value : typeof value === 'string' ? value.trim().slice(1) : value.negated();
   return -toMicros(magnitude, field);

@@ -1,4 +1,4 @@
-import { fromMicros, MICROS_PER_CREDIT, toMicros, type CreditsInput } from '../core/credits.js';
+import { type CreditsInput, fromMicros, MICROS_PER_CREDIT, toMicros } from '../core/credits.js';
 import {
   AgentLimitError,
   CreditsError,
@@ -15,18 +15,25 @@ import {
 } from '../core/errors.js';
 import type { Plan, PlanCatalog } from '../core/plan-catalog.js';
 import type { ModelPrice, ModelPriceTable } from '../core/price-table.js';
-import { resolveRoute, routeCost, type MeterMode } from '../core/route.js';
-import type { ReplyRecord, Route, UsageGroupBy } from '../core/state.js';
+import { type MeterMode, resolveRoute, routeCost } from '../core/route.js';
 import { scrubError } from '../core/secrets.js';
+import type { ReplyRecord, Route, UsageGroupBy } from '../core/state.js';
 import type { Command, CoreEvent, Outcome } from '../core/transition.js';
 import { UsageAccumulator } from '../core/usage-aggregate.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
-import { parseMeterOptions } from './options.js';
 import type { CreditStorage, UsageAggregate } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
-import { adjustSchema, agentLimitSchema, deleteWorkspaceSchema, listWorkspacesSchema, rechargeSchema, refundSchema, toSignedMicros } from './billing-inputs.js';
-import { EventBus, type CreditEventHandler, type CreditEventName } from './events.js';
+import {
+  adjustSchema,
+  agentLimitSchema,
+  deleteWorkspaceSchema,
+  listWorkspacesSchema,
+  rechargeSchema,
+  refundSchema,
+  toSignedMicros,
+} from './billing-inputs.js';
+import { type CreditEventHandler, type CreditEventName, EventBus } from './events.js';
 import { keepHoldAlive } from './hold-keeper.js';
 import {
   addCreditsSchema,
@@ -41,40 +48,30 @@ import {
   usageSchema,
   workspaceIdSchema,
 } from './inputs.js';
+import { parseMeterOptions } from './options.js';
 import type { ByoKeyResolver, ProviderResult, ReplyContext, ReplyProvider, ReplyRequest } from './provider.js';
 import { createReplyStream, settledStream } from './reply-stream.js';
-import {
-  ledgerEntryOf,
-  releaseOf,
-  replyNotFound,
-  replyResultOf,
-  reservationOf,
-  settlementOf,
-  stateError,
-  summaryOf,
-} from './results.js';
+import { ledgerEntryOf, releaseOf, replyNotFound, replyResultOf, reservationOf, settlementOf, stateError, summaryOf } from './results.js';
 import type {
   AddCreditsInput,
   AdjustInput,
   Adjustment,
   AgentLimitInput,
-  DeleteWorkspaceInput,
-  ListWorkspacesInput,
-  RechargeHandler,
-  WorkspaceDeletion,
-  WorkspacePage,
-  RechargeInput,
-  Refund,
-  RefundInput,
   ChangePlanInput,
   CreateWorkspaceInput,
   CreditMeterOptions,
+  DeleteWorkspaceInput,
   HoldExtension,
   LedgerInput,
   LedgerPage,
+  ListWorkspacesInput,
   PlanChange,
   Quote,
   QuoteInput,
+  RechargeHandler,
+  RechargeInput,
+  Refund,
+  RefundInput,
   Release,
   ReplyIdentity,
   ReplyInput,
@@ -88,6 +85,8 @@ import type {
   TopUp,
   UsageInput,
   UsageReport,
+  WorkspaceDeletion,
+  WorkspacePage,
   WorkspaceSummary,
 } from './types.js';
 import { bucketUsage } from './usage-report.js';
@@ -258,7 +257,13 @@ export class CreditMeter {
           : available < credits
             ? 'credits'
             : undefined;
-    return { ...base, allowed: blockedBy === undefined, available: fromMicros(available), renewsAt: new Date(account.periodEnd), blockedBy };
+    return {
+      ...base,
+      allowed: blockedBy === undefined,
+      available: fromMicros(available),
+      renewsAt: new Date(account.periodEnd),
+      blockedBy,
+    };
   }
 
   /**
@@ -387,7 +392,9 @@ export class CreditMeter {
       stopKeepAlive();
       await this.#releaseQuietly(record);
       if (parsed.signal?.aborted) throw parsed.signal.reason;
-      throw CreditsError.is(error) && error.code === 'PROVIDER_ERROR' ? error : new ProviderError(record.replyId, prepared.model.provider, error, [prepared.apiKey]);
+      throw CreditsError.is(error) && error.code === 'PROVIDER_ERROR'
+        ? error
+        : new ProviderError(record.replyId, prepared.model.provider, error, [prepared.apiKey]);
     }
     stopKeepAlive();
     const settlement = await this.#settle(record.workspaceId, record.replyId, this.#producedBy(result, prepared), result.usage);
@@ -421,7 +428,9 @@ export class CreditMeter {
             yield checkResult(await provider.generate(request, context), prepared).output;
           })();
     const failure = (replyId: string) => (error: unknown) =>
-      CreditsError.is(error) && error.code === 'PROVIDER_ERROR' ? error : new ProviderError(replyId, prepared.model.provider, error, [prepared.apiKey]);
+      CreditsError.is(error) && error.code === 'PROVIDER_ERROR'
+        ? error
+        : new ProviderError(replyId, prepared.model.provider, error, [prepared.apiKey]);
     let record: ReplyRecord;
     try {
       ({ record } = await this.#hold(prepared, true));
@@ -539,7 +548,13 @@ export class CreditMeter {
     const parsed = parseInput(refundSchema, input);
     const amount = parsed.credits === undefined ? null : toMicros(parsed.credits, 'credits');
     if (amount === 0) throw new InvalidInputError([{ path: 'credits', message: 'must be greater than 0' }]);
-    const outcome = await this.#apply(parsed.workspaceId, { type: 'refund', refundId: parsed.refundId, replyId: parsed.replyId, amount, reason: parsed.reason });
+    const outcome = await this.#apply(parsed.workspaceId, {
+      type: 'refund',
+      refundId: parsed.refundId,
+      replyId: parsed.replyId,
+      amount,
+      reason: parsed.reason,
+    });
     switch (outcome.status) {
       case 'refunded':
         return {
@@ -552,7 +567,12 @@ export class CreditMeter {
           workspace: outcome.snapshot ? summaryOf(parsed.workspaceId, outcome.snapshot, this.models) : undefined,
         };
       case 'refund_too_large':
-        throw new InvalidInputError([{ path: 'credits', message: `must be more than 0 and at most the ${fromMicros(outcome.refundable).toString()} credits not refunded yet` }]);
+        throw new InvalidInputError([
+          {
+            path: 'credits',
+            message: `must be more than 0 and at most the ${fromMicros(outcome.refundable).toString()} credits not refunded yet`,
+          },
+        ]);
       case 'conflict':
         throw new IdempotencyConflictError(`refundId ${parsed.refundId}`, outcome.field);
       case 'reply_state':
@@ -578,9 +598,17 @@ export class CreditMeter {
     const amount = toSignedMicros(parsed.credits, 'credits');
     if (amount === 0) throw new InvalidInputError([{ path: 'credits', message: 'must not be 0' }]);
     const expiresAt = parsed.expiresAt?.getTime() ?? null;
-    if (expiresAt !== null && amount < 0) throw new InvalidInputError([{ path: 'expiresAt', message: 'applies only to a credit (credits > 0)' }]);
-    if (expiresAt !== null && expiresAt <= this.#now()) throw new InvalidInputError([{ path: 'expiresAt', message: 'must be in the future' }]);
-    const outcome = await this.#apply(parsed.workspaceId, { type: 'adjust', adjustmentId: parsed.adjustmentId, amount, reason: parsed.reason, expiresAt });
+    if (expiresAt !== null && amount < 0)
+      throw new InvalidInputError([{ path: 'expiresAt', message: 'applies only to a credit (credits > 0)' }]);
+    if (expiresAt !== null && expiresAt <= this.#now())
+      throw new InvalidInputError([{ path: 'expiresAt', message: 'must be in the future' }]);
+    const outcome = await this.#apply(parsed.workspaceId, {
+      type: 'adjust',
+      adjustmentId: parsed.adjustmentId,
+      amount,
+      reason: parsed.reason,
+      expiresAt,
+    });
     switch (outcome.status) {
       case 'adjusted':
         return {
@@ -644,7 +672,10 @@ export class CreditMeter {
    */
   async setRecharge(input: RechargeInput): Promise<WorkspaceSummary> {
     const parsed = parseInput(rechargeSchema, input);
-    const recharge = parsed.recharge && { below: toMicros(parsed.recharge.below, 'recharge.below'), amount: toMicros(parsed.recharge.credits, 'recharge.credits') };
+    const recharge = parsed.recharge && {
+      below: toMicros(parsed.recharge.below, 'recharge.below'),
+      amount: toMicros(parsed.recharge.credits, 'recharge.credits'),
+    };
     if (recharge && recharge.amount === 0) throw new InvalidInputError([{ path: 'recharge.credits', message: 'must be greater than 0' }]);
     const outcome = await this.#apply(parsed.workspaceId, { type: 'setRecharge', recharge });
     return summaryOf(parsed.workspaceId, expect(outcome, 'settings_changed').snapshot, this.models);
@@ -664,7 +695,8 @@ export class CreditMeter {
   async deleteWorkspace(input: DeleteWorkspaceInput): Promise<WorkspaceDeletion> {
     const parsed = parseInput(deleteWorkspaceSchema, input);
     const keepLedger = parsed.keepLedger ?? false;
-    if (!this.storage.erase) throw new StorageError('deleteWorkspace', new Error('this store cannot erase workspaces (it has no erase method)'));
+    if (!this.storage.erase)
+      throw new StorageError('deleteWorkspace', new Error('this store cannot erase workspaces (it has no erase method)'));
     const applied = await this.#batcher.submit(parsed.workspaceId, { type: 'close' });
     const { existed } = expect(applied.outcome, 'closed');
     await this.#store('erase', (storage) => storage.erase!({ workspaceId: parsed.workspaceId, keepLedger }));
@@ -683,8 +715,11 @@ export class CreditMeter {
   async listWorkspaces(input: ListWorkspacesInput = {}): Promise<WorkspacePage> {
     const parsed = parseInput(listWorkspacesSchema, input);
     const limit = parsed.limit ?? 100;
-    if (!this.storage.listWorkspaces) throw new StorageError('listWorkspaces', new Error('this store cannot list workspaces (it has no listWorkspaces method)'));
-    const ids = await this.#store('listWorkspaces', (storage) => storage.listWorkspaces!({ limit: limit + 1, ...(parsed.cursor !== undefined && { afterId: parsed.cursor }) }));
+    if (!this.storage.listWorkspaces)
+      throw new StorageError('listWorkspaces', new Error('this store cannot list workspaces (it has no listWorkspaces method)'));
+    const ids = await this.#store('listWorkspaces', (storage) =>
+      storage.listWorkspaces!({ limit: limit + 1, ...(parsed.cursor !== undefined && { afterId: parsed.cursor }) }),
+    );
     const page = ids.slice(0, limit);
     return ids.length > limit ? { workspaces: page, nextCursor: page[page.length - 1]! } : { workspaces: page };
   }
@@ -856,12 +891,22 @@ export class CreditMeter {
       case 'settled':
         return existing;
       case 'held':
-        if (forReply) throw new ReplyStateError('REPLY_IN_PROGRESS', existing.replyId, `Reply ${existing.replyId} is in progress elsewhere`);
+        if (forReply)
+          throw new ReplyStateError('REPLY_IN_PROGRESS', existing.replyId, `Reply ${existing.replyId} is in progress elsewhere`);
         return existing;
       case 'refused':
-        if (existing.refusedFor === 'model') throw new ModelNotAllowedError(existing.workspaceId, existing.agentId, existing.model, existing.replyId);
+        if (existing.refusedFor === 'model')
+          throw new ModelNotAllowedError(existing.workspaceId, existing.agentId, existing.model, existing.replyId);
         if (existing.refusedFor === 'agent-limit') {
-          throw new AgentLimitError(existing.workspaceId, existing.agentId, existing.replyId, undefined, undefined, fromMicros(existing.amount), undefined);
+          throw new AgentLimitError(
+            existing.workspaceId,
+            existing.agentId,
+            existing.replyId,
+            undefined,
+            undefined,
+            fromMicros(existing.amount),
+            undefined,
+          );
         }
         throw new InsufficientCreditsError({
           workspaceId: existing.workspaceId,
@@ -946,7 +991,9 @@ export class CreditMeter {
   }
 
   #keepAlive(record: ReplyRecord): () => void {
-    return keepHoldAlive(this.holdTtlMs, () => this.#apply(record.workspaceId, { type: 'extend', replyId: record.replyId, ttlMs: this.holdTtlMs }));
+    return keepHoldAlive(this.holdTtlMs, () =>
+      this.#apply(record.workspaceId, { type: 'extend', replyId: record.replyId, ttlMs: this.holdTtlMs }),
+    );
   }
 
   /** The price-table model that produced the reply, when the provider named another one. */
@@ -1066,7 +1113,14 @@ export class CreditMeter {
       await this.#onRecharge({ workspaceId: event.workspaceId, rechargeId: event.rechargeId, credits });
       await this.#apply(event.workspaceId, { type: 'topUp', grantId: event.rechargeId, amount: event.amount, expiresAt: null });
     } catch (error) {
-      await this.#events.emit({ type: 'recharge.failed', workspaceId: event.workspaceId, rechargeId: event.rechargeId, credits, error: scrubError(error), at: new Date(at) });
+      await this.#events.emit({
+        type: 'recharge.failed',
+        workspaceId: event.workspaceId,
+        rechargeId: event.rechargeId,
+        credits,
+        error: scrubError(error),
+        at: new Date(at),
+      });
     }
   }
 
@@ -1115,7 +1169,8 @@ const RESULT_KEYS = new Set(['output', 'model', 'usage']);
 
 /** A provider's answer must be `{ output, model?, usage? }`; anything else is its failure. */
 function checkResult(value: unknown, prepared: Prepared): ProviderResult {
-  const fail = (why: string) => new ProviderError(prepared.identity.replyId, prepared.model.provider, new Error(`the provider returned ${why}`));
+  const fail = (why: string) =>
+    new ProviderError(prepared.identity.replyId, prepared.model.provider, new Error(`the provider returned ${why}`));
   if (typeof value !== 'object' || value === null || Array.isArray(value)) throw fail('no result object');
   if (!Object.hasOwn(value, 'output')) throw fail('a result without `output`');
   const result = value as Record<string, unknown>;
@@ -1126,9 +1181,17 @@ function checkResult(value: unknown, prepared: Prepared): ProviderResult {
     if (typeof usage !== 'object' || usage === null) throw fail('a `usage` that is not an object');
     for (const key of ['inputTokens', 'outputTokens']) {
       const count = usage[key];
-      if (count !== undefined && !(Number.isSafeInteger(count) && (count as number) >= 0)) throw fail(`a \`usage.${key}\` that is not a count`);
+      if (count !== undefined && !(Number.isSafeInteger(count) && (count as number) >= 0))
+        throw fail(`a \`usage.${key}\` that is not a count`);
     }
-    return { output: result.output, ...(result.model !== undefined && { model: result.model as string }), usage: { ...(usage.inputTokens !== undefined && { inputTokens: usage.inputTokens as number }), ...(usage.outputTokens !== undefined && { outputTokens: usage.outputTokens as number }) } };
+    return {
+      output: result.output,
+      ...(result.model !== undefined && { model: result.model as string }),
+      usage: {
+        ...(usage.inputTokens !== undefined && { inputTokens: usage.inputTokens as number }),
+        ...(usage.outputTokens !== undefined && { outputTokens: usage.outputTokens as number }),
+      },
+    };
   }
   return result as unknown as ProviderResult;
 }
@@ -1136,7 +1199,9 @@ function checkResult(value: unknown, prepared: Prepared): ProviderResult {
 function planAllotment(plan: Plan, allotment: CreditsInput | undefined): number {
   if (plan.monthlyMicros !== null) {
     if (allotment !== undefined) {
-      throw new InvalidInputError([{ path: 'allotment', message: `plan "${plan.id}" has a fixed allotment; give one only for a custom plan` }]);
+      throw new InvalidInputError([
+        { path: 'allotment', message: `plan "${plan.id}" has a fixed allotment; give one only for a custom plan` },
+      ]);
     }
     return plan.monthlyMicros;
   }
@@ -1163,7 +1228,12 @@ function contextOf(apiKey: string | undefined, signal: AbortSignal | undefined):
 }
 
 function overflow(field: string): InvalidInputError {
-  return new InvalidInputError([{ path: field, message: `would take the balance past the largest amount a store holds (${Math.floor(Number.MAX_SAFE_INTEGER / MICROS_PER_CREDIT)} credits)` }]);
+  return new InvalidInputError([
+    {
+      path: field,
+      message: `would take the balance past the largest amount a store holds (${Math.floor(Number.MAX_SAFE_INTEGER / MICROS_PER_CREDIT)} credits)`,
+    },
+  ]);
 }
 
 async function withTimeout<T>(pending: Promise<T>, ms: number, operation: string): Promise<T> {
@@ -1179,11 +1249,21 @@ async function withTimeout<T>(pending: Promise<T>, ms: number, operation: string
 }
 
 /** Refunds made in the window, by the usage group (and UTC day) of the reply they refund. */
-async function refundTotals(storage: CreditStorage, query: { workspaceId: string; from: number; to: number; groupBy: UsageGroupBy; byDay: boolean }): Promise<UsageAggregate[]> {
+async function refundTotals(
+  storage: CreditStorage,
+  query: { workspaceId: string; from: number; to: number; groupBy: UsageGroupBy; byDay: boolean },
+): Promise<UsageAggregate[]> {
   const sum = new UsageAccumulator(query.groupBy, query.byDay);
   let afterSeq: number | undefined;
   for (;;) {
-    const rows = await storage.ledger({ workspaceId: query.workspaceId, from: query.from, to: query.to, kinds: ['refund'], limit: USAGE_PAGE, ...(afterSeq !== undefined && { afterSeq }) });
+    const rows = await storage.ledger({
+      workspaceId: query.workspaceId,
+      from: query.from,
+      to: query.to,
+      kinds: ['refund'],
+      limit: USAGE_PAGE,
+      ...(afterSeq !== undefined && { afterSeq }),
+    });
     for (const row of rows) sum.add({ ...row, kind: 'reply', amount: -row.amount });
     if (rows.length < USAGE_PAGE) return sum.totals();
     afterSeq = rows[rows.length - 1]!.seq;

@@ -58,7 +58,12 @@ export function createReplyStream(lifecycle: StreamLifecycle): ReplyStream {
       }
       await lifecycle.release().catch(() => undefined);
       rejectResult(
-        failure ?? new ReplyStateError('REPLY_RELEASED', lifecycle.replyId, `Reply ${lifecycle.replyId} ended before any output; nothing was charged`),
+        failure ??
+          new ReplyStateError(
+            'REPLY_RELEASED',
+            lifecycle.replyId,
+            `Reply ${lifecycle.replyId} ended before any output; nothing was charged`,
+          ),
       );
     })();
     return finished;

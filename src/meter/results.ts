@@ -122,11 +122,19 @@ export function stateError(record: ReplyRecord): ReplyStateError {
     case 'expired':
       return new ReplyStateError('HOLD_EXPIRED', record.replyId, `The hold of reply ${record.replyId} expired; nothing was charged`);
     case 'released':
-      return new ReplyStateError('REPLY_RELEASED', record.replyId, `Reply ${record.replyId} was released without charge; use a new replyId`);
+      return new ReplyStateError(
+        'REPLY_RELEASED',
+        record.replyId,
+        `Reply ${record.replyId} was released without charge; use a new replyId`,
+      );
     case 'settled':
       return new ReplyStateError('REPLY_SETTLED', record.replyId, `Reply ${record.replyId} was settled already`);
     case 'refused':
-      return new ReplyStateError('REPLY_NOT_FOUND', record.replyId, `Reply ${record.replyId} was refused for insufficient credits; it has no hold`);
+      return new ReplyStateError(
+        'REPLY_NOT_FOUND',
+        record.replyId,
+        `Reply ${record.replyId} was refused for insufficient credits; it has no hold`,
+      );
     case 'held':
       return new ReplyStateError('REPLY_IN_PROGRESS', record.replyId, `Reply ${record.replyId} is in progress`);
   }

@@ -1,5 +1,15 @@
 import { StorageError } from '../core/errors.js';
-import { adjustmentKey, type Command, type CoreEvent, type Outcome, refundKey, replyKey, type Rules, topUpKey, Transition } from '../core/transition.js';
+import {
+  adjustmentKey,
+  type Command,
+  type CoreEvent,
+  type Outcome,
+  type Rules,
+  refundKey,
+  replyKey,
+  Transition,
+  topUpKey,
+} from '../core/transition.js';
 import type { CommitResult, LoadedWorkspace, LoadRequest, WorkspaceCommit } from '../storage/storage.js';
 
 /** What the batcher needs from the meter: the time, the rules and the store. */

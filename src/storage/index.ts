@@ -4,13 +4,10 @@
  * atomically; every credit rule lives in the core. `docs/storage.md` walks through a
  * complete adapter, and `runStorageConformance` from `@bookbag/credits/testing` proves one.
  */
-export { MemoryStorage } from './memory-storage.js';
-export { compareGrants } from '../core/grants.js';
-export { UsageAccumulator, dayOf, DAY_MS } from '../core/usage-aggregate.js';
-export { MAX_MICROS, MICROS_PER_CREDIT, fromMicros, toMicros } from '../core/credits.js';
-export { CreditsError, InvalidInputError, StorageError } from '../core/errors.js';
 
-export type { CommitResult, CreditStorage, EraseRequest, LedgerQuery, ListQuery, LoadedWorkspace, LoadRequest, UsageAggregate, UsageQuery, WorkspaceCommit } from './storage.js';
+export { fromMicros, MAX_MICROS, MICROS_PER_CREDIT, toMicros } from '../core/credits.js';
+export { CreditsError, InvalidInputError, StorageError } from '../core/errors.js';
+export { compareGrants } from '../core/grants.js';
 export type {
   AccountState,
   Allocation,
@@ -28,3 +25,17 @@ export type {
   WorkspaceState,
 } from '../core/state.js';
 export type { UsageTotals } from '../core/usage-aggregate.js';
+export { DAY_MS, dayOf, UsageAccumulator } from '../core/usage-aggregate.js';
+export { MemoryStorage } from './memory-storage.js';
+export type {
+  CommitResult,
+  CreditStorage,
+  EraseRequest,
+  LedgerQuery,
+  ListQuery,
+  LoadedWorkspace,
+  LoadRequest,
+  UsageAggregate,
+  UsageQuery,
+  WorkspaceCommit,
+} from './storage.js';

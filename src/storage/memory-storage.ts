@@ -1,5 +1,14 @@
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../core/state.js';
-import type { CommitResult, CreditStorage, EraseRequest, LedgerQuery, ListQuery, LoadedWorkspace, LoadRequest, WorkspaceCommit } from './storage.js';
+import type {
+  CommitResult,
+  CreditStorage,
+  EraseRequest,
+  LedgerQuery,
+  ListQuery,
+  LoadedWorkspace,
+  LoadRequest,
+  WorkspaceCommit,
+} from './storage.js';
 
 interface Slot {
   version: number;

@@ -50,7 +50,9 @@ export const billingCases = defineCases([
       const fleet = racingMeters(ctx);
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 10);
       await fleet[0]!.reply({ ...ask(workspaceId, THREE, { replyId: 'r1' }), input: 'q' });
-      const result = await race(12, (i) => fleet[i % fleet.length]!.refund({ workspaceId, replyId: 'r1', refundId: `f${i}`, reason: 'x', credits: 1 }));
+      const result = await race(12, (i) =>
+        fleet[i % fleet.length]!.refund({ workspaceId, replyId: 'r1', refundId: `f${i}`, reason: 'x', credits: 1 }),
+      );
       expect(result.ok).toHaveLength(3);
       expect(result.errors.every((code) => code === 'INVALID_INPUT')).toBe(true);
       expect(await money(fleet[0]!, workspaceId)).toMatchObject({ balance: 10, held: 0 });
@@ -76,7 +78,9 @@ export const billingCases = defineCases([
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 10);
       const credit = await fleet[0]!.adjust({ workspaceId, adjustmentId: 'plus', credits: 5, reason: 'goodwill' });
       expect(num(credit.workspace.balance)).toBe(15);
-      const result = await race(20, (i) => fleet[i % fleet.length]!.adjust({ workspaceId, adjustmentId: `minus${i}`, credits: -2, reason: 'clawback' }));
+      const result = await race(20, (i) =>
+        fleet[i % fleet.length]!.adjust({ workspaceId, adjustmentId: `minus${i}`, credits: -2, reason: 'clawback' }),
+      );
       expect(result.ok).toHaveLength(7);
       expect(result.errors.every((code) => code === 'INSUFFICIENT_CREDITS')).toBe(true);
       expect(await money(fleet[0]!, workspaceId)).toMatchObject({ balance: 1, held: 0 });
@@ -90,7 +94,10 @@ export const billingCases = defineCases([
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 1000);
       await fleet[0]!.setAgentLimit({ workspaceId, agentId: 'capped', credits: 30 });
       const result = await race(60, (i) =>
-        fleet[i % fleet.length]!.reply({ ...ask(workspaceId, THREE, { agentId: i % 2 === 0 ? 'capped' : 'free', conversationId: `c${i}` }), input: i }),
+        fleet[i % fleet.length]!.reply({
+          ...ask(workspaceId, THREE, { agentId: i % 2 === 0 ? 'capped' : 'free', conversationId: `c${i}` }),
+          input: i,
+        }),
       );
       expect(result.ok).toHaveLength(40);
       expect(result.errors).toEqual(Array(20).fill('AGENT_LIMIT_REACHED'));
@@ -106,7 +113,9 @@ export const billingCases = defineCases([
       const fleet = racingMeters(ctx, { onRecharge: ({ rechargeId }) => void asked.push(rechargeId) });
       const workspaceId = await newWorkspace(ctx, fleet[0]!, 20);
       await fleet[0]!.setRecharge({ workspaceId, recharge: { below: 10, credits: 50 } });
-      const result = await race(15, (i) => fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `c${i}` }), input: i }));
+      const result = await race(15, (i) =>
+        fleet[i % fleet.length]!.reply({ ...ask(workspaceId, ONE, { conversationId: `c${i}` }), input: i }),
+      );
       expect(result.ok).toHaveLength(15);
       expect(asked).toEqual(['recharge:1']);
       expect(await money(fleet[0]!, workspaceId)).toMatchObject({ balance: 55, held: 0 });
@@ -150,7 +159,12 @@ export const billingCases = defineCases([
       for (const workspaceId of [gone, kept]) await meter.reply({ ...ask(workspaceId, THREE, { replyId: 'r1' }), input: 'q' });
       expect((await meter.deleteWorkspace({ workspaceId: gone })).existed).toBe(true);
       expect((await meter.deleteWorkspace({ workspaceId: gone })).existed).toBe(false);
-      expect(await ctx.storage.load({ workspaceId: gone, keys: ['reply:r1'], now: ctx.now() })).toEqual({ version: 0, state: null, records: [], lapsed: [] });
+      expect(await ctx.storage.load({ workspaceId: gone, keys: ['reply:r1'], now: ctx.now() })).toEqual({
+        version: 0,
+        state: null,
+        records: [],
+        lapsed: [],
+      });
       expect(await allRows(ctx.storage, gone)).toEqual([]);
       await meter.deleteWorkspace({ workspaceId: kept, keepLedger: true });
       const rows = await allRows(ctx.storage, kept);

@@ -3,7 +3,9 @@ import { DEFAULT_PLANS, definePlans } from '../../src/index.js';
 
 describe('DEFAULT_PLANS', () => {
   it('grants the documented monthly allotments', () => {
-    const allotments = Object.fromEntries(DEFAULT_PLANS.plans.map((p) => [p.id, p.monthlyCredits === null ? null : Number(p.monthlyCredits)]));
+    const allotments = Object.fromEntries(
+      DEFAULT_PLANS.plans.map((p) => [p.id, p.monthlyCredits === null ? null : Number(p.monthlyCredits)]),
+    );
     expect(allotments).toEqual({ free: 100, hobby: 2000, standard: 12000, pro: 40000, enterprise: null });
   });
 
@@ -24,7 +26,13 @@ describe('definePlans', () => {
   });
 
   it.each([
-    [[{ id: 'a', name: 'A', monthlyCredits: 1 }, { id: 'a', name: 'A', monthlyCredits: 2 }], 'plans.1.id'],
+    [
+      [
+        { id: 'a', name: 'A', monthlyCredits: 1 },
+        { id: 'a', name: 'A', monthlyCredits: 2 },
+      ],
+      'plans.1.id',
+    ],
     [[{ id: 'a', name: 'A', monthlyCredits: -5 }], 'plans.0.monthlyCredits'],
     [[{ id: 'a', name: 'A', monthlyCredits: 'lots' }], 'plans.0.monthlyCredits'],
     [[{ id: 'a', name: 'A', monthlyCredits: 1, rolloverCap: Infinity }], 'plans.0.rolloverCap'],

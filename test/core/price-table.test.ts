@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_MODEL_PRICES, defineModelPrices, type CreditsError } from '../../src/index.js';
+import { type CreditsError, DEFAULT_MODEL_PRICES, defineModelPrices } from '../../src/index.js';
 
 describe('DEFAULT_MODEL_PRICES', () => {
   it('prices the five default models per reply', () => {

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, CreditsError, MemoryStorage, type CreditStorage } from '../../src/index.js';
+import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage } from '../../src/index.js';
 import type { CommitResult, WorkspaceCommit } from '../../src/storage/index.js';
 import { ledgerSum, TestClock } from '../support.js';
 
@@ -17,9 +17,23 @@ type Step =
   | { kind: 'topUp'; id: number; credits: number };
 
 const step: fc.Arbitrary<Step> = fc.oneof(
-  { arbitrary: fc.record({ kind: fc.constant('reserve' as const), id: fc.nat(12), model: fc.constantFrom('gpt-4o-mini', 'claude-haiku-4-5', 'gpt-4o') }), weight: 5 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('reserve' as const),
+      id: fc.nat(12),
+      model: fc.constantFrom('gpt-4o-mini', 'claude-haiku-4-5', 'gpt-4o'),
+    }),
+    weight: 5,
+  },
   { arbitrary: fc.record({ kind: fc.constant('settle' as const), id: fc.nat(12) }), weight: 3 },
-  { arbitrary: fc.record({ kind: fc.constant('settle' as const), id: fc.nat(12), model: fc.constantFrom('gpt-4o-mini', 'claude-sonnet-4-6') }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('settle' as const),
+      id: fc.nat(12),
+      model: fc.constantFrom('gpt-4o-mini', 'claude-sonnet-4-6'),
+    }),
+    weight: 1,
+  },
   { arbitrary: fc.record({ kind: fc.constant('release' as const), id: fc.nat(12) }), weight: 2 },
   { arbitrary: fc.record({ kind: fc.constant('extend' as const), id: fc.nat(12) }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant('topUp' as const), id: fc.nat(3), credits: fc.integer({ min: 1, max: 9 }) }), weight: 1 },
@@ -81,7 +95,11 @@ describe('the per-workspace batcher (property)', () => {
         expect(counted.commits() - before).toBeLessThanOrEqual(1);
 
         const [a, b] = await Promise.all([one.getWorkspace('ws'), all.getWorkspace('ws')]);
-        expect([String(b.balance), String(b.held), String(b.usedThisPeriod)]).toEqual([String(a.balance), String(a.held), String(a.usedThisPeriod)]);
+        expect([String(b.balance), String(b.held), String(b.usedThisPeriod)]).toEqual([
+          String(a.balance),
+          String(a.held),
+          String(a.usedThisPeriod),
+        ]);
         expect(await ledgerSum(all, 'ws')).toBe(await ledgerSum(one, 'ws'));
         expect(await ledgerSum(all, 'ws')).toBe(Number(b.balance) + Number(b.held));
       }),
@@ -93,7 +111,9 @@ describe('the per-workspace batcher (property)', () => {
     const meter = new CreditMeter();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 12 });
     const asks = ['gpt-4o', 'gpt-4o', 'gpt-4o', 'claude-haiku-4-5', 'gpt-4o-mini'];
-    const results = await Promise.allSettled(asks.map((model, i) => meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model, replyId: `r${i}` })));
+    const results = await Promise.allSettled(
+      asks.map((model, i) => meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model, replyId: `r${i}` })),
+    );
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'rejected']);
     expect(Number((await meter.getWorkspace('ws')).held)).toBe(12);
   });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, MemoryStorage, type BalanceBelowEvent, type RechargeFailedEvent } from '../../src/index.js';
-import { harness, ledgerSum, ask, turn } from '../support.js';
+import { type BalanceBelowEvent, CreditMeter, MemoryStorage, type RechargeFailedEvent } from '../../src/index.js';
+import { ask, harness, ledgerSum, turn } from '../support.js';
 
 const credits = async (meter: CreditMeter, workspaceId = 'ws') => {
   const ws = await meter.getWorkspace(workspaceId);
@@ -35,11 +35,15 @@ describe('refunds', () => {
     });
     const last = await meter.refund({ workspaceId: 'ws', replyId: 'm1', refundId: 'c', reason: 'the rest' });
     expect(Number(last.credits)).toBe(3);
-    await expect(meter.refund({ workspaceId: 'ws', replyId: 'm1', refundId: 'd', reason: 'more' })).rejects.toMatchObject({ code: 'INVALID_INPUT' });
+    await expect(meter.refund({ workspaceId: 'ws', replyId: 'm1', refundId: 'd', reason: 'more' })).rejects.toMatchObject({
+      code: 'INVALID_INPUT',
+    });
     await expect(meter.refund({ workspaceId: 'ws', replyId: 'm1', refundId: 'a', reason: 'x', credits: 3 })).rejects.toMatchObject({
       code: 'IDEMPOTENCY_CONFLICT',
     });
-    await expect(meter.refund({ workspaceId: 'ws', replyId: 'nope', refundId: 'e', reason: 'x' })).rejects.toMatchObject({ code: 'REPLY_NOT_FOUND' });
+    await expect(meter.refund({ workspaceId: 'ws', replyId: 'nope', refundId: 'e', reason: 'x' })).rejects.toMatchObject({
+      code: 'REPLY_NOT_FOUND',
+    });
     expect((await credits(meter)).balance).toBe(100);
     expect(await ledgerSum(meter, 'ws')).toBe(100);
   });
@@ -80,7 +84,9 @@ describe('adjustments', () => {
     const credit = await meter.adjust({ workspaceId: 'ws', adjustmentId: 'a1', credits: 25, reason: 'outage goodwill' });
     expect([Number(credit.credits), credit.replayed, Number(credit.workspace.balance)]).toEqual([25, false, 125]);
     expect((await meter.adjust({ workspaceId: 'ws', adjustmentId: 'a1', credits: 25, reason: 'outage goodwill' })).replayed).toBe(true);
-    await expect(meter.adjust({ workspaceId: 'ws', adjustmentId: 'a1', credits: 30, reason: 'x' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+    await expect(meter.adjust({ workspaceId: 'ws', adjustmentId: 'a1', credits: 30, reason: 'x' })).rejects.toMatchObject({
+      code: 'IDEMPOTENCY_CONFLICT',
+    });
     expect((await meter.ledger({ workspaceId: 'ws' })).entries.at(-1)).toMatchObject({ kind: 'adjustment', grantId: 'adjustment:a1' });
     expect(await ledgerSum(meter, 'ws')).toBe(125);
   });
@@ -92,7 +98,9 @@ describe('adjustments', () => {
     await expect(meter.adjust({ workspaceId: 'ws', adjustmentId: 'd1', credits: -96, reason: 'clawback' })).rejects.toMatchObject({
       code: 'INSUFFICIENT_CREDITS',
     });
-    const error = await meter.adjust({ workspaceId: 'ws', adjustmentId: 'd1', credits: -96, reason: 'clawback' }).catch((e: { required: unknown; available: unknown }) => e);
+    const error = (await meter
+      .adjust({ workspaceId: 'ws', adjustmentId: 'd1', credits: -96, reason: 'clawback' })
+      .catch((e: unknown) => e)) as { required: unknown; available: unknown };
     expect([Number(error.required), Number(error.available)]).toEqual([96, 95]);
     const debit = await meter.adjust({ workspaceId: 'ws', adjustmentId: 'd2', credits: '-95', reason: 'clawback' });
     expect(Number(debit.workspace.balance)).toBe(0);
@@ -150,12 +158,17 @@ describe('per-agent caps', () => {
 
   it('is exact under concurrency from many meters', async () => {
     const storage = new MemoryStorage();
-    const meters = Array.from({ length: 4 }, () => new CreditMeter({ storage, providers: { openai: { generate: async () => ({ output: 'ok' }) } } }));
+    const meters = Array.from(
+      { length: 4 },
+      () => new CreditMeter({ storage, providers: { openai: { generate: async () => ({ output: 'ok' }) } } }),
+    );
     await meters[0]!.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
     await meters[0]!.setAgentLimit({ workspaceId: 'ws', agentId: 'sales', credits: 100 });
     const results = await Promise.allSettled(Array.from({ length: 60 }, (_, i) => meters[i % 4]!.reply(turn(i, 'gpt-4o', 'sales'))));
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(20);
-    expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason.code === 'AGENT_LIMIT_REACHED')).toBe(true);
+    expect(
+      results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason.code === 'AGENT_LIMIT_REACHED'),
+    ).toBe(true);
     expect(Number((await meters[1]!.getWorkspace('ws')).usedThisPeriod)).toBe(100);
   });
 });
@@ -165,7 +178,10 @@ describe('recharge', () => {
     const storage = new MemoryStorage();
     const charged: string[] = [];
     const onRecharge = async ({ rechargeId }: { rechargeId: string }) => void charged.push(rechargeId);
-    const meters = Array.from({ length: 3 }, () => new CreditMeter({ storage, onRecharge, providers: { openai: { generate: async () => ({ output: 'ok' }) } } }));
+    const meters = Array.from(
+      { length: 3 },
+      () => new CreditMeter({ storage, onRecharge, providers: { openai: { generate: async () => ({ output: 'ok' }) } } }),
+    );
     await meters[0]!.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meters[0]!.setRecharge({ workspaceId: 'ws', recharge: { below: 50, credits: 200 } });
     await Promise.all(Array.from({ length: 12 }, (_, i) => meters[i % 3]!.reply(turn(i, 'gpt-4o'))));

@@ -52,11 +52,14 @@ describe('concurrency', () => {
       },
     });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-    const attempt = () => meter.reply({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: 'gpt-4o', input: 'x', replyId: 'same' });
+    const attempt = () =>
+      meter.reply({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: 'gpt-4o', input: 'x', replyId: 'same' });
     const results = await Promise.allSettled(Array.from({ length: 20 }, attempt));
     expect(calls).toBe(1);
     expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
-    expect(results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason.code === 'REPLY_IN_PROGRESS')).toBe(true);
+    expect(
+      results.filter((r) => r.status === 'rejected').every((r) => (r as PromiseRejectedResult).reason.code === 'REPLY_IN_PROGRESS'),
+    ).toBe(true);
     expect((await attempt()).replayed).toBe(true);
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
   });

@@ -25,7 +25,12 @@ describe('events', () => {
     for (let i = 0; i < 20; i++) await meter.reply(turn(i, 'gpt-4o'));
     await meter.reply(turn(21, 'gpt-4o')).catch(() => undefined);
     expect(blocked).toHaveLength(1);
-    expect(blocked[0]).toMatchObject({ type: 'reply.blocked', workspaceId: 'ws', model: 'gpt-4o', renewsAt: new Date('2026-02-15T12:00:00Z') });
+    expect(blocked[0]).toMatchObject({
+      type: 'reply.blocked',
+      workspaceId: 'ws',
+      model: 'gpt-4o',
+      renewsAt: new Date('2026-02-15T12:00:00Z'),
+    });
   });
 
   it('balance.low fires once per threshold per period (80 % and 100 % by default)', async () => {

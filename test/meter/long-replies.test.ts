@@ -1,6 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { CreditMeter, MemoryStorage, type ReplyProvider } from '../../src/index.js';
-import { ledgerSum, ask, turn } from '../support.js';
+import { ask, ledgerSum, turn } from '../support.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -133,7 +133,9 @@ describe('charging the model that produced the reply', () => {
     const byo = await meter.reserve(ask(2, 'claude-haiku-4-5'));
     const settled = await meter.settle({ workspaceId: 'ws', replyId: byo.replyId, model: 'claude-sonnet-4-6' });
     expect([settled.route, settled.model, Number(settled.credits)]).toEqual(['byo', 'claude-sonnet-4-6', 0]);
-    await expect(meter.settle({ workspaceId: 'ws', replyId: 'x', model: 'no-such-model' })).rejects.toMatchObject({ code: 'UNKNOWN_MODEL' });
+    await expect(meter.settle({ workspaceId: 'ws', replyId: 'x', model: 'no-such-model' })).rejects.toMatchObject({
+      code: 'UNKNOWN_MODEL',
+    });
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(96);
   });
 });

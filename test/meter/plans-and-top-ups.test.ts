@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { harness, ledgerSum, ask, turn } from '../support.js';
+import { ask, harness, ledgerSum, turn } from '../support.js';
 
 describe('changePlan', () => {
   it('upgrade Hobby → Pro mid-period after spending 1,500: 38,500 available at once, anchor kept', async () => {
@@ -55,7 +55,10 @@ describe('changePlan', () => {
   it('Enterprise needs an allotment and uses it every period', async () => {
     const { meter, clock } = harness({ start: '2026-03-10T00:00:00Z' });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
-    await expect(meter.changePlan({ workspaceId: 'ws', plan: 'enterprise' })).rejects.toMatchObject({ code: 'INVALID_INPUT', field: 'allotment' });
+    await expect(meter.changePlan({ workspaceId: 'ws', plan: 'enterprise' })).rejects.toMatchObject({
+      code: 'INVALID_INPUT',
+      field: 'allotment',
+    });
     const change = await meter.changePlan({ workspaceId: 'ws', plan: 'enterprise', allotment: 100_000 });
     expect(Number(change.workspace.balance)).toBe(100_000);
     clock.set('2026-04-10T00:00:00Z');
@@ -80,7 +83,9 @@ describe('addCredits (top-ups)', () => {
     expect([first.replayed, again.replayed]).toEqual([false, true]);
     const ws = await meter.getWorkspace('ws');
     expect([Number(ws.balance), Number(ws.topUpBalance)]).toEqual([600, 500]);
-    await expect(meter.addCredits({ workspaceId: 'ws', credits: 700, grantId: 'pi_1' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+    await expect(meter.addCredits({ workspaceId: 'ws', credits: 700, grantId: 'pi_1' })).rejects.toMatchObject({
+      code: 'IDEMPOTENCY_CONFLICT',
+    });
   });
 
   it('survives renewals and is spent after the allotment', async () => {
@@ -130,10 +135,14 @@ describe('addCredits (top-ups)', () => {
     const { meter } = harness();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await expect(meter.addCredits({ workspaceId: 'ws', credits: 0, grantId: 'g' })).rejects.toMatchObject({ field: 'credits' });
-    await expect(meter.addCredits({ workspaceId: 'ws', credits: 1, grantId: 'g', expiresAt: '2020-01-01T00:00:00Z' })).rejects.toMatchObject({
+    await expect(
+      meter.addCredits({ workspaceId: 'ws', credits: 1, grantId: 'g', expiresAt: '2020-01-01T00:00:00Z' }),
+    ).rejects.toMatchObject({
       field: 'expiresAt',
     });
-    await expect(meter.addCredits({ workspaceId: 'none', credits: 1, grantId: 'g' })).rejects.toMatchObject({ code: 'WORKSPACE_NOT_FOUND' });
+    await expect(meter.addCredits({ workspaceId: 'none', credits: 1, grantId: 'g' })).rejects.toMatchObject({
+      code: 'WORKSPACE_NOT_FOUND',
+    });
   });
 
   it('refuses a top-up that would overflow what a store can hold', async () => {
@@ -168,7 +177,12 @@ describe('the worked example of docs/periods-and-plans.md', () => {
     await meter.changePlan({ workspaceId: 'ws', plan: 'hobby' });
     clock.set('2026-04-10T00:00:00Z');
     const ws = await meter.getWorkspace('ws');
-    expect([ws.plan, Number(ws.balance), Number(ws.topUpBalance), ws.renewsAt.toISOString()]).toEqual(['hobby', 3000, 1000, '2026-05-10T00:00:00.000Z']);
+    expect([ws.plan, Number(ws.balance), Number(ws.topUpBalance), ws.renewsAt.toISOString()]).toEqual([
+      'hobby',
+      3000,
+      1000,
+      '2026-05-10T00:00:00.000Z',
+    ]);
     const last = (await meter.ledger({ workspaceId: 'ws', limit: 1000 })).entries.slice(-2);
     expect(last.map((e) => [e.kind, Number(e.credits)])).toEqual([
       ['expiry', -38_100],

@@ -97,7 +97,8 @@ class Model {
   current(now: number): void {
     while (now >= this.end) {
       for (const [id, hold] of [...this.holds]) if (hold.expiresAt <= now) this.#lapse(id, 'expired', now);
-      for (const grant of this.grants) if (grant.id.startsWith('period:') || (grant.expiresAt !== null && grant.expiresAt <= now)) grant.remaining = 0;
+      for (const grant of this.grants)
+        if (grant.id.startsWith('period:') || (grant.expiresAt !== null && grant.expiresAt <= now)) grant.remaining = 0;
       this.spent = 0;
       if (this.pending) {
         this.plan = this.pending;
@@ -238,7 +239,11 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   {
     arbitrary: fc.record({
       kind: fc.constant('advance' as const),
-      ms: fc.oneof(fc.integer({ min: 1, max: 30_000 }), fc.integer({ min: TTL, max: 3 * TTL }), fc.integer({ min: 5 * 86_400_000, max: 70 * 86_400_000 })),
+      ms: fc.oneof(
+        fc.integer({ min: 1, max: 30_000 }),
+        fc.integer({ min: TTL, max: 3 * TTL }),
+        fc.integer({ min: 5 * 86_400_000, max: 70 * 86_400_000 }),
+      ),
     }),
     weight: 2,
   },
@@ -253,8 +258,18 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   },
   { arbitrary: fc.record({ kind: fc.constant('changePlan' as const), plan: fc.constantFrom('free', 'hobby', 'pro') }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant('refund' as const), id: fc.nat(30), refundId: fc.nat(8) }), weight: 2 },
-  { arbitrary: fc.record({ kind: fc.constant('adjust' as const), id: fc.nat(8), credits: fc.integer({ min: -60, max: 60 }).filter((n) => n !== 0) }), weight: 1 },
-  { arbitrary: fc.record({ kind: fc.constant('cap' as const), credits: fc.option(fc.integer({ min: 0, max: 40 }), { nil: null }) }), weight: 1 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('adjust' as const),
+      id: fc.nat(8),
+      credits: fc.integer({ min: -60, max: 60 }).filter((n) => n !== 0),
+    }),
+    weight: 1,
+  },
+  {
+    arbitrary: fc.record({ kind: fc.constant('cap' as const), credits: fc.option(fc.integer({ min: 0, max: 40 }), { nil: null }) }),
+    weight: 1,
+  },
   { arbitrary: fc.record({ kind: fc.constant('bad' as const), which: fc.nat(5) }), weight: 1 },
 );
 
@@ -275,7 +290,13 @@ describe('meter vs reference model (property)', () => {
         });
         await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
         const model = new Model(clock.ms, 'free');
-        const identity = (modelId: string, id: number) => ({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: modelId, replyId: `r${id}` });
+        const identity = (modelId: string, id: number) => ({
+          workspaceId: 'ws',
+          agentId: 'a',
+          conversationId: 'c',
+          model: modelId,
+          replyId: `r${id}`,
+        });
         const models = new Map<number, string>();
 
         for (const step of ops) {
@@ -288,12 +309,24 @@ describe('meter vs reference model (property)', () => {
               const expected = model.reserve(`r${step.id}`, PRICES[modelId]! * 1e6, now);
               if (step.kind === 'reserve') {
                 const got = await meter.reserve(identity(modelId, step.id)).then((r) => (r.replayed ? 'exists' : r.status), codeOf);
-                if (expected === 'exists') expect(['exists', 'INSUFFICIENT_CREDITS', 'AGENT_LIMIT_REACHED', 'REPLY_RELEASED', 'HOLD_EXPIRED']).toContain(got);
-                else expect(got).toBe(expected === 'held' ? 'held' : expected === 'capped' ? 'AGENT_LIMIT_REACHED' : 'INSUFFICIENT_CREDITS');
+                if (expected === 'exists')
+                  expect(['exists', 'INSUFFICIENT_CREDITS', 'AGENT_LIMIT_REACHED', 'REPLY_RELEASED', 'HOLD_EXPIRED']).toContain(got);
+                else
+                  expect(got).toBe(expected === 'held' ? 'held' : expected === 'capped' ? 'AGENT_LIMIT_REACHED' : 'INSUFFICIENT_CREDITS');
               } else {
                 if (expected === 'held') model.settle(`r${step.id}`, now);
-                const got = await meter.reply({ ...identity(modelId, step.id), input: 'x' }).then((r) => (r.replayed ? 'exists' : 'ok'), codeOf);
-                if (expected === 'exists') expect(['exists', 'INSUFFICIENT_CREDITS', 'AGENT_LIMIT_REACHED', 'REPLY_RELEASED', 'HOLD_EXPIRED', 'REPLY_IN_PROGRESS']).toContain(got);
+                const got = await meter
+                  .reply({ ...identity(modelId, step.id), input: 'x' })
+                  .then((r) => (r.replayed ? 'exists' : 'ok'), codeOf);
+                if (expected === 'exists')
+                  expect([
+                    'exists',
+                    'INSUFFICIENT_CREDITS',
+                    'AGENT_LIMIT_REACHED',
+                    'REPLY_RELEASED',
+                    'HOLD_EXPIRED',
+                    'REPLY_IN_PROGRESS',
+                  ]).toContain(got);
                 else expect(got).toBe(expected === 'held' ? 'ok' : expected === 'capped' ? 'AGENT_LIMIT_REACHED' : 'INSUFFICIENT_CREDITS');
               }
               break;
@@ -301,7 +334,9 @@ describe('meter vs reference model (property)', () => {
             case 'settle': {
               model.current(now);
               const expected = model.settle(`r${step.id}`, now);
-              const got = await meter.settle({ workspaceId: 'ws', replyId: `r${step.id}` }).then((r) => (r.replayed ? 'settled' : 'settled-now'), codeOf);
+              const got = await meter
+                .settle({ workspaceId: 'ws', replyId: `r${step.id}` })
+                .then((r) => (r.replayed ? 'settled' : 'settled-now'), codeOf);
               const map: Record<string, string> = {
                 'settled-now': 'settled-now',
                 settled: 'settled',
@@ -317,7 +352,9 @@ describe('meter vs reference model (property)', () => {
             case 'release': {
               model.current(now);
               const expected = model.release(`r${step.id}`, now);
-              const got = await meter.release({ workspaceId: 'ws', replyId: `r${step.id}` }).then((r) => (r.replayed ? 'released' : 'released-now'), codeOf);
+              const got = await meter
+                .release({ workspaceId: 'ws', replyId: `r${step.id}` })
+                .then((r) => (r.replayed ? 'released' : 'released-now'), codeOf);
               const map: Record<string, string> = {
                 'released-now': 'released-now',
                 released: 'released',
@@ -387,7 +424,11 @@ describe('meter vs reference model (property)', () => {
           const available = Math.round(Number(ws.balance) * 1e6);
           const held = Math.round(Number(ws.held) * 1e6);
           expect(available).toBeGreaterThanOrEqual(0);
-          expect({ available, held, plan: ws.plan }).toEqual({ available: model.available(clock.ms), held: model.held(), plan: model.plan });
+          expect({ available, held, plan: ws.plan }).toEqual({
+            available: model.available(clock.ms),
+            held: model.held(),
+            plan: model.plan,
+          });
           expect(Math.round((await ledgerSum(meter, 'ws')) * 1e6)).toBe(available + held);
         }
       }),

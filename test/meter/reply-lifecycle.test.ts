@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, CreditsError, InsufficientCreditsError, MemoryStorage } from '../../src/index.js';
-import { harness, ledgerSum, ask, turn, wrapStorage } from '../support.js';
+import { ask, harness, ledgerSum, turn, wrapStorage } from '../support.js';
 
 describe('reply - charge per reply', () => {
   it('charges exactly the model price and records one ledger entry', async () => {
@@ -33,7 +33,12 @@ describe('reply - charge per reply', () => {
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     for (let i = 0; i < 3; i++) await meter.reply(turn(i, 'claude-haiku-4-5'));
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(100 - 3 * 2);
-    const usage = await meter.usage({ workspaceId: 'ws', from: '2026-01-01T00:00:00Z', to: '2026-02-01T00:00:00Z', groupBy: 'conversation' });
+    const usage = await meter.usage({
+      workspaceId: 'ws',
+      from: '2026-01-01T00:00:00Z',
+      to: '2026-02-01T00:00:00Z',
+      groupBy: 'conversation',
+    });
     expect(usage.rows).toEqual([expect.objectContaining({ key: 'conv-1', replies: 3 })]);
     expect(Number(usage.rows[0]?.credits)).toBe(6);
   });
@@ -125,7 +130,9 @@ describe('reply - idempotency', () => {
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
     await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'msg-1' });
     await expect(meter.reply({ ...turn(1, 'gpt-4o-mini'), replyId: 'msg-1' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
-    await expect(meter.reply({ ...turn(1, 'gpt-4o'), agentId: 'sales', replyId: 'msg-1' })).rejects.toMatchObject({ code: 'IDEMPOTENCY_CONFLICT' });
+    await expect(meter.reply({ ...turn(1, 'gpt-4o'), agentId: 'sales', replyId: 'msg-1' })).rejects.toMatchObject({
+      code: 'IDEMPOTENCY_CONFLICT',
+    });
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
   });
 
@@ -324,7 +331,9 @@ describe('store failures', () => {
     const inner = new MemoryStorage();
     const slow = wrapStorage(inner, {
       commit: (commits) =>
-        commits.some((commit) => commit.records.some((record) => record.key.startsWith('reply:'))) ? new Promise<never>(() => undefined) : inner.commit(commits),
+        commits.some((commit) => commit.records.some((record) => record.key.startsWith('reply:')))
+          ? new Promise<never>(() => undefined)
+          : inner.commit(commits),
     });
     const { meter, providers } = harness({ storage: slow, storageTimeoutMs: 20 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });

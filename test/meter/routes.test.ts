@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, type CreditEvent } from '../../src/index.js';
+import { type CreditEvent, CreditMeter } from '../../src/index.js';
 import { harness, turn } from '../support.js';
 
 const SECRET = 'sk-live-TOPSECRET-1234567890';

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, MemoryStorage } from '../../src/index.js';
-import { harness, turn } from '../support.js';
 import type { LedgerRow } from '../../src/storage/index.js';
+import { harness, turn } from '../support.js';
 
 describe('usage', () => {
   async function seeded() {
@@ -19,7 +19,12 @@ describe('usage', () => {
   }
   const window = { workspaceId: 'ws', from: '2026-03-01T00:00:00Z', to: '2026-04-01T00:00:00Z' };
   const plain = (rows: readonly { key: string; credits: unknown; replies: number; bucket?: Date }[]) =>
-    rows.map((r) => ({ key: r.key, credits: Number(r.credits), replies: r.replies, ...(r.bucket && { bucket: r.bucket.toISOString().slice(0, 10) }) }));
+    rows.map((r) => ({
+      key: r.key,
+      credits: Number(r.credits),
+      replies: r.replies,
+      ...(r.bucket && { bucket: r.bucket.toISOString().slice(0, 10) }),
+    }));
 
   it('per agent: credits and replies, byo replies counted with 0 credits', async () => {
     const { meter } = await seeded();
@@ -77,17 +82,39 @@ describe('usage', () => {
     for (let i = 0; i < 1_000_000; i++) {
       const at = start + i * 1000;
       rows.push({
-        workspaceId: 'big', seq: i + 1, kind: 'reply', amount: 0, at, replyId: `r${i}`, agentId: agents[i % 4]!, conversationId: `c${i % 1000}`,
-        model: 'gpt-4o', route: 'unmetered', priceVersion: 'v', grantId: null, plan: null, inputTokens: null, outputTokens: null,
+        workspaceId: 'big',
+        seq: i + 1,
+        kind: 'reply',
+        amount: 0,
+        at,
+        replyId: `r${i}`,
+        agentId: agents[i % 4]!,
+        conversationId: `c${i % 1000}`,
+        model: 'gpt-4o',
+        route: 'unmetered',
+        priceVersion: 'v',
+        grantId: null,
+        plan: null,
+        inputTokens: null,
+        outputTokens: null,
+        reason: null,
       });
     }
     for (let i = 0; i < rows.length; i += 100_000) {
       const ledger = rows.slice(i, i + 100_000);
       const state = { workspaceId: 'big', account: null, ledgerSeq: ledger[ledger.length - 1]!.seq };
-      expect(await storage.commit([{ workspaceId: 'big', expectedVersion: i / 100_000, state, ledger, records: [] }])).toEqual(['committed']);
+      expect(await storage.commit([{ workspaceId: 'big', expectedVersion: i / 100_000, state, ledger, records: [] }])).toEqual([
+        'committed',
+      ]);
     }
     const started = performance.now();
-    const report = await meter.usage({ workspaceId: 'big', from: '2025-01-01T00:00:00Z', to: '2027-01-01T00:00:00Z', groupBy: 'agent', interval: 'day' });
+    const report = await meter.usage({
+      workspaceId: 'big',
+      from: '2025-01-01T00:00:00Z',
+      to: '2027-01-01T00:00:00Z',
+      groupBy: 'agent',
+      interval: 'day',
+    });
     const elapsed = performance.now() - started;
     expect(report.totalReplies).toBe(1_000_000);
     expect(report.rows).toHaveLength(4 * 12);

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { closestKey } from '../../src/core/validation.js';
 import { CreditMeter, DEFAULT_MODEL_PRICES, DEFAULT_PLANS, InvalidInputError, MemoryStorage } from '../../src/index.js';
 import { checkedReplyIdGenerator, DEFAULT_HOLD_TTL_MS, DEFAULT_THRESHOLDS, parseMeterOptions } from '../../src/meter/options.js';
-import { harness, ask, turn } from '../support.js';
+import { ask, harness, turn } from '../support.js';
 
 const BAD_AMOUNTS = [Number.NaN, Number.POSITIVE_INFINITY, -1, '1e400', 'abc', 1.0000001, '', null, {}, [1]];
 const BAD_IDS = ['', 'x'.repeat(10 * 1024), '__proto__', 'constructor', 'a\u0000b', 42, null, {}];

@@ -20,15 +20,16 @@ export function makeSummary(overrides: Partial<WorkspaceSummary> = {}): Workspac
     renewsAt: new Date('2026-12-01T09:00:00Z'),
     repliesLeft: { 'bookbag-local': 1234, 'gpt-4o-mini': 1234, 'claude-haiku-4-5': 617, 'claude-sonnet-4-6': 308, 'gpt-4o': 246 },
     grants: [],
+    agents: [],
+    recharge: undefined,
     ...overrides,
   };
 }
 
 /** One usage row; `bucket` is a UTC day `YYYY-MM-DD`. */
 export function row(key: string, credits: number | string, replies: number, bucket?: string): UsageRow {
-  return bucket === undefined
-    ? { key, credits: new Decimal(credits), replies }
-    : { key, credits: new Decimal(credits), replies, bucket: new Date(`${bucket}T00:00:00Z`) };
+  const base = { key, credits: new Decimal(credits), refunded: new Decimal(0), net: new Decimal(credits), replies };
+  return bucket === undefined ? base : { ...base, bucket: new Date(`${bucket}T00:00:00Z`) };
 }
 
 /** A usage report over `[from, to)` with totals computed from the rows, as the meter returns it. */
@@ -44,6 +45,8 @@ export function makeReport(
     ...(window.interval && { interval: window.interval }),
     rows,
     totalCredits: rows.reduce((sum, r) => sum.plus(r.credits), new Decimal(0)),
+    totalRefunded: rows.reduce((sum, r) => sum.plus(r.refunded), new Decimal(0)),
+    totalNet: rows.reduce((sum, r) => sum.plus(r.net), new Decimal(0)),
     totalReplies: rows.reduce((sum, r) => sum + r.replies, 0),
   };
 }

@@ -29,7 +29,7 @@ export interface RedisClientLike {
   /** Closes the connection gracefully. */
   quit(): Promise<unknown>;
   /** `SCAN cursor MATCH pattern COUNT n`, for `listWorkspaces` (ioredis clients have it). */
-  scan?(cursor: string, ...args: (string | number)[]): Promise<[string, string[]]>;
+  scan?(cursor: string, patternToken: 'MATCH', pattern: string, countToken: 'COUNT', count: number): Promise<[string, string[]]>;
   /** A Cluster's master nodes, each scanned by `listWorkspaces` (ioredis `Cluster` has it). */
   nodes?(role: 'master'): RedisClientLike[];
 }
@@ -73,7 +73,14 @@ const GROUPS = ['agentId', 'model', 'conversationId'] as const;
 type LoadReply = [string | null, string | null, (string | null)[], (string | null)[]];
 type Script = { readonly source: string; readonly sha: string };
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-const SCRIPTS = { load: script(LOAD), commit: script(COMMIT), ledger: script(LEDGER), usage: script(USAGE), migrate: script(MIGRATE), erase: script(ERASE) };
+const SCRIPTS = {
+  load: script(LOAD),
+  commit: script(COMMIT),
+  ledger: script(LEDGER),
+  usage: script(USAGE),
+  migrate: script(MIGRATE),
+  erase: script(ERASE),
+};
 
 type IoredisConstructor = new (
   url: string,
@@ -253,7 +260,10 @@ export class RedisStorage implements CreditStorage {
           for (const key of keys) ids.add(decodeURIComponent(key.slice(this.keyPrefix.length + 1, -'}:state'.length)));
         } while (cursor !== '0');
       }
-      return [...ids].filter((id) => query.afterId === undefined || id > query.afterId).sort().slice(0, query.limit);
+      return [...ids]
+        .filter((id) => query.afterId === undefined || id > query.afterId)
+        .sort()
+        .slice(0, query.limit);
     } catch (error) {
       throw error instanceof StorageError ? error : new StorageError('listWorkspaces', error, 'redis');
     }
@@ -269,7 +279,11 @@ export class RedisStorage implements CreditStorage {
     }
     for (let attempt = 0; attempt < 16; attempt++) {
       const [version] = (await this.#run('load', [k.state, k.records, k.holds], ['-inf'])) as LoadReply;
-      const rows = (await this.ledger({ workspaceId: request.workspaceId, limit: Number.MAX_SAFE_INTEGER })).map((row) => ({ ...row, agentId: null, conversationId: null }));
+      const rows = (await this.ledger({ workspaceId: request.workspaceId, limit: Number.MAX_SAFE_INTEGER })).map((row) => ({
+        ...row,
+        agentId: null,
+        conversationId: null,
+      }));
       const args = [k.base, '1', version ?? '0', String(rows.length)];
       for (const row of rows) args.push(String(row.seq).padStart(16, '0'), JSON.stringify(row));
       const rollups = new Map<string, UsageAccumulator>();

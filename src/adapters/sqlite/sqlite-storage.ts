@@ -7,8 +7,8 @@ import type {
   EraseRequest,
   LedgerQuery,
   ListQuery,
-  LoadRequest,
   LoadedWorkspace,
+  LoadRequest,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,
@@ -268,7 +268,9 @@ export class SqliteStorage implements CreditStorage {
   /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
   async listWorkspaces(query: ListQuery): Promise<string[]> {
     return this.#run('listWorkspaces', (s) => {
-      const rows = s.query(`SELECT workspace_id FROM ${s.prefix}states WHERE workspace_id > ? ORDER BY workspace_id LIMIT ?`).all(query.afterId ?? '', query.limit);
+      const rows = s
+        .query(`SELECT workspace_id FROM ${s.prefix}states WHERE workspace_id > ? ORDER BY workspace_id LIMIT ?`)
+        .all(query.afterId ?? '', query.limit);
       return (rows as { workspace_id: string }[]).map((row) => row.workspace_id);
     });
   }
