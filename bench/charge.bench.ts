@@ -196,6 +196,8 @@ try {
             holds: historyHolds,
             concurrency,
             ms: quick ? 300 : ctx.durable ? 2000 : 1000,
+            runs: quick ? 1 : 3,
+            warmUp: !quick,
             log,
           }),
         );
@@ -322,7 +324,7 @@ if (history.length > 0) {
       [
         'store',
         'workspace',
-        'ledger rows (at the end)',
+        'ledger rows (when queried)',
         'open holds',
         'reserve+settle/s',
         'usage by agent',

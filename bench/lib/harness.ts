@@ -132,11 +132,17 @@ export function median(values: readonly number[]): number {
   return sorted[Math.floor((sorted.length - 1) / 2)] ?? Number.NaN;
 }
 
-/** Median latency of `repeats` sequential calls, in milliseconds. */
-export async function latency(call: () => Promise<unknown>, repeats: number): Promise<number> {
+/**
+ * Median latency of `repeats` sequential calls, in milliseconds, after one unmeasured call.
+ * Stops early (after at least one measured call) once `budgetMs` is spent, so a slow query
+ * on a long history keeps the run bounded.
+ */
+export async function latency(call: () => Promise<unknown>, repeats: number, budgetMs = 5_000): Promise<number> {
+  const started = performance.now();
   await call(); // warm caches and prepared statements
   const times: number[] = [];
   for (let r = 0; r < repeats; r++) {
+    if (r > 0 && performance.now() - started > budgetMs) break;
     const t = performance.now();
     await call();
     times.push(performance.now() - t);

@@ -16,8 +16,12 @@ export interface HistoryOptions {
   holds: number;
   /** In flight for the durable stores (the memory store runs sequentially). */
   concurrency: number;
-  /** Measured milliseconds per charge run (three runs, the median is reported). */
+  /** Measured milliseconds per charge run. */
   ms: number;
+  /** Charge runs per workspace, the median is reported. */
+  runs: number;
+  /** When true, each workspace is charged once unmeasured first. */
+  warmUp: boolean;
   log: (line: string) => void;
 }
 
@@ -118,38 +122,46 @@ export async function measureHistory(ctx: StoreContext, options: HistoryOptions)
     `  ${ctx.name} history: ${options.rows.toLocaleString('en-US')} rows seeded in ${seedSeconds.toFixed(1)} s, ${holds.length} holds opened in ${holdSeconds.toFixed(1)} s`,
   );
 
+  // Queries first, on the workspaces as set up: the empty one has only its grant row.
+  const repeats = options.warmUp ? 5 : 1;
+  const pages = options.warmUp ? 20 : 3;
+  const queries = async (workspaceId: string) => {
+    const window = { from: since, to: new Date(Date.now() + 3_600_000) };
+    return {
+      usageByAgentMs: await latency(() => meter.usage({ workspaceId, ...window, groupBy: 'agent' }), repeats),
+      usageByModelPerDayMs: await latency(() => meter.usage({ workspaceId, ...window, groupBy: 'model', interval: 'day' }), repeats),
+      ledgerFirstPageMs: await latency(() => meter.ledger({ workspaceId, limit: 100 }), pages),
+      ledgerRecentPageMs: await latency(() => meter.ledger({ workspaceId, from: new Date(Date.now() - 1), limit: 100 }), pages),
+      ledgerAgentPageMs: await latency(() => meter.ledger({ workspaceId, agentId: AGENTS[3]!, limit: 100 }), pages),
+    };
+  };
+  const timed = { empty: await queries(empty), heavy: await queries(heavy) };
+
+  // Then charges, alternating workspaces; with warm-up, the second pass of each is reported.
   const tally = new Tally();
-  const byKind = new Map<'empty' | 'heavy', HistoryRow>();
-  for (const [kind, workspaceId] of [
+  const charged = new Map<'empty' | 'heavy', number>();
+  const passes = [
     ['empty', empty],
     ['heavy', heavy],
-    ['empty', empty],
-    ['heavy', heavy],
-  ] as const) {
+  ] as const;
+  for (const [kind, workspaceId] of options.warmUp ? [...passes, ...passes] : passes) {
     const op = reserveSettle(meter, () => workspaceId, tally);
     const runs: Run[] = [];
-    for (let r = 0; r < 3; r++) {
+    for (let r = 0; r < options.runs; r++) {
       const run = ctx.durable ? await concurrent(op, options.concurrency, { ms: options.ms }) : await sequential(op, { ms: options.ms });
       if (run.errors > 0) throw new Error(`charging ${ctx.name} ${kind}: ${String(run.firstError)}`);
       runs.push(run);
       await pause(ctx.durable ? 200 : 50);
     }
-    const window = { from: since, to: new Date(Date.now() + 3_600_000) };
-    const row: HistoryRow = {
-      workspace: kind,
-      ledgerRows: (kind === 'heavy' ? options.rows : 0) + 1 + tally.get(workspaceId),
-      openHolds: kind === 'heavy' ? holds.length : 0,
-      chargePerSec: median(runs.map((r) => r.perSec)),
-      usageByAgentMs: await latency(() => meter.usage({ workspaceId, ...window, groupBy: 'agent' }), 5),
-      usageByModelPerDayMs: await latency(() => meter.usage({ workspaceId, ...window, groupBy: 'model', interval: 'day' }), 5),
-      ledgerFirstPageMs: await latency(() => meter.ledger({ workspaceId, limit: 100 }), 20),
-      ledgerRecentPageMs: await latency(() => meter.ledger({ workspaceId, from: new Date(Date.now() - 1), limit: 100 }), 20),
-      ledgerAgentPageMs: await latency(() => meter.ledger({ workspaceId, agentId: AGENTS[3]!, limit: 100 }), 20),
-    };
-    // Each workspace is measured twice; the first pass warms up, the second is kept.
-    byKind.set(kind, row);
+    charged.set(kind, median(runs.map((r) => r.perSec)));
   }
-  const rows = [byKind.get('empty')!, byKind.get('heavy')!];
+  const rows: HistoryRow[] = (['empty', 'heavy'] as const).map((kind) => ({
+    workspace: kind,
+    ledgerRows: kind === 'heavy' ? options.rows + 1 : 1,
+    openHolds: kind === 'heavy' ? holds.length : 0,
+    chargePerSec: charged.get(kind)!,
+    ...timed[kind],
+  }));
   for (const row of rows)
     options.log(
       `  ${ctx.name} history ${row.workspace}: ${row.ledgerRows.toLocaleString('en-US')} rows, ${row.openHolds} holds: ` +
