@@ -233,7 +233,7 @@ export class ProviderNotFoundError extends CreditsError {
  *
  * `cause` is never the provider's error itself: it is a fresh copy holding only its `name`,
  * `message`, `status`, `code` and `type`, with the workspace's own key redacted (see
- * {@link scrubProviderError}). Whatever else the original carried (the request, its headers,
+ * `scrubProviderError`). Whatever else the original carried (the request, its headers,
  * a cause chain) is dropped, so a key cannot reach the caller through it.
  */
 export class ProviderError extends CreditsError {

@@ -19,6 +19,10 @@ export class UsageAccumulator {
   readonly #groups = new Map<string, UsageTotals>();
   readonly #field: 'agentId' | 'model' | 'conversationId';
 
+  /**
+   * @param groupBy which column groups the rows
+   * @param byDay also split by UTC day
+   */
   constructor(
     groupBy: UsageGroupBy,
     readonly byDay: boolean,
@@ -26,6 +30,7 @@ export class UsageAccumulator {
     this.#field = groupBy === 'agent' ? 'agentId' : groupBy === 'model' ? 'model' : 'conversationId';
   }
 
+  /** Counts a row; rows of other kinds than `reply` are ignored. */
   add(row: LedgerRow): void {
     if (row.kind !== 'reply') return;
     const key = row[this.#field] ?? '';
@@ -40,6 +45,7 @@ export class UsageAccumulator {
     group.replies += 1;
   }
 
+  /** The totals so far, one per group (and day), in no particular order. */
   totals(): UsageTotals[] {
     return [...this.#groups.values()];
   }

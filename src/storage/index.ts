@@ -10,11 +10,15 @@ export { CreditsError, InvalidInputError, StorageError } from '../core/errors.js
 export { compareGrants } from '../core/grants.js';
 export type {
   AccountState,
+  AdjustmentRecord,
+  AgentState,
   Allocation,
   GrantKind,
   GrantState,
   LedgerKind,
   LedgerRow,
+  RechargeState,
+  RefundRecord,
   ReplyRecord,
   ReplyStatus,
   Route,
