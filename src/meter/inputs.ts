@@ -69,7 +69,14 @@ export const createWorkspaceSchema = z.strictObject({
   startsAt: instantSchema.optional(),
 });
 export const workspaceIdSchema = idSchema;
-export const quoteSchema = z.strictObject({ workspaceId: idSchema, model: idSchema, agentId: idSchema.optional() });
+// A quote takes the reply's whole identity, so the object a host reserves with can be quoted first.
+export const quoteSchema = z.strictObject({
+  workspaceId: idSchema,
+  model: idSchema,
+  agentId: idSchema.optional(),
+  conversationId: idSchema.optional(),
+  replyId: idSchema.optional(),
+});
 export const reserveSchema = z.strictObject(identity);
 export const replySchema = z.strictObject({
   ...identity,

@@ -178,6 +178,10 @@ export interface QuoteInput {
   model: string;
   /** The agent that would reply, to take its cap and models into account. */
   agentId?: string;
+  /** Accepted (and not used) so the identity a host reserves with can be quoted first. */
+  conversationId?: string;
+  /** Accepted (and not used) so the identity a host reserves with can be quoted first. */
+  replyId?: string;
 }
 
 /** What a reply would cost, by which route, and whether it would be allowed. Free to ask. */
