@@ -8,6 +8,7 @@
 import { periodBounds, periodIndexAt } from './billing-period.js';
 import { MAX_MICROS } from './credits.js';
 import { availableOf, copyGrant, holdFromGrants, insertGrant } from './grants.js';
+import { ledgerRow } from './ledger-row.js';
 import type { PlanCatalog } from './plan-catalog.js';
 import type {
   AccountState,
@@ -750,26 +751,7 @@ export class Transition {
   }
 
   #append(kind: LedgerKind, amount: number, at: number, fields: Partial<LedgerRow>): LedgerRow {
-    const row: LedgerRow = {
-      workspaceId: this.#state.workspaceId,
-      seq: ++this.#state.ledgerSeq,
-      kind,
-      // 0 - x, never -x: a free reply is 0, not -0.
-      amount: amount === 0 ? 0 : amount,
-      at,
-      replyId: null,
-      agentId: null,
-      conversationId: null,
-      model: null,
-      route: null,
-      priceVersion: null,
-      grantId: null,
-      plan: null,
-      inputTokens: null,
-      outputTokens: null,
-      reason: null,
-      ...fields,
-    };
+    const row = ledgerRow(this.#state.workspaceId, ++this.#state.ledgerSeq, kind, amount, at, fields);
     this.#rows.push(row);
     this.#changed = true;
     return row;

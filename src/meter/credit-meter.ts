@@ -17,12 +17,11 @@ import type { Plan, PlanCatalog } from '../core/plan-catalog.js';
 import type { ModelPrice, ModelPriceTable } from '../core/price-table.js';
 import { type MeterMode, resolveRoute, routeCost } from '../core/route.js';
 import { scrubError } from '../core/secrets.js';
-import type { ReplyRecord, Route, UsageGroupBy } from '../core/state.js';
+import type { ReplyRecord, Route } from '../core/state.js';
 import type { Command, CoreEvent, Outcome } from '../core/transition.js';
-import { UsageAccumulator } from '../core/usage-aggregate.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
-import type { CreditStorage, UsageAggregate } from '../storage/storage.js';
+import type { CreditStorage } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
 import {
   adjustSchema,
@@ -89,10 +88,8 @@ import type {
   WorkspacePage,
   WorkspaceSummary,
 } from './types.js';
-import { bucketUsage } from './usage-report.js';
+import { bucketUsage, sumLedger } from './usage-report.js';
 import { WorkspaceBatcher } from './workspace-batcher.js';
-
-const USAGE_PAGE = 1000;
 
 interface Routed {
   route: Route;
@@ -776,26 +773,9 @@ export class CreditMeter {
       groupBy: parsed.groupBy,
       byDay: parsed.interval !== undefined,
     };
-    const aggregates = await this.#store('usage', async (storage): Promise<UsageAggregate[]> => {
-      if (storage.usage) return storage.usage(query);
-      // No aggregation in the store: page through the window's reply rows and sum here.
-      const sum = new UsageAccumulator(query.groupBy, query.byDay);
-      let afterSeq: number | undefined;
-      for (;;) {
-        const rows = await storage.ledger({
-          workspaceId: query.workspaceId,
-          from: query.from,
-          to: query.to,
-          kinds: ['reply'],
-          limit: USAGE_PAGE,
-          ...(afterSeq !== undefined && { afterSeq }),
-        });
-        for (const row of rows) sum.add(row);
-        if (rows.length < USAGE_PAGE) return sum.totals();
-        afterSeq = rows[rows.length - 1]!.seq;
-      }
-    });
-    const refunds = await this.#store('usage', (storage) => refundTotals(storage, query));
+    // A store without its own aggregation is paged through; refunds (rare) always are.
+    const aggregates = await this.#store('usage', (storage) => (storage.usage ? storage.usage(query) : sumLedger(storage, query, 'reply')));
+    const refunds = await this.#store('usage', (storage) => sumLedger(storage, query, 'refund'));
     return bucketUsage(parsed, aggregates, refunds);
   }
 
@@ -1245,27 +1225,5 @@ async function withTimeout<T>(pending: Promise<T>, ms: number, operation: string
     return await Promise.race([pending, timeout]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** Refunds made in the window, by the usage group (and UTC day) of the reply they refund. */
-async function refundTotals(
-  storage: CreditStorage,
-  query: { workspaceId: string; from: number; to: number; groupBy: UsageGroupBy; byDay: boolean },
-): Promise<UsageAggregate[]> {
-  const sum = new UsageAccumulator(query.groupBy, query.byDay);
-  let afterSeq: number | undefined;
-  for (;;) {
-    const rows = await storage.ledger({
-      workspaceId: query.workspaceId,
-      from: query.from,
-      to: query.to,
-      kinds: ['refund'],
-      limit: USAGE_PAGE,
-      ...(afterSeq !== undefined && { afterSeq }),
-    });
-    for (const row of rows) sum.add({ ...row, kind: 'reply', amount: -row.amount });
-    if (rows.length < USAGE_PAGE) return sum.totals();
-    afterSeq = rows[rows.length - 1]!.seq;
   }
 }

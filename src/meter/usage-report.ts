@@ -2,7 +2,8 @@ import { UTCDate } from '@date-fns/utc';
 import { startOfISOWeek, startOfMonth } from 'date-fns';
 import { fromMicros } from '../core/credits.js';
 import type { UsageGroupBy } from '../core/state.js';
-import type { UsageAggregate } from '../storage/storage.js';
+import { UsageAccumulator } from '../core/usage-aggregate.js';
+import type { CreditStorage, UsageAggregate, UsageQuery } from '../storage/storage.js';
 import type { UsageInterval, UsageReport, UsageRow } from './types.js';
 
 interface Window {
@@ -11,6 +12,31 @@ interface Window {
   to: Date;
   groupBy: UsageGroupBy;
   interval?: UsageInterval | undefined;
+}
+
+/** Rows per ledger page when the meter sums a window itself. */
+const PAGE = 1000;
+
+/**
+ * Sums a window's rows of one kind by paging the ledger: `reply` rows when a store has no
+ * `usage` of its own, and `refund` rows, counted against the group of the reply they refund.
+ */
+export async function sumLedger(storage: CreditStorage, query: UsageQuery, kind: 'reply' | 'refund'): Promise<UsageAggregate[]> {
+  const sum = new UsageAccumulator(query.groupBy, query.byDay);
+  let afterSeq: number | undefined;
+  for (;;) {
+    const rows = await storage.ledger({
+      workspaceId: query.workspaceId,
+      from: query.from,
+      to: query.to,
+      kinds: [kind],
+      limit: PAGE,
+      ...(afterSeq !== undefined && { afterSeq }),
+    });
+    for (const row of rows) sum.add(kind === 'reply' ? row : { ...row, kind: 'reply', amount: -row.amount });
+    if (rows.length < PAGE) return sum.totals();
+    afterSeq = rows[rows.length - 1]!.seq;
+  }
 }
 
 /**

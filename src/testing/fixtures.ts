@@ -5,6 +5,7 @@
 import { expect } from 'vitest';
 import { periodBounds } from '../core/billing-period.js';
 import { CreditsError } from '../core/errors.js';
+import { ledgerRow } from '../core/ledger-row.js';
 import { definePlans } from '../core/plan-catalog.js';
 import { defineModelPrices } from '../core/price-table.js';
 import type { AccountState, GrantState, LedgerKind, LedgerRow, ReplyRecord, StoredRecord, WorkspaceState } from '../core/state.js';
@@ -341,34 +342,7 @@ export function stateDoc(workspaceId: string, ledgerSeq: number, amount = 10 * C
 }
 
 /** A ledger row with every optional column null. */
-export function row(
-  workspaceId: string,
-  seq: number,
-  kind: LedgerKind,
-  amount: number,
-  at: number,
-  fields: Partial<LedgerRow> = {},
-): LedgerRow {
-  return {
-    workspaceId,
-    seq,
-    kind,
-    amount,
-    at,
-    replyId: null,
-    agentId: null,
-    conversationId: null,
-    model: null,
-    route: null,
-    priceVersion: null,
-    grantId: null,
-    plan: null,
-    inputTokens: null,
-    outputTokens: null,
-    reason: null,
-    ...fields,
-  } as LedgerRow;
-}
+export const row = ledgerRow;
 
 /** A reply record under `reply:<replyId>`; held (with `holdExpiresAt`) unless a status is given. */
 export function replyStored(workspaceId: string, replyId: string, at: number, fields: Partial<ReplyRecord> = {}): StoredRecord {

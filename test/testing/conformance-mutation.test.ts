@@ -16,7 +16,7 @@ import type {
   UsageQuery,
   WorkspaceCommit,
 } from '../../src/storage/index.js';
-import { UsageAccumulator } from '../../src/storage/index.js';
+import { ledgerRow, UsageAccumulator } from '../../src/storage/index.js';
 import {
   type ConformanceContext,
   conformanceCases,
@@ -394,25 +394,8 @@ describe('conformance kit mutation test', () => {
           },
         };
         // The ledger row disagrees with the grant: the invariant check must notice.
-        const row = {
-          workspaceId,
-          seq: 1,
-          kind: 'grant' as const,
-          amount: 4,
-          at,
-          replyId: null,
-          agentId: null,
-          conversationId: null,
-          model: null,
-          route: null,
-          priceVersion: null,
-          grantId: 'period:0',
-          plan: 'custom',
-          inputTokens: null,
-          outputTokens: null,
-          reason: null,
-        };
-        await ctx.storage.commit([{ workspaceId, expectedVersion: 0, state: state as never, ledger: [row as LedgerRow], records: [] }]);
+        const row = ledgerRow(workspaceId, 1, 'grant', 4, at, { grantId: 'period:0', plan: 'custom' });
+        await ctx.storage.commit([{ workspaceId, expectedVersion: 0, state: state as never, ledger: [row], records: [] }]);
         ctx.track(workspaceId);
       },
     };
