@@ -1,4 +1,5 @@
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../core/state.js';
+import { HoldHeap } from './hold-heap.js';
 import type {
   CommitResult,
   CreditStorage,
@@ -127,67 +128,4 @@ function lowerBound(rows: readonly LedgerRow[], at: number): number {
     else hi = mid;
   }
   return lo;
-}
-
-/** A binary min-heap of (lapse time, record key). */
-class HoldHeap {
-  readonly #at: number[] = [];
-  readonly #keys: string[] = [];
-
-  push(at: number, key: string): void {
-    let i = this.#at.length;
-    this.#at.push(at);
-    this.#keys.push(key);
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (this.#at[parent]! <= at) break;
-      this.#swap(i, parent);
-      i = parent;
-    }
-  }
-
-  /** Records whose hold has lapsed by `now`. Drops stale entries; keeps live ones in place. */
-  due(records: ReadonlyMap<string, StoredRecord>, now: number): StoredRecord[] {
-    if (this.#at.length === 0 || this.#at[0]! > now) return [];
-    const found: StoredRecord[] = [];
-    const keep: [number, string][] = [];
-    while (this.#at.length > 0 && this.#at[0]! <= now) {
-      const at = this.#at[0]!;
-      const key = this.#pop();
-      const record = records.get(key);
-      if (record?.holdExpiresAt !== at || found.includes(record)) continue;
-      found.push(record);
-      keep.push([at, key]);
-    }
-    // Until a commit ends them, lapsed holds stay listed: a load is never a write.
-    for (const [at, key] of keep) this.push(at, key);
-    return found;
-  }
-
-  #pop(): string {
-    const top = this.#keys[0]!;
-    const lastAt = this.#at.pop()!;
-    const lastKey = this.#keys.pop()!;
-    if (this.#at.length > 0) {
-      this.#at[0] = lastAt;
-      this.#keys[0] = lastKey;
-      let i = 0;
-      for (;;) {
-        const left = 2 * i + 1;
-        const right = left + 1;
-        let least = i;
-        if (left < this.#at.length && this.#at[left]! < this.#at[least]!) least = left;
-        if (right < this.#at.length && this.#at[right]! < this.#at[least]!) least = right;
-        if (least === i) break;
-        this.#swap(i, least);
-        i = least;
-      }
-    }
-    return top;
-  }
-
-  #swap(a: number, b: number): void {
-    [this.#at[a], this.#at[b]] = [this.#at[b]!, this.#at[a]!];
-    [this.#keys[a], this.#keys[b]] = [this.#keys[b]!, this.#keys[a]!];
-  }
 }
