@@ -232,17 +232,7 @@ export class SqliteStorage implements CreditStorage {
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
-    return this.#run('commit', (s) => {
-      s.db.exec('BEGIN IMMEDIATE');
-      try {
-        const results = commits.map((commit) => write(s, commit));
-        s.db.exec('COMMIT');
-        return results;
-      } catch (error) {
-        if (s.db.inTransaction) s.db.exec('ROLLBACK');
-        throw error;
-      }
-    });
+    return this.#run('commit', (s) => immediate(s, () => commits.map((commit) => write(s, commit))));
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
@@ -276,23 +266,18 @@ export class SqliteStorage implements CreditStorage {
   }
 
   async erase(request: EraseRequest): Promise<void> {
-    return this.#run('erase', (s) => {
-      s.db.exec('BEGIN IMMEDIATE');
-      try {
-        const id = request.workspaceId;
+    const id = request.workspaceId;
+    return this.#run('erase', (s) =>
+      immediate(s, () => {
         s.query(`DELETE FROM ${s.prefix}records WHERE workspace_id = ?`).run(id);
         if (request.keepLedger) {
           s.query(`UPDATE ${s.prefix}entries SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`).run(id);
-        } else {
-          s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
-          s.query(`DELETE FROM ${s.prefix}states WHERE workspace_id = ?`).run(id);
+          return;
         }
-        s.db.exec('COMMIT');
-      } catch (error) {
-        if (s.db.inTransaction) s.db.exec('ROLLBACK');
-        throw error;
-      }
-    });
+        s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
+        s.query(`DELETE FROM ${s.prefix}states WHERE workspace_id = ?`).run(id);
+      }),
+    );
   }
 
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
@@ -375,4 +360,17 @@ function toRecord(row: RecordRow): StoredRecord {
 
 function closedError(operation: string): StorageError {
   return new StorageError(operation, new Error('the SQLite store is closed'), 'sqlite');
+}
+
+/** Runs `work` in one `BEGIN IMMEDIATE` transaction, rolled back when it throws. */
+function immediate<T>(s: Runtime, work: () => T): T {
+  s.db.exec('BEGIN IMMEDIATE');
+  try {
+    const result = work();
+    s.db.exec('COMMIT');
+    return result;
+  } catch (error) {
+    if (s.db.inTransaction) s.db.exec('ROLLBACK');
+    throw error;
+  }
 }
