@@ -251,9 +251,8 @@ export class Transition {
   }
 
   #reserve(draft: ReplyDraft, ttlMs: number, requireAccount: boolean): Outcome {
-    const key = replyKey(draft.replyId);
-    const existing = this.#records.get(key);
-    if (existing) return { status: 'replay', record: existing.value as ReplyRecord };
+    const existing = this.#reply(draft.replyId);
+    if (existing) return { status: 'replay', record: existing };
     const account = this.#state.account;
     if (requireAccount && !account) return { status: 'workspace_not_found' };
     const now = this.#now;
