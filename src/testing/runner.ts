@@ -20,6 +20,7 @@ import {
   sum,
 } from './fixtures.js';
 import { grantCases } from './grants.js';
+import { hardeningCases } from './hardening.js';
 import { lifecycleCases } from './lifecycle.js';
 import { periodCases } from './periods.js';
 import { seamCases } from './seam.js';
@@ -41,6 +42,7 @@ export const conformanceCases: readonly ConformanceCase[] = freeze([
   ...grantCases,
   ...analyticsCases,
   ...billingCases,
+  ...hardeningCases,
   ...concurrencyCases,
 ]);
 
