@@ -229,7 +229,7 @@ for (const result of throughput) {
   out.push(`### ${result.store}`, '', `Store: ${result.setup}. Peer: ${result.peerSetup}.`, '');
   out.push(
     table(
-      ['scenario', 'ops/s (median)', 'rounds', 'ours / peer', 'vs raw Map'],
+      ['scenario', 'ops/s (median)', 'rounds', 'ours / peer', 'vs raw Map', 'CPU cores: bench / server'],
       result.scenarios.map((s) => {
         const peer = s.peer === undefined ? undefined : byId.get(s.peer);
         return [
@@ -238,6 +238,9 @@ for (const result of throughput) {
           s.rounds.map(fmtInt).join(' / '),
           peer ? fmtRatio(s.perSec / peer.perSec) : '',
           s.id === 'raw-map' ? '1×' : fmtRatio(s.perSec / raw),
+          s.clientCores === undefined
+            ? ''
+            : `${s.clientCores.toFixed(2)} / ${Number.isNaN(s.serverCores) ? '–' : s.serverCores!.toFixed(2)}`,
         ];
       }),
     ),
@@ -305,6 +308,7 @@ if (realistic.length > 0) {
         `${fmtMs(r.addedMaxMs)} ms`,
         fmtInt(r.refused),
         fmtInt(r.dryWorkspaces),
+        `${r.appCores.toFixed(2)} / ${Number.isNaN(r.serverCores) ? '–' : r.serverCores.toFixed(2)}`,
         r.errors > 0 ? `${r.errors}: ${r.firstError}` : '0',
         r.failedChecks.length === 0
           ? `ok (${fmtInt(r.checkedWorkspaces)} workspaces)`

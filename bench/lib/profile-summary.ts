@@ -3,6 +3,9 @@
  * inclusive time for the functions of this library.
  *
  *   npx tsx bench/lib/profile-summary.ts <file.cpuprofile> [top]
+ *
+ * With `--import tsx` Node writes two profiles (the main thread and the loader's worker):
+ * pass the main thread's, the larger one.
  */
 import { readFileSync } from 'node:fs';
 
@@ -30,7 +33,7 @@ for (const id of profile.samples) counts.set(id, (counts.get(id) ?? 0) + 1);
 const total = profile.samples.length;
 
 const short = (url: string) => url.replace(/^file:\/\//, '').replace(/^.*?\/(src|bench|node_modules)\//, '$1/') || '(native)';
-const label = (n: Node) => `${short(n.callFrame.url)}:${n.callFrame.functionName || '(anonymous)'}`;
+const label = (n: Node) => `${short(n.callFrame.url)}:${n.callFrame.functionName || `(anonymous, line ${n.callFrame.lineNumber + 1})`}`;
 
 const self = new Map<string, number>();
 for (const [id, c] of counts) {

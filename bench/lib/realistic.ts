@@ -6,6 +6,7 @@
  * workspaces run dry mid-run, so refusals happen and the no-overspend check bites.
  */
 
+import { cpuWindow, portsOf } from './cpu.js';
 import type { Fleet } from './fleet.js';
 import { fmtInt, median } from './harness.js';
 import type { StoreContext } from './stores.js';
@@ -42,6 +43,9 @@ export interface RealisticResult {
   addedMaxMs: number;
   samples: number;
   setupSeconds: number;
+  /** Cores used during the run by the app-server processes together, and by the store's servers. */
+  appCores: number;
+  serverCores: number;
   /** Workspaces that ran dry (a refusal or a balance of 0). */
   dryWorkspaces: number;
   checkedWorkspaces: number;
@@ -75,6 +79,7 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
   const setupSeconds = (performance.now() - setupStarted) / 1000;
   options.log(`  ${ctx.name} realistic: ${fmtInt(options.workspaces)} workspaces created in ${setupSeconds.toFixed(1)} s`);
 
+  const stopCpu = cpuWindow(portsOf(ctx.address));
   const runs = await options.fleet.run({
     kind: 'realistic',
     store: ctx.name,
@@ -88,6 +93,8 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
     maxLatencyMs: options.maxLatencyMs,
     samples: 50_000,
   });
+  const serverCores = stopCpu().server;
+  const appCores = runs.reduce((n, r) => n + (r.cores ?? Number.NaN), 0);
   const counts = new Map<number, number>();
   let replies = 0;
   let inWindow = 0;
@@ -130,6 +137,8 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
     addedMaxMs: added.at(-1) ?? Number.NaN,
     samples: added.length,
     setupSeconds,
+    appCores,
+    serverCores,
     dryWorkspaces: dry,
     checkedWorkspaces: ids.length,
     failedChecks,
@@ -137,7 +146,7 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
   if (firstError !== undefined) result.firstError = firstError;
   options.log(
     `  ${ctx.name} realistic: ${fmtInt(result.repliesPerSec)} replies/s, meter adds p50 ${result.addedP50Ms.toFixed(1)} ms, p99 ${result.addedP99Ms.toFixed(1)} ms; ` +
-      `${fmtInt(refused)} refused, ${dry} workspaces dry, ${errors} errors${firstError ? `: ${firstError}` : ''}; checks ${failedChecks.length === 0 ? 'ok' : `FAILED on ${failedChecks.length}`}`,
+      `${fmtInt(refused)} refused, ${dry} workspaces dry, CPU app ${appCores.toFixed(2)} / server ${serverCores.toFixed(2)} cores, ${errors} errors${firstError ? `: ${firstError}` : ''}; checks ${failedChecks.length === 0 ? 'ok' : `FAILED on ${failedChecks.length}`}`,
   );
   return result;
 }

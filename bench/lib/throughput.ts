@@ -4,6 +4,7 @@
  */
 import type { CreditMeter } from '../../src/index.js';
 import type { CreditStorage } from '../../src/storage/storage.js';
+import { type CpuUse, cpuWindow, portsOf } from './cpu.js';
 import { batches, concurrent, median, pause, type Run, sequential, syncLoop, type Until } from './harness.js';
 import type { StoreContext } from './stores.js';
 import { type Check, verifyWorkspace } from './verify.js';
@@ -45,6 +46,9 @@ export interface ScenarioResult {
   rounds: number[];
   errors: number;
   firstError?: string;
+  /** Cores used during the measured windows (median): this process, and the store's servers. */
+  clientCores?: number;
+  serverCores?: number;
 }
 
 export interface ThroughputResult {
@@ -71,6 +75,8 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
     return { storage, meter: newMeter(storage) };
   };
 
+  const ports = portsOf(ctx.address);
+  let lastCpu: CpuUse | undefined;
   /** Warm-up then measurement with one runner; both count toward the end-of-run check. */
   const twice = async (go: (until: Until) => Promise<Run>): Promise<Run> => {
     if (options.warmupMs > 0) {
@@ -78,7 +84,10 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
       if (warm.errors > 0) return warm;
     }
     await pause(50);
-    return go({ ms: options.measureMs });
+    const stop = cpuWindow(ports);
+    const run = await go({ ms: options.measureMs });
+    lastCpu = stop();
+    return run;
   };
 
   const runner = (op: (i: number) => Promise<unknown>, mode: 'sequential' | 'batch' | 'concurrent') => (until: Until) =>
@@ -211,10 +220,13 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
   }
 
   const perRound = new Map<string, Run[]>(scenarios.map((s) => [s.id, []]));
+  const cpuRounds = new Map<string, CpuUse[]>(scenarios.map((s) => [s.id, []]));
   for (let round = 0; round < options.rounds; round++) {
     for (const scenario of scenarios) {
+      lastCpu = undefined;
       const run = await scenario.run(round);
       perRound.get(scenario.id)!.push(run);
+      if (lastCpu) cpuRounds.get(scenario.id)!.push(lastCpu);
       options.log(
         `  ${ctx.name} r${round + 1} ${scenario.id.padEnd(16)} ${Math.round(run.perSec).toLocaleString('en-US').padStart(12)} ops/s` +
           (run.errors > 0 ? `  ${run.errors} errors: ${String(run.firstError)}` : ''),
@@ -241,6 +253,11 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
         errors,
       };
       if (s.peer !== undefined) result.peer = s.peer;
+      const cpu = cpuRounds.get(s.id)!;
+      if (cpu.length > 0) {
+        result.clientCores = median(cpu.map((c) => c.client));
+        result.serverCores = median(cpu.map((c) => c.server));
+      }
       if (first !== undefined) result.firstError = String(first);
       return result;
     }),

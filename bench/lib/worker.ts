@@ -68,6 +68,8 @@ export interface RealisticResult {
   addedMs: number[];
   /** [workspace index, charged replies] for every workspace charged. */
   tally: [number, number][];
+  /** Cores this process used over its run (CPU seconds per wall second). */
+  cores?: number;
 }
 
 export type WorkerMessage = { type: 'ready' } | { type: 'result'; result: HotResult | RealisticResult } | { type: 'failed'; error: string };
@@ -152,6 +154,8 @@ async function runRealistic(task: RealisticTask, go: Promise<void>): Promise<Rea
     send({ type: 'ready' });
     await go;
     deadline = performance.now() + task.ms;
+    const cpuFrom = process.cpuUsage();
+    const wallFrom = performance.now();
     const op = async (i: number) => {
       const w = zipfPick(cdf);
       const input: Box = { slept: -1 };
@@ -190,7 +194,17 @@ async function runRealistic(task: RealisticTask, go: Promise<void>): Promise<Rea
     counts.forEach((count, w) => {
       if (count > 0) tally.push([w, count]);
     });
-    const result: RealisticResult = { kind: 'realistic', repliesInWindow, replies, refused, errors: run.errors, addedMs: added, tally };
+    const cpu = process.cpuUsage(cpuFrom);
+    const result: RealisticResult = {
+      kind: 'realistic',
+      repliesInWindow,
+      replies,
+      refused,
+      errors: run.errors,
+      addedMs: added,
+      tally,
+      cores: (cpu.user + cpu.system) / 1e3 / (performance.now() - wallFrom),
+    };
     if (run.firstError !== undefined) result.firstError = String(run.firstError);
     return result;
   }
