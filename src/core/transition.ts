@@ -149,6 +149,7 @@ export class Transition {
   readonly #rows: LedgerRow[] = [];
   #events: CoreEvent[] = [];
   #changed = false;
+  readonly #ownAgents = new Set<AgentState>();
 
   constructor(
     workspaceId: string,
@@ -294,7 +295,7 @@ export class Transition {
       }
       record.allocations = holdFromGrants(account.grants, draft.amount);
       account.held += draft.amount;
-      trackAgent(account, draft.agentId).held += draft.amount;
+      this.#agent(account, draft.agentId, true)!.held += draft.amount;
       this.#write(record);
       return { status: 'reserved', record, available: available - draft.amount };
     }
@@ -337,7 +338,7 @@ export class Transition {
     if (account && record.amount > 0) {
       const before = account.usedThisPeriod;
       account.usedThisPeriod += record.amount;
-      trackAgent(account, record.agentId).spent += record.amount;
+      this.#agent(account, record.agentId, true)!.spent += record.amount;
       this.#announceThresholds(account, before);
     }
     return { status: 'settled', record, replayed: false, account };
@@ -366,7 +367,7 @@ export class Transition {
       setAside += used;
     }
     account.held -= hold.amount;
-    const agent = agentOf(account, hold.agentId);
+    const agent = this.#agent(account, hold.agentId, false);
     if (agent) agent.held -= hold.amount;
     for (const allocation of takeFromGrants(account.grants, amount - setAside)) paid.push(allocation);
     prune(account);
@@ -477,7 +478,7 @@ export class Transition {
       reason,
     });
     account.usedThisPeriod -= Math.min(credits, account.usedThisPeriod);
-    const agent = agentOf(account, reply.agentId);
+    const agent = this.#agent(account, reply.agentId, false);
     if (agent) agent.spent -= Math.min(credits, agent.spent);
     return { status: 'refunded', refund, reply: refunded, replayed: false, snapshot: this.#snapshot(account) };
   }
@@ -511,7 +512,7 @@ export class Transition {
   #setAgentLimit(agentId: string, limit: number | null, models: string[] | null): Outcome {
     const account = this.#state.account;
     if (!account) return { status: 'workspace_not_found' };
-    const agent = trackAgent(account, agentId);
+    const agent = this.#agent(account, agentId, true)!;
     agent.limit = limit;
     agent.models = models;
     this.#changed = true;
@@ -686,7 +687,7 @@ export class Transition {
       }
     }
     account.held -= hold.amount;
-    const agent = agentOf(account, hold.agentId);
+    const agent = this.#agent(account, hold.agentId, false);
     if (agent) agent.held -= hold.amount;
     prune(account);
   }
@@ -727,6 +728,28 @@ export class Transition {
     return record;
   }
 
+  /**
+   * An agent's entry to change, copied on its first change in this transition (the loaded
+   * state's objects are never written), and made when `create` and it has none yet.
+   */
+  #agent(account: AccountState, agentId: string, create: boolean): AgentState | undefined {
+    const index = account.agents.findIndex((agent) => agent.agentId === agentId);
+    if (index < 0) {
+      if (!create) return undefined;
+      const made: AgentState = { agentId, spent: 0, held: 0, limit: null, models: null };
+      account.agents.push(made);
+      this.#ownAgents.add(made);
+      return made;
+    }
+    let agent = account.agents[index]!;
+    if (!this.#ownAgents.has(agent)) {
+      agent = { agentId: agent.agentId, spent: agent.spent, held: agent.held, limit: agent.limit, models: agent.models };
+      account.agents[index] = agent;
+      this.#ownAgents.add(agent);
+    }
+    return agent;
+  }
+
   /** Spends the id: a reply the user was told is blocked never charges later. */
   #refuse(record: ReplyRecord, why: 'credits' | 'agent-limit' | 'model'): void {
     record.status = 'refused';
@@ -761,7 +784,15 @@ export class Transition {
   }
 
   #snapshot(account: AccountState): Snapshot {
-    return { account: copyAccount(account), available: availableOf(account.grants) };
+    const copy = copyAccount(account);
+    copy.agents = copy.agents.map((agent) => ({
+      agentId: agent.agentId,
+      spent: agent.spent,
+      held: agent.held,
+      limit: agent.limit,
+      models: agent.models,
+    }));
+    return { account: copy, available: availableOf(account.grants) };
   }
 }
 
@@ -812,16 +843,6 @@ function agentOf(account: AccountState, agentId: string): AgentState | undefined
   return undefined;
 }
 
-/** The agent's entry, made when it first spends or is capped this period. */
-function trackAgent(account: AccountState, agentId: string): AgentState {
-  let agent = agentOf(account, agentId);
-  if (!agent) {
-    agent = { agentId, spent: 0, held: 0, limit: null, models: null };
-    account.agents.push(agent);
-  }
-  return agent;
-}
-
 /** Drops grants with nothing left and nothing held: they can never matter again. */
 function prune(account: AccountState): void {
   if (account.grants.some((grant) => grant.remaining === 0 && grant.held === 0)) {
@@ -844,7 +865,8 @@ function copyAccount(account: AccountState): AccountState {
     grants: account.grants.map(copyGrant),
     held: account.held,
     alerts: account.alerts.slice(),
-    agents: account.agents.map((agent) => ({ ...agent, models: agent.models?.slice() ?? null })),
+    // Agents are copied when first changed (see #agent), not on every load.
+    agents: account.agents.slice(),
     recharge: account.recharge && { ...account.recharge },
     createdAt: account.createdAt,
   };
