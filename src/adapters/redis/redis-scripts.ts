@@ -134,24 +134,16 @@ return out
 `;
 
 /**
- * KEYS: days, ledger, at index. ARGV: rollup key prefix, group letter, whole days [from, to),
- * then two edge windows [from, to) read row by row. Returns
- * [[day, HGETALL of its rollup]..., [row JSON...]].
+ * KEYS: days. ARGV: rollup key prefix, group letter, whole days [from, to). Returns
+ * [day, HGETALL of its rollup]... (the window's part days are read row by row through LEDGER).
  */
-export const USAGE = /* lua */ `${HELPERS}
-local days, rows = {}, {}
-if ARGV[3] ~= ARGV[4] then
-  for _, day in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '(' .. ARGV[4])) do
-    days[#days + 1] = day
-    days[#days + 1] = redis.call('HGETALL', ARGV[1] .. day .. ':' .. ARGV[2])
-  end
+export const USAGE = /* lua */ `
+local days = {}
+for _, day in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '(' .. ARGV[4])) do
+  days[#days + 1] = day
+  days[#days + 1] = redis.call('HGETALL', ARGV[1] .. day .. ':' .. ARGV[2])
 end
-for e = 5, 7, 2 do
-  if ARGV[e] ~= ARGV[e + 1] then
-    for _, row in ipairs(hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[e], '(' .. ARGV[e + 1]))) do rows[#rows + 1] = row end
-  end
-end
-return { days, rows }
+return days
 `;
 
 /** KEYS: the schema key. ARGV: this layout's version. Writes it when absent; returns what is there. */

@@ -67,6 +67,8 @@ export type RedisStorageOptions = RedisStorageUrlOptions | RedisStorageClientOpt
 
 /** The key layout this version writes, kept under `<prefix>schema`. 0.1.0 wrote 1 or 2. */
 const LAYOUT = '3';
+/** Rows per call when usage reads the rows of a window's part days. */
+const EDGE_PAGE = 1000;
 /** Rollup groups; a hash's name ends in the first letter, as `UsageQuery.groupBy` does. */
 const GROUPS = ['agentId', 'model', 'conversationId'] as const;
 /** What the load script answers: version, state JSON, records asked for, lapsed records. */
@@ -206,14 +208,26 @@ export class RedisStorage implements CreditStorage {
     const last = dayOf(to);
     // Whole days [first, last); edges [from, first) and [last, to). No whole day: one edge.
     const whole = first < last;
-    const edges = whole ? [from, first, last, to] : [from, to, to, to];
-    const [days, rows] = (await this.#run(
-      'usage',
-      [k.days, k.ledger, k.at],
-      [`${k.base}day:`, query.groupBy[0]!, String(first), String(whole ? last : first), ...edges.map(String)],
-    )) as [(string | string[])[], (string | null)[]];
+    // The script reads only the whole days' rollups; the edges' rows are paged through `ledger`,
+    // a short script per page, so a busy edge day never blocks Redis for long.
+    const days = whole
+      ? ((await this.#run('usage', [k.days], [`${k.base}day:`, query.groupBy[0]!, String(first), String(last)])) as (string | string[])[])
+      : [];
     const edge = new UsageAccumulator(query.groupBy, query.byDay);
-    for (const row of rows) if (row !== null) edge.add(JSON.parse(row) as LedgerRow);
+    const edges: [number, number][] = whole
+      ? [
+          [from, first],
+          [last, to],
+        ]
+      : [[from, to]];
+    for (const [start, end] of edges) {
+      let afterSeq = 0;
+      for (let page: LedgerRow[] = []; ; afterSeq = page[page.length - 1]!.seq) {
+        page = await this.ledger({ workspaceId: query.workspaceId, from: start, to: end, kinds: ['reply'], limit: EDGE_PAGE, afterSeq });
+        for (const row of page) edge.add(row);
+        if (page.length < EDGE_PAGE) break;
+      }
+    }
     const totals = new Map<string, UsageAggregate>();
     const add = (key: string, day: number, amount: number, replies: number) => {
       const id = query.byDay ? `${day}\u0000${key}` : key;
