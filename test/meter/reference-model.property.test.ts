@@ -29,6 +29,8 @@ interface Charge {
 const PRICES: Record<string, number> = { 'bookbag-local': 1, 'gpt-4o-mini': 1, 'claude-haiku-4-5': 2, 'claude-sonnet-4-6': 4, 'gpt-4o': 5 };
 const MONTHLY: Record<string, number> = { free: 100e6, hobby: 2000e6, standard: 12000e6, pro: 40000e6 };
 const TTL = 60_000;
+/** Absolute alert levels, micro-credits. */
+const LEVELS = [50e6, 5e6];
 
 class Model {
   grants: Grant[] = [];
@@ -40,6 +42,10 @@ class Model {
   /** The one agent's cap (micro-credits per period) and what it spent this period. */
   cap: number | null = null;
   spent = 0;
+  /** Automatic recharge, as the core keeps it. */
+  recharge: { below: number; amount: number; armed: boolean; count: number } | null = null;
+  /** Absolute levels announced this period. */
+  levelsClaimed = new Set<number>();
   plan: string;
   pending: string | null = null;
   allotment: number;
@@ -49,6 +55,8 @@ class Model {
   constructor(
     readonly anchor: number,
     plan: string,
+    /** Events the meter should have announced so far, across workspaces made afresh. */
+    readonly announced: { below: number; recharges: number },
   ) {
     this.plan = plan;
     this.allotment = MONTHLY[plan]!;
@@ -89,6 +97,38 @@ class Model {
     return from;
   }
 
+  /** Runs one command of the meter and watches the balance it leaves, as the core does after each command. */
+  command<T>(now: number, run: () => T): T {
+    this.current(now);
+    const before = this.available(now);
+    const result = run();
+    this.#watch(before, now);
+    return result;
+  }
+
+  #watch(before: number, now: number): void {
+    const after = this.available(now);
+    if (after === before) return;
+    for (const level of LEVELS) {
+      if (before <= level || after > level || this.levelsClaimed.has(level)) continue;
+      this.levelsClaimed.add(level);
+      this.announced.below++;
+    }
+    const recharge = this.recharge;
+    if (!recharge) return;
+    if (recharge.armed && after < recharge.below) {
+      recharge.armed = false;
+      recharge.count++;
+      this.announced.recharges++;
+      // The handler resolves, and the meter adds the credits: a top-up, a command of its own.
+      this.command(now, () =>
+        this.grants.push({ id: `topup:recharge:${recharge.count}`, remaining: recharge.amount, expiresAt: null, createdAt: now }),
+      );
+    } else if (!recharge.armed && after >= recharge.below) {
+      recharge.armed = true;
+    }
+  }
+
   #sweep(now: number): void {
     for (const [id, hold] of [...this.holds]) if (hold.expiresAt <= now) this.#lapse(id, 'expired', now);
     for (const grant of this.grants) if (grant.expiresAt !== null && grant.expiresAt <= now) grant.remaining = 0;
@@ -100,6 +140,7 @@ class Model {
       for (const grant of this.grants)
         if (grant.id.startsWith('period:') || (grant.expiresAt !== null && grant.expiresAt <= now)) grant.remaining = 0;
       this.spent = 0;
+      this.levelsClaimed.clear();
       if (this.pending) {
         this.plan = this.pending;
         this.allotment = MONTHLY[this.pending]!;
@@ -228,6 +269,8 @@ type Op =
   | { kind: 'refund'; id: number; refundId: number }
   | { kind: 'adjust'; id: number; credits: number }
   | { kind: 'cap'; credits: number | null }
+  | { kind: 'recharge'; below: number; credits: number }
+  | { kind: 'delete' }
   | { kind: 'bad'; which: number };
 
 const models = fc.constantFrom(...Object.keys(PRICES));
@@ -270,6 +313,15 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     arbitrary: fc.record({ kind: fc.constant('cap' as const), credits: fc.option(fc.integer({ min: 0, max: 40 }), { nil: null }) }),
     weight: 1,
   },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant('recharge' as const),
+      below: fc.integer({ min: 60, max: 99 }),
+      credits: fc.integer({ min: 1, max: 15 }),
+    }),
+    weight: 3,
+  },
+  { arbitrary: fc.record({ kind: fc.constant('delete' as const) }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant('bad' as const), which: fc.nat(5) }), weight: 1 },
 );
 
@@ -287,9 +339,15 @@ describe('meter vs reference model (property)', () => {
           clock: clock.now,
           holdTtlMs: TTL,
           providers: { openai: echo, anthropic: echo, bookbag: echo },
+          lowBalanceLevels: LEVELS.map((level) => level / 1e6),
+          onRecharge: () => undefined,
         });
+        const heard = { below: 0, recharges: 0 };
+        meter.on('balance.below', () => void heard.below++);
+        meter.on('recharge.requested', () => void heard.recharges++);
         await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
-        const model = new Model(clock.ms, 'free');
+        const announced = { below: 0, recharges: 0 };
+        let model = new Model(clock.ms, 'free', announced);
         const identity = (modelId: string, id: number) => ({
           workspaceId: 'ws',
           agentId: 'a',
@@ -306,7 +364,7 @@ describe('meter vs reference model (property)', () => {
             case 'reply': {
               const modelId = models.get(step.id) ?? step.model;
               models.set(step.id, modelId);
-              const expected = model.reserve(`r${step.id}`, PRICES[modelId]! * 1e6, now);
+              const expected = model.command(now, () => model.reserve(`r${step.id}`, PRICES[modelId]! * 1e6, now));
               if (step.kind === 'reserve') {
                 const got = await meter.reserve(identity(modelId, step.id)).then((r) => (r.replayed ? 'exists' : r.status), codeOf);
                 if (expected === 'exists')
@@ -314,7 +372,7 @@ describe('meter vs reference model (property)', () => {
                 else
                   expect(got).toBe(expected === 'held' ? 'held' : expected === 'capped' ? 'AGENT_LIMIT_REACHED' : 'INSUFFICIENT_CREDITS');
               } else {
-                if (expected === 'held') model.settle(`r${step.id}`, now);
+                if (expected === 'held') model.command(now, () => model.settle(`r${step.id}`, now));
                 const got = await meter
                   .reply({ ...identity(modelId, step.id), input: 'x' })
                   .then((r) => (r.replayed ? 'exists' : 'ok'), codeOf);
@@ -333,7 +391,7 @@ describe('meter vs reference model (property)', () => {
             }
             case 'settle': {
               model.current(now);
-              const expected = model.settle(`r${step.id}`, now);
+              const expected = model.command(now, () => model.settle(`r${step.id}`, now));
               const got = await meter
                 .settle({ workspaceId: 'ws', replyId: `r${step.id}` })
                 .then((r) => (r.replayed ? 'settled' : 'settled-now'), codeOf);
@@ -351,7 +409,7 @@ describe('meter vs reference model (property)', () => {
             }
             case 'release': {
               model.current(now);
-              const expected = model.release(`r${step.id}`, now);
+              const expected = model.command(now, () => model.release(`r${step.id}`, now));
               const got = await meter
                 .release({ workspaceId: 'ws', replyId: `r${step.id}` })
                 .then((r) => (r.replayed ? 'released' : 'released-now'), codeOf);
@@ -372,7 +430,7 @@ describe('meter vs reference model (property)', () => {
               break;
             case 'topUp': {
               const expiresAt = step.expiresInMs === null ? null : now + step.expiresInMs;
-              model.topUp(`p${step.id}-${step.credits}-${step.expiresInMs}`, step.credits * 1e6, expiresAt, now);
+              model.command(now, () => model.topUp(`p${step.id}-${step.credits}-${step.expiresInMs}`, step.credits * 1e6, expiresAt, now));
               await meter.addCredits({
                 workspaceId: 'ws',
                 credits: step.credits,
@@ -382,7 +440,7 @@ describe('meter vs reference model (property)', () => {
               break;
             }
             case 'refund': {
-              const expected = model.refund(`r${step.id}`, `f${step.refundId}`, now);
+              const expected = model.command(now, () => model.refund(`r${step.id}`, `f${step.refundId}`, now));
               const got = await meter
                 .refund({ workspaceId: 'ws', replyId: `r${step.id}`, refundId: `f${step.refundId}`, reason: 'test' })
                 .then((r) => (r.replayed ? 'replayed' : 'refunded'), codeOf);
@@ -390,7 +448,7 @@ describe('meter vs reference model (property)', () => {
               break;
             }
             case 'adjust': {
-              const expected = model.adjust(`a${step.id}`, step.credits * 1e6, now);
+              const expected = model.command(now, () => model.adjust(`a${step.id}`, step.credits * 1e6, now));
               const got = await meter
                 .adjust({ workspaceId: 'ws', adjustmentId: `a${step.id}`, credits: step.credits, reason: 'test' })
                 .then((r) => (r.replayed ? 'replayed' : 'adjusted'), codeOf);
@@ -402,8 +460,22 @@ describe('meter vs reference model (property)', () => {
               model.cap = step.credits === null ? null : step.credits * 1e6;
               await meter.setAgentLimit({ workspaceId: 'ws', agentId: 'a', credits: step.credits });
               break;
+            case 'recharge': {
+              model.current(now);
+              model.recharge = { below: step.below * 1e6, amount: step.credits * 1e6, armed: true, count: model.recharge?.count ?? 0 };
+              await meter.setRecharge({ workspaceId: 'ws', recharge: { below: step.below, credits: step.credits } });
+              break;
+            }
+            case 'delete': {
+              // Erased with the ledger kept; the id is created afresh: a new account with nothing of the old one.
+              await meter.deleteWorkspace({ workspaceId: 'ws', keepLedger: true });
+              await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
+              model = new Model(now, 'free', announced);
+              models.clear();
+              break;
+            }
             case 'changePlan':
-              model.changePlan(step.plan, now);
+              model.command(now, () => model.changePlan(step.plan, now));
               await meter.changePlan({ workspaceId: 'ws', plan: step.plan });
               break;
             case 'bad': {
@@ -424,6 +496,7 @@ describe('meter vs reference model (property)', () => {
           const available = Math.round(Number(ws.balance) * 1e6);
           const held = Math.round(Number(ws.held) * 1e6);
           expect(available).toBeGreaterThanOrEqual(0);
+          expect(heard).toEqual(announced);
           expect({ available, held, plan: ws.plan }).toEqual({
             available: model.available(clock.ms),
             held: model.held(),
@@ -432,7 +505,7 @@ describe('meter vs reference model (property)', () => {
           expect(Math.round((await ledgerSum(meter, 'ws')) * 1e6)).toBe(available + held);
         }
       }),
-      { numRuns: 150 },
+      { numRuns: 300 },
     );
   }, 120_000);
 });
