@@ -39,6 +39,12 @@ export class HoldHeap {
     return found;
   }
 
+  /** The earliest lapse time of a live entry, or null when there is none. Drops stale entries. */
+  earliest(records: ReadonlyMap<string, StoredRecord>): number | null {
+    while (this.#at.length > 0 && records.get(this.#keys[0]!)?.holdExpiresAt !== this.#at[0]) this.#pop();
+    return this.#at.length > 0 ? this.#at[0]! : null;
+  }
+
   #pop(): string {
     const top = this.#keys[0]!;
     const lastAt = this.#at.pop()!;

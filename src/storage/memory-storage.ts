@@ -13,7 +13,8 @@ import type {
 
 interface Slot {
   version: number;
-  state: WorkspaceState;
+  /** Null once erased: the version stays, so it is never reused. */
+  state: WorkspaceState | null;
   records: Map<string, StoredRecord>;
   /** Open holds by lapse time; entries whose record moved on are skipped when met. */
   holds: HoldHeap;
@@ -45,19 +46,21 @@ export class MemoryStorage implements CreditStorage {
 
   async load(request: LoadRequest): Promise<LoadedWorkspace> {
     const slot = this.#slots.get(request.workspaceId);
-    if (!slot) return { version: 0, state: null, records: [], lapsed: [] };
+    if (!slot) return { version: 0, state: null, records: [], lapsed: [], nextLapseAt: null };
     const records: StoredRecord[] = [];
     for (const key of request.keys) {
       const record = slot.records.get(key);
       if (record) records.push(record);
     }
-    return { version: slot.version, state: slot.state, records, lapsed: slot.holds.due(slot.records, request.now) };
+    const lapsed = slot.holds.due(slot.records, request.now);
+    return { version: slot.version, state: slot.state, records, lapsed, nextLapseAt: slot.holds.earliest(slot.records) };
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
     return commits.map((commit) => {
       let slot = this.#slots.get(commit.workspaceId);
       if ((slot?.version ?? 0) !== commit.expectedVersion) return 'conflict';
+      if (slot && commit.absentKeys?.some((key) => slot!.records.has(key))) return 'conflict';
       if (!slot) {
         slot = { version: 0, state: commit.state, records: new Map(), holds: new HoldHeap(), ledger: [], inTimeOrder: true };
         this.#slots.set(commit.workspaceId, slot);
@@ -102,20 +105,19 @@ export class MemoryStorage implements CreditStorage {
   }
 
   async listWorkspaces(query: ListQuery): Promise<string[]> {
-    const ids = [...this.#slots.keys()].filter((id) => query.afterId === undefined || id > query.afterId).sort();
-    return ids.slice(0, query.limit);
+    const ids: string[] = [];
+    for (const [id, slot] of this.#slots) if (slot.state && (query.afterId === undefined || id > query.afterId)) ids.push(id);
+    return ids.sort().slice(0, query.limit);
   }
 
   async erase(request: EraseRequest): Promise<void> {
     const slot = this.#slots.get(request.workspaceId);
     if (!slot) return;
-    if (!request.keepLedger) {
-      this.#slots.delete(request.workspaceId);
-      return;
-    }
+    slot.version += 1;
     slot.records = new Map();
     slot.holds = new HoldHeap();
-    slot.ledger = slot.ledger.map((row) => ({ ...row, agentId: null, conversationId: null }));
+    if (request.keepLedger) slot.ledger = slot.ledger.map((row) => ({ ...row, agentId: null, conversationId: null }));
+    else Object.assign(slot, { state: null, ledger: [], inTimeOrder: true });
   }
 }
 

@@ -23,7 +23,7 @@ export interface LoadRequest {
 
 /** What {@link CreditStorage.load} returns. */
 export interface LoadedWorkspace {
-  /** The stored version, 0 when the workspace has no state yet. */
+  /** The stored version: 0 when nothing was ever committed; `erase` adds one and keeps it. */
   version: number;
   /** The state document, or null when there is none. */
   state: WorkspaceState | null;
@@ -31,6 +31,13 @@ export interface LoadedWorkspace {
   records: StoredRecord[];
   /** Every record with `holdExpiresAt !== null && holdExpiresAt <= now`, in any order. */
   lapsed: StoredRecord[];
+  /**
+   * The earliest `holdExpiresAt` of any of the workspace's records (lapsed ones included), or
+   * null when none has one. Optional: a store that reports it lets the meter keep the state it
+   * last committed and skip `load` for later batches until that instant (it then commits with
+   * {@link WorkspaceCommit.absentKeys}, which every store must honour).
+   */
+  nextLapseAt?: number | null;
 }
 
 /** One workspace's share of a {@link CreditStorage.commit}. */
@@ -38,7 +45,9 @@ export interface WorkspaceCommit {
   workspaceId: string;
   /**
    * The version the core loaded. Apply only if the stored version still equals it (0: no
-   * state may exist yet), then store `expectedVersion + 1`.
+   * state may exist yet), then store `expectedVersion + 1`. A workspace's version only ever
+   * grows (`erase` adds one too), so the meter may keep a state it committed and trust it while
+   * the stored version is unchanged.
    */
   expectedVersion: number;
   /** The new state document, replacing the old one. */
@@ -47,6 +56,13 @@ export interface WorkspaceCommit {
   ledger: readonly LedgerRow[];
   /** Records to insert or replace by key. */
   records: readonly StoredRecord[];
+  /**
+   * Keys of records that must not exist yet: when one does, answer `conflict` and write
+   * nothing, as for a moved version. The meter sends them when it applied a batch to the
+   * state it committed last instead of loading, for new reply, top-up, refund and adjustment
+   * ids it has not seen.
+   */
+  absentKeys?: readonly string[];
 }
 
 /** The outcome of one {@link WorkspaceCommit}: written, or refused because the version moved. */
@@ -132,10 +148,12 @@ export interface CreditStorage {
   listWorkspaces?(query: ListQuery): Promise<string[]>;
   /**
    * Optional, for `meter.deleteWorkspace()`: removes a workspace's records and either its whole
-   * ledger and state document (`keepLedger: false`: afterwards it is as if it never existed) or,
-   * with `keepLedger: true`, keeps the ledger rows with `agentId` and `conversationId` set to
-   * null and leaves the state document alone (the meter has just written one without an
-   * account). Atomic, and idempotent.
+   * ledger and state document (`keepLedger: false`: afterwards `load` finds no state, no
+   * records and no rows) or, with `keepLedger: true`, keeps the ledger rows with `agentId` and
+   * `conversationId` set to null and leaves the state document alone (the meter has just
+   * written one without an account). Either way it adds one to the version and keeps it, so
+   * no version is ever reused for a different state. Atomic; a workspace never committed is
+   * left alone.
    */
   erase?(request: EraseRequest): Promise<void>;
 }

@@ -11,6 +11,7 @@ import {
   type ConformanceContext,
   codeOf,
   defineCases,
+  holdFree,
   money,
   newMeter,
   newWorkspace,
@@ -157,14 +158,16 @@ export const billingCases = defineCases([
         return;
       }
       for (const workspaceId of [gone, kept]) await meter.reply({ ...ask(workspaceId, THREE, { replyId: 'r1' }), input: 'q' });
+      const versionOf = async (workspaceId: string) => (await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).version;
+      const before = await versionOf(gone);
       expect((await meter.deleteWorkspace({ workspaceId: gone })).existed).toBe(true);
       expect((await meter.deleteWorkspace({ workspaceId: gone })).existed).toBe(false);
-      expect(await ctx.storage.load({ workspaceId: gone, keys: ['reply:r1'], now: ctx.now() })).toEqual({
-        version: 0,
-        state: null,
-        records: [],
-        lapsed: [],
-      });
+      // Nothing is left but the version, which never goes back: no version is reused for another state.
+      const erased = holdFree(await ctx.storage.load({ workspaceId: gone, keys: ['reply:r1'], now: ctx.now() }));
+      expect(erased).toEqual({ version: erased.version, state: null, records: [], lapsed: [] });
+      expect(erased.version).toBeGreaterThan(before);
+      if (ctx.storage.listWorkspaces)
+        expect(await ctx.storage.listWorkspaces({ afterId: gone.slice(0, -1), limit: 10_000 })).not.toContain(gone);
       expect(await allRows(ctx.storage, gone)).toEqual([]);
       await meter.deleteWorkspace({ workspaceId: kept, keepLedger: true });
       const rows = await allRows(ctx.storage, kept);
@@ -175,8 +178,11 @@ export const billingCases = defineCases([
       ]);
       expect(codeOf(await meter.getWorkspace(kept).catch((error: unknown) => error))).toBe('WORKSPACE_NOT_FOUND');
       // Both ids can be used afresh; the kept ledger numbers on.
+      const keptVersion = await versionOf(kept);
       await newWorkspace(ctx, meter, 10, { workspaceId: gone });
       await newWorkspace(ctx, meter, 10, { workspaceId: kept });
+      expect(await versionOf(gone)).toBe(erased.version + 1);
+      expect(await versionOf(kept)).toBe(keptVersion + 1);
       expect((await meter.reply({ ...ask(gone, THREE, { replyId: 'r1' }), input: 'q' })).replayed).toBe(false);
       expect((await allRows(ctx.storage, kept)).map((row) => row.seq)).toEqual([1, 2, 3, 4]);
     },

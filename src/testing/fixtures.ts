@@ -11,7 +11,7 @@ import { defineModelPrices } from '../core/price-table.js';
 import type { AccountState, GrantState, LedgerKind, LedgerRow, ReplyRecord, StoredRecord, WorkspaceState } from '../core/state.js';
 import { CreditMeter } from '../meter/credit-meter.js';
 import type { CreditMeterOptions, WorkspaceSummary } from '../meter/types.js';
-import type { CreditStorage } from '../storage/storage.js';
+import type { CreditStorage, LoadedWorkspace } from '../storage/storage.js';
 import { FakeProvider } from './fake-provider.js';
 
 // ─── public types ─────────────────────────────────────────────────────────
@@ -374,6 +374,16 @@ export function replyStored(workspaceId: string, replyId: string, at: number, fi
 /** Sorts records by key, for comparing `load` results (which come in any order). */
 export function byKey(records: readonly StoredRecord[]): StoredRecord[] {
   return [...records].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+}
+
+/**
+ * A load of a workspace with no open hold, as plain data to compare whole: its
+ * `nextLapseAt`, when the store reports one, must be null.
+ */
+export function holdFree(loaded: LoadedWorkspace): Omit<LoadedWorkspace, 'nextLapseAt'> {
+  const { nextLapseAt, ...rest } = loaded;
+  expect(nextLapseAt ?? null, 'nextLapseAt of a workspace with no open hold').toBeNull();
+  return rest;
 }
 
 /** Asserts a meter call rejects with a code. */

@@ -17,6 +17,7 @@ import {
   expectCode,
   FOUR,
   HOUR,
+  holdFree,
   MINUTE,
   money,
   n,
@@ -146,7 +147,7 @@ export const lifecycleCases = defineCases([
     async (ctx) => {
       const workspaceId = ctx.id('missing');
       await expectCode(newMeter(ctx).getWorkspace(workspaceId), 'WORKSPACE_NOT_FOUND');
-      expect(await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).toEqual({
+      expect(holdFree(await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() }))).toEqual({
         version: 0,
         state: null,
         records: [],
@@ -272,7 +273,7 @@ export const lifecycleCases = defineCases([
       const workspaceId = ctx.id('missing');
       const replyId = ctx.id('reply');
       await expectCode(newMeter(ctx).reserve(ask(workspaceId, ONE, { replyId })), 'WORKSPACE_NOT_FOUND');
-      expect(await ctx.storage.load({ workspaceId, keys: [`reply:${replyId}`], now: ctx.now() })).toEqual({
+      expect(holdFree(await ctx.storage.load({ workspaceId, keys: [`reply:${replyId}`], now: ctx.now() }))).toEqual({
         version: 0,
         state: null,
         records: [],
