@@ -6,9 +6,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import { SqliteStorage } from '../../src/adapters/sqlite/index.js';
+import { type SqliteDatabase, SqliteStorage } from '../../src/adapters/sqlite/index.js';
 import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage, StorageError } from '../../src/index.js';
-import { type LedgerRow, UsageAccumulator, type WorkspaceCommit, type WorkspaceState } from '../../src/storage/index.js';
+import { type LedgerRow, type StoredRecord, UsageAccumulator, type WorkspaceCommit, type WorkspaceState } from '../../src/storage/index.js';
 import { TestClock } from '../support.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'credits-sqlite-extra-'));
@@ -228,6 +228,35 @@ describe('SqliteStorage commits', () => {
     await storage.commit([{ ...commit('w', 1), records: [reply('a', null)] }]);
     expect((await storage.load({ workspaceId: 'w', keys: [], now: T0 })).lapsed.map((r) => r.key)).toEqual(['b']);
     await storage.close();
+  });
+
+  it('load - nextLapseAt is the earliest hold, read with the state through one search of the holds index', async () => {
+    const db = new Database(file());
+    const prepared: string[] = [];
+    const spy: SqliteDatabase = {
+      prepare: (sql) => {
+        prepared.push(sql);
+        return db.prepare(sql);
+      },
+      exec: (sql) => db.exec(sql),
+      close: () => db.close(),
+      get inTransaction() {
+        return db.inTransaction;
+      },
+    };
+    const storage = new SqliteStorage({ database: spy });
+    const hold = (key: string, holdExpiresAt: number | null) => ({ key, holdExpiresAt, value: {} as StoredRecord['value'] });
+    await storage.commit([{ ...commit('w', 0), records: [hold('a', T0 + 2), hold('b', T0 + 1), hold('c', null)] }, commit('v', 0)]);
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: T0 })).nextLapseAt).toBe(T0 + 1);
+    expect((await storage.load({ workspaceId: 'v', keys: [], now: T0 })).nextLapseAt).toBeNull();
+    expect((await storage.load({ workspaceId: 'none', keys: [], now: T0 })).nextLapseAt).toBeNull();
+    const sql = prepared.filter((text) => text.includes('nextLapseAt'));
+    expect(sql).toHaveLength(1);
+    const plan = (db.prepare(`EXPLAIN QUERY PLAN ${sql[0]}`).all('w') as { detail: string }[]).map((step) => step.detail);
+    expect(plan).toContainEqual(expect.stringMatching(/^SEARCH \w+ USING COVERING INDEX credits_records_holds \(workspace_id=\?/));
+    expect(plan.filter((detail) => detail.startsWith('SCAN'))).toEqual([]);
+    await storage.close();
+    db.close();
   });
 
   it("two stores on one connection see each other's writes", async () => {

@@ -8,16 +8,16 @@ import type { SqliteDatabase } from './sqlite-driver.js';
 export const SCHEMA_VERSION = 2;
 
 /**
- * Three tables, as the storage seam asks: one state document per workspace, records by key
- * (with a partial index on open holds' lapse times), and the ledger, clustered by
- * `(workspace_id, seq)`. Tables are STRICT, so a non-integer amount is refused by SQLite
- * itself rather than stored as a REAL.
+ * Three tables, as the storage seam asks: one state document per workspace (NULL once
+ * erased: the row stays to keep the version), records by key (with a partial index on open
+ * holds' lapse times), and the ledger, clustered by `(workspace_id, seq)`. Tables are
+ * STRICT, so a non-integer amount is refused by SQLite itself rather than stored as a REAL.
  */
 const CREATE = (p: string) => `
   CREATE TABLE ${p}states (
     workspace_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
-    state TEXT NOT NULL
+    state TEXT
   ) STRICT;
 
   CREATE TABLE ${p}records (

@@ -104,7 +104,12 @@ class Runtime {
     readonly prefix: string,
   ) {
     const p = prefix;
-    this.state = this.query(`SELECT version, state FROM ${p}states WHERE workspace_id = ?`);
+    // The earliest hold rides along with the state: one step down the partial index (MIN on
+    // its second column), whatever the number of holds.
+    this.state = this.query(
+      `SELECT version, state, (SELECT MIN(hold_expires_at) FROM ${p}records WHERE workspace_id = s.workspace_id AND hold_expires_at IS NOT NULL)
+       AS nextLapseAt FROM ${p}states s WHERE workspace_id = ?`,
+    );
     this.records = this.query(
       `SELECT key, hold_expires_at AS holdExpiresAt, value FROM ${p}records WHERE workspace_id = ? AND key IN (SELECT value FROM json_each(?))`,
     );
@@ -219,14 +224,15 @@ export class SqliteStorage implements CreditStorage {
     return this.#run('load', (s) => {
       // The state is read first: anything read after it is at least as new, and a commit
       // made from a mix is refused anyway, because the version it expects has moved.
-      const row = s.state.get(request.workspaceId) as { version: number; state: string } | undefined;
-      if (!row) return { version: 0, state: null, records: [], lapsed: [] };
+      const row = s.state.get(request.workspaceId) as { version: number; state: string | null; nextLapseAt: number | null } | undefined;
+      if (!row) return { version: 0, state: null, records: [], lapsed: [], nextLapseAt: null };
       const records = request.keys.length === 0 ? [] : s.records.all(request.workspaceId, JSON.stringify(request.keys));
       return {
         version: row.version,
-        state: JSON.parse(row.state) as WorkspaceState,
+        state: row.state === null ? null : (JSON.parse(row.state) as WorkspaceState),
         records: (records as RecordRow[]).map(toRecord),
         lapsed: (s.lapsed.all(request.workspaceId, request.now) as RecordRow[]).map(toRecord),
+        nextLapseAt: row.nextLapseAt,
       };
     });
   }
@@ -255,11 +261,11 @@ export class SqliteStorage implements CreditStorage {
     });
   }
 
-  /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
+  /** A keyset page over the `states` primary key, skipping erased workspaces (their row only keeps the version). */
   async listWorkspaces(query: ListQuery): Promise<string[]> {
     return this.#run('listWorkspaces', (s) => {
       const rows = s
-        .query(`SELECT workspace_id FROM ${s.prefix}states WHERE workspace_id > ? ORDER BY workspace_id LIMIT ?`)
+        .query(`SELECT workspace_id FROM ${s.prefix}states WHERE workspace_id > ? AND state IS NOT NULL ORDER BY workspace_id LIMIT ?`)
         .all(query.afterId ?? '', query.limit);
       return (rows as { workspace_id: string }[]).map((row) => row.workspace_id);
     });
@@ -270,16 +276,18 @@ export class SqliteStorage implements CreditStorage {
     return this.#run('erase', (s) =>
       immediate(s, () => {
         s.query(`DELETE FROM ${s.prefix}records WHERE workspace_id = ?`).run(id);
-        if (request.keepLedger) {
+        if (request.keepLedger)
           s.query(`UPDATE ${s.prefix}entries SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`).run(id);
-          return;
-        }
-        s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
-        s.query(`DELETE FROM ${s.prefix}states WHERE workspace_id = ?`).run(id);
+        else s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
+        // The row stays, one version up, so no version is ever reused for another state.
+        s.query(
+          `UPDATE ${s.prefix}states SET version = version + 1${request.keepLedger ? '' : ', state = NULL'} WHERE workspace_id = ?`,
+        ).run(id);
       }),
     );
   }
 
+  /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
     return this.#run('usage', (s) => {
       const day = query.byDay ? `, at - ((at % ${DAY_MS}) + ${DAY_MS}) % ${DAY_MS} AS day` : '';
@@ -304,10 +312,7 @@ export class SqliteStorage implements CreditStorage {
     if (this.#closed) return Promise.reject(closedError('migrate'));
     if (this.#runtime) return Promise.resolve(this.#runtime);
     this.#starting ??= this.#open().then(
-      (runtime) => {
-        this.#runtime = runtime;
-        return runtime;
-      },
+      (runtime) => (this.#runtime = runtime),
       (error: unknown) => {
         // A failed start (driver missing, file locked) is retried by the next call.
         this.#starting = undefined;
@@ -343,13 +348,13 @@ export class SqliteStorage implements CreditStorage {
 /** One workspace's share of a commit, inside the caller's transaction. */
 function write(s: Runtime, commit: WorkspaceCommit): CommitResult {
   const id = commit.workspaceId;
+  // Keys that must not exist yet: the key lookup of `load`, stopped at the first found.
+  if (commit.absentKeys?.length && s.records.get(id, JSON.stringify(commit.absentKeys))) return 'conflict';
   const state = JSON.stringify(commit.state);
   const written = commit.expectedVersion === 0 ? s.insertState.run(id, state) : s.updateState.run(state, id, commit.expectedVersion);
   if (written.changes !== 1) return 'conflict';
-  for (const row of commit.ledger) {
-    const fields = row as unknown as Record<string, unknown>;
-    s.insertEntry.run(id, ...ROW_FIELDS.map((field) => fields[field] ?? null));
-  }
+  for (const row of commit.ledger as unknown as Record<string, unknown>[])
+    s.insertEntry.run(id, ...ROW_FIELDS.map((field) => row[field] ?? null));
   for (const record of commit.records) s.upsertRecord.run(id, record.key, record.holdExpiresAt, JSON.stringify(record.value));
   return 'committed';
 }
