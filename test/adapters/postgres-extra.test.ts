@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { PostgresStorage } from '../../src/adapters/postgres/index.js';
+import { loadSql, schemaNames } from '../../src/adapters/postgres/postgres-schema.js';
 import { CreditMeter, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
 import { type LedgerRow, type StoredRecord, UsageAccumulator, type WorkspaceState } from '../../src/storage/index.js';
 import { checkInvariants, dropPostgresSchema, freshSchema, freshStore, sql } from './fixtures/postgres-schemas.js';
@@ -174,9 +175,21 @@ describe('PostgresStorage - seam', () => {
     const stale = { workspaceId: 'w', expectedVersion: 7, state: state('w', 2), ledger: [row('w', 2)], records: [record('b', null)] };
     expect(await storage.commit([stale])).toEqual(['conflict']);
     const loaded = await storage.load({ workspaceId: 'w', keys: ['a', 'b', 'zz'], now: 5 });
-    expect(loaded).toEqual({ version: 1, state: state('w', 1), records: [record('a', 5)], lapsed: [record('a', 5)] });
+    expect(loaded).toEqual({
+      version: 1,
+      state: state('w', 1),
+      records: [record('a', 5)],
+      lapsed: [record('a', 5)],
+      nextLapseAt: 5,
+    });
     expect(await storage.ledger({ workspaceId: 'w', limit: 10 })).toEqual([row('w', 1)]);
-    expect(await storage.load({ workspaceId: 'none', keys: ['a'], now: 99 })).toEqual({ version: 0, state: null, records: [], lapsed: [] });
+    expect(await storage.load({ workspaceId: 'none', keys: ['a'], now: 99 })).toEqual({
+      version: 0,
+      state: null,
+      records: [],
+      lapsed: [],
+      nextLapseAt: null,
+    });
   });
 
   it('commit - workspaces of one call commit independently, in order; records upsert by key', async () => {
@@ -239,6 +252,63 @@ describe('PostgresStorage - seam', () => {
         expect((await storage.usage(query)).sort(order)).toEqual(sum.totals().sort(order));
       }
     }
+  });
+
+  it('load - nextLapseAt is the first entry of the holds index, however many holds there are', async () => {
+    const storage = track(freshStore(url()));
+    await storage.migrate();
+    const holds = Array.from({ length: 3000 }, (_, i) => record(`h${i}`, 10_000 + i));
+    await storage.commit([{ workspaceId: 'w', expectedVersion: 0, state: state('w', 0), ledger: [], records: holds }]);
+    await storage.commit([{ workspaceId: 'v', expectedVersion: 0, state: state('v', 0), ledger: [], records: [record('x', 1)] }]);
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: 0 })).nextLapseAt).toBe(10_000);
+    const client = new pg.Client({ connectionString: url() });
+    await client.connect();
+    try {
+      await client.query(`ANALYZE "${storage.schema}".credits_records`);
+      // The store's own load statement, planned as the prepared statement it is (generic plan).
+      await client.query('SET plan_cache_mode = force_generic_plan');
+      await client.query(`PREPARE load_plan AS ${loadSql(schemaNames(storage.schema, 'credits_'))}`);
+      const { rows } = await client.query(`EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) EXECUTE load_plan('w', '{}', 0)`);
+      const plan = rows.map((r: Record<string, string>) => r['QUERY PLAN']).join('\n');
+      expect(plan).toMatch(/Limit \(actual rows=1(\.00)? loops=1\)\n\s*->\s*Index Only Scan using credits_records_hold_idx/);
+      expect(plan).not.toMatch(/Seq Scan/);
+    } finally {
+      await client.end();
+    }
+  });
+
+  it('erase - keeps the row with its version plus one, so a later create commits at that version', async () => {
+    const storage = track(freshStore(url()));
+    await storage.migrate();
+    const create = (expectedVersion: number) => ({
+      workspaceId: 'w',
+      expectedVersion,
+      state: state('w', 1),
+      ledger: [row('w', 1)],
+      records: [record('a', 5)],
+    });
+    expect(await storage.commit([create(0)])).toEqual(['committed']);
+    await storage.erase({ workspaceId: 'w', keepLedger: false });
+    await storage.erase({ workspaceId: 'never', keepLedger: false });
+    const table = `"${storage.schema}".credits_workspaces`;
+    expect(await sql(url(), `SELECT workspace_id, version::int, state FROM ${table}`)).toEqual([
+      { workspace_id: 'w', version: 2, state: null },
+    ]);
+    expect(await storage.load({ workspaceId: 'w', keys: ['a'], now: 99 })).toEqual({
+      version: 2,
+      state: null,
+      records: [],
+      lapsed: [],
+      nextLapseAt: null,
+    });
+    expect(await storage.listWorkspaces({ limit: 10 })).toEqual([]);
+    expect(await storage.commit([create(0), create(1), create(2)])).toEqual(['conflict', 'conflict', 'committed']);
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: 0 })).version).toBe(3);
+    expect(await storage.listWorkspaces({ limit: 10 })).toEqual(['w']);
+    await storage.erase({ workspaceId: 'w', keepLedger: true });
+    const kept = await storage.load({ workspaceId: 'w', keys: ['a'], now: 99 });
+    expect(kept).toEqual({ version: 4, state: state('w', 1), records: [], lapsed: [], nextLapseAt: null });
+    expect(await storage.ledger({ workspaceId: 'w', limit: 10 })).toEqual([row('w', 1, { agentId: null })]);
   });
 
   it('commit - a commit the server refuses is a STORAGE_ERROR, writes nothing, and the store goes on', async () => {

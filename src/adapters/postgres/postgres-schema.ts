@@ -63,7 +63,8 @@ export function layout(n: SchemaNames): string {
 CREATE TABLE IF NOT EXISTS ${n.workspaces} (
   workspace_id text COLLATE "C" PRIMARY KEY,
   version bigint NOT NULL,
-  state json NOT NULL
+  -- NULL once erased: the row keeps the version, so no version is ever reused.
+  state json
 ) WITH (fillfactor = 50);
 
 CREATE TABLE IF NOT EXISTS ${n.records} (
@@ -120,16 +121,20 @@ export const LEDGER_SELECT = LEDGER_COLUMNS.map(
 
 /**
  * One commit as one statement (one implicit transaction, one round trip). `guard` writes the
- * state row and returns it only if the version matched; the rows and records (JSON arrays in
- * $3 and $4, exactly as the core made them) are joined to its output, so a refused guard
- * writes nothing. Params: $1 workspace, $2 state, $3 ledger rows, $4 records, $5 version.
+ * state row and returns it only if the version matched and no record of `$6` exists; the rows
+ * and records (JSON arrays in $3 and $4, exactly as the core made them) are joined to its
+ * output, so a refused guard writes nothing. Params: $1 workspace, $2 state, $3 ledger rows,
+ * $4 records, then for an update $5 version and $6 absent keys (null: none to check).
  */
 export function commitSql(n: SchemaNames, expectNew: boolean): string {
+  // A new workspace needs no absent-key check: records are only written with a state row, and
+  // erase keeps that row, so a workspace without one has no records.
   const guard = expectNew
     ? `INSERT INTO ${n.workspaces} (workspace_id, version, state) VALUES ($1, 1, $2::json)
          ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id`
-    : `UPDATE ${n.workspaces} SET version = version + 1, state = $2::json
-         WHERE workspace_id = $1 AND version = $5 RETURNING workspace_id`;
+    : `UPDATE ${n.workspaces} SET version = version + 1, state = $2::json WHERE workspace_id = $1 AND version = $5
+         AND ($6::text[] IS NULL OR NOT EXISTS (SELECT 1 FROM ${n.records} WHERE workspace_id = $1 AND key = ANY($6)))
+       RETURNING workspace_id`;
   const columns = LEDGER_COLUMNS.map(([column]) => column).join(', ');
   const fields = LEDGER_COLUMNS.map(([, field, type]) => `"${field}" ${type}`).join(', ');
   const picked = LEDGER_COLUMNS.map(([, field]) => `t."${field}"`).join(', ');
@@ -148,27 +153,33 @@ recs AS (
 SELECT count(*)::int AS written FROM ws`;
 }
 
-/** A workspace's version and state, the records of $2 and the holds lapsed by $3, in one query. */
+/**
+ * A workspace's version and state, the records of $2, the holds lapsed by $3 and the earliest
+ * hold, in one query whose columns are the fields of `LoadedWorkspace` (bigint as float8, which
+ * pg reads as a JS number). The earliest hold is the first entry of the holds index.
+ */
 export function loadSql(n: SchemaNames): string {
-  const record = `json_build_object('key', key, 'holdExpiresAt', hold_expires_at, 'value', value)`;
+  const records = (where: string) =>
+    `COALESCE((SELECT json_agg(json_build_object('key', key, 'holdExpiresAt', hold_expires_at, 'value', value))
+      FROM ${n.records} WHERE workspace_id = $1 AND ${where}), '[]')`;
   return /* sql */ `
-SELECT w.version, w.state,
-  (SELECT json_agg(${record}) FROM ${n.records} WHERE workspace_id = $1 AND key = ANY($2::text[])) AS records,
-  (SELECT json_agg(${record}) FROM ${n.records}
-    WHERE workspace_id = $1 AND hold_expires_at IS NOT NULL AND hold_expires_at <= $3) AS lapsed
+SELECT COALESCE(w.version, 0)::float8 AS version, w.state,
+  ${records('key = ANY($2::text[])')} AS records,
+  ${records('hold_expires_at IS NOT NULL AND hold_expires_at <= $3')} AS lapsed,
+  (SELECT min(hold_expires_at) FROM ${n.records} WHERE workspace_id = $1 AND hold_expires_at IS NOT NULL)::float8 AS "nextLapseAt"
 FROM (VALUES (1)) AS one LEFT JOIN ${n.workspaces} w ON w.workspace_id = $1`;
 }
 
 /**
  * Erases a workspace in one statement: its records always; then its ledger and state
  * (`$2` false) or, keeping the ledger (`$2` true), only the rows' agent and conversation ids.
+ * Either way the state row stays with its version plus one, so no version is ever reused.
  */
 export function eraseSql(n: SchemaNames): string {
   return /* sql */ `
 WITH recs AS (DELETE FROM ${n.records} WHERE workspace_id = $1),
 rows AS (DELETE FROM ${n.ledger} WHERE workspace_id = $1 AND NOT $2::boolean),
 anon AS (UPDATE ${n.ledger} SET agent_id = NULL, conversation_id = NULL
-          WHERE workspace_id = $1 AND $2::boolean AND (agent_id IS NOT NULL OR conversation_id IS NOT NULL)),
-ws AS (DELETE FROM ${n.workspaces} WHERE workspace_id = $1 AND NOT $2::boolean)
-SELECT 1`;
+          WHERE workspace_id = $1 AND $2::boolean AND (agent_id IS NOT NULL OR conversation_id IS NOT NULL))
+UPDATE ${n.workspaces} SET version = version + 1, state = CASE WHEN $2::boolean THEN state END WHERE workspace_id = $1`;
 }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { type InputIssue, InvalidInputError, StorageError } from '../../core/errors.js';
-import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
+import type { LedgerRow } from '../../core/state.js';
 import type {
   CommitResult,
   CreditStorage,
@@ -195,24 +195,18 @@ export class PostgresStorage implements CreditStorage {
 
   async load(request: LoadRequest): Promise<LoadedWorkspace> {
     const [row] = await this.#query('load', { ...this.#statements.load, values: [request.workspaceId, request.keys, request.now] });
-    return {
-      version: row?.['version'] == null ? 0 : Number(row['version']),
-      state: (row?.['state'] as WorkspaceState | null | undefined) ?? null,
-      records: (row?.['records'] as StoredRecord[] | null | undefined) ?? [],
-      lapsed: (row?.['lapsed'] as StoredRecord[] | null | undefined) ?? [],
-    };
+    // Always exactly one row, its columns named and typed as the fields (see loadSql).
+    return row as unknown as LoadedWorkspace;
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
     const results: CommitResult[] = [];
     // One statement each, in order: workspaces commit independently, and a workspace named
     // twice sees its first commit before its second.
-    for (const commit of commits) {
-      const { workspaceId, state, ledger, records } = commit;
+    for (const { workspaceId, expectedVersion, state, ledger, records, absentKeys } of commits) {
       const values: unknown[] = [workspaceId, JSON.stringify(state), JSON.stringify(ledger), JSON.stringify(records)];
-      const isNew = commit.expectedVersion === 0;
-      if (!isNew) values.push(commit.expectedVersion);
-      const [row] = await this.#query('commit', { ...this.#statements[isNew ? 'insert' : 'update'], values });
+      if (expectedVersion !== 0) values.push(expectedVersion, absentKeys?.length ? absentKeys : null);
+      const [row] = await this.#query('commit', { ...this.#statements[expectedVersion === 0 ? 'insert' : 'update'], values });
       results.push(row?.['written'] === 1 ? 'committed' : 'conflict');
     }
     return results;
@@ -248,14 +242,18 @@ export class PostgresStorage implements CreditStorage {
     });
   }
 
-  /** Ids of the workspaces that have a state, in byte order, after `afterId`. */
+  /** Ids of the workspaces that have a state (not erased), in byte order, after `afterId`. */
   async listWorkspaces(query: ListQuery): Promise<string[]> {
-    const text = `SELECT workspace_id FROM ${this.#names.workspaces} WHERE $1::text IS NULL OR workspace_id > $1 ORDER BY workspace_id LIMIT $2`;
+    const text = `SELECT workspace_id FROM ${this.#names.workspaces}
+      WHERE state IS NOT NULL AND ($1::text IS NULL OR workspace_id > $1) ORDER BY workspace_id LIMIT $2`;
     const rows = await this.#query('listWorkspaces', { text, values: [query.afterId ?? null, query.limit] });
     return rows.map((row) => String(row['workspace_id']));
   }
 
-  /** Removes a workspace's records, and its ledger and state or (`keepLedger`) the ledger's agent and conversation ids. Atomic. */
+  /**
+   * Removes a workspace's records, and its ledger and state or (`keepLedger`) the ledger's agent
+   * and conversation ids; either way adds one to the version and keeps it. Atomic.
+   */
   async erase(request: EraseRequest): Promise<void> {
     await this.#query('erase', { text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] });
   }
