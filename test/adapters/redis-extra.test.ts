@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RedisStorage } from '../../src/adapters/redis/index.js';
+import { UsageAccumulator } from '../../src/core/usage-aggregate.js';
 import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage, StorageError } from '../../src/index.js';
 import { row, stateDoc } from '../../src/testing/fixtures.js';
 import { startRedis } from '../servers/redis-server.js';
@@ -181,6 +182,47 @@ describe('redis - several app servers', () => {
     const clients = Array.from({ length: 5 }, () => new Cluster(clusterNodes, { enableAutoPipelining: true }));
     for (const client of clients) opened.push({ close: () => client.quit() });
     await race(clients.map((client) => new RedisStorage({ client, keyPrefix: prefix })));
+  });
+});
+
+describe('redis - erase', () => {
+  it('erase - leaves only the version; keeping the ledger, whole days from the rollups still equal the rows', async () => {
+    const prefix = `extra:${randomUUID()}:`;
+    const storage = store({ keyPrefix: prefix });
+    let now = T0 + DAY / 2;
+    const meter = new CreditMeter({ storage, clock: () => new Date(now) });
+    for (const workspaceId of ['gone', 'kept']) {
+      await meter.createWorkspace({ workspaceId, plan: 'enterprise', allotment: 100, startsAt: new Date(T0) });
+      // Replies over four UTC days, by three agents, two models and six conversations.
+      for (let i = 0; i < 6; i++) {
+        now += 10 * 3_600_000;
+        const hold = await meter.reserve({ ...ask(workspaceId, i), model: i % 2 ? 'gpt-4o' : 'gpt-4o-mini' });
+        await meter.settle({ workspaceId, replyId: hold.replyId });
+      }
+    }
+    const client = admin();
+    const version = Number(await client.hget(`${prefix}{gone}:state`, 'v'));
+    await meter.deleteWorkspace({ workspaceId: 'gone' });
+    expect(await client.keys(`${prefix}{gone}:*`)).toEqual([`${prefix}{gone}:state`]);
+    const state = await client.hgetall(`${prefix}{gone}:state`);
+    expect(Object.keys(state)).toEqual(['v']);
+    expect(Number(state.v)).toBeGreaterThan(version);
+
+    await meter.deleteWorkspace({ workspaceId: 'kept', keepLedger: true });
+    const rows = await storage.ledger({ workspaceId: 'kept', limit: 1000 });
+    const sorted = (groups: { key: string; day?: number }[]) =>
+      [...groups].sort((a, b) => (a.day ?? 0) - (b.day ?? 0) || a.key.localeCompare(b.key));
+    // Part days at both edges, two whole days between them.
+    const [from, to] = [T0 + DAY / 3, now + 1];
+    for (const groupBy of ['agent', 'model', 'conversation'] as const) {
+      for (const byDay of [false, true]) {
+        const expected = new UsageAccumulator(groupBy, byDay);
+        for (const found of rows) if (found.at >= from && found.at < to) expected.add(found);
+        const usage = await storage.usage({ workspaceId: 'kept', from, to, groupBy, byDay });
+        expect(sorted(usage), `${groupBy} byDay=${byDay}`).toEqual(sorted(expected.totals()));
+        if (groupBy !== 'model') expect(new Set(usage.map((group) => group.key))).toEqual(new Set(['']));
+      }
+    }
   });
 });
 

@@ -21,29 +21,35 @@ end
 
 /**
  * KEYS: state, records, holds. ARGV: now, record keys...
- * Returns [version | nil, state JSON | nil, records asked for (nil when absent), lapsed records].
+ * Returns [version | nil, state JSON | nil, records asked for (nil when absent), lapsed records,
+ * earliest hold expiry | nil].
  */
 export const LOAD = /* lua */ `${HELPERS}
 local keys = {}
 for j = 2, #ARGV do keys[j - 1] = ARGV[j] end
 local s = redis.call('HMGET', KEYS[1], 'v', 'd')
-return { s[1], s[2], hmget(KEYS[2], keys), hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])) }
+local earliest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+return { s[1], s[2], hmget(KEYS[2], keys), hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])), earliest[2] or false }
 `;
 
 /**
  * KEYS: state, records, holds, ledger, at index, days, then one rollup hash per (day, group).
  * ARGV: expected version, new version, state JSON, then counted groups:
- * record (key, JSON) pairs; hold (expiry, key) pairs; keys to drop from the holds;
+ * record keys that must be absent; record (key, JSON) pairs; hold (expiry, key) pairs; keys to drop from the holds;
  * ledger (padded seq, JSON) pairs; at-index (at, padded seq) pairs; day (day, day) pairs;
  * then first row's at, last row's at and padded seq ('' without rows), whether the rows are
  * in time order; then per rollup hash a count and (field, increment) pairs, added with one
  * read and one write per hash (a call per field would cost more than all the rest).
- * Returns 1 when written, 0 (and writes nothing) when the version moved.
+ * Returns 1 when written, 0 (and writes nothing) when the version moved or a record that must
+ * be absent exists.
  */
 export const COMMIT = /* lua */ `${HELPERS}
 local head = redis.call('HMGET', KEYS[1], 'v', 'a')
 if (head[1] or '0') ~= ARGV[1] then return 0 end
-local i = 4
+for j = 5, 4 + tonumber(ARGV[4]) do
+  if redis.call('HEXISTS', KEYS[2], ARGV[j]) == 1 then return 0 end
+end
+local i = 5 + tonumber(ARGV[4])
 local function bulk(cmd, key, width)
   local n = tonumber(ARGV[i])
   local s = i + 1
@@ -159,17 +165,24 @@ return ARGV[1]
  * '1' to keep the ledger, then (when keeping it) the version read, and ledger rows and
  * rollups rewritten without agent and conversation ids: n, (seq, row JSON)×n, then per
  * rollup hash: name, m, (field, value)×m. Returns 0 (nothing written) when the version moved.
+ * Either way the version goes up by one and stays: without the ledger, it is all the state
+ * hash keeps. A workspace never committed is left alone.
  */
-export const ERASE = /* lua */ `
+export const ERASE = /* lua */ `${HELPERS}
+local version = redis.call('HGET', KEYS[1], 'v')
+if not version then return 1 end
 local days = redis.call('ZRANGE', KEYS[6], 0, -1)
 if ARGV[2] ~= '1' then
   for _, day in ipairs(days) do
     for _, g in ipairs({ 'a', 'm', 'c' }) do redis.call('DEL', ARGV[1] .. 'day:' .. day .. ':' .. g) end
   end
-  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+  redis.call('HDEL', KEYS[1], 'd', 'a', 'n', 'o')
+  redis.call('HSET', KEYS[1], 'v', fmt(tonumber(version) + 1))
   return 1
 end
-if (redis.call('HGET', KEYS[1], 'v') or '0') ~= ARGV[3] then return 0 end
+if version ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'v', fmt(tonumber(version) + 1))
 redis.call('DEL', KEYS[2], KEYS[3])
 local i = 4
 local n = tonumber(ARGV[i])

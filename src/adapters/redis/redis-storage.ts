@@ -67,12 +67,12 @@ export type RedisStorageOptions = RedisStorageUrlOptions | RedisStorageClientOpt
 
 /** The key layout this version writes, kept under `<prefix>schema`. 0.1.0 wrote 1 or 2. */
 const LAYOUT = '3';
-/** Rows per call when usage reads the rows of a window's part days. */
-const EDGE_PAGE = 1000;
+/** Rows per call when usage reads the rows of a window's part days; workspaces per round when listing. */
+const PAGE = 1000;
 /** Rollup groups; a hash's name ends in the first letter, as `UsageQuery.groupBy` does. */
 const GROUPS = ['agentId', 'model', 'conversationId'] as const;
-/** What the load script answers: version, state JSON, records asked for, lapsed records. */
-type LoadReply = [string | null, string | null, (string | null)[], (string | null)[]];
+/** What the load script answers: version, state JSON, records asked for, lapsed records, earliest hold. */
+type LoadReply = [string | null, string | null, (string | null)[], (string | null)[], string | null];
 type Script = { readonly source: string; readonly sha: string };
 const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 const SCRIPTS = {
@@ -166,6 +166,7 @@ export class RedisStorage implements CreditStorage {
       state: reply[1] === null ? null : (JSON.parse(reply[1]) as WorkspaceState),
       records: parseRecords(reply[2]),
       lapsed: parseRecords(reply[3]),
+      nextLapseAt: reply[4] === null ? null : Number(reply[4]),
     };
   }
 
@@ -223,9 +224,9 @@ export class RedisStorage implements CreditStorage {
     for (const [start, end] of edges) {
       let afterSeq = 0;
       for (let page: LedgerRow[] = []; ; afterSeq = page[page.length - 1]!.seq) {
-        page = await this.ledger({ workspaceId: query.workspaceId, from: start, to: end, kinds: ['reply'], limit: EDGE_PAGE, afterSeq });
+        page = await this.ledger({ workspaceId: query.workspaceId, from: start, to: end, kinds: ['reply'], limit: PAGE, afterSeq });
         for (const row of page) edge.add(row);
-        if (page.length < EDGE_PAGE) break;
+        if (page.length < PAGE) break;
       }
     }
     const totals = new Map<string, UsageAggregate>();
@@ -274,10 +275,20 @@ export class RedisStorage implements CreditStorage {
           for (const key of keys) ids.add(decodeURIComponent(key.slice(this.keyPrefix.length + 1, -'}:state'.length)));
         } while (cursor !== '0');
       }
-      return [...ids]
-        .filter((id) => query.afterId === undefined || id > query.afterId)
-        .sort()
-        .slice(0, query.limit);
+      const candidates = [...ids].filter((id) => query.afterId === undefined || id > query.afterId).sort();
+      // An erased workspace keeps its state hash for the version alone: list those with a state document.
+      const listed: string[] = [];
+      for (let i = 0; i < candidates.length && listed.length < query.limit; i += PAGE) {
+        const page = candidates.slice(i, i + PAGE);
+        const states = await Promise.all(
+          page.map((id) => {
+            const k = this.#keys(id);
+            return this.#run('load', [k.state, k.records, k.holds], ['-inf']) as Promise<LoadReply>;
+          }),
+        );
+        listed.push(...page.filter((_, j) => states[j]![1] !== null));
+      }
+      return listed.slice(0, query.limit);
     } catch (error) {
       throw error instanceof StorageError ? error : new StorageError('listWorkspaces', error, 'redis');
     }
@@ -343,6 +354,7 @@ export class RedisStorage implements CreditStorage {
       args.push(String(items.length / width));
       for (const item of items) args.push(item);
     };
+    group(commit.absentKeys ?? [], 1);
     group(
       records.flatMap((r) => [r.key, JSON.stringify(r)]),
       2,
