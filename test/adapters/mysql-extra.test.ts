@@ -172,17 +172,30 @@ describe('MySqlStorage - ids, listing and erasure', () => {
       expect(await charge(meter, workspaceId)).toBe('charged');
       await meter.reserve({ workspaceId, agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' });
     }
+    const load = (workspaceId: string) => storage.load({ workspaceId, keys: [], now: 0 });
     await meter.deleteWorkspace({ workspaceId: 'gone' });
     await meter.deleteWorkspace({ workspaceId: 'kept', keepLedger: true });
     expect(await meter.deleteWorkspace({ workspaceId: 'gone' })).toMatchObject({ existed: false });
-    expect(await storage.load({ workspaceId: 'gone', keys: [], now: 0 })).toEqual({ version: 0, state: null, records: [], lapsed: [] });
+    // Nothing is left but the version, which erase moves up by one and keeps (its row's state is NULL).
+    const { version } = await load('gone');
+    await storage.erase({ workspaceId: 'gone', keepLedger: false });
+    const erased = { version: version + 1, state: null, records: [], lapsed: [], nextLapseAt: null };
+    expect(await load('gone')).toEqual(erased);
     expect(await storage.ledger({ workspaceId: 'gone', limit: 10 })).toEqual([]);
     expect(await sql(`SELECT COUNT(*) AS n FROM \`${storage.tablePrefix}records\``)).toEqual([{ n: 0 }]);
     const kept = await storage.ledger({ workspaceId: 'kept', limit: 10 });
     expect(kept.length).toBeGreaterThan(1);
     expect(kept.every((row) => row.agentId === null && row.conversationId === null)).toBe(true);
     expect((await meter.listWorkspaces()).workspaces).toEqual(['kept']);
+    expect(await storage.listWorkspaces({ limit: 10 })).toEqual(['kept']);
+    // A workspace never committed is left alone: no row appears for it.
+    await storage.erase({ workspaceId: 'never', keepLedger: false });
+    expect(await load('never')).toEqual({ version: 0, state: null, records: [], lapsed: [], nextLapseAt: null });
+    expect(await sql(`SELECT COUNT(*) AS n FROM \`${storage.tablePrefix}workspaces\` WHERE workspace_id = 'never'`)).toEqual([{ n: 0 }]);
+    // Created afresh, the id commits at the version it kept and is listed again.
     await meter.createWorkspace({ workspaceId: 'gone', plan: 'hobby' });
+    expect((await load('gone')).version).toBe(erased.version + 1);
+    expect(await storage.listWorkspaces({ limit: 10 })).toEqual(['gone', 'kept']);
   });
 });
 
@@ -237,7 +250,7 @@ describe('MySqlStorage - concurrency', () => {
     });
   });
 
-  it('commit - a batch of the meter is one query to load and one transaction of at most five statements', async () => {
+  it('commit - a batch of the meter is a load (or a check of its new keys) and a transaction: six statements at most', async () => {
     const real = mysql.createPool({ uri: url(), connectionLimit: 4 });
     let statements = 0;
     const pool = {
@@ -262,7 +275,8 @@ describe('MySqlStorage - concurrency', () => {
     statements = 0;
     const outcomes = await Promise.all(Array.from({ length: 300 }, () => charge(meter, 'batch')));
     expect(outcomes.every((o) => o === 'charged')).toBe(true);
-    // 600 commands, gathered by the meter into a few batches: a load and START, UPDATE, INSERT, INSERT, COMMIT each.
+    // 600 commands, gathered by the meter into a few batches: a load and START, UPDATE, INSERT, INSERT, COMMIT each, or,
+    // from the state the meter kept, START, UPDATE, SELECT (the absent keys), INSERT, INSERT, COMMIT without a load.
     expect(statements).toBeLessThan(60);
     await storage.close();
     await real.end();

@@ -76,8 +76,10 @@ const RETRYABLE = new Set([1062, 1213, 1205]);
 function layout(t: Tables, collation: string): string[] {
   const id = (size: number) => `VARCHAR(${size}) CHARACTER SET utf8mb4 COLLATE ${collation}`;
   return [
-    `CREATE TABLE IF NOT EXISTS ${t.workspaces} (workspace_id ${id(255)} PRIMARY KEY, version BIGINT NOT NULL, state LONGTEXT NOT NULL)`,
-    // The (workspace_id, hold_expires_at) index makes finding lapsed holds cost what they are.
+    // A NULL state is an erased workspace: the row stays for its version, which is never reused.
+    `CREATE TABLE IF NOT EXISTS ${t.workspaces} (workspace_id ${id(255)} PRIMARY KEY, version BIGINT NOT NULL, state LONGTEXT NULL)`,
+    // The (workspace_id, hold_expires_at) index makes finding lapsed holds cost what they are, and
+    // finding the earliest hold one lookup.
     `CREATE TABLE IF NOT EXISTS ${t.records} (workspace_id ${id(255)}, record_key ${id(300)}, hold_expires_at BIGINT NULL,
       value LONGTEXT NOT NULL, PRIMARY KEY (workspace_id, record_key), KEY hold_idx (workspace_id, hold_expires_at))`,
     `CREATE TABLE IF NOT EXISTS ${t.ledger} (workspace_id ${id(255)}, seq BIGINT, kind VARCHAR(32) NOT NULL, amount BIGINT NOT NULL,
@@ -159,25 +161,27 @@ export class MySqlStorage implements seam.CreditStorage {
     if (!this.#options.pool) await (await this.#pool.catch(() => undefined))?.end();
   }
 
-  // ─── 4. load: the state, the records asked for and the lapsed holds, in one query ───
+  // ─── 4. load: the state, the earliest hold, the records asked for and the lapsed holds, in one query ───
 
   async load(request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
     const { workspaces, records } = this.#tables;
     const id = request.workspaceId;
-    // One statement reads one snapshot: the records agree with the state's version.
+    // One statement reads one snapshot: the records agree with the state's version. The earliest
+    // hold rides on the state's row: a MIN over hold_idx for one workspace is a single index dive.
+    // `IN (NULL)` matches nothing, for want of a valid `IN ()`.
     const [rows] = await (await this.#ready()).query(
-      `SELECT 0 AS part, version, state AS doc, NULL AS k, NULL AS h FROM ${workspaces} WHERE workspace_id = ?
-       UNION ALL SELECT 1, NULL, value, record_key, hold_expires_at FROM ${records}
-         WHERE workspace_id = ? AND ${request.keys.length > 0 ? 'record_key IN (?)' : 'FALSE'}
+      `SELECT 0 AS part, version, state AS doc, NULL AS k,
+         (SELECT MIN(hold_expires_at) FROM ${records} WHERE workspace_id = ?) AS h FROM ${workspaces} WHERE workspace_id = ?
+       UNION ALL SELECT 1, NULL, value, record_key, hold_expires_at FROM ${records} WHERE workspace_id = ? AND record_key IN (?)
        UNION ALL SELECT 2, NULL, value, record_key, hold_expires_at FROM ${records} WHERE workspace_id = ? AND hold_expires_at <= ?`,
-      [id, id, ...(request.keys.length > 0 ? [request.keys] : []), id, request.now],
+      [id, id, id, request.keys.length > 0 ? request.keys : [null], id, request.now],
     );
-    const loaded: seam.LoadedWorkspace = { version: 0, state: null, records: [], lapsed: [] };
+    const loaded: seam.LoadedWorkspace = { version: 0, state: null, records: [], lapsed: [], nextLapseAt: null };
     for (const { part, version, doc, k, h } of rows as Row[]) {
-      const value = JSON.parse(String(doc));
-      if (Number(part) === 0) Object.assign(loaded, { version: Number(version), state: value });
-      else
-        (Number(part) === 1 ? loaded.records : loaded.lapsed).push({ key: String(k), holdExpiresAt: h == null ? null : Number(h), value });
+      const value = doc == null ? null : JSON.parse(String(doc)); // null: erased, the version kept
+      const at = h == null ? null : Number(h);
+      if (Number(part) === 0) Object.assign(loaded, { version: Number(version), state: value, nextLapseAt: at });
+      else (Number(part) === 1 ? loaded.records : loaded.lapsed).push({ key: String(k), holdExpiresAt: at, value });
     }
     return loaded;
   }
@@ -195,13 +199,19 @@ export class MySqlStorage implements seam.CreditStorage {
     const id = commit.workspaceId;
     // A new workspace is an INSERT: a second creator waits on the first one's row lock, then
     // meets the duplicate key. An existing one is an UPDATE guarded by the version; its row
-    // lock serializes every writer of the workspace until COMMIT.
+    // lock serializes every writer of the workspace until COMMIT. An erased workspace keeps its
+    // row (state NULL), so it is created afresh by the UPDATE, at the version it kept.
     const guard =
       commit.expectedVersion === 0
         ? `INSERT INTO ${t.workspaces} (state, workspace_id, version) VALUES (?, ?, ? + 1)`
         : `UPDATE ${t.workspaces} SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`;
     const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]);
     if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
+    // Keys that must not exist yet: read under that row lock, so no other commit can add one until COMMIT.
+    if (commit.absentKeys?.length) {
+      const sql = `SELECT 1 FROM ${t.records} WHERE workspace_id = ? AND record_key IN (?) LIMIT 1`;
+      if (((await connection.query(sql, [id, commit.absentKeys]))[0] as Row[]).length > 0) return 'conflict';
+    }
     if (commit.ledger.length > 0) {
       const rows = commit.ledger.map((row) => [id, ...FIELDS.map((field) => row[field])]);
       await connection.query(`INSERT INTO ${t.ledger} (workspace_id, ${COLUMNS.join(', ')}) VALUES ?`, [rows]);
@@ -255,11 +265,12 @@ export class MySqlStorage implements seam.CreditStorage {
     });
   }
 
+  /** A keyset page over the primary key, skipping erased workspaces (state NULL, only the version kept). */
   async listWorkspaces(query: seam.ListQuery): Promise<string[]> {
-    const after = query.afterId === undefined ? [] : [query.afterId];
+    // No id is empty, so '' comes before every one.
     const [rows] = await (await this.#ready()).query(
-      `SELECT workspace_id FROM ${this.#tables.workspaces} ${after.length > 0 ? 'WHERE workspace_id > ?' : ''} ORDER BY workspace_id LIMIT ?`,
-      [...after, query.limit],
+      `SELECT workspace_id FROM ${this.#tables.workspaces} WHERE workspace_id > ? AND state IS NOT NULL ORDER BY workspace_id LIMIT ?`,
+      [query.afterId ?? '', query.limit],
     );
     return (rows as Row[]).map((row) => String(row['workspace_id']));
   }
@@ -270,15 +281,14 @@ export class MySqlStorage implements seam.CreditStorage {
     const t = this.#tables;
     const id = [request.workspaceId];
     const result = await this.#transaction(async (connection) => {
-      // The state row first, as a commit takes it: the two never wait on each other crosswise.
-      await connection.query(`SELECT version FROM ${t.workspaces} WHERE workspace_id = ? FOR UPDATE`, id);
+      // The state row first, as a commit takes it: the two never wait on each other crosswise. Its
+      // version goes up by one and stays, so no version is ever reused for another state (a
+      // workspace never committed has no row, and nothing else to erase either).
+      const state = request.keepLedger ? '' : ', state = NULL';
+      await connection.query(`UPDATE ${t.workspaces} SET version = version + 1${state} WHERE workspace_id = ?`, id);
       await connection.query(`DELETE FROM ${t.records} WHERE workspace_id = ?`, id);
-      if (request.keepLedger) {
-        await connection.query(`UPDATE ${t.ledger} SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`, id);
-      } else {
-        await connection.query(`DELETE FROM ${t.ledger} WHERE workspace_id = ?`, id);
-        await connection.query(`DELETE FROM ${t.workspaces} WHERE workspace_id = ?`, id);
-      }
+      const ledger = request.keepLedger ? `UPDATE ${t.ledger} SET agent_id = NULL, conversation_id = NULL` : `DELETE FROM ${t.ledger}`;
+      await connection.query(`${ledger} WHERE workspace_id = ?`, id);
       return 'committed';
     });
     if (result === 'conflict') throw new Error('MySqlStorage: erase met a deadlock and changed nothing; try again');
