@@ -6,13 +6,18 @@
  * Numbers cross as strings; Lua compares them as doubles, exact up to 2^53. A number built in
  * Lua is written through `fmt`, since Lua's own conversion keeps only 14 digits.
  */
+import { createHash } from 'node:crypto';
+
+/** A script with the SHA1 that `EVALSHA` calls it by. */
+const script = (source: string) => ({ source, sha: createHash('sha1').update(source).digest('hex') });
 
 const HELPERS = /* lua */ `
 local function fmt(n) return string.format('%.0f', n) end
 local function pad(n) return string.format('%016.0f', n) end
-local function hmget(key, fields)
+-- HMGET of fields[first], fields[first + 1], ..., a few thousand per call.
+local function hmget(key, fields, first)
   local out = {}
-  for c = 1, #fields, 4000 do
+  for c = first or 1, #fields, 4000 do
     for _, v in ipairs(redis.call('HMGET', key, unpack(fields, c, math.min(c + 3999, #fields)))) do out[#out + 1] = v end
   end
   return out
@@ -24,75 +29,71 @@ end
  * Returns [version | nil, state JSON | nil, records asked for (nil when absent), lapsed records,
  * earliest hold expiry | nil].
  */
-export const LOAD = /* lua */ `${HELPERS}
-local keys = {}
-for j = 2, #ARGV do keys[j - 1] = ARGV[j] end
+export const load = script(/* lua */ `${HELPERS}
 local s = redis.call('HMGET', KEYS[1], 'v', 'd')
 local earliest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-return { s[1], s[2], hmget(KEYS[2], keys), hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])), earliest[2] or false }
-`;
+return { s[1], s[2], hmget(KEYS[2], ARGV, 2), hmget(KEYS[2], redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1])), earliest[2] or false }
+`);
 
 /**
  * KEYS: state, records, holds, ledger, at index, days, then one rollup hash per (day, group).
- * ARGV: expected version, new version, state JSON, then counted groups:
- * record keys that must be absent; record (key, JSON) pairs; hold (expiry, key) pairs; keys to drop from the holds;
- * ledger (padded seq, JSON) pairs; at-index (at, padded seq) pairs; day (day, day) pairs;
- * then first row's at, last row's at and padded seq ('' without rows), whether the rows are
- * in time order; then per rollup hash a count and (field, increment) pairs, added with one
- * read and one write per hash (a call per field would cost more than all the rest).
- * Returns 1 when written, 0 (and writes nothing) when the version moved or a record that must
- * be absent exists.
+ * ARGV: expected version, new version, state JSON, '1' when the rows are in time order, then
+ * groups, each a count and that many items: record keys that must be absent; record (key, JSON)
+ * pairs; hold (expiry, key) pairs; keys to drop from the holds; ledger (padded seq, JSON) pairs;
+ * at-index (at, padded seq) pairs in seq order; day (day, day) pairs; then per rollup hash its
+ * (field, increment) pairs, added with one read and one write per hash (a call per field would
+ * cost more than all the rest). Returns 1 when written, 0 (and writes nothing) when the version
+ * moved or a record that must be absent exists.
  */
-export const COMMIT = /* lua */ `${HELPERS}
+export const commit = script(/* lua */ `${HELPERS}
 local head = redis.call('HMGET', KEYS[1], 'v', 'a')
 if (head[1] or '0') ~= ARGV[1] then return 0 end
-for j = 5, 4 + tonumber(ARGV[4]) do
+local i = 5
+local function group()
+  local first = i + 1
+  i = first + tonumber(ARGV[i])
+  return first, i - 1
+end
+local function bulk(cmd, key)
+  local first, last = group()
+  for c = first, last, 4000 do redis.call(cmd, key, unpack(ARGV, c, math.min(c + 3999, last))) end
+  return first, last
+end
+local first, last = group()
+for j = first, last do
   if redis.call('HEXISTS', KEYS[2], ARGV[j]) == 1 then return 0 end
 end
-local i = 5 + tonumber(ARGV[4])
-local function bulk(cmd, key, width)
-  local n = tonumber(ARGV[i])
-  local s = i + 1
-  i = s + n * width
-  for c = s, i - 1, 4000 do redis.call(cmd, key, unpack(ARGV, c, math.min(c + 3999, i - 1))) end
-end
-bulk('HSET', KEYS[2], 2)
-bulk('ZADD', KEYS[3], 2)
-bulk('ZREM', KEYS[3], 1)
-bulk('HSET', KEYS[4], 2)
-bulk('ZADD', KEYS[5], 2)
-bulk('ZADD', KEYS[6], 2)
-local state = { 'v', ARGV[2], 'd', ARGV[3] }
-if ARGV[i] ~= '' then
+bulk('HSET', KEYS[2])
+bulk('ZADD', KEYS[3])
+bulk('ZREM', KEYS[3])
+bulk('HSET', KEYS[4])
+first, last = bulk('ZADD', KEYS[5])
+bulk('ZADD', KEYS[6])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+if last > first then
+  redis.call('HSET', KEYS[1], 'a', ARGV[last - 1], 'n', fmt(tonumber(ARGV[last])))
   -- A row earlier than one already kept (a clock went back) turns off seq-range paging for good.
-  if ARGV[i + 3] == '0' or (head[2] and tonumber(ARGV[i]) < tonumber(head[2])) then
-    state[#state + 1] = 'o'; state[#state + 1] = '1'
-  end
-  state[#state + 1] = 'a'; state[#state + 1] = ARGV[i + 1]
-  state[#state + 1] = 'n'; state[#state + 1] = ARGV[i + 2]
+  if ARGV[4] ~= '1' or (head[2] and tonumber(ARGV[first]) < tonumber(head[2])) then redis.call('HSET', KEYS[1], 'o', '1') end
 end
-redis.call('HSET', KEYS[1], unpack(state))
-i = i + 4
 for k = 7, #KEYS do
-  local n = tonumber(ARGV[i])
-  local fields, sums = {}, {}
-  for j = 1, n do fields[j] = ARGV[i + 2 * j - 1] end
-  local current = redis.call('HMGET', KEYS[k], unpack(fields))
-  for j = 1, n do
-    sums[2 * j - 1] = fields[j]
-    sums[2 * j] = fmt((tonumber(current[j]) or 0) + tonumber(ARGV[i + 2 * j]))
+  first, last = group()
+  local fields = {}
+  for j = first, last, 2 do fields[#fields + 1] = ARGV[j] end
+  -- Each increment in ARGV becomes the field's new total, then all are written at once.
+  for f, current in ipairs(redis.call('HMGET', KEYS[k], unpack(fields))) do
+    local j = first + 2 * f - 1
+    ARGV[j] = fmt((tonumber(current) or 0) + tonumber(ARGV[j]))
   end
-  redis.call('HSET', KEYS[k], unpack(sums))
-  i = i + 1 + 2 * n
+  redis.call('HSET', KEYS[k], unpack(ARGV, first, last))
 end
 return 1
-`;
+`);
 
 /**
  * KEYS: state, ledger, at index. ARGV: afterSeq, from | '', to | '', '=' agentId | '',
  * ',kind,kind,' | '', limit. Returns the rows' JSON in seq order.
  */
-export const LEDGER = /* lua */ `${HELPERS}
+export const ledger = script(/* lua */ `${HELPERS}
 local after, from, to, agent, kinds, limit = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
 local out = {}
 local function take(seqs)
@@ -110,11 +111,11 @@ local head = redis.call('HMGET', KEYS[1], 'o', 'n')
 if head[1] ~= '1' or (from == '' and to == '') then
   -- Rows in time order: the window is one run of seqs, its ends found through the at index.
   local lo, hi = after + 1, tonumber(head[2] or '0')
-  if head[1] ~= '1' and from ~= '' then
+  if from ~= '' then
     local first = redis.call('ZRANGEBYSCORE', KEYS[3], from, '+inf', 'LIMIT', 0, 1)[1]
     lo = first and math.max(lo, tonumber(first)) or hi + 1
   end
-  if head[1] ~= '1' and to ~= '' then
+  if to ~= '' then
     local last = redis.call('ZREVRANGEBYSCORE', KEYS[3], '(' .. to, '-inf', 'LIMIT', 0, 1)[1]
     hi = last and math.min(hi, tonumber(last)) or 0
   end
@@ -137,64 +138,56 @@ else
   end
 end
 return out
-`;
+`);
 
 /**
  * KEYS: days. ARGV: rollup key prefix, group letter, whole days [from, to). Returns
- * [day, HGETALL of its rollup]... (the window's part days are read row by row through LEDGER).
+ * [day, HGETALL of its rollup] per day (the window's part days are read row by row through `ledger`).
  */
-export const USAGE = /* lua */ `
+export const usage = script(/* lua */ `
 local days = {}
 for _, day in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '(' .. ARGV[4])) do
-  days[#days + 1] = day
-  days[#days + 1] = redis.call('HGETALL', ARGV[1] .. day .. ':' .. ARGV[2])
+  days[#days + 1] = { day, redis.call('HGETALL', ARGV[1] .. day .. ':' .. ARGV[2]) }
 end
 return days
-`;
+`);
 
 /** KEYS: the schema key. ARGV: this layout's version. Writes it when absent; returns what is there. */
-export const MIGRATE = /* lua */ `
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-redis.call('SET', KEYS[1], ARGV[1])
-return ARGV[1]
-`;
+export const migrate = script(/* lua */ `
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+`);
 
 /**
- * KEYS: state, records, holds, ledger, at index, days. ARGV: the workspace's key base,
- * '1' to keep the ledger, then (when keeping it) the version read, and ledger rows and
- * rollups rewritten without agent and conversation ids: n, (seq, row JSON)×n, then per
- * rollup hash: name, m, (field, value)×m. Returns 0 (nothing written) when the version moved.
- * Either way the version goes up by one and stays: without the ledger, it is all the state
- * hash keeps. A workspace never committed is left alone.
+ * KEYS: state, records, holds, ledger, at index, days. ARGV: rollup key prefix, then '' to drop
+ * the ledger too, or the version read and the ledger's (padded seq, JSON) pairs rewritten without
+ * agent and conversation ids. Either way the version goes up by one and stays: without the
+ * ledger it is all the state hash keeps. A workspace never committed is left alone. Returns 0
+ * (and writes nothing) when the version moved.
  */
-export const ERASE = /* lua */ `${HELPERS}
+export const erase = script(/* lua */ `
 local version = redis.call('HGET', KEYS[1], 'v')
 if not version then return 1 end
+if ARGV[2] ~= '' and ARGV[2] ~= version then return 0 end
+redis.call('HINCRBY', KEYS[1], 'v', 1)
+redis.call('DEL', KEYS[2], KEYS[3])
 local days = redis.call('ZRANGE', KEYS[6], 0, -1)
-if ARGV[2] ~= '1' then
-  for _, day in ipairs(days) do
-    for _, g in ipairs({ 'a', 'm', 'c' }) do redis.call('DEL', ARGV[1] .. 'day:' .. day .. ':' .. g) end
-  end
-  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+if ARGV[2] == '' then
   redis.call('HDEL', KEYS[1], 'd', 'a', 'n', 'o')
-  redis.call('HSET', KEYS[1], 'v', fmt(tonumber(version) + 1))
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+  for _, day in ipairs(days) do redis.call('DEL', ARGV[1] .. day .. ':a', ARGV[1] .. day .. ':m', ARGV[1] .. day .. ':c') end
   return 1
 end
-if version ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], 'v', fmt(tonumber(version) + 1))
-redis.call('DEL', KEYS[2], KEYS[3])
-local i = 4
-local n = tonumber(ARGV[i])
-for c = i + 1, i + 2 * n, 4000 do redis.call('HSET', KEYS[4], unpack(ARGV, c, math.min(c + 3999, i + 2 * n))) end
-i = i + 1 + 2 * n
+for c = 3, #ARGV, 4000 do redis.call('HSET', KEYS[4], unpack(ARGV, c, math.min(c + 3999, #ARGV))) end
+-- Without agent and conversation ids, a day's agent and conversation rollups are one '' entry
+-- each, the total of its model rollup: fields 's<model>' add up to 's', 'n<model>' to 'n'.
 for _, day in ipairs(days) do
-  for _, g in ipairs({ 'a', 'c' }) do redis.call('DEL', ARGV[1] .. 'day:' .. day .. ':' .. g) end
-end
-while i <= #ARGV do
-  local name, m = ARGV[i], tonumber(ARGV[i + 1])
-  redis.call('HSET', name, unpack(ARGV, i + 2, i + 1 + 2 * m))
-  i = i + 2 + 2 * m
+  local byModel = redis.call('HGETALL', ARGV[1] .. day .. ':m')
+  redis.call('DEL', ARGV[1] .. day .. ':a', ARGV[1] .. day .. ':c')
+  for j = 1, #byModel, 2 do
+    redis.call('HINCRBY', ARGV[1] .. day .. ':a', string.sub(byModel[j], 1, 1), byModel[j + 1])
+    redis.call('HINCRBY', ARGV[1] .. day .. ':c', string.sub(byModel[j], 1, 1), byModel[j + 1])
+  end
 end
 return 1
-`;
+`);

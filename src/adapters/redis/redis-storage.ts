@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { StorageError } from '../../core/errors.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
 import { DAY_MS, dayOf, UsageAccumulator } from '../../core/usage-aggregate.js';
@@ -14,7 +13,9 @@ import type {
   UsageQuery,
   WorkspaceCommit,
 } from '../../storage/storage.js';
-import { COMMIT, ERASE, LEDGER, LOAD, MIGRATE, USAGE } from './redis-scripts.js';
+import { commit, erase, ledger, load, migrate, usage } from './redis-scripts.js';
+
+const SCRIPTS = { load, commit, ledger, usage, migrate, erase };
 
 /**
  * The commands {@link RedisStorage} needs from a Redis client. An ioredis `Redis` or
@@ -69,25 +70,12 @@ export type RedisStorageOptions = RedisStorageUrlOptions | RedisStorageClientOpt
 const LAYOUT = '3';
 /** Rows per call when usage reads the rows of a window's part days; workspaces per round when listing. */
 const PAGE = 1000;
-/** Rollup groups; a hash's name ends in the first letter, as `UsageQuery.groupBy` does. */
-const GROUPS = ['agentId', 'model', 'conversationId'] as const;
 /** What the load script answers: version, state JSON, records asked for, lapsed records, earliest hold. */
 type LoadReply = [string | null, string | null, (string | null)[], (string | null)[], string | null];
-type Script = { readonly source: string; readonly sha: string };
-const script = (source: string): Script => ({ source, sha: createHash('sha1').update(source).digest('hex') });
-const SCRIPTS = {
-  load: script(LOAD),
-  commit: script(COMMIT),
-  ledger: script(LEDGER),
-  usage: script(USAGE),
-  migrate: script(MIGRATE),
-  erase: script(ERASE),
-};
+/** A ledger seq as the ledger hash and the time index hold it: 16 zero-padded digits, so they sort as text. */
+const pad = (seq: number) => String(seq).padStart(16, '0');
 
-type IoredisConstructor = new (
-  url: string,
-  options: Record<string, unknown>,
-) => RedisClientLike & { on(event: 'error', listener: () => void): unknown };
+type IoredisConstructor = new (url: string, options: object) => RedisClientLike & { on(event: 'error', listener: () => void): unknown };
 
 /**
  * A {@link CreditStorage} on Redis, single node or Redis Cluster. A workspace is a handful of
@@ -112,8 +100,8 @@ type IoredisConstructor = new (
 export class RedisStorage implements CreditStorage {
   /** The key prefix in use. */
   readonly keyPrefix: string;
-  readonly #url: string | undefined;
-  readonly #autoPipelining: boolean;
+  /** What to connect to when the store makes (and owns) its client. */
+  readonly #own: { url: string; autoPipelining: boolean } | undefined;
   #client: RedisClientLike | undefined;
   #connecting: Promise<RedisClientLike> | undefined;
   #closed = false;
@@ -121,13 +109,11 @@ export class RedisStorage implements CreditStorage {
   constructor(options: RedisStorageOptions) {
     this.keyPrefix = options.keyPrefix ?? 'credits:';
     if (/[{}]/.test(this.keyPrefix)) throw new TypeError('RedisStorage keyPrefix may not contain { or }: the hash tag is the workspace id');
-    const url = 'client' in options ? undefined : options.url;
-    if (!('client' in options) && (typeof url !== 'string' || url === '')) {
+    if ('client' in options) this.#client = options.client;
+    else if (typeof options.url !== 'string' || options.url === '') {
       throw new TypeError('RedisStorage needs { url } (a redis:// URL) or { client } (an ioredis Redis or Cluster)');
     }
-    this.#client = 'client' in options ? options.client : undefined;
-    this.#url = url;
-    this.#autoPipelining = 'client' in options ? false : (options.autoPipelining ?? true);
+    this.#own = 'client' in options ? undefined : { url: options.url, autoPipelining: options.autoPipelining ?? true };
   }
 
   /**
@@ -150,115 +136,83 @@ export class RedisStorage implements CreditStorage {
     this.#closed = true;
     const connecting = this.#connecting;
     this.#connecting = undefined;
-    if (this.#url === undefined || !connecting) return;
-    try {
-      await (await connecting).quit();
-    } catch {
-      // Never connected or already gone: nothing to release.
-    }
+    // A failure means it never connected or is already gone: nothing to release.
+    if (this.#own) await connecting?.then((client) => client.quit()).catch(() => undefined);
   }
 
   async load(request: LoadRequest): Promise<LoadedWorkspace> {
     const k = this.#keys(request.workspaceId);
     const reply = (await this.#run('load', [k.state, k.records, k.holds], [String(request.now), ...request.keys])) as LoadReply;
+    const [version, state, records, lapsed, earliest] = reply;
     return {
-      version: reply[0] === null ? 0 : Number(reply[0]),
-      state: reply[1] === null ? null : (JSON.parse(reply[1]) as WorkspaceState),
-      records: parseRecords(reply[2]),
-      lapsed: parseRecords(reply[3]),
-      nextLapseAt: reply[4] === null ? null : Number(reply[4]),
+      version: Number(version ?? 0),
+      state: state === null ? null : (JSON.parse(state) as WorkspaceState),
+      records: parseRecords(records),
+      lapsed: parseRecords(lapsed),
+      nextLapseAt: earliest === null ? null : Number(earliest),
     };
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
     // One script per workspace, all sent at once: on a cluster each goes to its own node.
     return Promise.all(
-      commits.map(async (commit) => {
-        const { keys, args } = this.#commitCall(commit);
-        return Number(await this.#run('commit', keys, args)) === 1 ? 'committed' : 'conflict';
-      }),
+      commits.map(async (commit) => (Number(await this.#run('commit', ...this.#commitCall(commit))) === 1 ? 'committed' : 'conflict')),
     );
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
-    if (query.limit <= 0) return [];
     const k = this.#keys(query.workspaceId);
-    const rows = (await this.#run(
-      'ledger',
-      [k.state, k.ledger, k.at],
-      [
-        String(query.afterSeq ?? 0),
-        query.from === undefined ? '' : String(query.from),
-        query.to === undefined ? '' : String(query.to),
-        query.agentId === undefined ? '' : `=${query.agentId}`,
-        query.kinds === undefined ? '' : `,${query.kinds.join(',')},`,
-        String(query.limit),
-      ],
-    )) as string[];
+    const { afterSeq = 0, from = '', to = '', agentId, kinds, limit } = query;
+    const args = [afterSeq, from, to, agentId === undefined ? '' : `=${agentId}`, kinds === undefined ? '' : `,${kinds.join(',')},`, limit];
+    const rows = (await this.#run('ledger', [k.state, k.ledger, k.at], args.map(String))) as string[];
     return rows.map((row) => JSON.parse(row) as LedgerRow);
   }
 
   /**
-   * Sums whole UTC days from the rollups the commit keeps, and reads rows only for the part
-   * days at the window's two edges: the cost follows the days in the window, not the rows.
+   * Sums whole UTC days from the rollups the commit keeps, in one script, and reads rows only for
+   * the part days at the window's two edges: the cost follows the days in the window, not the rows.
    */
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
-    const k = this.#keys(query.workspaceId);
-    const { from, to } = query;
-    const first = dayOf(from) === from ? from : dayOf(from) + DAY_MS;
-    const last = dayOf(to);
-    // Whole days [first, last); edges [from, first) and [last, to). No whole day: one edge.
-    const whole = first < last;
-    // The script reads only the whole days' rollups; the edges' rows are paged through `ledger`,
-    // a short script per page, so a busy edge day never blocks Redis for long.
-    const days = whole
-      ? ((await this.#run('usage', [k.days], [`${k.base}day:`, query.groupBy[0]!, String(first), String(last)])) as (string | string[])[])
-      : [];
-    const edge = new UsageAccumulator(query.groupBy, query.byDay);
-    const edges: [number, number][] = whole
-      ? [
-          [from, first],
-          [last, to],
-        ]
-      : [[from, to]];
-    for (const [start, end] of edges) {
-      let afterSeq = 0;
-      for (let page: LedgerRow[] = []; ; afterSeq = page[page.length - 1]!.seq) {
-        page = await this.ledger({ workspaceId: query.workspaceId, from: start, to: end, kinds: ['reply'], limit: PAGE, afterSeq });
-        for (const row of page) edge.add(row);
-        if (page.length < PAGE) break;
-      }
-    }
+    const { from, to, groupBy, byDay } = query;
+    // Whole days [first, last), part days [from, first) and [last, to); with no whole day between, first = last.
+    const first = Math.min(dayOf(from + DAY_MS - 1), to);
+    const last = Math.max(dayOf(to), first);
     const totals = new Map<string, UsageAggregate>();
     const add = (key: string, day: number, amount: number, replies: number) => {
-      const id = query.byDay ? `${day}\u0000${key}` : key;
-      const group = totals.get(id) ?? (query.byDay ? { key, day, amount: 0, replies: 0 } : { key, amount: 0, replies: 0 });
-      group.amount += amount;
-      group.replies += replies;
-      totals.set(id, group);
+      const id = byDay ? `${day}\u0000${key}` : key;
+      const group = totals.get(id) ?? (byDay ? { key, day, amount: 0, replies: 0 } : { key, amount: 0, replies: 0 });
+      totals.set(id, { ...group, amount: group.amount + amount, replies: group.replies + replies });
     };
-    for (let i = 0; i < days.length; i += 2) {
+    if (first < last) {
+      const k = this.#keys(query.workspaceId);
+      const days = (await this.#run('usage', [k.days], [k.day, groupBy[0]!, String(first), String(last)])) as [string, string[]][];
       // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order.
-      const fields = days[i + 1] as string[];
-      for (let j = 0; j < fields.length; j += 2) {
-        const [field, value] = [fields[j]!, Number(fields[j + 1])];
-        add(field.slice(1), Number(days[i]), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
+      for (const [day, fields] of days) {
+        for (let j = 0; j < fields.length; j += 2) {
+          const [field, value] = [fields[j]!, Number(fields[j + 1])];
+          add(field.slice(1), Number(day), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
+        }
       }
     }
-    for (const group of edge.totals()) add(group.key, group.day ?? 0, group.amount, group.replies);
-    return [...totals.values()].sort((a, b) => (a.day ?? 0) - (b.day ?? 0) || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    // The part days' rows are paged through `ledger`, a short script per page, so a busy day never blocks Redis for long.
+    const edges = new UsageAccumulator(groupBy, byDay);
+    const addRows = async (start: number, end: number) => {
+      for (let afterSeq = 0; start < end; ) {
+        const page = await this.ledger({ workspaceId: query.workspaceId, from: start, to: end, kinds: ['reply'], limit: PAGE, afterSeq });
+        for (const row of page) edges.add(row);
+        if (page.length < PAGE) break;
+        afterSeq = page[page.length - 1]!.seq;
+      }
+    };
+    await addRows(from, first);
+    await addRows(last, to);
+    for (const group of edges.totals()) add(group.key, group.day ?? 0, group.amount, group.replies);
+    return [...totals.values()];
   }
 
-  // ─── internals ──────────────────────────────────────────────────────────
-
   /**
-   * A workspace's keys: `<prefix>{<workspaceId>}:<name>`. `%`, `{` and `}` in the id are
-   * percent-encoded, so the tag is always exactly the whole workspace id and two ids never
-   * share keys.
-   */
-  /**
-   * Every workspace with a state: each master is scanned for state keys, so a page costs a
-   * pass over the keyspace (no store-wide index, which a cluster could not keep atomically).
+   * Every workspace with a state document: each master is scanned for state keys, so a page costs
+   * a pass over the keyspace (no store-wide index, which a cluster could not keep atomically).
    */
   async listWorkspaces(query: ListQuery): Promise<string[]> {
     try {
@@ -280,13 +234,8 @@ export class RedisStorage implements CreditStorage {
       const listed: string[] = [];
       for (let i = 0; i < candidates.length && listed.length < query.limit; i += PAGE) {
         const page = candidates.slice(i, i + PAGE);
-        const states = await Promise.all(
-          page.map((id) => {
-            const k = this.#keys(id);
-            return this.#run('load', [k.state, k.records, k.holds], ['-inf']) as Promise<LoadReply>;
-          }),
-        );
-        listed.push(...page.filter((_, j) => states[j]![1] !== null));
+        const loaded = await Promise.all(page.map((workspaceId) => this.load({ workspaceId, keys: [], now: Number.MIN_SAFE_INTEGER })));
+        listed.push(...page.filter((_, j) => loaded[j]!.state !== null));
       }
       return listed.slice(0, query.limit);
     } catch (error) {
@@ -294,126 +243,73 @@ export class RedisStorage implements CreditStorage {
     }
   }
 
-  /** One script on the workspace's node; keeping the ledger rewrites its rows and rollups without agent and conversation ids. */
+  /**
+   * One script on the workspace's node. To keep the ledger, its rows are read here and sent back
+   * without agent and conversation ids; the script refuses them if the version moved meanwhile.
+   */
   async erase(request: EraseRequest): Promise<void> {
-    const k = this.#keys(request.workspaceId);
-    const keys = [k.state, k.records, k.holds, k.ledger, k.at, k.days];
-    if (!request.keepLedger) {
-      await this.#run('erase', keys, [k.base, '0']);
-      return;
-    }
+    const { workspaceId, keepLedger } = request;
+    const k = this.#keys(workspaceId);
     for (let attempt = 0; attempt < 16; attempt++) {
-      const [version] = (await this.#run('load', [k.state, k.records, k.holds], ['-inf'])) as LoadReply;
-      const rows = (await this.ledger({ workspaceId: request.workspaceId, limit: Number.MAX_SAFE_INTEGER })).map((row) => ({
-        ...row,
-        agentId: null,
-        conversationId: null,
-      }));
-      const args = [k.base, '1', version ?? '0', String(rows.length)];
-      for (const row of rows) args.push(String(row.seq).padStart(16, '0'), JSON.stringify(row));
-      const rollups = new Map<string, UsageAccumulator>();
-      for (const row of rows) {
-        for (const g of ['a', 'c']) {
-          const name = `${k.base}day:${dayOf(row.at)}:${g}`;
-          // Every row's agent and conversation are now null, so both rollups sum under ''.
-          const sum = rollups.get(name) ?? new UsageAccumulator('agent', false);
-          rollups.set(name, sum);
-          sum.add(row);
-        }
+      const args = [k.day, ''];
+      if (keepLedger) {
+        args[1] = String((await this.load({ workspaceId, keys: [], now: Number.MIN_SAFE_INTEGER })).version);
+        const rows = await this.ledger({ workspaceId, limit: Number.MAX_SAFE_INTEGER });
+        for (const row of rows) args.push(pad(row.seq), JSON.stringify({ ...row, agentId: null, conversationId: null }));
       }
-      for (const [name, sum] of rollups) {
-        const totals = sum.totals();
-        if (totals.length === 0) continue;
-        args.push(name, String(2 * totals.length));
-        for (const total of totals) args.push(`s${total.key}`, String(total.amount), `n${total.key}`, String(total.replies));
-      }
-      if ((await this.#run('erase', keys, args)) === 1) return;
+      if ((await this.#run('erase', [k.state, k.records, k.holds, k.ledger, k.at, k.days], args)) === 1) return;
     }
     throw new StorageError('erase', new Error('the workspace kept changing; try again'), 'redis');
   }
 
+  // ─── internals ──────────────────────────────────────────────────────────
+
+  /**
+   * A workspace's keys: `<prefix>{<workspaceId>}:<name>`. `%`, `{` and `}` in the id are
+   * percent-encoded, so the tag is always exactly the whole workspace id and two ids never
+   * share keys. `day` prefixes the rollup hashes, `<day>:<group letter>`.
+   */
   #keys(workspaceId: string) {
     const base = `${this.keyPrefix}{${workspaceId.replace(/[%{}]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)}}:`;
-    const at = `${base}at`;
-    return {
-      base,
-      state: `${base}state`,
-      records: `${base}records`,
-      holds: `${base}holds`,
-      ledger: `${base}ledger`,
-      at,
-      days: `${base}days`,
-    };
+    const [state, records, holds, ledger, at, days, day] = ['state', 'records', 'holds', 'ledger', 'at', 'days', 'day:'].map(
+      (name) => base + name,
+    );
+    return { state: state!, records: records!, holds: holds!, ledger: ledger!, at: at!, days: days!, day: day! };
   }
 
-  #commitCall(commit: WorkspaceCommit): { keys: string[]; args: string[] } {
+  /** The keys and arguments of the commit script for one workspace. */
+  #commitCall(commit: WorkspaceCommit): [keys: string[], args: string[]] {
     const k = this.#keys(commit.workspaceId);
     const { records, ledger: rows } = commit;
-    const args = [String(commit.expectedVersion), String(commit.expectedVersion + 1), JSON.stringify(commit.state)];
-    const group = (items: readonly string[], width: number) => {
-      args.push(String(items.length / width));
-      for (const item of items) args.push(item);
-    };
-    group(commit.absentKeys ?? [], 1);
-    group(
+    // Usage rollups: per UTC day and group, what the `reply` rows add to micro-credits and replies.
+    const rollups = new Map<string, string[]>();
+    const days = new Set<string>();
+    for (const groupBy of ['agent', 'model', 'conversation'] as const) {
+      const sums = new UsageAccumulator(groupBy, true);
+      for (const row of rows) sums.add(row);
+      for (const { key, day, amount, replies } of sums.totals()) {
+        const name = `${k.day}${day}:${groupBy[0]}`;
+        if (!rollups.has(name)) rollups.set(name, []);
+        rollups.get(name)!.push(`s${key}`, String(amount), `n${key}`, String(replies));
+        days.add(String(day));
+      }
+    }
+    const ordered = rows.every((row, i) => i === 0 || row.at >= rows[i - 1]!.at);
+    const args = [String(commit.expectedVersion), String(commit.expectedVersion + 1), JSON.stringify(commit.state), ordered ? '1' : '0'];
+    for (const items of [
+      commit.absentKeys ?? [],
       records.flatMap((r) => [r.key, JSON.stringify(r)]),
-      2,
-    );
-    group(
       records.flatMap((r) => (r.holdExpiresAt === null ? [] : [String(r.holdExpiresAt), r.key])),
-      2,
-    );
-    group(
       records.flatMap((r) => (r.holdExpiresAt === null ? [r.key] : [])),
-      1,
-    );
-    const seqs = rows.map((row) => String(row.seq).padStart(16, '0'));
-    group(
-      rows.flatMap((row, i) => [seqs[i]!, JSON.stringify(row)]),
-      2,
-    );
-    group(
-      rows.flatMap((row, i) => [String(row.at), seqs[i]!]),
-      2,
-    );
-    // Usage rollups: per UTC day and group, micro-credits and replies of the `reply` rows.
-    const rollups = new Map<string, Map<string, [number, number]>>();
-    let day = Number.NaN;
-    let hashes: Map<string, [number, number]>[] = [];
-    let ordered = true;
-    for (const [i, row] of rows.entries()) {
-      if (i > 0 && row.at < rows[i - 1]!.at) ordered = false;
-      if (row.kind !== 'reply') continue;
-      if (dayOf(row.at) !== day) {
-        day = dayOf(row.at);
-        hashes = GROUPS.map((field) => {
-          const name = `${k.base}day:${day}:${field[0]}`;
-          const hash = rollups.get(name) ?? new Map<string, [number, number]>();
-          rollups.set(name, hash);
-          return hash;
-        });
-      }
-      for (const [g, field] of GROUPS.entries()) {
-        const key = row[field] ?? '';
-        const sum = hashes[g]!.get(key);
-        if (sum) {
-          sum[0] -= row.amount;
-          sum[1] += 1;
-        } else hashes[g]!.set(key, [-row.amount, 1]);
-      }
+      rows.flatMap((row) => [pad(row.seq), JSON.stringify(row)]),
+      rows.flatMap((row) => [String(row.at), pad(row.seq)]),
+      [...days].flatMap((day) => [day, day]),
+      ...rollups.values(),
+    ]) {
+      args.push(String(items.length));
+      for (const item of items) args.push(item);
     }
-    const days = new Set([...rollups.keys()].map((name) => name.slice(k.base.length + 4, -2)));
-    group(
-      [...days].flatMap((d) => [d, d]),
-      2,
-    );
-    const last = rows[rows.length - 1];
-    args.push(last ? String(rows[0]!.at) : '', last ? String(last.at) : '', last ? String(last.seq) : '', ordered ? '1' : '0');
-    for (const sums of rollups.values()) {
-      args.push(String(2 * sums.size));
-      for (const [key, [amount, replies]] of sums) args.push(`s${key}`, String(amount), `n${key}`, String(replies));
-    }
-    return { keys: [k.state, k.records, k.holds, k.ledger, k.at, k.days, ...rollups.keys()], args };
+    return [[k.state, k.records, k.holds, k.ledger, k.at, k.days, ...rollups.keys()], args];
   }
 
   /** Runs a script by SHA, re-sending its source when the node does not have it cached. */
@@ -435,16 +331,13 @@ export class RedisStorage implements CreditStorage {
 
   #connect(): Promise<RedisClientLike> {
     if (this.#closed) return Promise.reject(new StorageError('connect', new Error('the store is closed'), 'redis'));
-    this.#connecting ??= this.#open();
+    this.#connecting ??= loadIoredis().then((Redis) => {
+      const client = new Redis(this.#own?.url ?? '', { enableAutoPipelining: this.#own?.autoPipelining, maxRetriesPerRequest: 3 });
+      // Errors surface through the commands that fail; an unhandled 'error' event would crash.
+      client.on('error', () => undefined);
+      return client;
+    });
     return this.#connecting;
-  }
-
-  async #open(): Promise<RedisClientLike> {
-    const Redis = await loadIoredis();
-    const client = new Redis(this.#url ?? '', { enableAutoPipelining: this.#autoPipelining, maxRetriesPerRequest: 3 });
-    // Errors surface through the commands that fail; an unhandled 'error' event would crash.
-    client.on('error', () => undefined);
-    return client;
   }
 }
 
@@ -453,15 +346,12 @@ function parseRecords(values: readonly (string | null)[]): StoredRecord[] {
 }
 
 async function loadIoredis(): Promise<IoredisConstructor> {
-  let module: { Redis?: unknown; default?: unknown };
-  try {
-    module = (await import('ioredis')) as { Redis?: unknown; default?: unknown };
-  } catch (error) {
+  const module = (await import('ioredis').catch((error: unknown) => {
     const hint = 'RedisStorage with { url } needs the optional peer dependency ioredis: run `npm install ioredis@5`, or pass { client }';
     throw new StorageError('connect', new Error(hint, { cause: error }), 'redis');
-  }
-  const candidate = module.Redis ?? (module.default as { Redis?: unknown } | undefined)?.Redis ?? module.default;
-  if (typeof candidate !== 'function')
+  })) as { Redis?: unknown; default?: { Redis?: unknown } };
+  const Redis = module.Redis ?? module.default?.Redis ?? module.default;
+  if (typeof Redis !== 'function')
     throw new StorageError('connect', new Error('the installed ioredis exports no Redis client class'), 'redis');
-  return candidate as IoredisConstructor;
+  return Redis as IoredisConstructor;
 }
