@@ -697,6 +697,7 @@ export class CreditMeter {
     const applied = await this.#batcher.submit(parsed.workspaceId, { type: 'close' });
     const { existed } = expect(applied.outcome, 'closed');
     await this.#store('erase', (storage) => storage.erase!({ workspaceId: parsed.workspaceId, keepLedger }));
+    this.#batcher.forget(parsed.workspaceId);
     return { workspaceId: parsed.workspaceId, existed, keptLedger: keepLedger };
   }
 

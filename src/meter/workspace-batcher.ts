@@ -1,4 +1,5 @@
 import { StorageError } from '../core/errors.js';
+import type { StoredRecord, WorkspaceState } from '../core/state.js';
 import {
   adjustmentKey,
   type Command,
@@ -33,21 +34,54 @@ interface Pending {
   readonly reject: (error: unknown) => void;
 }
 
+/** A record a batch reads; `fresh` when its command creates it (a new reply or top-up id). */
+interface Needed {
+  readonly key: string;
+  readonly fresh: boolean;
+}
+
+/**
+ * What this meter last committed for a workspace. While the stored version is unchanged the
+ * store holds exactly this state, so a batch may start from it instead of loading; the
+ * commit's version guard (and `absentKeys` for ids this meter has not seen) proves it.
+ */
+interface Committed {
+  readonly version: number;
+  readonly state: WorkspaceState;
+  /** Open holds this meter has seen, by key; any other record it must load or prove absent. */
+  readonly holds: Map<string, StoredRecord>;
+  /** Load again from this instant on: a hold this meter has not seen could lapse then. */
+  readonly reloadAt: number;
+}
+
 // A commit that keeps losing the race to other writers gives up after this many tries.
 const MAX_ATTEMPTS = 64;
 // Bounds the size of one commit (one transaction, one script).
 const MAX_BATCH = 1024;
+// Bounds the memory of what is kept: workspaces (least recently committed go first), holds each.
+const MAX_KEPT_WORKSPACES = 10_000;
+const MAX_KEPT_HOLDS = 4_096;
+// After a kept state turned out stale (another meter wrote), load first for this many batches
+// at most, doubling from one each time it happens again: several meters on one hot workspace
+// then rarely waste a commit.
+const MAX_LOAD_FIRST = 64;
 
 /**
  * Group commit for every store: commands on one workspace that arrive while a commit is in
- * flight wait, then are applied in arrival order to one loaded state and committed together.
- * Each still gets its own outcome: a refused reserve never fails its neighbours. When the
- * store says the version moved (another meter wrote), the batch is loaded and applied again;
- * the transition core is pure, so applying twice is safe.
+ * flight wait, then are applied in arrival order to one state and committed together. Each
+ * still gets its own outcome: a refused reserve never fails its neighbours. When the store
+ * says the version moved (another meter wrote), the batch is loaded and applied again; the
+ * transition core is pure, so applying twice is safe.
+ *
+ * With a store that reports `nextLapseAt`, a batch that writes starts from the state this
+ * meter committed last, without a `load`, until a hold could lapse: one round trip instead of
+ * two. A batch that writes nothing (a read, a refused settle) always answers from a load.
  */
 export class WorkspaceBatcher {
   readonly #context: BatchContext;
   readonly #queues = new Map<string, Pending[]>();
+  readonly #committed = new Map<string, Committed>();
+  readonly #loadFirst = new Map<string, { left: number; next: number }>();
 
   constructor(context: BatchContext) {
     this.#context = context;
@@ -66,6 +100,11 @@ export class WorkspaceBatcher {
     });
   }
 
+  /** Drops what is kept of a workspace, e.g. after the store erased it behind the batcher. */
+  forget(workspaceId: string): void {
+    this.#committed.delete(workspaceId);
+  }
+
   async #drain(workspaceId: string): Promise<void> {
     const queue = this.#queues.get(workspaceId)!;
     while (queue.length > 0) {
@@ -74,6 +113,7 @@ export class WorkspaceBatcher {
         const results = await this.#run(workspaceId, batch);
         for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
       } catch (error) {
+        this.#committed.delete(workspaceId);
         for (const pending of batch) pending.reject(error);
       }
     }
@@ -81,39 +121,120 @@ export class WorkspaceBatcher {
   }
 
   async #run(workspaceId: string, batch: readonly Pending[]): Promise<Applied[]> {
-    const unique = new Set<string>();
-    for (const pending of batch) for (const key of keysOf(pending.command)) unique.add(key);
-    const keys = [...unique];
+    const needed = neededBy(batch);
+    const keys = needed.map((need) => need.key);
+    let mayReuse = true;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const now = this.#context.now();
-      const loaded = await this.#context.load({ workspaceId, keys, now });
+      const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
+      mayReuse = false;
+      const absentKeys: string[] = [];
+      let loaded: LoadedWorkspace;
+      if (kept) {
+        const records: StoredRecord[] = [];
+        for (const { key } of needed) {
+          const hold = kept.holds.get(key);
+          if (hold) records.push(hold);
+          else absentKeys.push(key);
+        }
+        loaded = { version: kept.version, state: kept.state, records, lapsed: [] };
+      } else loaded = await this.#context.load({ workspaceId, keys, now });
       const transition = new Transition(workspaceId, loaded, now, this.#context.rules);
       const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
-      if (!transition.changed) return results;
+      // Nothing to commit proves nothing about a kept state: answer from a load.
+      if (!transition.changed) {
+        if (kept) continue;
+        return results;
+      }
       const { state, ledger, records } = transition.result();
-      const result = await this.#context.commit({ workspaceId, expectedVersion: loaded.version, state, ledger, records });
-      if (result === 'committed') return results;
+      const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, state, ledger, records };
+      if (absentKeys.length > 0) commit.absentKeys = absentKeys;
+      this.#committed.delete(workspaceId);
+      const result = await this.#context.commit(commit);
+      if (result === 'committed') {
+        this.#keep(workspaceId, commit, kept ?? loaded);
+        if (kept) this.#loadFirst.delete(workspaceId);
+        return results;
+      }
+      if (kept) this.#distrust(workspaceId);
     }
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
   }
+
+  /** The kept state, when a batch that needs these records may start from it at `now`. */
+  #reusable(workspaceId: string, needed: readonly Needed[], now: number): Committed | undefined {
+    const kept = this.#committed.get(workspaceId);
+    if (!kept || now >= kept.reloadAt) return undefined;
+    const loadFirst = this.#loadFirst.get(workspaceId);
+    if (loadFirst && loadFirst.left > 0) {
+      loadFirst.left -= 1;
+      return undefined;
+    }
+    for (const { key, fresh } of needed) if (!fresh && !kept.holds.has(key)) return undefined;
+    return kept;
+  }
+
+  #distrust(workspaceId: string): void {
+    const previous = this.#loadFirst.get(workspaceId);
+    const next = Math.min(MAX_LOAD_FIRST, previous ? previous.next * 2 : 1);
+    this.#loadFirst.delete(workspaceId);
+    this.#loadFirst.set(workspaceId, { left: next, next });
+    if (this.#loadFirst.size > MAX_KEPT_WORKSPACES) this.#loadFirst.delete(this.#loadFirst.keys().next().value!);
+  }
+
+  /** Remembers a commit that landed, on top of what it started from. */
+  #keep(workspaceId: string, commit: WorkspaceCommit, base: Committed | LoadedWorkspace): void {
+    let reloadAt: number;
+    let holds: Map<string, StoredRecord>;
+    if ('reloadAt' in base) {
+      reloadAt = base.reloadAt;
+      holds = base.holds;
+    } else {
+      // A store that does not say when its next hold lapses is loaded every time.
+      if (base.nextLapseAt === undefined) return;
+      reloadAt = base.nextLapseAt ?? Number.POSITIVE_INFINITY;
+      holds = new Map();
+      for (const record of [...base.records, ...base.lapsed]) if (record.holdExpiresAt !== null) holds.set(record.key, record);
+    }
+    for (const record of commit.records) {
+      if (record.holdExpiresAt === null) holds.delete(record.key);
+      else {
+        holds.delete(record.key);
+        holds.set(record.key, record);
+        reloadAt = Math.min(reloadAt, record.holdExpiresAt);
+      }
+    }
+    while (holds.size > MAX_KEPT_HOLDS) holds.delete(holds.keys().next().value!);
+    this.#committed.set(workspaceId, { version: commit.expectedVersion + 1, state: commit.state, holds, reloadAt });
+    if (this.#committed.size > MAX_KEPT_WORKSPACES) this.#committed.delete(this.#committed.keys().next().value!);
+  }
 }
 
-/** The records a command reads: loaded with the state, in the same round trip. */
-function keysOf(command: Command): string[] {
-  switch (command.type) {
-    case 'reserve':
-      return [replyKey(command.reply.replyId)];
-    case 'settle':
-    case 'release':
-    case 'extend':
-      return [replyKey(command.replyId)];
-    case 'topUp':
-      return [topUpKey(command.grantId)];
-    case 'refund':
-      return [replyKey(command.replyId), refundKey(command.refundId)];
-    case 'adjust':
-      return [adjustmentKey(command.adjustmentId)];
-    default:
-      return [];
+/** The records a batch reads, loaded with the state in the same round trip. */
+function neededBy(batch: readonly Pending[]): Needed[] {
+  const needed = new Map<string, boolean>();
+  const need = (key: string, fresh: boolean) => needed.set(key, fresh && (needed.get(key) ?? true));
+  for (const { command } of batch) {
+    switch (command.type) {
+      case 'reserve':
+        need(replyKey(command.reply.replyId), true);
+        break;
+      case 'settle':
+      case 'release':
+      case 'extend':
+        need(replyKey(command.replyId), false);
+        break;
+      case 'topUp':
+        need(topUpKey(command.grantId), true);
+        break;
+      case 'refund':
+        need(replyKey(command.replyId), false);
+        need(refundKey(command.refundId), true);
+        break;
+      case 'adjust':
+        need(adjustmentKey(command.adjustmentId), true);
+        break;
+    }
   }
+  return [...needed].map(([key, fresh]) => ({ key, fresh }));
 }

@@ -12,6 +12,7 @@ import {
   ask,
   type ConformanceContext,
   defineCases,
+  meters,
   money,
   newWorkspace,
   ONE,
@@ -50,6 +51,34 @@ async function watchBalance<T>(ctx: ConformanceContext, workspaceId: string, wor
 
 async function funded(ctx: ConformanceContext, fleet: readonly CreditMeter[], credits: number): Promise<string> {
   return newWorkspace(ctx, fleet[0]!, credits);
+}
+
+/**
+ * Reserves from every meter, each settled or released by the next meter or left held: the
+ * ledger, balance and holds must agree exactly, and no balance may go below zero.
+ */
+async function mixedTraffic(ctx: ConformanceContext, fleet: readonly CreditMeter[]): Promise<void> {
+  const { requests, affordable } = ctx.concurrency;
+  const workspaceId = await funded(ctx, fleet, affordable);
+  const { result, lowest } = await watchBalance(
+    ctx,
+    workspaceId,
+    race(requests, async (i) => {
+      const hold = await fleet[i % fleet.length]!.reserve(ask(workspaceId, ONE, { conversationId: `conv_${i}` }));
+      const other = fleet[(i + 1) % fleet.length]!;
+      if (i % 3 === 0) return { kind: 'settled', charge: await other.settle({ workspaceId, replyId: hold.replyId }) } as const;
+      if (i % 3 === 1) return { kind: 'released', release: await other.release({ workspaceId, replyId: hold.replyId }) } as const;
+      return { kind: 'held' } as const;
+    }),
+  );
+  expect(result.errors.every((code) => code === 'INSUFFICIENT_CREDITS')).toBe(true);
+  expect(lowest).toBeGreaterThanOrEqual(0);
+  const settled = result.ok.filter((r) => r.kind === 'settled').length;
+  const held = result.ok.filter((r) => r.kind === 'held').length;
+  expect(settled + held).toBeLessThanOrEqual(affordable);
+  expect(await money(fleet[0]!, workspaceId)).toMatchObject({ held, balance: affordable - settled - held, used: settled });
+  expect(await rowsOf(ctx, workspaceId, 'reply')).toHaveLength(settled);
+  expect(sum((await allRows(ctx.storage, workspaceId)).map((row) => row.amount))).toBe((affordable - settled) * 1_000_000);
 }
 
 export const concurrencyCases = defineCases([
@@ -174,30 +203,11 @@ export const concurrencyCases = defineCases([
   ],
   [
     'concurrency - mixed reserve, settle and release traffic from several meters keeps the ledger exact',
-    async (ctx) => {
-      const { requests, affordable } = ctx.concurrency;
-      const fleet = racingMeters(ctx);
-      const workspaceId = await funded(ctx, fleet, affordable);
-      const { result, lowest } = await watchBalance(
-        ctx,
-        workspaceId,
-        race(requests, async (i) => {
-          const hold = await fleet[i % fleet.length]!.reserve(ask(workspaceId, ONE, { conversationId: `conv_${i}` }));
-          const other = fleet[(i + 1) % fleet.length]!;
-          if (i % 3 === 0) return { kind: 'settled', charge: await other.settle({ workspaceId, replyId: hold.replyId }) } as const;
-          if (i % 3 === 1) return { kind: 'released', release: await other.release({ workspaceId, replyId: hold.replyId }) } as const;
-          return { kind: 'held' } as const;
-        }),
-      );
-      expect(result.errors.every((code) => code === 'INSUFFICIENT_CREDITS')).toBe(true);
-      expect(lowest).toBeGreaterThanOrEqual(0);
-      const settled = result.ok.filter((r) => r.kind === 'settled').length;
-      const held = result.ok.filter((r) => r.kind === 'held').length;
-      expect(settled + held).toBeLessThanOrEqual(affordable);
-      expect(await money(fleet[0]!, workspaceId)).toMatchObject({ held, balance: affordable - settled - held, used: settled });
-      expect(await rowsOf(ctx, workspaceId, 'reply')).toHaveLength(settled);
-      expect(sum((await allRows(ctx.storage, workspaceId)).map((row) => row.amount))).toBe((affordable - settled) * 1_000_000);
-    },
+    (ctx) => mixedTraffic(ctx, racingMeters(ctx)),
+  ],
+  [
+    'concurrency - mixed traffic from meters that start from the state they kept keeps the ledger exact',
+    (ctx) => mixedTraffic(ctx, meters(ctx, ctx.concurrency.meters)),
   ],
   [
     'concurrency - replies in several workspaces from several meters stay independent',

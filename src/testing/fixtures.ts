@@ -182,6 +182,8 @@ export function meters(ctx: ConformanceContext, count: number, extra: Partial<Cr
  * The store as a meter sees it, with a pause after each `load`: every meter's load lands
  * before any of them commits, so their commits race on one version on any store, however
  * fast. A store that ignores the version lets a stale batch through and overspends here.
+ * It hides `nextLapseAt`, so the meters load before every batch instead of starting from the
+ * state they kept (`meters()` races those).
  */
 export function interleaved(storage: CreditStorage): CreditStorage {
   const pause = () => new Promise((resolve) => setImmediate(resolve));
@@ -190,7 +192,7 @@ export function interleaved(storage: CreditStorage): CreditStorage {
     migrate: () => storage.migrate(),
     close: async () => undefined,
     load: async (request) => {
-      const loaded = await storage.load(request);
+      const { nextLapseAt: _, ...loaded } = await storage.load(request);
       await pause();
       return loaded;
     },

@@ -21,6 +21,7 @@ import {
 } from './fixtures.js';
 import { grantCases } from './grants.js';
 import { hardeningCases } from './hardening.js';
+import { keptStateCases } from './kept-state.js';
 import { lifecycleCases } from './lifecycle.js';
 import { periodCases } from './periods.js';
 import { seamCases } from './seam.js';
@@ -44,6 +45,7 @@ export const conformanceCases: readonly ConformanceCase[] = freeze([
   ...billingCases,
   ...hardeningCases,
   ...concurrencyCases,
+  ...keptStateCases,
 ]);
 
 function resolveConcurrency(options: StorageConformanceOptions): Required<ConformanceConcurrency> {

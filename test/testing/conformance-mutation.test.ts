@@ -8,6 +8,7 @@ import { MemoryStorage } from '../../src/index.js';
 import type {
   CommitResult,
   CreditStorage,
+  EraseRequest,
   LedgerQuery,
   LedgerRow,
   LoadedWorkspace,
@@ -42,7 +43,8 @@ class IgnoresVersion extends MemoryStorage {
     const results: CommitResult[] = [];
     for (const commit of commits) {
       let result: CommitResult = 'conflict';
-      while (result === 'conflict') {
+      // Retried while another commit slips in between; a record named in absentKeys keeps it a conflict.
+      for (let attempt = 0; result === 'conflict' && attempt < 100; attempt++) {
         const { version } = await this.load({ workspaceId: commit.workspaceId, keys: [], now: 0 });
         [result] = (await super.commit([{ ...commit, expectedVersion: version }])) as [CommitResult];
       }
@@ -77,6 +79,40 @@ class RowsOutsideCommit extends MemoryStorage {
 class LosesRecords extends MemoryStorage {
   override commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
     return super.commit(commits.map((commit) => ({ ...commit, records: commit.records.slice(0, 1) })));
+  }
+}
+
+/** Drops `absentKeys`: an id the meter never saw overwrites the record that has it. */
+class IgnoresAbsentKeys extends MemoryStorage {
+  override commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    return super.commit(commits.map(({ absentKeys: _, ...commit }) => commit));
+  }
+}
+
+/** Says no hold is open, always: a meter that kept its state never learns that one lapsed. */
+class NoNextLapse extends MemoryStorage {
+  override async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    return { ...(await super.load(request)), nextLapseAt: null };
+  }
+}
+
+/** Numbers versions from 0 again after `erase`, as a store that deletes the version with the workspace would. */
+class ResetsVersionOnErase extends MemoryStorage {
+  readonly #offsets = new Map<string, number>();
+
+  override async load(request: LoadRequest): Promise<LoadedWorkspace> {
+    const loaded = await super.load(request);
+    return { ...loaded, version: loaded.version - (this.#offsets.get(request.workspaceId) ?? 0) };
+  }
+
+  override commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    return super.commit(commits.map((c) => ({ ...c, expectedVersion: c.expectedVersion + (this.#offsets.get(c.workspaceId) ?? 0) })));
+  }
+
+  override async erase(request: EraseRequest): Promise<void> {
+    await super.erase(request);
+    if (!request.keepLedger)
+      this.#offsets.set(request.workspaceId, (await super.load({ workspaceId: request.workspaceId, keys: [], now: 0 })).version);
   }
 }
 
@@ -222,6 +258,30 @@ const mutants: readonly Mutant[] = [
       'records - upsert by key and come back unchanged',
       'concurrency - replies from several meters never overspend',
       'concurrency - reserves from several meters hold exactly the affordable amount',
+    ],
+  },
+  {
+    name: 'commit without the absentKeys check',
+    create: () => new IgnoresAbsentKeys(),
+    caughtBy: [
+      'commit - absentKeys: when one of them exists the commit conflicts whole and writes nothing',
+      'reserve - a meter that kept its state replays a replyId another meter settled before',
+    ],
+  },
+  {
+    name: 'no open hold ever reported',
+    create: () => new NoNextLapse(),
+    caughtBy: [
+      'load - nextLapseAt, when reported, is the earliest hold of the workspace, lapsed ones included',
+      'hold expiry - a meter that kept its state still sees a hold of another meter lapse',
+    ],
+  },
+  {
+    name: 'versions numbered afresh after erase',
+    create: () => new ResetsVersionOnErase(),
+    caughtBy: [
+      'erase - removes a workspace, or keeps its ledger with agent and conversation ids erased',
+      'deleteWorkspace - a meter that kept the old workspace never writes it over the new one',
     ],
   },
   {
