@@ -213,28 +213,32 @@ export class WorkspaceBatcher {
 /** The records a batch reads, loaded with the state in the same round trip. */
 function neededBy(batch: readonly Pending[]): Needed[] {
   const needed = new Map<string, boolean>();
-  const need = (key: string, fresh: boolean) => needed.set(key, fresh && (needed.get(key) ?? true));
   for (const { command } of batch) {
     switch (command.type) {
       case 'reserve':
-        need(replyKey(command.reply.replyId), true);
+        need(needed, replyKey(command.reply.replyId), true);
         break;
       case 'settle':
       case 'release':
       case 'extend':
-        need(replyKey(command.replyId), false);
+        need(needed, replyKey(command.replyId), false);
         break;
       case 'topUp':
-        need(topUpKey(command.grantId), true);
+        need(needed, topUpKey(command.grantId), true);
         break;
       case 'refund':
-        need(replyKey(command.replyId), false);
-        need(refundKey(command.refundId), true);
+        need(needed, replyKey(command.replyId), false);
+        need(needed, refundKey(command.refundId), true);
         break;
       case 'adjust':
-        need(adjustmentKey(command.adjustmentId), true);
+        need(needed, adjustmentKey(command.adjustmentId), true);
         break;
     }
   }
-  return [...needed].map(([key, fresh]) => ({ key, fresh }));
+  return Array.from(needed, ([key, fresh]) => ({ key, fresh }));
+}
+
+/** A key is fresh only if every command that needs it may create it. */
+function need(needed: Map<string, boolean>, key: string, fresh: boolean): void {
+  needed.set(key, fresh && (needed.get(key) ?? true));
 }
