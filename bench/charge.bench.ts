@@ -294,6 +294,7 @@ if (realistic.length > 0) {
         'max',
         'refused',
         'dry workspaces',
+        'CPU cores: apps / server',
         'errors',
         'check',
       ],
