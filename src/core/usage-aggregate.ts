@@ -33,16 +33,30 @@ export class UsageAccumulator {
   /** Counts a row; rows of other kinds than `reply` are ignored. */
   add(row: LedgerRow): void {
     if (row.kind !== 'reply') return;
-    const key = row[this.#field] ?? '';
-    const day = this.byDay ? dayOf(row.at) : undefined;
+    const group = this.#group(row[this.#field] ?? '', row.at);
+    group.amount -= row.amount;
+    group.replies += 1;
+  }
+
+  /**
+   * Adds totals summed elsewhere, e.g. a store's rollup of one UTC day, as if their rows had
+   * been added one by one: `at` is any instant of that day.
+   */
+  merge(key: string, at: number, amount: number, replies: number): void {
+    const group = this.#group(key, at);
+    group.amount += amount;
+    group.replies += replies;
+  }
+
+  #group(key: string, at: number): UsageTotals {
+    const day = this.byDay ? dayOf(at) : undefined;
     const id = day === undefined ? key : `${day}\u0000${key}`;
     let group = this.#groups.get(id);
     if (!group) {
       group = day === undefined ? { key, amount: 0, replies: 0 } : { key, day, amount: 0, replies: 0 };
       this.#groups.set(id, group);
     }
-    group.amount -= row.amount;
-    group.replies += 1;
+    return group;
   }
 
   /** The totals so far, one per group (and day), in no particular order. */

@@ -447,6 +447,47 @@ describe('redis - faults', () => {
   });
 });
 
+describe('redis - usage of a window that ends after the last row', () => {
+  it('usage - takes the last day from its rollup, reading no row, and pages rows only when the window ends earlier', async () => {
+    const client = admin();
+    const calls: string[] = [];
+    const counted = {
+      evalsha: (sha: string, numkeys: number, ...args: string[]) => {
+        calls.push(String(args[0]).split(':').pop()!);
+        return client.evalsha(sha, numkeys, ...args);
+      },
+      eval: (source: string, numkeys: number, ...args: string[]) => client.eval(source, numkeys, ...args),
+      quit: async () => undefined,
+    };
+    const storage = new RedisStorage({ client: counted, keyPrefix: `extra:${randomUUID()}:` });
+    await storage.migrate();
+    const rows = [0, 1, 2].map((i) =>
+      row('w', i + 1, 'reply', -(i + 1) * 1_000_000, T0 + DAY + i * 3_600_000, { agentId: `a${i % 2}`, model: 'm', replyId: `r${i}` }),
+    );
+    expect(await storage.commit([{ workspaceId: 'w', expectedVersion: 0, state: stateDoc('w', 3), ledger: rows, records: [] }])).toEqual([
+      'committed',
+    ]);
+    const expected = (to: number, byDay: boolean) => {
+      const sums = new UsageAccumulator('agent', byDay);
+      for (const r of rows) if (r.at >= T0 && r.at < to) sums.add(r);
+      return sums.totals().sort((a, b) => (a.key < b.key ? -1 : 1));
+    };
+    const usage = async (to: number, byDay: boolean) => {
+      calls.length = 0;
+      const found = await storage.usage({ workspaceId: 'w', from: T0, to, groupBy: 'agent', byDay });
+      return found.sort((a, b) => (a.key < b.key ? -1 : 1));
+    };
+    for (const byDay of [false, true]) {
+      // Ends after the last row: the whole window comes from the rollups, in one call.
+      expect(await usage(T0 + DAY + 5 * 3_600_000, byDay)).toEqual(expected(T0 + DAY + 5 * 3_600_000, byDay));
+      expect(calls).toEqual(['days']);
+      // Ends between rows of the last day: that day is read row by row.
+      expect(await usage(T0 + DAY + 3_600_000 + 1, byDay)).toEqual(expected(T0 + DAY + 3_600_000 + 1, byDay));
+      expect(calls).toEqual(['days', 'state']);
+    }
+  });
+});
+
 describe('redis - a large ledger', () => {
   it('usage and ledger - a million rows over 100 days: sums from the rollups, pages from the indexes, quickly', async () => {
     const server = await startRedis();

@@ -141,15 +141,19 @@ return out
 `);
 
 /**
- * KEYS: days. ARGV: rollup key prefix, group letter, whole days [from, to). Returns
- * [day, HGETALL of its rollup] per day (the window's part days are read row by row through `ledger`).
+ * KEYS: days, state. ARGV: rollup key prefix, group letter, whole days [from, to), the window's
+ * end. Returns [1 when the last day is taken whole too, [day, HGETALL of its rollup] per day]: it
+ * is when no row of it can be at or after the end (rows in time order, the last one before it).
+ * The window's other part days are read row by row through `ledger`.
  */
 export const usage = script(/* lua */ `
+local head = redis.call('HMGET', KEYS[2], 'a', 'o')
+local whole = head[2] ~= '1' and tonumber(head[1] or '0') < tonumber(ARGV[5])
 local days = {}
-for _, day in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '(' .. ARGV[4])) do
+for _, day in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[3], '(' .. (whole and ARGV[5] or ARGV[4]))) do
   days[#days + 1] = { day, redis.call('HGETALL', ARGV[1] .. day .. ':' .. ARGV[2]) }
 end
-return days
+return { whole and 1 or 0, days }
 `);
 
 /** KEYS: the schema key. ARGV: this layout's version. Writes it when absent; returns what is there. */

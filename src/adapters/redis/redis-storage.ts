@@ -177,37 +177,30 @@ export class RedisStorage implements CreditStorage {
     // Whole days [first, last), part days [from, first) and [last, to); with no whole day between, first = last.
     const first = Math.min(dayOf(from + DAY_MS - 1), to);
     const last = Math.max(dayOf(to), first);
-    const totals = new Map<string, UsageAggregate>();
-    const add = (key: string, day: number, amount: number, replies: number) => {
-      const id = byDay ? `${day}\u0000${key}` : key;
-      const group = totals.get(id) ?? (byDay ? { key, day, amount: 0, replies: 0 } : { key, amount: 0, replies: 0 });
-      totals.set(id, { ...group, amount: group.amount + amount, replies: group.replies + replies });
-    };
-    if (first < last) {
-      const k = this.#keys(query.workspaceId);
-      const days = (await this.#run('usage', [k.days], [k.day, groupBy[0]!, String(first), String(last)])) as [string, string[]][];
-      // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order.
-      for (const [day, fields] of days) {
-        for (let j = 0; j < fields.length; j += 2) {
-          const [field, value] = [fields[j]!, Number(fields[j + 1])];
-          add(field.slice(1), Number(day), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
-        }
+    const sums = new UsageAccumulator(groupBy, byDay);
+    const k = this.#keys(query.workspaceId);
+    const reply =
+      first < to ? await this.#run('usage', [k.days, k.state], [k.day, groupBy[0]!, String(first), String(last), String(to)]) : [0, []];
+    const [lastDayWhole, days] = reply as [number, [string, string[]][]];
+    // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order.
+    for (const [day, fields] of days) {
+      for (let j = 0; j < fields.length; j += 2) {
+        const [field, value] = [fields[j]!, Number(fields[j + 1])];
+        sums.merge(field.slice(1), Number(day), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
       }
     }
     // The part days' rows are paged through `ledger`, a short script per page, so a busy day never blocks Redis for long.
-    const edges = new UsageAccumulator(groupBy, byDay);
     const addRows = async (start: number, end: number) => {
       for (let afterSeq = 0; start < end; ) {
         const page = await this.ledger({ workspaceId: query.workspaceId, from: start, to: end, kinds: ['reply'], limit: PAGE, afterSeq });
-        for (const row of page) edges.add(row);
+        for (const row of page) sums.add(row);
         if (page.length < PAGE) break;
         afterSeq = page[page.length - 1]!.seq;
       }
     };
     await addRows(from, first);
-    await addRows(last, to);
-    for (const group of edges.totals()) add(group.key, group.day ?? 0, group.amount, group.replies);
-    return [...totals.values()];
+    if (lastDayWhole !== 1) await addRows(last, to);
+    return sums.totals();
   }
 
   /**
@@ -248,11 +241,11 @@ export class RedisStorage implements CreditStorage {
    * without agent and conversation ids; the script refuses them if the version moved meanwhile.
    */
   async erase(request: EraseRequest): Promise<void> {
-    const { workspaceId, keepLedger } = request;
+    const { workspaceId } = request;
     const k = this.#keys(workspaceId);
     for (let attempt = 0; attempt < 16; attempt++) {
       const args = [k.day, ''];
-      if (keepLedger) {
+      if (request.keepLedger) {
         args[1] = String((await this.load({ workspaceId, keys: [], now: Number.MIN_SAFE_INTEGER })).version);
         const rows = await this.ledger({ workspaceId, limit: Number.MAX_SAFE_INTEGER });
         for (const row of rows) args.push(pad(row.seq), JSON.stringify({ ...row, agentId: null, conversationId: null }));
