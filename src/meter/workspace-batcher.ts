@@ -110,7 +110,7 @@ export class WorkspaceBatcher {
     while (queue.length > 0) {
       const batch = queue.splice(0, MAX_BATCH);
       try {
-        const results = await this.#run(workspaceId, batch);
+        const results = await this.#run(workspaceId, batch, queue);
         for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
       } catch (error) {
         this.#committed.delete(workspaceId);
@@ -120,11 +120,14 @@ export class WorkspaceBatcher {
     this.#queues.delete(workspaceId);
   }
 
-  async #run(workspaceId: string, batch: readonly Pending[]): Promise<Applied[]> {
-    const needed = neededBy(batch);
-    const keys = needed.map((need) => need.key);
+  /** Applies a batch until it commits; `waiting` joins it after a conflict (arrival order holds). */
+  async #run(workspaceId: string, batch: Pending[], waiting: Pending[]): Promise<Applied[]> {
     let mayReuse = true;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      // Under contention, commits that land carry more commands each: fewer rounds on the hot row.
+      if (attempt > 0 && waiting.length > 0 && batch.length < MAX_BATCH) batch.push(...waiting.splice(0, MAX_BATCH - batch.length));
+      const needed = neededBy(batch);
+      const keys = needed.map((need) => need.key);
       const now = this.#context.now();
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
