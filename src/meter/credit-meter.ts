@@ -110,7 +110,7 @@ interface Prepared {
  *
  * Every rule lives in the transition core; the meter validates input, resolves routes and
  * keys, runs the reply lifecycle around the provider, and sends commands through a
- * per-workspace batcher, so concurrent calls on one workspace share one load and one commit.
+ * per-workspace batcher, so concurrent calls on one workspace share one commit (and at most one load).
  *
  * @example
  * ```ts
