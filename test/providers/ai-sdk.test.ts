@@ -1,35 +1,25 @@
 import { createAnthropic } from '@ai-sdk/anthropic';
 import { createOpenAI } from '@ai-sdk/openai';
 import { generateText, streamText, wrapLanguageModel } from 'ai';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { CreditMeter } from '../../src/index.js';
+import { describe, expect, it } from 'vitest';
 import { type CreditsMiddlewareOptions, creditsMiddleware } from '../../src/providers/ai-sdk.js';
-import { type FakeLlmServer, startFakeLlmServer } from './fake-llm-server.js';
-import { charges, codeOf, leaks, recordEvents, rejection, until } from './support.js';
+import type { FakeLlmServer } from './fake-llm-server.js';
+import { charges, codeOf, leaks, rejection, shopMeter, until, useFakeLlmServer } from './support.js';
 
 const PLATFORM_KEY = 'sk-platform-ai-sdk-0000';
 const BYO_KEY = 'sk-byo-ai-sdk-SECRET-9999';
 
 let server: FakeLlmServer;
-beforeAll(async () => {
-  server = await startFakeLlmServer();
+useFakeLlmServer((started) => {
+  server = started;
 });
-afterAll(async () => {
-  await server.close();
-});
-beforeEach(() => server.reset());
 
 const openai = () => createOpenAI({ baseURL: server.openaiBaseURL, apiKey: PLATFORM_KEY });
 const anthropic = (apiKey = PLATFORM_KEY) => createAnthropic({ baseURL: `${server.anthropicBaseURL}/v1`, apiKey });
 
 async function setup() {
-  // The meter needs no registered provider: the middleware brings the call.
-  const meter = new CreditMeter({
-    byoKeys: ({ workspaceId }) => (workspaceId === 'byo' ? BYO_KEY : undefined),
-  });
-  await meter.createWorkspace({ workspaceId: 'shop', plan: 'free' }); // 100 credits: gpt-4o 5, sonnet 4
-  await meter.createWorkspace({ workspaceId: 'byo', plan: 'free' });
-  const events = recordEvents(meter);
+  // The meter needs no registered provider: the middleware brings the call. 100 credits: gpt-4o 5, sonnet 4.
+  const { meter, events } = await shopMeter({}, BYO_KEY);
   const wrap = (model: Parameters<typeof wrapLanguageModel>[0]['model'], extra: Partial<CreditsMiddlewareOptions> = {}) =>
     wrapLanguageModel({ model, middleware: creditsMiddleware({ meter, initialRetryDelayMs: 0, ...extra }) });
   return { meter, events, wrap };

@@ -1,34 +1,22 @@
 import Anthropic from '@anthropic-ai/sdk';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { CreditMeter, type ReplyProvider } from '../../src/index.js';
+import { describe, expect, it } from 'vitest';
+import type { ReplyProvider } from '../../src/index.js';
 import { type AnthropicClientLike, anthropicProvider } from '../../src/providers/anthropic.js';
-import { type FakeLlmServer, startFakeLlmServer } from './fake-llm-server.js';
-import { charges, codeOf, leaks, recordEvents, rejection, until } from './support.js';
+import type { FakeLlmServer } from './fake-llm-server.js';
+import { charges, codeOf, leaks, rejection, shopMeter, until, useFakeLlmServer } from './support.js';
 
 const PLATFORM_KEY = 'sk-ant-platform-0000';
 const BYO_KEY = 'sk-ant-byo-their-own-SECRET-5678';
 
 let server: FakeLlmServer;
-beforeAll(async () => {
-  server = await startFakeLlmServer();
+useFakeLlmServer((started) => {
+  server = started;
 });
-afterAll(async () => {
-  await server.close();
-});
-beforeEach(() => server.reset());
 
 const newClient = (apiKey: string | undefined, maxRetries = 0) =>
   new Anthropic({ baseURL: server.anthropicBaseURL, apiKey: apiKey ?? PLATFORM_KEY, maxRetries });
 
-async function setup(provider: ReplyProvider) {
-  const meter = new CreditMeter({
-    providers: { anthropic: provider },
-    byoKeys: ({ workspaceId, provider: id }) => (workspaceId === 'byo' && id === 'anthropic' ? BYO_KEY : undefined),
-  });
-  await meter.createWorkspace({ workspaceId: 'shop', plan: 'free' }); // 100 credits; Sonnet 4.6 costs 4
-  await meter.createWorkspace({ workspaceId: 'byo', plan: 'free' });
-  return { meter, events: recordEvents(meter) };
-}
+const setup = (provider: ReplyProvider) => shopMeter({ anthropic: provider }, BYO_KEY); // 100 credits; Sonnet 4.6 costs 4
 
 const messages = [{ role: 'user', content: 'Can I return this?' }];
 const ask = (extra: Record<string, unknown> = {}) => ({

@@ -1,35 +1,22 @@
 import OpenAI from 'openai';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { CreditMeter, type ReplyProvider } from '../../src/index.js';
+import { describe, expect, it } from 'vitest';
+import type { ReplyProvider } from '../../src/index.js';
 import { type OpenAIClientLike, openaiProvider } from '../../src/providers/openai.js';
-import { type FakeLlmServer, startFakeLlmServer } from './fake-llm-server.js';
-import { charges, codeOf, leaks, recordEvents, rejection, until } from './support.js';
+import type { FakeLlmServer } from './fake-llm-server.js';
+import { charges, codeOf, leaks, rejection, shopMeter, until, useFakeLlmServer } from './support.js';
 
 const PLATFORM_KEY = 'sk-platform-0000';
 const BYO_KEY = 'sk-byo-their-own-SECRET-1234';
 
 let server: FakeLlmServer;
-beforeAll(async () => {
-  server = await startFakeLlmServer();
+useFakeLlmServer((started) => {
+  server = started;
 });
-afterAll(async () => {
-  await server.close();
-});
-beforeEach(() => server.reset());
 
 const newClient = (apiKey: string | undefined, maxRetries = 0) =>
   new OpenAI({ baseURL: server.openaiBaseURL, apiKey: apiKey ?? PLATFORM_KEY, maxRetries });
 
-async function setup(provider: ReplyProvider) {
-  const meter = new CreditMeter({
-    providers: { openai: provider },
-    byoKeys: ({ workspaceId, provider: id }) => (workspaceId === 'byo' && id === 'openai' ? BYO_KEY : undefined),
-  });
-  await meter.createWorkspace({ workspaceId: 'shop', plan: 'free' }); // 100 credits; gpt-4o costs 5
-  await meter.createWorkspace({ workspaceId: 'byo', plan: 'free' });
-  const events = recordEvents(meter);
-  return { meter, events };
-}
+const setup = (provider: ReplyProvider) => shopMeter({ openai: provider }, BYO_KEY); // 100 credits; gpt-4o costs 5
 
 const messages = [{ role: 'user', content: 'When does my order ship?' }];
 const ask = (extra: Record<string, unknown> = {}) => ({

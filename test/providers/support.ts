@@ -1,5 +1,34 @@
 import { inspect } from 'node:util';
-import { type CreditEvent, type CreditMeter, CreditsError } from '../../src/index.js';
+import { afterAll, beforeAll, beforeEach } from 'vitest';
+import { type CreditEvent, CreditMeter, CreditsError, type ReplyProvider } from '../../src/index.js';
+import { type FakeLlmServer, startFakeLlmServer } from './fake-llm-server.js';
+
+/** Starts the fake LLM API once for a test file, resets it before each test and hands it to `use`. */
+export function useFakeLlmServer(use: (server: FakeLlmServer) => void): void {
+  let server: FakeLlmServer;
+  beforeAll(async () => {
+    server = await startFakeLlmServer();
+    use(server);
+  });
+  afterAll(() => server.close());
+  beforeEach(() => server.reset());
+}
+
+/**
+ * A meter with the given providers and two workspaces on the free plan (100 credits): `shop`,
+ * and `byo`, whose requests carry `byoKey` (for every provider registered, or any when none is).
+ */
+export async function shopMeter(providers: Record<string, ReplyProvider>, byoKey: string) {
+  const names = Object.keys(providers);
+  const meter = new CreditMeter({
+    providers,
+    byoKeys: ({ workspaceId, provider }) =>
+      workspaceId === 'byo' && (names.length === 0 || names.includes(provider)) ? byoKey : undefined,
+  });
+  await meter.createWorkspace({ workspaceId: 'shop', plan: 'free' });
+  await meter.createWorkspace({ workspaceId: 'byo', plan: 'free' });
+  return { meter, events: recordEvents(meter) };
+}
 
 /** True when `secret` appears anywhere in `value`: fields, nested causes, hidden properties. */
 export function leaks(value: unknown, secret: string): boolean {
