@@ -21,7 +21,7 @@ import type { ReplyRecord, Route } from '../core/state.js';
 import type { Command, CoreEvent, Outcome } from '../core/transition.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
-import type { CreditStorage } from '../storage/storage.js';
+import type { CreditStorage, LockedWorkspace } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
 import {
   adjustSchema,
@@ -168,6 +168,10 @@ export class CreditMeter {
       now: () => this.#now(),
       load: (request) => this.#store('load', (storage) => storage.load(request)),
       commit: (commit) => this.#store('commit', (storage) => storage.commit([commit])).then((results) => results[0]!),
+      ...(this.storage.lock && {
+        lock: <T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>) =>
+          this.#store('commit', (storage) => storage.lock!(workspaceId, work)),
+      }),
     });
     Object.freeze(this);
   }

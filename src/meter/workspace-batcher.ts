@@ -11,7 +11,7 @@ import {
   Transition,
   topUpKey,
 } from '../core/transition.js';
-import type { CommitResult, LoadedWorkspace, LoadRequest, WorkspaceCommit } from '../storage/storage.js';
+import type { CommitResult, CreditStorage, LoadedWorkspace, LoadRequest, LockedWorkspace, WorkspaceCommit } from '../storage/storage.js';
 
 /** What the batcher needs from the meter: the time, the rules and the store. */
 export interface BatchContext {
@@ -19,6 +19,8 @@ export interface BatchContext {
   now(): number;
   load(request: LoadRequest): Promise<LoadedWorkspace>;
   commit(commit: WorkspaceCommit): Promise<CommitResult>;
+  /** The store's {@link CreditStorage.lock}, when it has one. */
+  lock?<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T>;
 }
 
 /** A command's outcome, the events it raised and the instant it was applied at. */
@@ -52,6 +54,14 @@ interface Committed {
   readonly holds: Map<string, StoredRecord>;
   /** Load again from this instant on: a hold this meter has not seen could lapse then. */
   readonly reloadAt: number;
+}
+
+/** One try of a batch: the outcomes, and the commit with the store's answer when it changed something. */
+interface Tried {
+  readonly results: Applied[];
+  readonly loaded: LoadedWorkspace;
+  readonly commit?: WorkspaceCommit;
+  readonly result?: CommitResult;
 }
 
 // A commit that keeps losing the race to other writers gives up after this many tries.
@@ -127,41 +137,50 @@ export class WorkspaceBatcher {
       // Under contention, commits that land carry more commands each: fewer rounds on the hot row.
       if (attempt > 0 && waiting.length > 0 && batch.length < MAX_BATCH) batch.push(...waiting.splice(0, MAX_BATCH - batch.length));
       const needed = neededBy(batch);
-      const keys = needed.map((need) => need.key);
       const now = this.#context.now();
+      const contended = (attempt > 0 || (this.#loadFirst.get(workspaceId)?.left ?? 0) > 0);
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
-      const absentKeys: string[] = [];
-      let loaded: LoadedWorkspace;
-      if (kept) {
-        const records: StoredRecord[] = [];
-        for (const { key } of needed) {
-          const hold = kept.holds.get(key);
-          if (hold) records.push(hold);
-          else absentKeys.push(key);
-        }
-        loaded = { version: kept.version, state: kept.state, records, lapsed: [] };
-      } else loaded = await this.#context.load({ workspaceId, keys, now });
-      const transition = new Transition(workspaceId, loaded, now, this.#context.rules);
-      const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
+      const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
+      let tried: Tried;
+      if (kept) tried = await this.#apply(workspaceId, batch, now, fromKept(kept, needed), this.#context);
+      else if (contended && this.#context.lock) {
+        // Another writer got in first: queue on its lock rather than race it again.
+        tried = await this.#context.lock(workspaceId, async (store) =>
+          this.#apply(workspaceId, batch, now, { loaded: await store.load(request) }, store),
+        );
+      } else tried = await this.#apply(workspaceId, batch, now, { loaded: await this.#context.load(request) }, this.#context);
       // Nothing to commit proves nothing about a kept state: answer from a load.
-      if (!transition.changed) {
+      if (!tried.commit) {
         if (kept) continue;
-        return results;
+        return tried.results;
       }
-      const { state, ledger, records } = transition.result();
-      const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, state, ledger, records };
-      if (absentKeys.length > 0) commit.absentKeys = absentKeys;
-      this.#committed.delete(workspaceId);
-      const result = await this.#context.commit(commit);
-      if (result === 'committed') {
-        this.#keep(workspaceId, commit, kept ?? loaded);
+      if (tried.result === 'committed') {
+        this.#keep(workspaceId, tried.commit, kept ?? tried.loaded);
         if (kept) this.#loadFirst.delete(workspaceId);
-        return results;
+        return tried.results;
       }
       if (kept) this.#distrust(workspaceId);
     }
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
+  }
+
+  /** Applies a batch to what was loaded (or kept) and commits it through `store` when it changed something. */
+  async #apply(
+    workspaceId: string,
+    batch: readonly Pending[],
+    now: number,
+    { loaded, absentKeys }: { loaded: LoadedWorkspace; absentKeys?: string[] },
+    store: Pick<BatchContext, 'commit'>,
+  ): Promise<Tried> {
+    const transition = new Transition(workspaceId, loaded, now, this.#context.rules);
+    const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
+    if (!transition.changed) return { results, loaded };
+    const { state, ledger, records } = transition.result();
+    const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, state, ledger, records };
+    if (absentKeys?.length) commit.absentKeys = absentKeys;
+    this.#committed.delete(workspaceId);
+    return { results, loaded, commit, result: await store.commit(commit) };
   }
 
   /** The kept state, when a batch that needs these records may start from it at `now`. */
@@ -211,6 +230,18 @@ export class WorkspaceBatcher {
     this.#committed.set(workspaceId, { version: commit.expectedVersion + 1, state: commit.state, holds, reloadAt });
     if (this.#committed.size > MAX_KEPT_WORKSPACES) this.#committed.delete(this.#committed.keys().next().value!);
   }
+}
+
+/** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
+function fromKept(kept: Committed, needed: readonly Needed[]): { loaded: LoadedWorkspace; absentKeys: string[] } {
+  const records: StoredRecord[] = [];
+  const absentKeys: string[] = [];
+  for (const { key } of needed) {
+    const hold = kept.holds.get(key);
+    if (hold) records.push(hold);
+    else absentKeys.push(key);
+  }
+  return { loaded: { version: kept.version, state: kept.state, records, lapsed: [] }, absentKeys };
 }
 
 /** The records a batch reads, loaded with the state in the same round trip. */

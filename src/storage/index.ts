@@ -40,6 +40,7 @@ export type {
   ListQuery,
   LoadedWorkspace,
   LoadRequest,
+  LockedWorkspace,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,

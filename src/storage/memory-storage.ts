@@ -8,6 +8,7 @@ import type {
   ListQuery,
   LoadedWorkspace,
   LoadRequest,
+  LockedWorkspace,
   WorkspaceCommit,
 } from './storage.js';
 
@@ -26,9 +27,10 @@ interface Slot {
 /**
  * The default, embedded store: everything in this process's memory, nothing persisted.
  * Right for tests, demos and single-process hosts; use the SQLite, PostgreSQL, MySQL or
- * Redis store for anything that must survive a restart. Each method runs to completion
- * synchronously, so each is atomic within the process. The core never changes an object
- * after handing it over, so the store keeps what it is given without copying.
+ * Redis store for anything that must survive a restart. Each write runs to completion
+ * synchronously (after waiting for a workspace's `lock`), so each is atomic within the
+ * process. The core never changes an object after handing it over, so the store keeps what it
+ * is given without copying.
  *
  * @example
  * ```ts
@@ -37,6 +39,8 @@ interface Slot {
  */
 export class MemoryStorage implements CreditStorage {
   readonly #slots = new Map<string, Slot>();
+  /** Per locked workspace, the end of the queue of `lock` calls. */
+  readonly #locks = new Map<string, Promise<void>>();
 
   /** Nothing to migrate: present so every store has the same life cycle. */
   async migrate(): Promise<void> {}
@@ -57,27 +61,66 @@ export class MemoryStorage implements CreditStorage {
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
-    return commits.map((commit) => {
-      let slot = this.#slots.get(commit.workspaceId);
-      if ((slot?.version ?? 0) !== commit.expectedVersion) return 'conflict';
-      if (slot && commit.absentKeys?.some((key) => slot!.records.has(key))) return 'conflict';
-      if (!slot) {
-        slot = { version: 0, state: commit.state, records: new Map(), holds: new HoldHeap(), ledger: [], inTimeOrder: true };
-        this.#slots.set(commit.workspaceId, slot);
-      }
-      slot.version += 1;
-      slot.state = commit.state;
-      for (const record of commit.records) {
-        slot.records.set(record.key, record);
-        if (record.holdExpiresAt !== null) slot.holds.push(record.holdExpiresAt, record.key);
-      }
-      for (const row of commit.ledger) {
-        const last = slot.ledger[slot.ledger.length - 1];
-        if (last && last.at > row.at) slot.inTimeOrder = false;
-        slot.ledger.push(row);
-      }
-      return 'committed';
+    if (this.#locks.size > 0) for (const { workspaceId } of commits) await this.#unlocked(workspaceId);
+    return commits.map((commit) => (this.#check(commit) === 'committed' ? this.#write(commit) : 'conflict'));
+  }
+
+  /** Queues `work` behind earlier locks of the workspace; what it commits is written when it resolves. */
+  async lock<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T> {
+    const previous = this.#locks.get(workspaceId);
+    let unlock!: () => void;
+    const mine = new Promise<void>((resolve) => {
+      unlock = resolve;
     });
+    const tail = previous ? previous.then(() => mine) : mine;
+    this.#locks.set(workspaceId, tail);
+    await previous;
+    try {
+      let staged: WorkspaceCommit | undefined;
+      const result = await work({
+        load: (request) => this.load(request),
+        commit: async (commit) => {
+          const checked = this.#check(commit);
+          if (checked === 'committed') staged = commit;
+          return checked;
+        },
+      });
+      if (staged) this.#write(staged);
+      return result;
+    } finally {
+      if (this.#locks.get(workspaceId) === tail) this.#locks.delete(workspaceId);
+      unlock();
+    }
+  }
+
+  async #unlocked(workspaceId: string): Promise<void> {
+    for (let held = this.#locks.get(workspaceId); held; held = this.#locks.get(workspaceId)) await held;
+  }
+
+  #check(commit: WorkspaceCommit): CommitResult {
+    const slot = this.#slots.get(commit.workspaceId);
+    if ((slot?.version ?? 0) !== commit.expectedVersion) return 'conflict';
+    return slot && commit.absentKeys?.some((key) => slot.records.has(key)) ? 'conflict' : 'committed';
+  }
+
+  #write(commit: WorkspaceCommit): 'committed' {
+    let slot = this.#slots.get(commit.workspaceId);
+    if (!slot) {
+      slot = { version: 0, state: commit.state, records: new Map(), holds: new HoldHeap(), ledger: [], inTimeOrder: true };
+      this.#slots.set(commit.workspaceId, slot);
+    }
+    slot.version += 1;
+    slot.state = commit.state;
+    for (const record of commit.records) {
+      slot.records.set(record.key, record);
+      if (record.holdExpiresAt !== null) slot.holds.push(record.holdExpiresAt, record.key);
+    }
+    for (const row of commit.ledger) {
+      const last = slot.ledger[slot.ledger.length - 1];
+      if (last && last.at > row.at) slot.inTimeOrder = false;
+      slot.ledger.push(row);
+    }
+    return 'committed';
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
@@ -111,6 +154,7 @@ export class MemoryStorage implements CreditStorage {
   }
 
   async erase(request: EraseRequest): Promise<void> {
+    await this.#unlocked(request.workspaceId);
     const slot = this.#slots.get(request.workspaceId);
     if (!slot) return;
     slot.version += 1;

@@ -156,6 +156,24 @@ export interface CreditStorage {
    * left alone.
    */
   erase?(request: EraseRequest): Promise<void>;
+  /**
+   * Optional: runs `work` holding a lock on the workspace that other writers' commits wait for
+   * (a row lock, `SELECT … FOR UPDATE`, in one transaction), and lends it a `load` and a
+   * `commit` of that workspace that run inside the lock. What `work` committed lands when this
+   * resolves and not before; when `work` or the store fails, none of it does. The meter uses it
+   * for a batch that lost a race to another app server, so servers on a hot workspace queue on
+   * the lock instead of each loading and redoing its batch again and again. The version guard
+   * still applies inside: the lock makes progress, the version keeps it correct.
+   */
+  lock?<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T>;
+}
+
+/** What {@link CreditStorage.lock} lends its work: the workspace's load and commit, inside the lock. */
+export interface LockedWorkspace {
+  /** As {@link CreditStorage.load}, for the locked workspace. */
+  load(request: LoadRequest): Promise<LoadedWorkspace>;
+  /** As {@link CreditStorage.commit} of one commit of the locked workspace; called at most once, last. */
+  commit(commit: WorkspaceCommit): Promise<CommitResult>;
 }
 
 /** Input of {@link CreditStorage.listWorkspaces}. */

@@ -1,5 +1,5 @@
 /**
- * Cases that call the seam directly: `load`, `commit`, `ledger`, `usage` and `migrate`, with
+ * Cases that call the seam directly: `load`, `commit`, `lock`, `ledger`, `usage` and `migrate`, with
  * hand-built state documents, ledger rows and records. A store applies no rule, so these
  * check only that it stores, fetches and guards its writes as `CreditStorage` documents.
  */
@@ -7,7 +7,7 @@ import { expect } from 'vitest';
 import { MAX_MICROS } from '../core/credits.js';
 import type { LedgerKind, LedgerRow, StoredRecord, UsageGroupBy } from '../core/state.js';
 import { UsageAccumulator } from '../core/usage-aggregate.js';
-import type { WorkspaceCommit } from '../storage/storage.js';
+import type { CommitResult, WorkspaceCommit } from '../storage/storage.js';
 import {
   byKey,
   C,
@@ -499,6 +499,63 @@ export const seamCases = defineCases([
       // Keys that are indeed absent (including the one the commit writes) let it through.
       expect(await ctx.storage.commit([{ ...clash, absentKeys: ['reply:new', 'topup:never'] }])).toEqual(['committed']);
       expect((await ctx.storage.load({ workspaceId, keys: ['reply:new'], now: ctx.now() })).records).toEqual(clash.records);
+    },
+  ],
+  [
+    'lock - commits of other writers wait for it, then meet the version its commit wrote',
+    async (ctx) => {
+      const lock = ctx.storage.lock?.bind(ctx.storage);
+      if (!lock) return;
+      const workspaceId = await created(ctx);
+      const inside = await holdCommit(ctx, workspaceId, 'inside', ctx.now() + HOUR);
+      const outside = await holdCommit(ctx, workspaceId, 'outside', ctx.now() + HOUR);
+      let outsideDone = false;
+      let racing: Promise<CommitResult[]> | undefined;
+      const answer = await lock(workspaceId, async (workspace) => {
+        const loaded = await workspace.load({ workspaceId, keys: ['reply:inside'], now: ctx.now() });
+        expect(loaded.version).toBe(1);
+        racing = ctx.storage.commit([outside]).finally(() => {
+          outsideDone = true;
+        });
+        // Time for the other writer's commit to reach the store: it must wait, not land.
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        expect(outsideDone, 'a commit outside the lock answered while the lock was held').toBe(false);
+        return workspace.commit(inside);
+      });
+      expect(answer).toBe('committed');
+      expect(await racing).toEqual(['conflict']);
+      const after = await ctx.storage.load({ workspaceId, keys: ['reply:inside', 'reply:outside'], now: ctx.now() });
+      expect(after.version).toBe(2);
+      expect(after.state).toEqual(inside.state);
+      expect(after.records).toEqual(inside.records);
+    },
+  ],
+  [
+    'lock - when its work fails nothing it committed lands, and the workspace is free again',
+    async (ctx) => {
+      const lock = ctx.storage.lock?.bind(ctx.storage);
+      if (!lock) return;
+      const workspaceId = await created(ctx);
+      const before = await ctx.storage.load({ workspaceId, keys: ['reply:lost'], now: ctx.now() });
+      const lost = await holdCommit(ctx, workspaceId, 'lost', ctx.now() + HOUR);
+      lost.ledger = [row(workspaceId, 2, 'topup', 0, ctx.now(), { grantId: 'topup:lost' })];
+      lost.state.ledgerSeq = 2;
+      const failure = new Error('the work failed after its commit');
+      const failing = lock(workspaceId, async (workspace) => {
+        expect(await workspace.commit(lost)).toBe('committed');
+        throw failure;
+      });
+      await expect(failing).rejects.toBe(failure);
+      expect(await ctx.storage.load({ workspaceId, keys: ['reply:lost'], now: ctx.now() })).toEqual(before);
+      expect(await ctx.storage.ledger({ workspaceId, limit: 10 })).toHaveLength(1);
+      // Inside the lock the version still guards: a stale commit conflicts, a current one lands.
+      const stale = { ...lost, expectedVersion: 0 };
+      const results = await lock(workspaceId, async (workspace) => [await workspace.commit(stale)]);
+      expect(results).toEqual(['conflict']);
+      expect(await ctx.storage.commit([lost])).toEqual(['committed']);
+      const fresh = ctx.id('ws');
+      expect(await lock(fresh, (workspace) => workspace.commit(create(ctx, fresh)))).toBe('committed');
+      expect((await ctx.storage.load({ workspaceId: fresh, keys: [], now: ctx.now() })).version).toBe(1);
     },
   ],
   [

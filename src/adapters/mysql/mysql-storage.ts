@@ -68,6 +68,10 @@ const DAY_MS = 86_400_000;
  * meets one answers `conflict`, and the meter reloads and retries.
  */
 const RETRYABLE = new Set([1062, 1213, 1205]);
+const conflictOr = (error: unknown): 'conflict' => {
+  if (RETRYABLE.has((error as { errno?: number } | null)?.errno ?? 0)) return 'conflict';
+  throw error;
+};
 
 // ─── 2. The schema ───────────────────────────────────────────────────────────
 // Ids use a binary, no-pad collation: 'A' ≠ 'a', 'é' ≠ 'e', 'x' ≠ 'x '. Amounts and instants
@@ -164,12 +168,16 @@ export class MySqlStorage implements seam.CreditStorage {
   // ─── 4. load: the state, the earliest hold, the records asked for and the lapsed holds, in one query ───
 
   async load(request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
+    return this.#load(await this.#ready(), request);
+  }
+
+  async #load(connection: MySqlQueryable, request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
     const { workspaces, records } = this.#tables;
     const id = request.workspaceId;
     // One statement reads one snapshot: the records agree with the state's version. The earliest
     // hold rides on the state's row: a MIN over hold_idx for one workspace is a single index dive.
     // `IN (NULL)` matches nothing, for want of a valid `IN ()`.
-    const [rows] = await (await this.#ready()).query(
+    const [rows] = await connection.query(
       `SELECT 0 AS part, version, state AS doc, NULL AS k,
          (SELECT MIN(hold_expires_at) FROM ${records} WHERE workspace_id = ?) AS h FROM ${workspaces} WHERE workspace_id = ?
        UNION ALL SELECT 1, NULL, value, record_key, hold_expires_at FROM ${records} WHERE workspace_id = ? AND record_key IN (?)
@@ -205,13 +213,14 @@ export class MySqlStorage implements seam.CreditStorage {
       commit.expectedVersion === 0
         ? `INSERT INTO ${t.workspaces} (state, workspace_id, version) VALUES (?, ?, ? + 1)`
         : `UPDATE ${t.workspaces} SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`;
-    const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]);
-    if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
-    // Keys that must not exist yet: read under that row lock, so no other commit can add one until COMMIT.
+    // Keys that must not exist yet, checked before anything is written: a commit that adds one
+    // after this read moves the version too, so the guard below then refuses.
     if (commit.absentKeys?.length) {
       const sql = `SELECT 1 FROM ${t.records} WHERE workspace_id = ? AND record_key IN (?) LIMIT 1`;
       if (((await connection.query(sql, [id, commit.absentKeys]))[0] as Row[]).length > 0) return 'conflict';
     }
+    const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]);
+    if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
     if (commit.ledger.length > 0) {
       const rows = commit.ledger.map((row) => [id, ...FIELDS.map((field) => row[field])]);
       await connection.query(`INSERT INTO ${t.ledger} (workspace_id, ${COLUMNS.join(', ')}) VALUES ?`, [rows]);
@@ -225,6 +234,20 @@ export class MySqlStorage implements seam.CreditStorage {
       );
     }
     return 'committed';
+  }
+
+  /**
+   * Runs `work` in one transaction that first takes the workspace's row lock (`SELECT … FOR
+   * UPDATE`): other servers' commits to it wait, and what `work` commits lands at COMMIT.
+   */
+  async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
+    const locked = await this.#transaction(async (connection) => {
+      await connection.query(`SELECT 1 FROM ${this.#tables.workspaces} WHERE workspace_id = ? FOR UPDATE`, [workspaceId]);
+      const commit = (one: seam.WorkspaceCommit) => this.#commitOne(connection, one).catch(conflictOr);
+      return { result: await work({ load: (request) => this.#load(connection, request), commit }) };
+    });
+    if (locked === 'conflict') throw new Error('MySqlStorage: lock met a deadlock and changed nothing; try again');
+    return locked.result;
   }
 
   // ─── 6. reads: ledger pages, usage, workspace ids ───
@@ -303,20 +326,19 @@ export class MySqlStorage implements seam.CreditStorage {
     return this.#pool;
   }
 
-  /** Runs `work` in a transaction: COMMIT when it commits, ROLLBACK when not or when it throws. */
-  async #transaction(work: (connection: MySqlQueryable) => Promise<seam.CommitResult>): Promise<seam.CommitResult> {
+  /** Runs `work` in a transaction: COMMIT unless it answers `conflict`; ROLLBACK then or when it throws (a deadlock: `conflict`). */
+  async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>): Promise<T | 'conflict'> {
     const connection = await (await this.#ready()).getConnection();
     let healthy = true;
     try {
       await connection.query('START TRANSACTION');
       const result = await work(connection);
-      await connection.query(result === 'committed' ? 'COMMIT' : 'ROLLBACK');
+      await connection.query(result === 'conflict' ? 'ROLLBACK' : 'COMMIT');
       return result;
     } catch (error) {
       // A connection that cannot even roll back is closed rather than returned to the pool.
       await connection.query('ROLLBACK').catch(() => (healthy = false));
-      if (RETRYABLE.has((error as { errno?: number } | null)?.errno ?? 0)) return 'conflict';
-      throw error;
+      return conflictOr(error);
     } finally {
       if (healthy) connection.release();
       else connection.destroy();

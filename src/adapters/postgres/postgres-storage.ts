@@ -9,6 +9,7 @@ import type {
   ListQuery,
   LoadedWorkspace,
   LoadRequest,
+  LockedWorkspace,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,
@@ -193,23 +194,42 @@ export class PostgresStorage implements CreditStorage {
     }
   }
 
-  async load(request: LoadRequest): Promise<LoadedWorkspace> {
-    const [row] = await this.#query('load', { ...this.#statements.load, values: [request.workspaceId, request.keys, request.now] });
-    // Always exactly one row, its columns named and typed as the fields (see loadSql).
-    return row as unknown as LoadedWorkspace;
+  load(request: LoadRequest): Promise<LoadedWorkspace> {
+    return this.#load(request);
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
     const results: CommitResult[] = [];
     // One statement each, in order: workspaces commit independently, and a workspace named
     // twice sees its first commit before its second.
-    for (const { workspaceId, expectedVersion, state, ledger, records, absentKeys } of commits) {
-      const values: unknown[] = [workspaceId, JSON.stringify(state), JSON.stringify(ledger), JSON.stringify(records)];
-      if (expectedVersion !== 0) values.push(expectedVersion, absentKeys?.length ? absentKeys : null);
-      const [row] = await this.#query('commit', { ...this.#statements[expectedVersion === 0 ? 'insert' : 'update'], values });
-      results.push(row?.['written'] === 1 ? 'committed' : 'conflict');
-    }
+    for (const commit of commits) results.push(await this.#commit(commit));
     return results;
+  }
+
+  /**
+   * Runs `work` in one transaction that first takes the workspace's row lock (`SELECT … FOR
+   * UPDATE`): other servers' commits to it wait, and what `work` commits lands at `COMMIT`. A
+   * workspace without a row yet has nothing to lock; its first commit is guarded by the version.
+   */
+  async lock<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T> {
+    const client = await this.#query('lock', async (pool) => pool.connect());
+    let broken = false;
+    try {
+      await this.#query('lock', () => client.query({ text: 'BEGIN' }));
+      const text = `SELECT 1 FROM ${this.#names.workspaces} WHERE workspace_id = $1 FOR UPDATE`;
+      await this.#query('lock', () => client.query({ text, values: [workspaceId] }));
+      const result = await work({ load: (request) => this.#load(request, client), commit: (commit) => this.#commit(commit, client) });
+      await this.#query('lock', () => client.query({ text: 'COMMIT' }));
+      return result;
+    } catch (error) {
+      // A connection that cannot even roll back is destroyed, not returned to the pool.
+      await client.query({ text: 'ROLLBACK' }).catch(() => {
+        broken = true;
+      });
+      throw error;
+    } finally {
+      client.release(broken);
+    }
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
@@ -223,7 +243,7 @@ export class PostgresStorage implements CreditStorage {
     if (query.kinds !== undefined) where.push(`kind = ANY(${param(query.kinds)}::text[])`);
     const limit = param(Math.max(0, Math.floor(query.limit)));
     const text = `SELECT ${tables.LEDGER_SELECT} FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ${limit}`;
-    const rows = await this.#query('ledger', { text, values });
+    const rows = await this.#rows('ledger', { text, values });
     return rows.map((row) => ({ workspaceId: query.workspaceId, ...row }) as unknown as LedgerRow);
   }
 
@@ -235,7 +255,7 @@ export class PostgresStorage implements CreditStorage {
          FROM ${this.#names.ledger}
         WHERE workspace_id = $1 AND kind = 'reply' AND at >= $2 AND at < $3
         GROUP BY 1${query.byDay ? ', 2' : ''} ORDER BY min(seq)`;
-    const rows = await this.#query('usage', { text, values: [query.workspaceId, query.from, query.to] });
+    const rows = await this.#rows('usage', { text, values: [query.workspaceId, query.from, query.to] });
     return rows.map((row) => {
       const totals = { key: String(row['key']), amount: Number(row['amount']), replies: Number(row['replies']) };
       return query.byDay ? { ...totals, day: Number(row['day']) } : totals;
@@ -246,7 +266,7 @@ export class PostgresStorage implements CreditStorage {
   async listWorkspaces(query: ListQuery): Promise<string[]> {
     const text = `SELECT workspace_id FROM ${this.#names.workspaces}
       WHERE state IS NOT NULL AND ($1::text IS NULL OR workspace_id > $1) ORDER BY workspace_id LIMIT $2`;
-    const rows = await this.#query('listWorkspaces', { text, values: [query.afterId ?? null, query.limit] });
+    const rows = await this.#rows('listWorkspaces', { text, values: [query.afterId ?? null, query.limit] });
     return rows.map((row) => String(row['workspace_id']));
   }
 
@@ -255,17 +275,37 @@ export class PostgresStorage implements CreditStorage {
    * and conversation ids; either way adds one to the version and keeps it. Atomic.
    */
   async erase(request: EraseRequest): Promise<void> {
-    await this.#query('erase', { text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] });
+    await this.#rows('erase', { text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] });
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
 
-  async #query(operation: string, query: PostgresQuery): Promise<Record<string, unknown>[]> {
+  async #load(request: LoadRequest, on?: PostgresPoolClient): Promise<LoadedWorkspace> {
+    const query = { ...this.#statements.load, values: [request.workspaceId, request.keys, request.now] };
+    const [row] = await this.#rows('load', query, on);
+    // Always exactly one row, its columns named and typed as the fields (see loadSql).
+    return row as unknown as LoadedWorkspace;
+  }
+
+  async #commit(commit: WorkspaceCommit, on?: PostgresPoolClient): Promise<CommitResult> {
+    const { workspaceId, expectedVersion, state, ledger, records, absentKeys } = commit;
+    const values: unknown[] = [workspaceId, JSON.stringify(state), JSON.stringify(ledger), JSON.stringify(records)];
+    if (expectedVersion !== 0) values.push(expectedVersion, absentKeys?.length ? absentKeys : null);
+    const [row] = await this.#rows('commit', { ...this.#statements[expectedVersion === 0 ? 'insert' : 'update'], values }, on);
+    return row?.['written'] === 1 ? 'committed' : 'conflict';
+  }
+
+  /** Runs one query on `on` (a checked-out connection) or on any free one of the pool. */
+  async #rows(operation: string, query: PostgresQuery, on?: PostgresPoolClient): Promise<Record<string, unknown>[]> {
+    return (await this.#query(operation, (pool) => (on ?? pool).query(query))).rows;
+  }
+
+  /** Runs `call` on the pool once migrated; any failure becomes a `StorageError` of `operation`. */
+  async #query<T>(operation: string, call: (pool: PostgresPool) => Promise<T>): Promise<T> {
     if (this.#closed) throw new StorageError(operation, new Error('the store is closed'), ADAPTER);
     try {
       if (!this.#migrated) await this.migrate();
-      const pool = await this.#poolReady();
-      return (await pool.query(query)).rows;
+      return await call(await this.#poolReady());
     } catch (error) {
       throw asStorageError(error, operation);
     }
