@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, MemoryStorage } from '../../src/index.js';
+import { CreditMeter, type CreditStorage, MemoryStorage } from '../../src/index.js';
 import { ledgerSum, TestClock } from '../support.js';
 
 const slowProvider = {
@@ -78,5 +78,50 @@ describe('concurrency', () => {
     expect(fresh).toHaveLength(1);
     expect(results.slice(10).every((r) => r.status === 'rejected' && r.reason.code === 'REPLY_SETTLED')).toBe(true);
     expect(Number((await meter.getWorkspace('ws')).balance)).toBe(95);
+  });
+
+  it('a meter that lost a race retries under the store lock: every reply is charged, and no locked retry conflicts', async () => {
+    const inner = new MemoryStorage();
+    const counts = { conflicts: 0, locks: 0, lockedConflicts: 0 };
+    const storage: CreditStorage = {
+      migrate: () => inner.migrate(),
+      close: () => inner.close(),
+      load: (request) => inner.load(request),
+      ledger: (query) => inner.ledger(query),
+      commit: async (commits) => {
+        const results = await inner.commit(commits);
+        counts.conflicts += results.filter((result) => result === 'conflict').length;
+        return results;
+      },
+      lock: (workspaceId, work) => {
+        counts.locks++;
+        return inner.lock(workspaceId, (workspace) =>
+          work({
+            load: (request) => workspace.load(request),
+            commit: async (commit) => {
+              const result = await workspace.commit(commit);
+              if (result === 'conflict') counts.lockedConflicts++;
+              return result;
+            },
+          }),
+        );
+      },
+    };
+    const meters = Array.from({ length: 4 }, () => new CreditMeter({ storage, providers: { openai: slowProvider } }));
+    await meters[0]!.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
+    const results = await Promise.allSettled(
+      Array.from({ length: 400 }, (_, i) =>
+        meters[i % 4]!.reply({ workspaceId: 'ws', agentId: 'a', conversationId: `c${i}`, model: 'gpt-4o-mini', input: i }),
+      ),
+    );
+    expect(results.filter((result) => result.status === 'rejected')).toEqual([]);
+    // The meters raced (each one's kept state went stale), and each lost race went through the lock.
+    expect(counts.conflicts).toBeGreaterThan(0);
+    expect(counts.locks).toBeGreaterThanOrEqual(counts.conflicts);
+    expect(counts.lockedConflicts).toBe(0);
+    const { entries } = await meters[0]!.ledger({ workspaceId: 'ws', limit: 1000 });
+    expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(400);
+    const ws = await meters[0]!.getWorkspace('ws');
+    expect(await ledgerSum(meters[0]!, 'ws')).toBe(Number(ws.balance) + Number(ws.held));
   });
 });

@@ -13,6 +13,7 @@ import type {
   LedgerRow,
   LoadedWorkspace,
   LoadRequest,
+  LockedWorkspace,
   UsageAggregate,
   UsageQuery,
   WorkspaceCommit,
@@ -113,6 +114,27 @@ class ResetsVersionOnErase extends MemoryStorage {
     await super.erase(request);
     if (!request.keepLedger)
       this.#offsets.set(request.workspaceId, (await super.load({ workspaceId: request.workspaceId, keys: [], now: 0 })).version);
+  }
+}
+
+/** A `lock` that takes no lock: other writers' commits land between its load and its commit. */
+class LockWithoutLock extends MemoryStorage {
+  override lock<T>(_workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T> {
+    return work({ load: (request) => this.load(request), commit: async (commit) => (await this.commit([commit]))[0]! });
+  }
+}
+
+/** Commits what the locked work wrote even when the work then fails (a COMMIT in `finally`). */
+class LockCommitsOnFailure extends MemoryStorage {
+  override lock<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T> {
+    let failure: unknown;
+    const committing = super.lock(workspaceId, (workspace) =>
+      work(workspace).catch((error: unknown) => {
+        failure = error;
+        return undefined as T;
+      }),
+    );
+    return committing.then((result) => (failure === undefined ? result : Promise.reject(failure)));
   }
 }
 
@@ -283,6 +305,16 @@ const mutants: readonly Mutant[] = [
       'erase - removes a workspace, or keeps its ledger with agent and conversation ids erased',
       'deleteWorkspace - a meter that kept the old workspace never writes it over the new one',
     ],
+  },
+  {
+    name: 'a lock that takes no lock',
+    create: () => new LockWithoutLock(),
+    caughtBy: ['lock - commits of other writers wait for it, then meet the version its commit wrote'],
+  },
+  {
+    name: 'a lock that commits what its failed work wrote',
+    create: () => new LockCommitsOnFailure(),
+    caughtBy: ['lock - when its work fails nothing it committed lands, and the workspace is free again'],
   },
   {
     name: 'no lapsed-hold listing',
