@@ -138,7 +138,7 @@ export class WorkspaceBatcher {
       if (attempt > 0 && waiting.length > 0 && batch.length < MAX_BATCH) batch.push(...waiting.splice(0, MAX_BATCH - batch.length));
       const needed = neededBy(batch);
       const now = this.#context.now();
-      const contended = (attempt > 0 || (this.#loadFirst.get(workspaceId)?.left ?? 0) > 0);
+      const contended = attempt > 0 || (this.#loadFirst.get(workspaceId)?.left ?? 0) > 0;
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
       const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
