@@ -227,11 +227,8 @@ export class MySqlStorage implements seam.CreditStorage {
     }
     if (commit.records.length > 0) {
       const rows = commit.records.map((record) => [id, record.key, record.holdExpiresAt, JSON.stringify(record.value)]);
-      await connection.query(
-        `INSERT INTO ${t.records} (workspace_id, record_key, hold_expires_at, value) VALUES ?
-         ON DUPLICATE KEY UPDATE hold_expires_at = VALUES(hold_expires_at), value = VALUES(value)`,
-        [rows],
-      );
+      const upsert = 'ON DUPLICATE KEY UPDATE hold_expires_at = VALUES(hold_expires_at), value = VALUES(value)';
+      await connection.query(`INSERT INTO ${t.records} (workspace_id, record_key, hold_expires_at, value) VALUES ? ${upsert}`, [rows]);
     }
     return 'committed';
   }

@@ -1,19 +1,7 @@
 import { createHash } from 'node:crypto';
 import { type InputIssue, InvalidInputError, StorageError } from '../../core/errors.js';
 import type { LedgerRow } from '../../core/state.js';
-import type {
-  CommitResult,
-  CreditStorage,
-  EraseRequest,
-  LedgerQuery,
-  ListQuery,
-  LoadedWorkspace,
-  LoadRequest,
-  LockedWorkspace,
-  UsageAggregate,
-  UsageQuery,
-  WorkspaceCommit,
-} from '../../storage/storage.js';
+import type * as seam from '../../storage/storage.js';
 import * as tables from './postgres-schema.js';
 
 // ─── the driver, typed structurally ─────────────────────────────────────────
@@ -96,13 +84,13 @@ export interface PostgresPoolOptions extends CommonOptions {
 /** Options of {@link PostgresStorage}: a connection string or a pool, plus naming. */
 export type PostgresStorageOptions = PostgresConnectionOptions | PostgresPoolOptions;
 
+/** A pool the store creates, with the events it listens to. */
+type OwnPool = PostgresPool & {
+  on(event: 'error' | 'connect', listener: (client: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
+};
+
 interface PgModule {
-  Pool: new (config: {
-    connectionString: string;
-    max: number;
-  }) => PostgresPool & {
-    on(event: 'error' | 'connect', listener: (arg: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
-  };
+  Pool: new (config: { connectionString: string; max: number }) => OwnPool;
 }
 
 const ADAPTER = 'postgres';
@@ -131,7 +119,7 @@ const MIGRATION_LOCK_CLASS = 0x63726564;
  * const meter = new CreditMeter({ storage });
  * ```
  */
-export class PostgresStorage implements CreditStorage {
+export class PostgresStorage implements seam.CreditStorage {
   /** The schema holding the store's tables. */
   readonly schema: string;
   /** The prefix of the store's table and index names. */
@@ -194,12 +182,12 @@ export class PostgresStorage implements CreditStorage {
     }
   }
 
-  load(request: LoadRequest): Promise<LoadedWorkspace> {
+  load(request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
     return this.#load(request);
   }
 
-  async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
-    const results: CommitResult[] = [];
+  async commit(commits: readonly seam.WorkspaceCommit[]): Promise<seam.CommitResult[]> {
+    const results: seam.CommitResult[] = [];
     // One statement each, in order: workspaces commit independently, and a workspace named
     // twice sees its first commit before its second.
     for (const commit of commits) results.push(await this.#commit(commit));
@@ -211,28 +199,26 @@ export class PostgresStorage implements CreditStorage {
    * UPDATE`): other servers' commits to it wait, and what `work` commits lands at `COMMIT`. A
    * workspace without a row yet has nothing to lock; its first commit is guarded by the version.
    */
-  async lock<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T> {
-    const client = await this.#query('lock', async (pool) => pool.connect());
+  async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
+    const client = await this.#query('lock', (pool) => pool.connect());
     let broken = false;
     try {
-      await this.#query('lock', () => client.query({ text: 'BEGIN' }));
+      await this.#rows('lock', { text: 'BEGIN' }, client);
       const text = `SELECT 1 FROM ${this.#names.workspaces} WHERE workspace_id = $1 FOR UPDATE`;
-      await this.#query('lock', () => client.query({ text, values: [workspaceId] }));
+      await this.#rows('lock', { text, values: [workspaceId] }, client);
       const result = await work({ load: (request) => this.#load(request, client), commit: (commit) => this.#commit(commit, client) });
-      await this.#query('lock', () => client.query({ text: 'COMMIT' }));
+      await this.#rows('lock', { text: 'COMMIT' }, client);
       return result;
     } catch (error) {
       // A connection that cannot even roll back is destroyed, not returned to the pool.
-      await client.query({ text: 'ROLLBACK' }).catch(() => {
-        broken = true;
-      });
+      await client.query({ text: 'ROLLBACK' }).catch(() => (broken = true));
       throw error;
     } finally {
       client.release(broken);
     }
   }
 
-  async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+  async ledger(query: seam.LedgerQuery): Promise<LedgerRow[]> {
     const values: unknown[] = [query.workspaceId];
     const where = ['workspace_id = $1'];
     const param = (value: unknown) => `$${values.push(value)}`;
@@ -247,7 +233,7 @@ export class PostgresStorage implements CreditStorage {
     return rows.map((row) => ({ workspaceId: query.workspaceId, ...row }) as unknown as LedgerRow);
   }
 
-  async usage(query: UsageQuery): Promise<UsageAggregate[]> {
+  async usage(query: seam.UsageQuery): Promise<seam.UsageAggregate[]> {
     const column = query.groupBy === 'agent' ? 'agent_id' : query.groupBy === 'model' ? 'model' : 'conversation_id';
     // Floors to the UTC day like dayOf, also before 1970 (SQL % truncates toward zero).
     const day = query.byDay ? ', at - (((at % 86400000) + 86400000) % 86400000) AS day' : '';
@@ -263,7 +249,7 @@ export class PostgresStorage implements CreditStorage {
   }
 
   /** Ids of the workspaces that have a state (not erased), in byte order, after `afterId`. */
-  async listWorkspaces(query: ListQuery): Promise<string[]> {
+  async listWorkspaces(query: seam.ListQuery): Promise<string[]> {
     const text = `SELECT workspace_id FROM ${this.#names.workspaces}
       WHERE state IS NOT NULL AND ($1::text IS NULL OR workspace_id > $1) ORDER BY workspace_id LIMIT $2`;
     const rows = await this.#rows('listWorkspaces', { text, values: [query.afterId ?? null, query.limit] });
@@ -274,20 +260,20 @@ export class PostgresStorage implements CreditStorage {
    * Removes a workspace's records, and its ledger and state or (`keepLedger`) the ledger's agent
    * and conversation ids; either way adds one to the version and keeps it. Atomic.
    */
-  async erase(request: EraseRequest): Promise<void> {
+  async erase(request: seam.EraseRequest): Promise<void> {
     await this.#rows('erase', { text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] });
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
 
-  async #load(request: LoadRequest, on?: PostgresPoolClient): Promise<LoadedWorkspace> {
+  async #load(request: seam.LoadRequest, on?: PostgresPoolClient): Promise<seam.LoadedWorkspace> {
     const query = { ...this.#statements.load, values: [request.workspaceId, request.keys, request.now] };
     const [row] = await this.#rows('load', query, on);
     // Always exactly one row, its columns named and typed as the fields (see loadSql).
-    return row as unknown as LoadedWorkspace;
+    return row as unknown as seam.LoadedWorkspace;
   }
 
-  async #commit(commit: WorkspaceCommit, on?: PostgresPoolClient): Promise<CommitResult> {
+  async #commit(commit: seam.WorkspaceCommit, on?: PostgresPoolClient): Promise<seam.CommitResult> {
     const { workspaceId, expectedVersion, state, ledger, records, absentKeys } = commit;
     const values: unknown[] = [workspaceId, JSON.stringify(state), JSON.stringify(ledger), JSON.stringify(records)];
     if (expectedVersion !== 0) values.push(expectedVersion, absentKeys?.length ? absentKeys : null);
@@ -373,12 +359,9 @@ function oldRelease(schema: string, prefix: string, version: number): Error {
 async function loadPg(): Promise<PgModule> {
   // A variable specifier keeps bundlers from resolving the optional peer at build time.
   const specifier = 'pg';
-  let mod: { default?: PgModule } & Partial<PgModule>;
-  try {
-    mod = (await import(specifier)) as { default?: PgModule } & Partial<PgModule>;
-  } catch (error) {
+  const mod = (await import(specifier).catch((error: unknown) => {
     throw new Error('the "pg" package is not installed; PostgresStorage needs it: run `npm install pg`', { cause: error });
-  }
+  })) as { default?: PgModule } & Partial<PgModule>;
   const Pool = mod.default?.Pool ?? mod.Pool;
   if (typeof Pool !== 'function') throw new Error('the "pg" package has no Pool export');
   return { Pool };
