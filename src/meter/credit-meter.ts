@@ -32,6 +32,7 @@ import {
   refundSchema,
   toSignedMicros,
 } from './billing-inputs.js';
+import { CommitGroup } from './commit-group.js';
 import { type CreditEventHandler, type CreditEventName, EventBus } from './events.js';
 import { keepHoldAlive } from './hold-keeper.js';
 import {
@@ -163,11 +164,12 @@ export class CreditMeter {
     const onEventError = config.onEventError;
     // A handler's error may quote whatever the handler touched: hosts get a scrubbed copy.
     this.#events = new EventBus((error, event) => onEventError(scrubError(error), event));
+    const commits = new CommitGroup((group) => this.#store('commit', (storage) => storage.commit(group)));
     this.#batcher = new WorkspaceBatcher({
       rules: { plans: this.plans, thresholds: config.lowBalanceThresholds, levels: config.lowBalanceLevels },
       now: () => this.#now(),
       load: (request) => this.#store('load', (storage) => storage.load(request)),
-      commit: (commit) => this.#store('commit', (storage) => storage.commit([commit])).then((results) => results[0]!),
+      commit: (commit) => commits.commit(commit),
       ...(this.storage.lock && {
         lock: <T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>) =>
           this.#store('commit', (storage) => storage.lock!(workspaceId, work)),

@@ -71,6 +71,12 @@ const MAX_BATCH = 1024;
 // Bounds the memory of what is kept: workspaces (least recently committed go first), holds each.
 const MAX_KEPT_WORKSPACES = 10_000;
 const MAX_KEPT_HOLDS = 4_096;
+// With a store that has `lock`, a batch that lost a race (or whose workspace lost one lately) is
+// retried inside the lock when it carries this many commands: redoing it again would cost more
+// than the lock's few round trips, during which the other servers' commits to the workspace wait.
+// A small batch just reloads and retries; from this attempt on, any batch takes the lock.
+const LOCK_BATCH = 16;
+const LOCK_ATTEMPT = 3;
 // After a kept state turned out stale (another meter wrote), load first for this many batches
 // at most, doubling from one each time it happens again: several meters on one hot workspace
 // then rarely waste a commit.
@@ -139,14 +145,15 @@ export class WorkspaceBatcher {
       const needed = neededBy(batch);
       const now = this.#context.now();
       const contended = attempt > 0 || (this.#loadFirst.get(workspaceId)?.left ?? 0) > 0;
+      const locked = this.#context.lock !== undefined && ((contended && batch.length >= LOCK_BATCH) || attempt >= LOCK_ATTEMPT);
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
       const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
       let tried: Tried;
       if (kept) tried = await this.#apply(workspaceId, batch, now, fromKept(kept, needed), this.#context);
-      else if (contended && this.#context.lock) {
+      else if (locked) {
         // Another writer got in first: queue on its lock rather than race it again.
-        tried = await this.#context.lock(workspaceId, async (store) =>
+        tried = await this.#context.lock!(workspaceId, async (store) =>
           this.#apply(workspaceId, batch, now, { loaded: await store.load(request) }, store),
         );
       } else tried = await this.#apply(workspaceId, batch, now, { loaded: await this.#context.load(request) }, this.#context);

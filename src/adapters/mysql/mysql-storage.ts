@@ -194,12 +194,16 @@ export class MySqlStorage implements seam.CreditStorage {
     return loaded;
   }
 
-  // ─── 5. commit: one transaction per workspace, guarded by the version ───
+  // ─── 5. commit: one transaction per call, each workspace guarded by its version ───
 
   async commit(commits: readonly seam.WorkspaceCommit[]): Promise<seam.CommitResult[]> {
-    const results: seam.CommitResult[] = [];
-    for (const commit of commits) results.push(await this.#transaction((connection) => this.#commitOne(connection, commit)));
-    return results;
+    // One transaction for all: a refused workspace wrote nothing, so the others can still commit.
+    const results = await this.#transaction(async (connection) => {
+      const results: seam.CommitResult[] = [];
+      for (const commit of commits) results.push(await this.#commitOne(connection, commit));
+      return results;
+    });
+    return results === 'conflict' ? commits.map(() => 'conflict') : results;
   }
 
   async #commitOne(connection: MySqlQueryable, commit: seam.WorkspaceCommit): Promise<seam.CommitResult> {
@@ -219,7 +223,9 @@ export class MySqlStorage implements seam.CreditStorage {
       const sql = `SELECT 1 FROM ${t.records} WHERE workspace_id = ? AND record_key IN (?) LIMIT 1`;
       if (((await connection.query(sql, [id, commit.absentKeys]))[0] as Row[]).length > 0) return 'conflict';
     }
-    const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]);
+    // A second creator meets the duplicate key, which undoes only that statement: the others go on.
+    const duplicate = (error: { errno?: number }) => (error.errno === 1062 ? [{ affectedRows: 0 }] : Promise.reject(error));
+    const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]).catch(duplicate);
     if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
     if (commit.ledger.length > 0) {
       const rows = commit.ledger.map((row) => [id, ...FIELDS.map((field) => row[field])]);

@@ -120,37 +120,45 @@ export const LEDGER_SELECT = LEDGER_COLUMNS.map(
 ).join(', ');
 
 /**
- * One commit as one statement (one implicit transaction, one round trip). `guard` writes the
- * state row and returns it only if the version matched and no record of `$6` exists; the rows
- * and records (JSON arrays in $3 and $4, exactly as the core made them) are joined to its
- * output, so a refused guard writes nothing. Params: $1 workspace, $2 state, $3 ledger rows,
- * $4 records, then for an update $5 version and $6 absent keys (null: none to check).
+ * The commits of one `commit` call, each of a different workspace, as one statement (one
+ * implicit transaction, one round trip, one WAL flush). `$1` is a JSON array of
+ * `{ w, v, s, a }` (workspace, expected version, state, absent keys or null); `$2` the ledger
+ * rows and `$3` the records (`{ w, key, holdExpiresAt, value }`) of all of them, exactly as the
+ * core made them. The guards write a workspace's state row only if its version matched and no
+ * record of its absent keys exists, and return it; the rows and records are joined to that
+ * output, so a workspace whose guard refused writes nothing while the others land.
  */
-export function commitSql(n: SchemaNames, expectNew: boolean): string {
-  // A new workspace needs no absent-key check: records are only written with a state row, and
-  // erase keeps that row, so a workspace without one has no records.
-  const guard = expectNew
-    ? `INSERT INTO ${n.workspaces} (workspace_id, version, state) VALUES ($1, 1, $2::json)
-         ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id`
-    : `UPDATE ${n.workspaces} SET version = version + 1, state = $2::json WHERE workspace_id = $1 AND version = $5
-         AND ($6::text[] IS NULL OR NOT EXISTS (SELECT 1 FROM ${n.records} WHERE workspace_id = $1 AND key = ANY($6)))
-       RETURNING workspace_id`;
+export function commitSql(n: SchemaNames): string {
   const columns = LEDGER_COLUMNS.map(([column]) => column).join(', ');
   const fields = LEDGER_COLUMNS.map(([, field, type]) => `"${field}" ${type}`).join(', ');
   const picked = LEDGER_COLUMNS.map(([, field]) => `t."${field}"`).join(', ');
   return /* sql */ `
-WITH ws AS (${guard}),
+WITH c AS (SELECT * FROM json_to_recordset($1::json) AS c(w text, v bigint, s json, a text[])),
+updated AS (
+  UPDATE ${n.workspaces} ws SET version = ws.version + 1, state = c.s FROM c
+   WHERE ws.workspace_id = c.w AND c.v > 0 AND ws.version = c.v
+     AND (c.a IS NULL OR NOT EXISTS (SELECT 1 FROM ${n.records} r WHERE r.workspace_id = c.w AND r.key = ANY(c.a)))
+  RETURNING ws.workspace_id
+),
+-- A new workspace needs no absent-key check: records are only written with a state row, and
+-- erase keeps that row, so a workspace without one has no records.
+created AS (
+  INSERT INTO ${n.workspaces} (workspace_id, version, state) SELECT c.w, 1, c.s FROM c WHERE c.v = 0
+  ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id
+),
+ws AS (SELECT workspace_id FROM updated UNION ALL SELECT workspace_id FROM created),
 rows AS (
   INSERT INTO ${n.ledger} (workspace_id, ${columns})
-  SELECT ws.workspace_id, ${picked} FROM ws, jsonb_to_recordset($3::jsonb) AS t(${fields})
+  SELECT ws.workspace_id, ${picked} FROM jsonb_to_recordset($2::jsonb) AS t("workspaceId" text, ${fields})
+    JOIN ws ON ws.workspace_id = t."workspaceId"
 ),
 recs AS (
   INSERT INTO ${n.records} (workspace_id, key, hold_expires_at, value)
   SELECT ws.workspace_id, t.key, t."holdExpiresAt", t.value
-    FROM ws, json_to_recordset($4::json) AS t(key text, "holdExpiresAt" bigint, value json)
+    FROM json_to_recordset($3::json) AS t(w text, key text, "holdExpiresAt" bigint, value json) JOIN ws ON ws.workspace_id = t.w
   ON CONFLICT (workspace_id, key) DO UPDATE SET hold_expires_at = excluded.hold_expires_at, value = excluded.value
 )
-SELECT count(*)::int AS written FROM ws`;
+SELECT workspace_id FROM ws`;
 }
 
 /**

@@ -133,7 +133,7 @@ export class PostgresStorage implements seam.CreditStorage {
   #migrating: Promise<void> | undefined;
   #migrated = false;
   #closed = false;
-  readonly #statements: Record<'load' | 'insert' | 'update', { name: string; text: string }>;
+  readonly #statements: Record<'load' | 'commit', { name: string; text: string }>;
 
   constructor(options: PostgresStorageOptions) {
     const issues = validate(options);
@@ -149,8 +149,7 @@ export class PostgresStorage implements seam.CreditStorage {
     const id = createHash('sha256').update(`${this.#names.key}:${tables.LAYOUT_VERSION}`).digest('hex').slice(0, 24);
     this.#statements = {
       load: { name: `credits_load_${id}`, text: tables.loadSql(this.#names) },
-      insert: { name: `credits_insert_${id}`, text: tables.commitSql(this.#names, true) },
-      update: { name: `credits_update_${id}`, text: tables.commitSql(this.#names, false) },
+      commit: { name: `credits_commit_${id}`, text: tables.commitSql(this.#names) },
     };
   }
 
@@ -188,9 +187,13 @@ export class PostgresStorage implements seam.CreditStorage {
 
   async commit(commits: readonly seam.WorkspaceCommit[]): Promise<seam.CommitResult[]> {
     const results: seam.CommitResult[] = [];
-    // One statement each, in order: workspaces commit independently, and a workspace named
-    // twice sees its first commit before its second.
-    for (const commit of commits) results.push(await this.#commit(commit));
+    // One statement per run of distinct workspaces, in order: a workspace named twice sees its
+    // first commit before its second.
+    for (let start = 0, end = 0; start < commits.length; start = end) {
+      const seen = new Set<string>();
+      while (end < commits.length && !seen.has(commits[end]!.workspaceId)) seen.add(commits[end++]!.workspaceId);
+      results.push(...(await this.#commit(commits.slice(start, end))));
+    }
     return results;
   }
 
@@ -206,7 +209,10 @@ export class PostgresStorage implements seam.CreditStorage {
       await this.#rows('lock', { text: 'BEGIN' }, client);
       const text = `SELECT 1 FROM ${this.#names.workspaces} WHERE workspace_id = $1 FOR UPDATE`;
       await this.#rows('lock', { text, values: [workspaceId] }, client);
-      const result = await work({ load: (request) => this.#load(request, client), commit: (commit) => this.#commit(commit, client) });
+      const result = await work({
+        load: (request) => this.#load(request, client),
+        commit: async (commit) => (await this.#commit([commit], client))[0]!,
+      });
       await this.#rows('lock', { text: 'COMMIT' }, client);
       return result;
     } catch (error) {
@@ -273,12 +279,18 @@ export class PostgresStorage implements seam.CreditStorage {
     return row as unknown as seam.LoadedWorkspace;
   }
 
-  async #commit(commit: seam.WorkspaceCommit, on?: PostgresPoolClient): Promise<seam.CommitResult> {
-    const { workspaceId, expectedVersion, state, ledger, records, absentKeys } = commit;
-    const values: unknown[] = [workspaceId, JSON.stringify(state), JSON.stringify(ledger), JSON.stringify(records)];
-    if (expectedVersion !== 0) values.push(expectedVersion, absentKeys?.length ? absentKeys : null);
-    const [row] = await this.#rows('commit', { ...this.#statements[expectedVersion === 0 ? 'insert' : 'update'], values }, on);
-    return row?.['written'] === 1 ? 'committed' : 'conflict';
+  /** Commits of distinct workspaces in one statement (see `commitSql`). */
+  async #commit(commits: readonly seam.WorkspaceCommit[], on?: PostgresPoolClient): Promise<seam.CommitResult[]> {
+    const heads = commits.map(({ workspaceId: w, expectedVersion: v, state: s, absentKeys: a }) => ({ w, v, s, a: a?.length ? a : null }));
+    const records = commits.flatMap(({ workspaceId: w, records }) => records.map((record) => ({ w, ...record })));
+    const values = [JSON.stringify(heads), JSON.stringify(commits.flatMap((commit) => commit.ledger)), JSON.stringify(records)];
+    const rows = await this.#rows('commit', { ...this.#statements.commit, values }, on).catch((error: StorageError) => {
+      // Two servers' calls that locked shared workspaces crosswise: PostgreSQL undid this one whole.
+      if ((error.cause as { code?: string } | undefined)?.code === '40P01') return [];
+      throw error;
+    });
+    const written = new Set(rows.map((row) => row['workspace_id']));
+    return commits.map((commit) => (written.has(commit.workspaceId) ? 'committed' : 'conflict'));
   }
 
   /** Runs one query on `on` (a checked-out connection) or on any free one of the pool. */

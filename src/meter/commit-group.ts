@@ -1,0 +1,61 @@
+import type { CommitResult, WorkspaceCommit } from '../storage/storage.js';
+
+// Commit calls in flight at once; further commits wait and go together in the next call.
+const MAX_IN_FLIGHT = 4;
+// Bounds the size of one call (one transaction, one statement).
+const MAX_GROUP = 256;
+
+interface Waiting {
+  readonly commit: WorkspaceCommit;
+  readonly resolve: (result: CommitResult) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * Group commit across workspaces: while {@link MAX_IN_FLIGHT} calls to the store's `commit` are
+ * in flight, the commits of other workspaces that become ready wait, then go to the store
+ * together in one call (one transaction, and in PostgreSQL one statement, for all of them). A
+ * quiet meter sends each commit at once; a busy one with many workspaces sends fewer, larger
+ * calls instead of queueing one statement per workspace on the database. Each commit still gets
+ * its own result: the store commits each workspace all-or-nothing and independently.
+ */
+export class CommitGroup {
+  readonly #send: (commits: WorkspaceCommit[]) => Promise<CommitResult[]>;
+  readonly #waiting: Waiting[] = [];
+  #inFlight = 0;
+
+  constructor(send: (commits: WorkspaceCommit[]) => Promise<CommitResult[]>) {
+    this.#send = send;
+  }
+
+  /** Commits one workspace's changes, alone now or with others soon. */
+  async commit(commit: WorkspaceCommit): Promise<CommitResult> {
+    if (this.#inFlight >= MAX_IN_FLIGHT) return new Promise((resolve, reject) => this.#waiting.push({ commit, resolve, reject }));
+    this.#inFlight++;
+    try {
+      return (await this.#send([commit]))[0]!;
+    } finally {
+      this.#done();
+    }
+  }
+
+  #done(): void {
+    this.#inFlight--;
+    if (this.#waiting.length > 0) void this.#flush();
+  }
+
+  async #flush(): Promise<void> {
+    // In one order everywhere, so that two app servers' calls lock their workspaces' rows in the
+    // same order and never deadlock on each other.
+    const group = this.#waiting.splice(0, MAX_GROUP).sort((a, b) => (a.commit.workspaceId < b.commit.workspaceId ? -1 : 1));
+    this.#inFlight++;
+    try {
+      const results = await this.#send(group.map((waiting) => waiting.commit));
+      group.forEach((waiting, i) => waiting.resolve(results[i]!));
+    } catch (error) {
+      for (const waiting of group) waiting.reject(error);
+    } finally {
+      this.#done();
+    }
+  }
+}
