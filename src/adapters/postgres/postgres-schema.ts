@@ -80,21 +80,7 @@ CREATE INDEX IF NOT EXISTS ${n.local('records_hold_idx')} ON ${n.records} (works
 
 CREATE TABLE IF NOT EXISTS ${n.ledger} (
   workspace_id text COLLATE "C" NOT NULL,
-  seq bigint NOT NULL,
-  kind text NOT NULL,
-  amount bigint NOT NULL,
-  at bigint NOT NULL,
-  reply_id text,
-  agent_id text,
-  conversation_id text,
-  model text,
-  route text,
-  price_version text,
-  grant_id text,
-  plan text,
-  input_tokens bigint,
-  output_tokens bigint,
-  reason text,
+  ${LEDGER_COLUMNS.map(([column, , type]) => `${column} ${type}${/^(seq|kind|amount|at)$/.test(column) ? ' NOT NULL' : ''}`).join(',\n  ')},
   PRIMARY KEY (workspace_id, seq)
 );
 CREATE INDEX IF NOT EXISTS ${n.local('ledger_at_idx')} ON ${n.ledger} (workspace_id, at);
@@ -147,13 +133,9 @@ created AS (
   ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id
 ),
 ws AS (SELECT workspace_id FROM updated UNION ALL SELECT workspace_id FROM created),
-rows AS (
-  INSERT INTO ${n.ledger} (workspace_id, ${columns})
-  SELECT ws.workspace_id, ${picked} FROM jsonb_to_recordset($2::jsonb) AS t("workspaceId" text, ${fields})
-    JOIN ws ON ws.workspace_id = t."workspaceId"
-),
-recs AS (
-  INSERT INTO ${n.records} (workspace_id, key, hold_expires_at, value)
+rows AS (INSERT INTO ${n.ledger} (workspace_id, ${columns})
+  SELECT ws.workspace_id, ${picked} FROM jsonb_to_recordset($2::jsonb) AS t("workspaceId" text, ${fields}) JOIN ws ON ws.workspace_id = t."workspaceId"),
+recs AS (INSERT INTO ${n.records} (workspace_id, key, hold_expires_at, value)
   SELECT ws.workspace_id, t.key, t."holdExpiresAt", t.value
     FROM json_to_recordset($3::json) AS t(w text, key text, "holdExpiresAt" bigint, value json) JOIN ws ON ws.workspace_id = t.w
   ON CONFLICT (workspace_id, key) DO UPDATE SET hold_expires_at = excluded.hold_expires_at, value = excluded.value
