@@ -14,7 +14,7 @@
  *   --concurrency <n>            in-flight charges on the durable stores, per process (default 512)
  *   --processes <n>              app-server processes in the multi-process and realistic runs (default 4)
  *   --realistic-seconds <s>      length of the realistic run per store (default 25)
- *   --realistic-inflight <n>     replies in flight per process in the realistic run (default 1000)
+ *   --realistic-inflight <n,…>   replies in flight per process in the realistic run, one run each (default 1000,250)
  *   --history-rows <n>           ledger rows of the heavy workspace (default 1000000)
  *   --history-holds <n>          open holds on the heavy workspace (default 10000)
  *   --json <file>                also write the results as JSON
@@ -98,7 +98,10 @@ const seconds = values.seconds === undefined ? undefined : positive(values.secon
 const concurrency = Math.round(positive(values.concurrency, 512, 'concurrency'));
 const processes = Math.round(positive(values.processes, 4, 'processes'));
 const realisticSeconds = positive(values['realistic-seconds'], quick ? 3 : 25, 'realistic-seconds');
-const realisticInflight = Math.round(positive(values['realistic-inflight'], quick ? 250 : 1000, 'realistic-inflight'));
+// Two loads by default: one past what the databases here serve (the queue shows), one they sustain.
+const realisticInflights = (values['realistic-inflight'] ?? (quick ? '250' : '1000,250'))
+  .split(',')
+  .map((n) => Math.round(positive(n, 1000, 'realistic-inflight')));
 const historyRows = Math.round(positive(values['history-rows'], quick ? 20_000 : 1_000_000, 'history-rows'));
 const historyHolds = Math.round(positive(values['history-holds'], quick ? 1_000 : 10_000, 'history-holds'));
 
@@ -172,19 +175,21 @@ try {
         });
         await part('realistic', async () => {
           if (!fleet) return;
-          realistic.push(
-            await measureRealistic(ctx, {
-              workspaces: quick ? 2_000 : 10_000,
-              zipf: 1,
-              fleet,
-              concurrency: realisticInflight,
-              ms: realisticSeconds * 1000,
-              minLatencyMs: 200,
-              maxLatencyMs: 2000,
-              allotment: 1_000,
-              log,
-            }),
-          );
+          for (const inflight of realisticInflights) {
+            realistic.push(
+              await measureRealistic(ctx, {
+                workspaces: quick ? 2_000 : 10_000,
+                zipf: 1,
+                fleet,
+                concurrency: inflight,
+                ms: realisticSeconds * 1000,
+                minLatencyMs: 200,
+                maxLatencyMs: 2000,
+                allotment: 1_000,
+                log,
+              }),
+            );
+          }
         });
       } finally {
         await fleet?.close();

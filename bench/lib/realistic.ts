@@ -77,7 +77,7 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
     await meter.createWorkspace({ workspaceId: `${prefix}${i}`, plan: 'enterprise', allotment: options.allotment });
   });
   const setupSeconds = (performance.now() - setupStarted) / 1000;
-  options.log(`  ${ctx.name} realistic: ${fmtInt(options.workspaces)} workspaces created in ${setupSeconds.toFixed(1)} s`);
+  options.log(`  ${ctx.name} realistic ${options.fleet.processes} × ${options.concurrency}: ${fmtInt(options.workspaces)} workspaces created in ${setupSeconds.toFixed(1)} s`);
 
   const stopCpu = cpuWindow(portsOf(ctx.address));
   const runs = await options.fleet.run({
@@ -145,7 +145,7 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
   };
   if (firstError !== undefined) result.firstError = firstError;
   options.log(
-    `  ${ctx.name} realistic: ${fmtInt(result.repliesPerSec)} replies/s, meter adds p50 ${result.addedP50Ms.toFixed(1)} ms, p99 ${result.addedP99Ms.toFixed(1)} ms; ` +
+    `  ${ctx.name} realistic ${options.fleet.processes} × ${options.concurrency}: ${fmtInt(result.repliesPerSec)} replies/s, meter adds p50 ${result.addedP50Ms.toFixed(1)} ms, p99 ${result.addedP99Ms.toFixed(1)} ms; ` +
       `${fmtInt(refused)} refused, ${dry} workspaces dry, CPU app ${appCores.toFixed(2)} / server ${serverCores.toFixed(2)} cores, ${errors} errors${firstError ? `: ${firstError}` : ''}; checks ${failedChecks.length === 0 ? 'ok' : `FAILED on ${failedChecks.length}`}`,
   );
   return result;

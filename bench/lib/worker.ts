@@ -136,9 +136,12 @@ async function runRealistic(task: RealisticTask, go: Promise<void>): Promise<Rea
     const span = task.maxLatencyMs - task.minLatencyMs;
     const provider: ReplyProvider = {
       async generate(request) {
-        const started = performance.now();
-        await sleep(task.minLatencyMs + Math.random() * span);
-        (request.input as Box).slept = performance.now() - started;
+        // The model's latency as planned, not as measured: a store that blocks the event loop
+        // (SQLite waiting for another process's lock or its fsync) stretches every sleep in the
+        // process, and that time is the meter's, not the model's.
+        const latency = task.minLatencyMs + Math.random() * span;
+        await sleep(latency);
+        (request.input as Box).slept = latency;
         return { output: 'ok' };
       },
     };
