@@ -29,14 +29,19 @@ export class CommitGroup {
   }
 
   /** Commits one workspace's changes, alone now or with others soon. */
-  async commit(commit: WorkspaceCommit): Promise<CommitResult> {
+  commit(commit: WorkspaceCommit): Promise<CommitResult> {
     if (this.#inFlight >= MAX_IN_FLIGHT) return new Promise((resolve, reject) => this.#waiting.push({ commit, resolve, reject }));
     this.#inFlight++;
-    try {
-      return (await this.#send([commit]))[0]!;
-    } finally {
-      this.#done();
-    }
+    return this.#send([commit]).then(
+      (results) => {
+        this.#done();
+        return results[0]!;
+      },
+      (error: unknown) => {
+        this.#done();
+        throw error;
+      },
+    );
   }
 
   #done(): void {

@@ -61,7 +61,7 @@ interface Tried {
   readonly results: Applied[];
   readonly loaded: LoadedWorkspace;
   readonly commit?: WorkspaceCommit;
-  readonly result?: CommitResult;
+  result?: CommitResult;
 }
 
 // A commit that keeps losing the race to other writers gives up after this many tries.
@@ -148,15 +148,20 @@ export class WorkspaceBatcher {
       const locked = this.#context.lock !== undefined && ((contended && batch.length >= LOCK_BATCH) || attempt >= LOCK_ATTEMPT);
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
-      const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
       let tried: Tried;
-      if (kept) tried = await this.#apply(workspaceId, batch, now, fromKept(kept, needed), this.#context);
-      else if (locked) {
+      if (kept) {
+        tried = this.#apply(workspaceId, batch, now, ...fromKept(kept, needed));
+        if (tried.commit) tried.result = await this.#context.commit(tried.commit);
+      } else {
+        const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
+        const tryOnce = async (store: Pick<BatchContext, 'load' | 'commit'>) => {
+          const applied = this.#apply(workspaceId, batch, now, await store.load(request));
+          if (applied.commit) applied.result = await store.commit(applied.commit);
+          return applied;
+        };
         // Another writer got in first: queue on its lock rather than race it again.
-        tried = await this.#context.lock!(workspaceId, async (store) =>
-          this.#apply(workspaceId, batch, now, { loaded: await store.load(request) }, store),
-        );
-      } else tried = await this.#apply(workspaceId, batch, now, { loaded: await this.#context.load(request) }, this.#context);
+        tried = await (locked ? this.#context.lock!(workspaceId, tryOnce) : tryOnce(this.#context));
+      }
       // Nothing to commit proves nothing about a kept state: answer from a load.
       if (!tried.commit) {
         if (kept) continue;
@@ -172,14 +177,8 @@ export class WorkspaceBatcher {
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
   }
 
-  /** Applies a batch to what was loaded (or kept) and commits it through `store` when it changed something. */
-  async #apply(
-    workspaceId: string,
-    batch: readonly Pending[],
-    now: number,
-    { loaded, absentKeys }: { loaded: LoadedWorkspace; absentKeys?: string[] },
-    store: Pick<BatchContext, 'commit'>,
-  ): Promise<Tried> {
+  /** Applies a batch to what was loaded (or kept): the outcomes, and the commit when it changed something. */
+  #apply(workspaceId: string, batch: readonly Pending[], now: number, loaded: LoadedWorkspace, absentKeys?: string[]): Tried {
     const transition = new Transition(workspaceId, loaded, now, this.#context.rules);
     const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
     if (!transition.changed) return { results, loaded };
@@ -187,7 +186,7 @@ export class WorkspaceBatcher {
     const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, state, ledger, records };
     if (absentKeys?.length) commit.absentKeys = absentKeys;
     this.#committed.delete(workspaceId);
-    return { results, loaded, commit, result: await store.commit(commit) };
+    return { results, loaded, commit };
   }
 
   /** The kept state, when a batch that needs these records may start from it at `now`. */
@@ -240,7 +239,7 @@ export class WorkspaceBatcher {
 }
 
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
-function fromKept(kept: Committed, needed: readonly Needed[]): { loaded: LoadedWorkspace; absentKeys: string[] } {
+function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWorkspace, absentKeys: string[]] {
   const records: StoredRecord[] = [];
   const absentKeys: string[] = [];
   for (const { key } of needed) {
@@ -248,7 +247,7 @@ function fromKept(kept: Committed, needed: readonly Needed[]): { loaded: LoadedW
     if (hold) records.push(hold);
     else absentKeys.push(key);
   }
-  return { loaded: { version: kept.version, state: kept.state, records, lapsed: [] }, absentKeys };
+  return [{ version: kept.version, state: kept.state, records, lapsed: [] }, absentKeys];
 }
 
 /** The records a batch reads, loaded with the state in the same round trip. */
