@@ -25,9 +25,12 @@ function processes(): Map<number, Proc> {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // "pid (comm) state ppid ... utime stime": comm may hold spaces, so split after its ')'.
+      // "pid (comm) state ppid ... utime stime cutime cstime": comm may hold spaces, so split after
+      // its ')'. The children's times count too: a PostgreSQL backend that exits mid-window hands
+      // its CPU time to the postmaster's cutime, and the total must not drop.
       const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      all.set(Number(entry), { ppid: Number(fields[1]), cpu: (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND });
+      const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      all.set(Number(entry), { ppid: Number(fields[1]), cpu: ticks / TICKS_PER_SECOND });
     } catch {
       // the process ended meanwhile
     }

@@ -77,7 +77,9 @@ export async function measureRealistic(ctx: StoreContext, options: RealisticOpti
     await meter.createWorkspace({ workspaceId: `${prefix}${i}`, plan: 'enterprise', allotment: options.allotment });
   });
   const setupSeconds = (performance.now() - setupStarted) / 1000;
-  options.log(`  ${ctx.name} realistic ${options.fleet.processes} × ${options.concurrency}: ${fmtInt(options.workspaces)} workspaces created in ${setupSeconds.toFixed(1)} s`);
+  options.log(
+    `  ${ctx.name} realistic ${options.fleet.processes} × ${options.concurrency}: ${fmtInt(options.workspaces)} workspaces created in ${setupSeconds.toFixed(1)} s`,
+  );
 
   const stopCpu = cpuWindow(portsOf(ctx.address));
   const runs = await options.fleet.run({

@@ -56,7 +56,7 @@ export class CommitGroup {
     this.#inFlight++;
     try {
       const results = await this.#send(group.map((waiting) => waiting.commit));
-      group.forEach((waiting, i) => waiting.resolve(results[i]!));
+      for (const [i, waiting] of group.entries()) waiting.resolve(results[i]!);
     } catch (error) {
       for (const waiting of group) waiting.reject(error);
     } finally {
