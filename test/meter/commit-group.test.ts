@@ -31,7 +31,7 @@ describe('CommitGroup', () => {
     const pending = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
     await tick();
     expect(calls.map((call) => call.ids)).toEqual([['a'], ['b'], ['c'], ['d']]);
-    calls.forEach((call, i) => call.answer([i % 2 === 0 ? 'committed' : 'conflict']));
+    for (const [i, call] of calls.entries()) call.answer([i % 2 === 0 ? 'committed' : 'conflict']);
     expect(await Promise.all(pending)).toEqual(['committed', 'conflict', 'committed', 'conflict']);
   });
 
