@@ -120,9 +120,11 @@ export function commitSql(n: SchemaNames): string {
   const picked = LEDGER_COLUMNS.map(([, field]) => `t."${field}"`).join(', ');
   return /* sql */ `
 WITH c AS (SELECT * FROM json_to_recordset($1::json) AS c(w text, v bigint, s json, a text[])),
+-- The rows are locked in id order first, so two servers' statements never lock shared rows crosswise.
+locked AS (SELECT workspace_id FROM ${n.workspaces} WHERE workspace_id IN (SELECT w FROM c) ORDER BY workspace_id FOR UPDATE),
 updated AS (
   UPDATE ${n.workspaces} ws SET version = ws.version + 1, state = c.s FROM c
-   WHERE ws.workspace_id = c.w AND c.v > 0 AND ws.version = c.v
+   WHERE ws.workspace_id = c.w AND c.v > 0 AND ws.version = c.v AND ws.workspace_id IN (SELECT workspace_id FROM locked)
      AND (c.a IS NULL OR NOT EXISTS (SELECT 1 FROM ${n.records} r WHERE r.workspace_id = c.w AND r.key = ANY(c.a)))
   RETURNING ws.workspace_id
 ),
