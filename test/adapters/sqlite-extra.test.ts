@@ -180,6 +180,44 @@ describe('SqliteStorage options and life cycle', () => {
   });
 });
 
+describe('SqliteStorage waiting for the write lock', () => {
+  it('a commit waits for another connection to let go of the write lock without blocking the event loop, then lands', async () => {
+    const filename = file();
+    const storage = new SqliteStorage({ filename, busyTimeoutMs: 5_000 });
+    await storage.migrate();
+    const locker = new Database(filename);
+    locker.exec('BEGIN IMMEDIATE');
+    let ticks = 0;
+    const ticking = setInterval(() => ticks++, 5);
+    const pending = storage.commit([commit('w', 0)]);
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    // A wait inside SQLite would have held this thread (the locker's too) until the timeout.
+    expect(ticks).toBeGreaterThan(5);
+    locker.exec('COMMIT');
+    expect(await pending).toEqual(['committed']);
+    clearInterval(ticking);
+    locker.close();
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: T0 })).version).toBe(1);
+    await storage.close();
+  });
+
+  it('a commit that cannot get the write lock within busyTimeoutMs fails with STORAGE_ERROR and writes nothing', async () => {
+    const filename = file();
+    const storage = new SqliteStorage({ filename, busyTimeoutMs: 200 });
+    await storage.migrate();
+    const locker = new Database(filename);
+    locker.exec('BEGIN IMMEDIATE');
+    const started = Date.now();
+    const error = await storage.commit([commit('w', 0)]).catch((caught: unknown) => caught);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(150);
+    locker.exec('ROLLBACK');
+    locker.close();
+    expect((error as Error).cause).toMatchObject({ code: 'SQLITE_BUSY' });
+    expect((await storage.load({ workspaceId: 'w', keys: [], now: T0 })).version).toBe(0);
+    await storage.close();
+  });
+});
+
 describe('SqliteStorage commits', () => {
   it('commit - a write that fails mid-way (a non-integer amount) rolls the whole commit back', async () => {
     const storage = new SqliteStorage({ filename: file() });

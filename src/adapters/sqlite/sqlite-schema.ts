@@ -13,6 +13,16 @@ export const SCHEMA_VERSION = 2;
  * holds' lapse times), and the ledger, clustered by `(workspace_id, seq)`. Tables are
  * STRICT, so a non-integer amount is refused by SQLite itself rather than stored as a REAL.
  */
+/**
+ * The ledger's columns after `workspace_id`, in table order, with their types. Each holds the
+ * `LedgerRow` field of its camel-cased name.
+ */
+export const ENTRY_COLUMNS = (
+  'seq INTEGER NOT NULL, kind TEXT NOT NULL, amount INTEGER NOT NULL, at INTEGER NOT NULL, reply_id TEXT, agent_id TEXT, ' +
+  'conversation_id TEXT, model TEXT, route TEXT, price_version TEXT, grant_id TEXT, plan TEXT, input_tokens INTEGER, ' +
+  'output_tokens INTEGER, reason TEXT'
+).split(', ');
+
 const CREATE = (p: string) => `
   CREATE TABLE ${p}states (
     workspace_id TEXT PRIMARY KEY,
@@ -31,21 +41,7 @@ const CREATE = (p: string) => `
 
   CREATE TABLE ${p}entries (
     workspace_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    amount INTEGER NOT NULL,
-    at INTEGER NOT NULL,
-    reply_id TEXT,
-    agent_id TEXT,
-    conversation_id TEXT,
-    model TEXT,
-    route TEXT,
-    price_version TEXT,
-    grant_id TEXT,
-    plan TEXT,
-    input_tokens INTEGER,
-    output_tokens INTEGER,
-    reason TEXT,
+    ${ENTRY_COLUMNS.join(',\n    ')},
     PRIMARY KEY (workspace_id, seq)
   ) STRICT, WITHOUT ROWID;
   CREATE INDEX ${p}entries_at ON ${p}entries (workspace_id, at);

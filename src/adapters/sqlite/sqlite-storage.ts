@@ -14,7 +14,7 @@ import type {
   WorkspaceCommit,
 } from '../../storage/storage.js';
 import { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite-driver.js';
-import { migrateSchema } from './sqlite-schema.js';
+import { ENTRY_COLUMNS, migrateSchema } from './sqlite-schema.js';
 
 /** Options shared by both ways of giving {@link SqliteStorage} a database. */
 export interface SqliteStorageBaseOptions {
@@ -33,7 +33,8 @@ export interface SqliteStorageBaseOptions {
   synchronous?: 'FULL' | 'NORMAL';
   /**
    * How long a transaction waits for another process's write lock before failing with a
-   * `STORAGE_ERROR`, in milliseconds. The wait blocks this process's event loop.
+   * `STORAGE_ERROR`, in milliseconds. The store waits on timers, so this process keeps serving
+   * meanwhile; it is also the connection's `busy_timeout` for everything else.
    * @default 5000
    */
   busyTimeoutMs?: number;
@@ -59,25 +60,10 @@ export type SqliteStorageOptions = SqliteStorageFileOptions | SqliteStorageDatab
 const PREFIX = /^[a-z_][a-z0-9_]*$/;
 
 /** Ledger columns and the {@link LedgerRow} fields they hold, in table order (the first is the workspace). */
-const ENTRY_FIELDS: readonly (readonly [string, string])[] = [
-  ['workspace_id', 'workspaceId'],
-  ['seq', 'seq'],
-  ['kind', 'kind'],
-  ['amount', 'amount'],
-  ['at', 'at'],
-  ['reply_id', 'replyId'],
-  ['agent_id', 'agentId'],
-  ['conversation_id', 'conversationId'],
-  ['model', 'model'],
-  ['route', 'route'],
-  ['price_version', 'priceVersion'],
-  ['grant_id', 'grantId'],
-  ['plan', 'plan'],
-  ['input_tokens', 'inputTokens'],
-  ['output_tokens', 'outputTokens'],
-  ['reason', 'reason'],
-];
-const ENTRY_COLUMNS = ENTRY_FIELDS.map(([column, field]) => (column === field ? column : `${column} AS ${field}`)).join(', ');
+const ENTRY_FIELDS = ['workspace_id', ...ENTRY_COLUMNS.map((column) => column.split(' ')[0]!)].map(
+  (column) => [column, column.replace(/_(.)/g, (_, letter: string) => letter.toUpperCase())] as const,
+);
+const ENTRY_SELECT = ENTRY_FIELDS.map(([column, field]) => (column === field ? column : `${column} AS ${field}`)).join(', ');
 const ROW_FIELDS = ENTRY_FIELDS.slice(1).map(([, field]) => field);
 
 const GROUP_COLUMN = { agent: 'agent_id', model: 'model', conversation: 'conversation_id' } as const;
@@ -238,7 +224,7 @@ export class SqliteStorage implements CreditStorage {
   }
 
   async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
-    return this.#run('commit', (s) => immediate(s, () => commits.map((commit) => write(s, commit))));
+    return this.#write('commit', (s) => commits.map((commit) => write(s, commit)));
   }
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
@@ -257,7 +243,7 @@ export class SqliteStorage implements CreditStorage {
         params.push(value);
       }
       params.push(query.limit);
-      return s.query(`SELECT ${ENTRY_COLUMNS} FROM ${s.prefix}entries WHERE ${where} ORDER BY seq LIMIT ?`).all(...params) as LedgerRow[];
+      return s.query(`SELECT ${ENTRY_SELECT} FROM ${s.prefix}entries WHERE ${where} ORDER BY seq LIMIT ?`).all(...params) as LedgerRow[];
     });
   }
 
@@ -273,18 +259,16 @@ export class SqliteStorage implements CreditStorage {
 
   async erase(request: EraseRequest): Promise<void> {
     const id = request.workspaceId;
-    return this.#run('erase', (s) =>
-      immediate(s, () => {
-        s.query(`DELETE FROM ${s.prefix}records WHERE workspace_id = ?`).run(id);
-        if (request.keepLedger)
-          s.query(`UPDATE ${s.prefix}entries SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`).run(id);
-        else s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
-        // The row stays, one version up, so no version is ever reused for another state.
-        s.query(
-          `UPDATE ${s.prefix}states SET version = version + 1${request.keepLedger ? '' : ', state = NULL'} WHERE workspace_id = ?`,
-        ).run(id);
-      }),
-    );
+    return this.#write('erase', (s) => {
+      s.query(`DELETE FROM ${s.prefix}records WHERE workspace_id = ?`).run(id);
+      if (request.keepLedger)
+        s.query(`UPDATE ${s.prefix}entries SET agent_id = NULL, conversation_id = NULL WHERE workspace_id = ?`).run(id);
+      else s.query(`DELETE FROM ${s.prefix}entries WHERE workspace_id = ?`).run(id);
+      // The row stays, one version up, so no version is ever reused for another state.
+      s.query(`UPDATE ${s.prefix}states SET version = version + 1${request.keepLedger ? '' : ', state = NULL'} WHERE workspace_id = ?`).run(
+        id,
+      );
+    });
   }
 
   /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
@@ -295,6 +279,23 @@ export class SqliteStorage implements CreditStorage {
         FROM ${s.prefix}entries WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY key${query.byDay ? ', day' : ''}`;
       return s.query(sql).all(query.workspaceId, query.from, query.to) as UsageAggregate[];
     });
+  }
+
+  /**
+   * Runs `work` in one `BEGIN IMMEDIATE` transaction. While another process holds the write lock
+   * it waits on timers, up to `busyTimeoutMs`: this process's event loop keeps serving meanwhile
+   * (and the meter groups the commits that arrive) instead of stalling inside SQLite.
+   */
+  async #write<T>(operation: string, work: (runtime: Runtime) => T): Promise<T> {
+    const deadline = Date.now() + this.#busyTimeoutMs;
+    for (let pause = 1; ; pause = Math.min(2 * pause, 16)) {
+      try {
+        return await this.#run(operation, (s) => immediate(s, () => work(s), this.#busyTimeoutMs));
+      } catch (error) {
+        if ((error as { cause?: { code?: unknown } }).cause?.code !== 'SQLITE_BUSY' || Date.now() + pause > deadline) throw error;
+      }
+      await new Promise((resolve) => setTimeout(resolve, pause));
+    }
   }
 
   /** Runs one synchronous step on the open database; driver failures become `STORAGE_ERROR`. */
@@ -367,9 +368,18 @@ function closedError(operation: string): StorageError {
   return new StorageError(operation, new Error('the SQLite store is closed'), 'sqlite');
 }
 
-/** Runs `work` in one `BEGIN IMMEDIATE` transaction, rolled back when it throws. */
-function immediate<T>(s: Runtime, work: () => T): T {
-  s.db.exec('BEGIN IMMEDIATE');
+/**
+ * Runs `work` in one `BEGIN IMMEDIATE` transaction, rolled back when it throws. The write lock is
+ * not waited for here (`SQLITE_BUSY` at once when another connection holds it): the caller waits
+ * on timers. The connection's `busy_timeout` is put back for everything else.
+ */
+function immediate<T>(s: Runtime, work: () => T, busyTimeoutMs: number): T {
+  s.db.exec('PRAGMA busy_timeout = 0');
+  try {
+    s.db.exec('BEGIN IMMEDIATE');
+  } finally {
+    s.db.exec(`PRAGMA busy_timeout = ${busyTimeoutMs}`);
+  }
   try {
     const result = work();
     s.db.exec('COMMIT');
