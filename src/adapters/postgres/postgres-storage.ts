@@ -234,7 +234,8 @@ export class PostgresStorage implements seam.CreditStorage {
     if (query.agentId !== undefined) where.push(`agent_id = ${param(query.agentId)}`);
     if (query.kinds !== undefined) where.push(`kind = ANY(${param(query.kinds)}::text[])`);
     const limit = param(Math.max(0, Math.floor(query.limit)));
-    const text = `SELECT ${tables.LEDGER_SELECT} FROM ${this.#names.ledger} WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ${limit}`;
+    // `l.seq`, not `seq`: that name is also the float8 output column, and ordering by it loses the index.
+    const text = `SELECT ${tables.LEDGER_SELECT} FROM ${this.#names.ledger} l WHERE ${where.join(' AND ')} ORDER BY l.seq LIMIT ${limit}`;
     const rows = await this.#rows('ledger', { text, values });
     return rows.map((row) => ({ workspaceId: query.workspaceId, ...row }) as unknown as LedgerRow);
   }
