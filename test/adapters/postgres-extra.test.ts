@@ -552,6 +552,46 @@ describe('PostgresStorage - analytics at scale', () => {
     );
     expect(plan.map((r) => r['QUERY PLAN']).join('\n')).toMatch(/Index/);
   });
+
+  it("ledger - a page reads the workspace's rows in seq order from an index, never sorting them all", async () => {
+    const pool = new pg.Pool({ connectionString: url(), max: 2 });
+    const sent: { text: string; values?: unknown[] }[] = [];
+    const schema = freshSchema();
+    const storage = new PostgresStorage({
+      schema,
+      pool: {
+        query: (query) => {
+          sent.push(query);
+          return pool.query(query);
+        },
+        connect: () => pool.connect(),
+        end: () => pool.end(),
+      },
+    });
+    await storage.migrate();
+    const ledger = `"${schema}"."credits_ledger"`;
+    await sql(
+      url(),
+      `INSERT INTO ${ledger} (workspace_id, seq, kind, amount, at, agent_id)
+       SELECT 'big', i, 'reply', -1000000, 1767225600000 + i, 'agent_' || (i % 3) FROM generate_series(1, 50000) AS i`,
+    );
+    await sql(url(), `ANALYZE ${ledger}`);
+    sent.length = 0;
+    expect((await storage.ledger({ workspaceId: 'big', limit: 100 })).map((r) => r.seq)).toEqual(
+      Array.from({ length: 100 }, (_, i) => i + 1),
+    );
+    expect(await storage.ledger({ workspaceId: 'big', agentId: 'agent_2', afterSeq: 100, limit: 100 })).toHaveLength(100);
+    expect(sent).toHaveLength(2);
+    for (const query of sent) {
+      const plan = (await pool.query({ text: `EXPLAIN ${query.text}`, values: query.values ?? [] })).rows
+        .map((r) => r['QUERY PLAN'])
+        .join('\n');
+      // A sort of 50k rows for a page of 100 is what ordering by the float8 output column did.
+      expect(plan, plan).not.toMatch(/Sort/);
+      expect(plan, plan).toMatch(/Index/);
+    }
+    await dropPostgresSchema(storage, url());
+  });
 });
 
 describe('PostgresStorage - cleanup helper', () => {
