@@ -329,12 +329,29 @@ export class MySqlStorage implements seam.CreditStorage {
     return this.#pool;
   }
 
+  /**
+   * A pooled connection with a transaction started. One the server dropped while it sat idle in
+   * the pool (a restart, a `KILL`) fails here, before anything was sent: it is closed and another
+   * taken, a few times at most.
+   */
+  async #begin(): Promise<MySqlPoolConnection> {
+    for (let attempt = 1; ; attempt++) {
+      const connection = await (await this.#ready()).getConnection();
+      try {
+        await connection.query('START TRANSACTION');
+        return connection;
+      } catch (error) {
+        connection.destroy();
+        if (attempt >= 3 || !(error as { fatal?: boolean }).fatal) throw error;
+      }
+    }
+  }
+
   /** Runs `work` in a transaction: COMMIT unless it answers `conflict`; ROLLBACK then or when it throws (a deadlock: `conflict`). */
   async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>): Promise<T | 'conflict'> {
-    const connection = await (await this.#ready()).getConnection();
+    const connection = await this.#begin();
     let healthy = true;
     try {
-      await connection.query('START TRANSACTION');
       const result = await work(connection);
       await connection.query(result === 'conflict' ? 'ROLLBACK' : 'COMMIT');
       return result;
