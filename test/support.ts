@@ -72,7 +72,10 @@ export async function ledgerSum(meter: CreditMeter, workspaceId: string): Promis
 
 type StorageMethod = Exclude<keyof CreditStorage, never>;
 
-/** A store that delegates to `inner` except for the methods given (a fault injector). */
+/**
+ * A store that delegates to `inner` except for the methods given (a fault injector). It has a
+ * `lock` only when one is given: the inner store's would commit past an overridden `commit`.
+ */
 export function wrapStorage(inner: CreditStorage, overrides: Partial<CreditStorage>): CreditStorage {
   const methods: StorageMethod[] = ['migrate', 'close', 'load', 'commit', 'ledger', 'usage'];
   const wrapped: Record<string, unknown> = {};
@@ -81,5 +84,6 @@ export function wrapStorage(inner: CreditStorage, overrides: Partial<CreditStora
     const chosen = overrides[method] ?? own?.bind(inner);
     if (chosen) wrapped[method] = chosen;
   }
+  if (overrides.lock) wrapped['lock'] = overrides.lock;
   return wrapped as unknown as CreditStorage;
 }

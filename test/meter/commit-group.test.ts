@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, type CreditStorage, MemoryStorage } from '../../src/index.js';
+import { CreditMeter, MemoryStorage } from '../../src/index.js';
 import { CommitGroup } from '../../src/meter/commit-group.js';
 import type { CommitResult, WorkspaceCommit } from '../../src/storage/index.js';
-import { ledgerSum } from '../support.js';
+import { ledgerSum, wrapStorage } from '../support.js';
 
 const commitOf = (workspaceId: string): WorkspaceCommit => ({
   workspaceId,
@@ -74,19 +74,15 @@ describe('CommitGroup', () => {
     const inner = new MemoryStorage();
     let slow = Promise.resolve();
     const sizes: number[] = [];
-    const storage: CreditStorage = {
-      migrate: () => inner.migrate(),
-      close: () => inner.close(),
-      load: (request) => inner.load(request),
-      ledger: (query) => inner.ledger(query),
-      // A store whose commits take a while, as a database's do.
+    // A store whose commits take a while, as a database's do.
+    const storage = wrapStorage(inner, {
       commit: async (commits) => {
         sizes.push(commits.length);
         slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
         await slow;
         return inner.commit(commits);
       },
-    };
+    });
     const meter = new CreditMeter({ storage });
     const ids = Array.from({ length: 40 }, (_, i) => `ws${i}`);
     for (const workspaceId of ids) await meter.createWorkspace({ workspaceId, plan: 'pro' });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, type CreditStorage, MemoryStorage } from '../../src/index.js';
-import { ledgerSum, TestClock } from '../support.js';
+import { CreditMeter, MemoryStorage } from '../../src/index.js';
+import { ledgerSum, TestClock, wrapStorage } from '../support.js';
 
 const slowProvider = {
   async generate() {
@@ -83,11 +83,7 @@ describe('concurrency', () => {
   it('a large batch that lost a race retries under the store lock: every reserve lands, and no locked retry conflicts', async () => {
     const inner = new MemoryStorage();
     const counts = { bigConflicts: 0, locks: 0, lockedConflicts: 0 };
-    const storage: CreditStorage = {
-      migrate: () => inner.migrate(),
-      close: () => inner.close(),
-      load: (request) => inner.load(request),
-      ledger: (query) => inner.ledger(query),
+    const storage = wrapStorage(inner, {
       commit: async (commits) => {
         const results = await inner.commit(commits);
         // A reserve writes one record: a commit of 16 records or more carries a batch that large.
@@ -107,7 +103,7 @@ describe('concurrency', () => {
           }),
         );
       },
-    };
+    });
     const meters = Array.from({ length: 4 }, () => new CreditMeter({ storage }));
     await meters[0]!.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
     // Each meter's 50 reserves arrive together: one batch per meter, all four racing for one version.
