@@ -30,3 +30,31 @@ export function ledgerRow(
     ...fields,
   };
 }
+
+/** One field of a ledger row as a SQL store lays it out: a column each. */
+export interface LedgerColumn {
+  /** The {@link LedgerRow} field the column holds. */
+  readonly field: Exclude<keyof LedgerRow, 'workspaceId'>;
+  /** The column's name: the field in snake_case, e.g. `reply_id` for `replyId`. */
+  readonly column: string;
+  /** `integer` for whole numbers (seq, amounts, instants, token counts; all within ±(2⁵³ − 1)), `text` otherwise. */
+  readonly type: 'integer' | 'text';
+  /** True for the fields every row has (`seq`, `kind`, `amount`, `at`); the others may be null. */
+  readonly required: boolean;
+}
+
+const INTEGER_FIELDS: ReadonlySet<string> = new Set(['seq', 'amount', 'at', 'inputTokens', 'outputTokens']);
+
+/**
+ * Every field of a ledger row but `workspaceId`, in the order of {@link ledgerRow}, with the
+ * column a SQL store keeps it in. A store that builds its table and statements from this list
+ * stays in step when a field is added.
+ */
+export const LEDGER_COLUMNS: readonly LedgerColumn[] = Object.entries(ledgerRow('', 0, 'reply', 0, 0))
+  .filter(([field]) => field !== 'workspaceId')
+  .map(([field, sample]) => ({
+    field: field as LedgerColumn['field'],
+    column: field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`),
+    type: INTEGER_FIELDS.has(field) ? 'integer' : 'text',
+    required: sample !== null,
+  }));

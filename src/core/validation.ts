@@ -134,7 +134,8 @@ export function closestKey(key: string, known: Iterable<string>): string | undef
   return best;
 }
 
-function unknownKeyIssue(path: string, key: string, known: Iterable<string>): InputIssue {
+/** The issue of a key that is not a field: names it, with a hint when it is close to a known one. */
+export function unknownKeyIssue(path: string, key: string, known: Iterable<string>): InputIssue {
   if (PROTOTYPE_KEYS.has(key)) return { path, message: 'is not allowed: a prototype key' };
   const hint = closestKey(key, known);
   return { path, message: hint === undefined ? 'is not a known field' : `is not a known field; did you mean "${hint}"?` };

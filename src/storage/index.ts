@@ -8,7 +8,7 @@
 export { fromMicros, MAX_MICROS, MICROS_PER_CREDIT, toMicros } from '../core/credits.js';
 export { CreditsError, InvalidInputError, StorageError } from '../core/errors.js';
 export { compareGrants } from '../core/grants.js';
-export { ledgerRow } from '../core/ledger-row.js';
+export { LEDGER_COLUMNS, type LedgerColumn, ledgerRow } from '../core/ledger-row.js';
 export type {
   AccountState,
   AdjustmentRecord,
@@ -31,7 +31,9 @@ export type {
 } from '../core/state.js';
 export type { UsageTotals } from '../core/usage-aggregate.js';
 export { DAY_MS, dayOf, UsageAccumulator } from '../core/usage-aggregate.js';
+export { type LedgerFilter, ledgerFilters } from './ledger-filters.js';
 export { MemoryStorage } from './memory-storage.js';
+export { importOptionalPeer } from './optional-peer.js';
 export type {
   CommitResult,
   CreditStorage,
@@ -45,3 +47,4 @@ export type {
   UsageQuery,
   WorkspaceCommit,
 } from './storage.js';
+export { checkOptions, type OptionCheck, type OptionChecks } from './store-options.js';

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import mysql from 'mysql2/promise';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { MySqlStorage, type MySqlStorageOptions } from '../../src/adapters/mysql/index.js';
-import { CreditMeter, CreditsError } from '../../src/index.js';
+import { CreditMeter, CreditsError, InvalidInputError } from '../../src/index.js';
 import type { ReplyRecord } from '../../src/storage/index.js';
 
 const run = promisify(execFile);
@@ -73,8 +73,8 @@ async function invariants(storage: MySqlStorage, workspaceId: string, at = url()
 describe('MySqlStorage - options', () => {
   it('constructor - refuses both or neither connection, a bad prefix, a bad pool size', () => {
     expect(() => new MySqlStorage({} as never)).toThrow(/exactly one of uri or pool/);
-    expect(() => new MySqlStorage({ uri: 'mysql://x', pool: {} } as never)).toThrow(TypeError);
-    expect(() => new MySqlStorage({ pool: {} } as never)).toThrow(/pool must be/);
+    expect(() => new MySqlStorage({ uri: 'mysql://x', pool: {} } as never)).toThrow(InvalidInputError);
+    expect(() => new MySqlStorage({ pool: {} } as never)).toThrow(/Invalid pool: must be/);
     expect(() => new MySqlStorage({ uri: '' })).toThrow(/uri/);
     expect(() => new MySqlStorage({ uri: 'mysql://x', tablePrefix: 'x`; DROP TABLE y; --' })).toThrow(/tablePrefix/);
     expect(() => new MySqlStorage({ uri: 'mysql://x', tablePrefix: 'p'.repeat(41) })).toThrow(/tablePrefix/);

@@ -4,7 +4,7 @@ import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RedisStorage } from '../../src/adapters/redis/index.js';
 import { UsageAccumulator } from '../../src/core/usage-aggregate.js';
-import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage, StorageError } from '../../src/index.js';
+import { CreditMeter, type CreditStorage, CreditsError, InvalidInputError, MemoryStorage, StorageError } from '../../src/index.js';
 import { row, stateDoc } from '../../src/testing/fixtures.js';
 import { startRedis } from '../servers/redis-server.js';
 
@@ -73,7 +73,8 @@ describe('redis - construction and life cycle', () => {
   });
 
   it('keyPrefix - a prefix with a brace is refused: the hash tag belongs to the workspace id', () => {
-    expect(() => new RedisStorage({ url, keyPrefix: 'app{1}:' })).toThrow(TypeError);
+    expect(() => new RedisStorage({ url, keyPrefix: 'app{1}:' })).toThrow(InvalidInputError);
+    expect(() => new RedisStorage({ url, keyPrefix: 'app{1}:' })).toThrow(/Invalid keyPrefix: may not contain { or }/);
   });
 
   it('migrate - writes key layout 3 under the prefix', async () => {

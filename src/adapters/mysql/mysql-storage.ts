@@ -1,4 +1,4 @@
-import type * as seam from '../../storage/index.js';
+import * as seam from '../../storage/index.js';
 
 // ─── 1. The driver, typed structurally ──────────────────────────────────────
 // The package never imports mysql2's types: these are the few methods the store calls, and a
@@ -61,7 +61,6 @@ export type MySqlStorageOptions = MySqlUriOptions | MySqlPoolOptions;
 
 /** The number of this layout in `<prefix>migrations`. */
 const LAYOUT_VERSION = 1;
-const DAY_MS = 86_400_000;
 /**
  * Errors after which nothing was written and a fresh load may well succeed: a duplicate key
  * (a second creator of one workspace), a deadlock, a lock wait that timed out. A commit that
@@ -79,6 +78,11 @@ const conflictOr = (error: unknown): 'conflict' => {
 // keys and grant ids add a prefix such as `adjustment:`. Primary-key columns are NOT NULL by rule.
 function layout(t: Tables, collation: string): string[] {
   const id = (size: number) => `VARCHAR(${size}) CHARACTER SET utf8mb4 COLLATE ${collation}`;
+  const text = (column: string) =>
+    ({ kind: 'VARCHAR(32)', route: 'VARCHAR(32)', price_version: 'TEXT', reason: 'TEXT', grant_id: id(300) })[column];
+  const ledger = seam.LEDGER_COLUMNS.map(
+    (c) => `${c.column} ${c.type === 'integer' ? 'BIGINT' : (text(c.column) ?? id(255))}${c.required ? ' NOT NULL' : ''}`,
+  );
   return [
     // A NULL state is an erased workspace: the row stays for its version, which is never reused.
     `CREATE TABLE IF NOT EXISTS ${t.workspaces} (workspace_id ${id(255)} PRIMARY KEY, version BIGINT NOT NULL, state LONGTEXT NULL)`,
@@ -86,19 +90,13 @@ function layout(t: Tables, collation: string): string[] {
     // finding the earliest hold one lookup.
     `CREATE TABLE IF NOT EXISTS ${t.records} (workspace_id ${id(255)}, record_key ${id(300)}, hold_expires_at BIGINT NULL,
       value LONGTEXT NOT NULL, PRIMARY KEY (workspace_id, record_key), KEY hold_idx (workspace_id, hold_expires_at))`,
-    `CREATE TABLE IF NOT EXISTS ${t.ledger} (workspace_id ${id(255)}, seq BIGINT, kind VARCHAR(32) NOT NULL, amount BIGINT NOT NULL,
-      at BIGINT NOT NULL, reply_id ${id(255)}, agent_id ${id(255)}, conversation_id ${id(255)}, model ${id(255)}, route VARCHAR(32),
-      price_version TEXT, grant_id ${id(300)}, plan ${id(255)}, input_tokens BIGINT, output_tokens BIGINT, reason TEXT,
+    `CREATE TABLE IF NOT EXISTS ${t.ledger} (workspace_id ${id(255)}, ${ledger.join(', ')},
       PRIMARY KEY (workspace_id, seq), KEY at_idx (workspace_id, at), KEY agent_idx (workspace_id, agent_id, seq))`,
   ].map((ddl) => `${ddl} ENGINE=InnoDB DEFAULT CHARSET=utf8mb4`);
 }
 
-/** The fields of a `LedgerRow` in the ledger table, each in the column of its snake-cased name. */
-const LEDGER = 'seq kind amount at replyId agentId conversationId model route priceVersion grantId plan inputTokens outputTokens reason';
-const FIELDS = LEDGER.split(' ') as (keyof seam.LedgerRow)[];
-const COLUMNS = FIELDS.map((field) => field.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`));
-/** The BIGINT fields: a pool made with `bigNumberStrings` hands them over as strings. */
-const INTEGERS = ['seq', 'amount', 'at', 'inputTokens', 'outputTokens'] as const;
+const LEDGER_NAMES = seam.LEDGER_COLUMNS.map(({ column }) => column).join(', ');
+const LEDGER_SELECT = seam.LEDGER_COLUMNS.map(({ column, field }) => `${column} AS ${field}`).join(', ');
 
 type Tables = Record<'workspaces' | 'records' | 'ledger' | 'migrations', string>;
 type Row = Record<string, unknown>;
@@ -132,9 +130,7 @@ export class MySqlStorage implements seam.CreditStorage {
   #closed = false;
 
   constructor(options: MySqlStorageOptions) {
-    const problem = validate(options);
-    if (problem) throw new TypeError(`MySqlStorage: ${problem}`);
-    this.#options = options;
+    this.#options = seam.checkOptions<MySqlStorageOptions>(options, CHECKS, ['uri', 'pool']);
     this.tablePrefix = options.tablePrefix ?? 'credits_';
     const table = (name: string) => `\`${this.tablePrefix}${name}\``;
     this.#tables = { workspaces: table('workspaces'), records: table('records'), ledger: table('ledger'), migrations: table('migrations') };
@@ -202,7 +198,7 @@ export class MySqlStorage implements seam.CreditStorage {
       const results: seam.CommitResult[] = [];
       for (const commit of commits) results.push(await this.#commitOne(connection, commit));
       return results;
-    });
+    }).catch(conflictOr);
     return results === 'conflict' ? commits.map(() => 'conflict') : results;
   }
 
@@ -228,8 +224,8 @@ export class MySqlStorage implements seam.CreditStorage {
     const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]).catch(duplicate);
     if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
     if (commit.ledger.length > 0) {
-      const rows = commit.ledger.map((row) => [id, ...FIELDS.map((field) => row[field])]);
-      await connection.query(`INSERT INTO ${t.ledger} (workspace_id, ${COLUMNS.join(', ')}) VALUES ?`, [rows]);
+      const rows = commit.ledger.map((row) => [id, ...seam.LEDGER_COLUMNS.map(({ field }) => row[field])]);
+      await connection.query(`INSERT INTO ${t.ledger} (workspace_id, ${LEDGER_NAMES}) VALUES ?`, [rows]);
     }
     if (commit.records.length > 0) {
       const rows = commit.records.map((record) => [id, record.key, record.holdExpiresAt, JSON.stringify(record.value)]);
@@ -244,33 +240,26 @@ export class MySqlStorage implements seam.CreditStorage {
    * UPDATE`): other servers' commits to it wait, and what `work` commits lands at COMMIT.
    */
   async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
-    const locked = await this.#transaction(async (connection) => {
+    return this.#transaction(async (connection) => {
       await connection.query(`SELECT 1 FROM ${this.#tables.workspaces} WHERE workspace_id = ? FOR UPDATE`, [workspaceId]);
       const commit = (one: seam.WorkspaceCommit) => this.#commitOne(connection, one).catch(conflictOr);
-      return { result: await work({ load: (request) => this.#load(connection, request), commit }) };
+      return work({ load: (request) => this.#load(connection, request), commit });
     });
-    if (locked === 'conflict') throw new Error('MySqlStorage: lock met a deadlock and changed nothing; try again');
-    return locked.result;
   }
 
   // ─── 6. reads: ledger pages, usage, workspace ids ───
 
   async ledger(query: seam.LedgerQuery): Promise<seam.LedgerRow[]> {
-    const where = ['workspace_id = ?'];
-    const values: unknown[] = [query.workspaceId];
-    const add = (sql: string, value: unknown) => where.push(sql) && values.push(value);
-    if (query.afterSeq !== undefined) add('seq > ?', query.afterSeq);
-    if (query.from !== undefined) add('at >= ?', query.from);
-    if (query.to !== undefined) add('at < ?', query.to);
-    if (query.agentId !== undefined) add('agent_id = ?', query.agentId);
-    if (query.kinds !== undefined) add('kind IN (?)', query.kinds.length > 0 ? query.kinds : [null]);
+    const filters = seam.ledgerFilters(query);
+    // `IN (NULL)` matches nothing, for want of a valid `IN ()`.
+    const values = filters.map(({ op, value }) => (op === 'in' && (value as string[]).length === 0 ? [null] : value));
+    const where = filters.map(({ column, op }) => (op === 'in' ? ` AND ${column} IN (?)` : ` AND ${column} ${op} ?`)).join('');
     const [rows] = await (await this.#ready()).query(
-      `SELECT ${COLUMNS.map((column, i) => `${column} AS ${FIELDS[i]}`).join(', ')} FROM ${this.#tables.ledger}
-        WHERE ${where.join(' AND ')} ORDER BY seq LIMIT ?`,
-      [...values, Math.max(0, Math.floor(query.limit))],
+      `SELECT ${LEDGER_SELECT} FROM ${this.#tables.ledger} WHERE workspace_id = ?${where} ORDER BY seq LIMIT ?`,
+      [query.workspaceId, ...values, Math.max(0, Math.floor(query.limit))],
     );
     return (rows as Row[]).map((row) => {
-      for (const field of INTEGERS) if (row[field] != null) row[field] = Number(row[field]);
+      for (const { field, type } of seam.LEDGER_COLUMNS) if (type === 'integer' && row[field] != null) row[field] = Number(row[field]);
       return { workspaceId: query.workspaceId, ...row } as unknown as seam.LedgerRow;
     });
   }
@@ -278,7 +267,7 @@ export class MySqlStorage implements seam.CreditStorage {
   async usage(query: seam.UsageQuery): Promise<seam.UsageAggregate[]> {
     const column = query.groupBy === 'agent' ? 'agent_id' : query.groupBy === 'model' ? 'model' : 'conversation_id';
     // The UTC day by integer arithmetic, floored like dayOf (MOD keeps the sign of `at`).
-    const day = query.byDay ? `, at - MOD(MOD(at, ${DAY_MS}) + ${DAY_MS}, ${DAY_MS}) AS day` : '';
+    const day = query.byDay ? `, at - MOD(MOD(at, ${seam.DAY_MS}) + ${seam.DAY_MS}, ${seam.DAY_MS}) AS day` : '';
     const [rows] = await (await this.#ready()).query(
       `SELECT COALESCE(${column}, '') AS k${day}, -SUM(amount) AS amount, COUNT(*) AS replies FROM ${this.#tables.ledger}
         WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY k${query.byDay ? ', day' : ''}`,
@@ -306,7 +295,7 @@ export class MySqlStorage implements seam.CreditStorage {
   async erase(request: seam.EraseRequest): Promise<void> {
     const t = this.#tables;
     const id = [request.workspaceId];
-    const result = await this.#transaction(async (connection) => {
+    await this.#transaction(async (connection) => {
       // The state row first, as a commit takes it: the two never wait on each other crosswise. Its
       // version goes up by one and stays, so no version is ever reused for another state (a
       // workspace never committed has no row, and nothing else to erase either).
@@ -315,9 +304,7 @@ export class MySqlStorage implements seam.CreditStorage {
       await connection.query(`DELETE FROM ${t.records} WHERE workspace_id = ?`, id);
       const ledger = request.keepLedger ? `UPDATE ${t.ledger} SET agent_id = NULL, conversation_id = NULL` : `DELETE FROM ${t.ledger}`;
       await connection.query(`${ledger} WHERE workspace_id = ?`, id);
-      return 'committed';
     });
-    if (result === 'conflict') throw new Error('MySqlStorage: erase met a deadlock and changed nothing; try again');
   }
 
   // ─── 8. internals: the pool, transactions, the migration ───
@@ -347,18 +334,18 @@ export class MySqlStorage implements seam.CreditStorage {
     }
   }
 
-  /** Runs `work` in a transaction: COMMIT unless it answers `conflict`; ROLLBACK then or when it throws (a deadlock: `conflict`). */
-  async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>): Promise<T | 'conflict'> {
+  /** Runs `work` in a transaction: COMMIT when it resolves, ROLLBACK when it throws (a deadlock too: nothing was written). */
+  async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>): Promise<T> {
     const connection = await this.#begin();
     let healthy = true;
     try {
       const result = await work(connection);
-      await connection.query(result === 'conflict' ? 'ROLLBACK' : 'COMMIT');
+      await connection.query('COMMIT');
       return result;
     } catch (error) {
       // A connection that cannot even roll back is closed rather than returned to the pool.
       await connection.query('ROLLBACK').catch(() => (healthy = false));
-      return conflictOr(error);
+      throw error;
     } finally {
       if (healthy) connection.release();
       else connection.destroy();
@@ -377,7 +364,10 @@ export class MySqlStorage implements seam.CreditStorage {
         [names],
       );
       const existing = (found as Row[]).map((row) => String(row['name']));
-      if (existing.length > 0 && !existing.includes(names[3]!)) throw new Error(foreign(existing));
+      if (existing.length > 0 && !existing.includes(names[3]!)) {
+        throw new Error(`MySqlStorage: the database holds tables named ${existing.join(', ')} that this store did not create (no migrations \
+table). Drop them or give the store another tablePrefix; see docs/adapters/mysql.md`);
+      }
       // The binary collations that do not pad: MySQL 8's, else MariaDB's.
       const [collations] = await connection.query(
         "SELECT COLLATION_NAME AS c FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin')",
@@ -396,30 +386,15 @@ export class MySqlStorage implements seam.CreditStorage {
 
 type CreatePool = (config: object) => MySqlPool;
 
-const foreign = (tables: string[]) =>
-  `MySqlStorage: the database holds tables named ${tables.join(', ')} that this store did not create (no migrations table). ` +
-  'Drop them or give the store another tablePrefix; see docs/adapters/mysql.md';
-
 async function openPool(options: MySqlUriOptions): Promise<MySqlPool> {
-  // A variable specifier keeps bundlers from resolving the optional peer at build time.
-  const specifier = 'mysql2/promise';
-  const mysql = (await import(specifier).catch((error: unknown) => {
-    throw new Error('the "mysql2" package is not installed; MySqlStorage needs it: run `npm install mysql2`', { cause: error });
-  })) as { createPool?: CreatePool; default?: { createPool?: CreatePool } };
-  const createPool = (mysql.createPool ?? mysql.default?.createPool) as CreatePool;
+  const createPool = await seam.importOptionalPeer<CreatePool>('mysql2/promise', 'createPool', 'mysql');
   // BIGINTs come back as numbers (exact up to 2^53 - 1), as strings beyond: Number() reads both.
   return createPool({ uri: options.uri, connectionLimit: options.poolSize ?? 10, charset: 'utf8mb4', supportBigNumbers: true });
 }
 
-/** What is wrong with the options, or undefined. */
-function validate(o: MySqlStorageOptions): string | undefined {
-  if (typeof o !== 'object' || o === null) return 'options must be an object';
-  const problems: [boolean, string][] = [
-    [(o.uri === undefined) === (o.pool === undefined), 'give exactly one of uri or pool'],
-    [o.uri !== undefined && (typeof o.uri !== 'string' || o.uri === ''), 'uri must be a non-empty string'],
-    [o.pool !== undefined && typeof o.pool?.getConnection !== 'function', 'pool must be a mysql2/promise pool (with getConnection)'],
-    [o.tablePrefix !== undefined && !/^([A-Za-z_]\w{0,39})?$/.test(String(o.tablePrefix)), 'tablePrefix: up to 40 of [A-Za-z0-9_]'],
-    [o.poolSize !== undefined && !(Number.isSafeInteger(o.poolSize) && o.poolSize > 0), 'poolSize must be a positive whole number'],
-  ];
-  return problems.find(([bad]) => bad)?.[1];
-}
+const CHECKS: seam.OptionChecks<MySqlStorageOptions> = {
+  uri: (uri) => (typeof uri === 'string' && uri !== '' ? undefined : 'must be a non-empty string'),
+  pool: (pool) => (typeof (pool as MySqlPool).getConnection === 'function' ? undefined : 'must be a mysql2/promise pool'),
+  tablePrefix: (prefix) => (/^([A-Za-z_]\w{0,39})?$/.test(String(prefix)) ? undefined : 'must be up to 40 of [A-Za-z0-9_], no digit first'),
+  poolSize: (size) => (Number.isSafeInteger(size) && (size as number) > 0 ? undefined : 'must be a positive whole number'),
+};

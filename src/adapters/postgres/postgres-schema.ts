@@ -5,6 +5,8 @@
  * several stores can share one database.
  */
 
+import { LEDGER_COLUMNS, type LedgerColumn } from '../../core/ledger-row.js';
+
 /** The qualified, quoted names of everything one store owns. */
 export interface SchemaNames {
   /** The schema, quoted. */
@@ -80,7 +82,7 @@ CREATE INDEX IF NOT EXISTS ${n.local('records_hold_idx')} ON ${n.records} (works
 
 CREATE TABLE IF NOT EXISTS ${n.ledger} (
   workspace_id text COLLATE "C" NOT NULL,
-  ${LEDGER_COLUMNS.map(([column, , type]) => `${column} ${type}${/^(seq|kind|amount|at)$/.test(column) ? ' NOT NULL' : ''}`).join(',\n  ')},
+  ${LEDGER_COLUMNS.map((c) => `${c.column} ${pgType(c)}${c.required ? ' NOT NULL' : ''}`).join(',\n  ')},
   PRIMARY KEY (workspace_id, seq)
 );
 CREATE INDEX IF NOT EXISTS ${n.local('ledger_at_idx')} ON ${n.ledger} (workspace_id, at);
@@ -88,22 +90,13 @@ CREATE INDEX IF NOT EXISTS ${n.local('ledger_agent_idx')} ON ${n.ledger} (worksp
 `;
 }
 
-// The ledger's columns; each holds the `LedgerRow` field of the camel-cased name.
-const LEDGER_COLUMNS =
-  'seq kind amount at reply_id agent_id conversation_id model route price_version grant_id plan input_tokens output_tokens reason'
-    .split(' ')
-    .map((column) => {
-      const type = /^(seq|amount|at|input_tokens|output_tokens)$/.test(column) ? 'bigint' : 'text';
-      return [column, column.replace(/_(.)/g, (_, letter: string) => letter.toUpperCase()), type] as const;
-    });
+const pgType = ({ type }: LedgerColumn) => (type === 'integer' ? 'bigint' : 'text');
 
 /**
  * The ledger's columns as `LedgerRow` fields. bigint goes out as float8, which pg reads as a JS
  * number: exact, since every amount and instant is at most 2⁵³ − 1.
  */
-export const LEDGER_SELECT = LEDGER_COLUMNS.map(
-  ([column, field, type]) => `${column}${type === 'bigint' ? '::float8' : ''} AS "${field}"`,
-).join(', ');
+export const LEDGER_SELECT = LEDGER_COLUMNS.map((c) => `${c.column}${c.type === 'integer' ? '::float8' : ''} AS "${c.field}"`).join(', ');
 
 /**
  * The commits of one `commit` call, each of a different workspace, as one statement (one
@@ -115,9 +108,9 @@ export const LEDGER_SELECT = LEDGER_COLUMNS.map(
  * output, so a workspace whose guard refused writes nothing while the others land.
  */
 export function commitSql(n: SchemaNames): string {
-  const columns = LEDGER_COLUMNS.map(([column]) => column).join(', ');
-  const fields = LEDGER_COLUMNS.map(([, field, type]) => `"${field}" ${type}`).join(', ');
-  const picked = LEDGER_COLUMNS.map(([, field]) => `t."${field}"`).join(', ');
+  const columns = LEDGER_COLUMNS.map((c) => c.column).join(', ');
+  const fields = LEDGER_COLUMNS.map((c) => `"${c.field}" ${pgType(c)}`).join(', ');
+  const picked = LEDGER_COLUMNS.map((c) => `t."${c.field}"`).join(', ');
   return /* sql */ `
 WITH c AS (SELECT * FROM json_to_recordset($1::json) AS c(w text, v bigint, s json, a text[])),
 -- The rows are locked in id order first, so two servers' statements never lock shared rows crosswise.

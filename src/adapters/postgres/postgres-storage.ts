@@ -1,7 +1,10 @@
 import { createHash } from 'node:crypto';
-import { type InputIssue, InvalidInputError, StorageError } from '../../core/errors.js';
+import { InvalidInputError, StorageError } from '../../core/errors.js';
 import type { LedgerRow } from '../../core/state.js';
+import { ledgerFilters } from '../../storage/ledger-filters.js';
+import { importOptionalPeer } from '../../storage/optional-peer.js';
 import type * as seam from '../../storage/storage.js';
+import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
 import * as tables from './postgres-schema.js';
 
 // ─── the driver, typed structurally ─────────────────────────────────────────
@@ -89,9 +92,7 @@ type OwnPool = PostgresPool & {
   on(event: 'error' | 'connect', listener: (client: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
 };
 
-interface PgModule {
-  Pool: new (config: { connectionString: string; max: number }) => OwnPool;
-}
+type PgPool = new (config: { connectionString: string; max: number }) => OwnPool;
 
 const ADAPTER = 'postgres';
 // Advisory-lock class for migrations: 'cred' in ASCII.
@@ -136,8 +137,7 @@ export class PostgresStorage implements seam.CreditStorage {
   readonly #statements: Record<'load' | 'commit', { name: string; text: string }>;
 
   constructor(options: PostgresStorageOptions) {
-    const issues = validate(options);
-    if (issues.length > 0) throw new InvalidInputError(issues);
+    checkOptions<PostgresStorageOptions>(options, CHECKS, ['connectionString', 'pool']);
     this.schema = options.schema ?? 'public';
     this.tablePrefix = options.tablePrefix ?? 'credits_';
     this.#names = tables.schemaNames(this.schema, this.tablePrefix);
@@ -228,11 +228,9 @@ export class PostgresStorage implements seam.CreditStorage {
     const values: unknown[] = [query.workspaceId];
     const where = ['workspace_id = $1'];
     const param = (value: unknown) => `$${values.push(value)}`;
-    if (query.afterSeq !== undefined) where.push(`seq > ${param(query.afterSeq)}`);
-    if (query.from !== undefined) where.push(`at >= ${param(query.from)}`);
-    if (query.to !== undefined) where.push(`at < ${param(query.to)}`);
-    if (query.agentId !== undefined) where.push(`agent_id = ${param(query.agentId)}`);
-    if (query.kinds !== undefined) where.push(`kind = ANY(${param(query.kinds)}::text[])`);
+    for (const { column, op, value } of ledgerFilters(query)) {
+      where.push(op === 'in' ? `${column} = ANY(${param(value)}::text[])` : `${column} ${op} ${param(value)}`);
+    }
     const limit = param(Math.max(0, Math.floor(query.limit)));
     // `l.seq`, not `seq`: that name is also the float8 output column, and ordering by it loses the index.
     const text = `SELECT ${tables.LEDGER_SELECT} FROM ${this.#names.ledger} l WHERE ${where.join(' AND ')} ORDER BY l.seq LIMIT ${limit}`;
@@ -313,7 +311,7 @@ export class PostgresStorage implements seam.CreditStorage {
   async #poolReady(): Promise<PostgresPool> {
     if (this.#pool) return this.#pool;
     this.#opening ??= (async () => {
-      const { Pool } = await loadPg();
+      const Pool = await importOptionalPeer<PgPool>('pg', 'Pool', ADAPTER);
       const pool = new Pool({ connectionString: this.#connectionString ?? '', max: this.#poolSize });
       // An idle connection that drops (server restart, pg_terminate_backend) emits here; the
       // pool replaces it and the next operation reports any lasting failure.
@@ -369,38 +367,16 @@ function oldRelease(schema: string, prefix: string, version: number): Error {
   );
 }
 
-async function loadPg(): Promise<PgModule> {
-  // A variable specifier keeps bundlers from resolving the optional peer at build time.
-  const specifier = 'pg';
-  const mod = (await import(specifier).catch((error: unknown) => {
-    throw new Error('the "pg" package is not installed; PostgresStorage needs it: run `npm install pg`', { cause: error });
-  })) as { default?: PgModule } & Partial<PgModule>;
-  const Pool = mod.default?.Pool ?? mod.Pool;
-  if (typeof Pool !== 'function') throw new Error('the "pg" package has no Pool export');
-  return { Pool };
-}
-
-function validate(options: PostgresStorageOptions): InputIssue[] {
-  if (typeof options !== 'object' || options === null) return [{ path: 'options', message: 'must be an object' }];
-  const issues: InputIssue[] = [];
-  const hasUrl = options.connectionString !== undefined;
-  const hasPool = options.pool !== undefined;
-  if (hasUrl === hasPool) issues.push({ path: 'connectionString', message: 'give exactly one of connectionString or pool' });
-  if (hasUrl && (typeof options.connectionString !== 'string' || options.connectionString.length === 0)) {
-    issues.push({ path: 'connectionString', message: 'must be a non-empty string' });
-  }
-  if (hasPool && (typeof options.pool?.query !== 'function' || typeof options.pool.connect !== 'function')) {
-    issues.push({ path: 'pool', message: 'must be a pg Pool (with query and connect)' });
-  }
-  for (const key of ['schema', 'tablePrefix'] as const) {
-    const problem = options[key] === undefined ? undefined : tables.identifierProblem(options[key], key);
-    if (problem) issues.push({ path: key, message: problem });
-  }
-  if (options.poolSize !== undefined && !(Number.isSafeInteger(options.poolSize) && options.poolSize > 0)) {
-    issues.push({ path: 'poolSize', message: 'must be a positive whole number' });
-  }
-  return issues;
-}
+const CHECKS: OptionChecks<PostgresStorageOptions> = {
+  connectionString: (url) => (typeof url === 'string' && url !== '' ? undefined : 'must be a non-empty string'),
+  pool: (pool) => {
+    const { query, connect } = pool as Partial<PostgresPool>;
+    return typeof query === 'function' && typeof connect === 'function' ? undefined : 'must be a pg Pool (with query and connect)';
+  },
+  schema: (schema) => tables.identifierProblem(schema, 'schema'),
+  tablePrefix: (prefix) => tables.identifierProblem(prefix, 'tablePrefix'),
+  poolSize: (size) => (Number.isSafeInteger(size) && (size as number) > 0 ? undefined : 'must be a positive whole number'),
+};
 
 function asStorageError(error: unknown, operation: string): Error {
   if (error instanceof StorageError || error instanceof InvalidInputError) return error;

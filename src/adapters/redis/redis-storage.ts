@@ -1,6 +1,7 @@
 import { StorageError } from '../../core/errors.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
 import { DAY_MS, dayOf, UsageAccumulator } from '../../core/usage-aggregate.js';
+import { importOptionalPeer } from '../../storage/optional-peer.js';
 import type {
   CommitResult,
   CreditStorage,
@@ -13,6 +14,7 @@ import type {
   UsageQuery,
   WorkspaceCommit,
 } from '../../storage/storage.js';
+import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
 import { commit, erase, ledger, load, migrate, usage } from './redis-scripts.js';
 
 const SCRIPTS = { load, commit, ledger, usage, migrate, erase };
@@ -55,12 +57,15 @@ export interface RedisStorageUrlOptions extends RedisStorageBaseOptions {
    * @default true
    */
   autoPipelining?: boolean;
+  client?: never;
 }
 
 /** Use an existing client, e.g. an ioredis `Cluster`; the store never closes it. */
 export interface RedisStorageClientOptions extends RedisStorageBaseOptions {
   /** A client such as `new Redis(url)` or `new Cluster([{ host, port }])` from ioredis. */
   client: RedisClientLike;
+  url?: never;
+  autoPipelining?: never;
 }
 
 /** How to construct a {@link RedisStorage}: from a URL or around an existing client. */
@@ -107,13 +112,10 @@ export class RedisStorage implements CreditStorage {
   #closed = false;
 
   constructor(options: RedisStorageOptions) {
+    checkOptions<RedisStorageOptions>(options, CHECKS, ['url', 'client']);
     this.keyPrefix = options.keyPrefix ?? 'credits:';
-    if (/[{}]/.test(this.keyPrefix)) throw new TypeError('RedisStorage keyPrefix may not contain { or }: the hash tag is the workspace id');
-    if ('client' in options) this.#client = options.client;
-    else if (typeof options.url !== 'string' || options.url === '') {
-      throw new TypeError('RedisStorage needs { url } (a redis:// URL) or { client } (an ioredis Redis or Cluster)');
-    }
-    this.#own = 'client' in options ? undefined : { url: options.url, autoPipelining: options.autoPipelining ?? true };
+    if (options.client === undefined) this.#own = { url: options.url, autoPipelining: options.autoPipelining ?? true };
+    else this.#client = options.client;
   }
 
   /**
@@ -324,7 +326,7 @@ export class RedisStorage implements CreditStorage {
 
   #connect(): Promise<RedisClientLike> {
     if (this.#closed) return Promise.reject(new StorageError('connect', new Error('the store is closed'), 'redis'));
-    this.#connecting ??= loadIoredis().then((Redis) => {
+    this.#connecting ??= importOptionalPeer<IoredisConstructor>('ioredis', 'Redis', 'redis', 'or pass { client }').then((Redis) => {
       const client = new Redis(this.#own?.url ?? '', { enableAutoPipelining: this.#own?.autoPipelining, maxRetriesPerRequest: 3 });
       // Errors surface through the commands that fail; an unhandled 'error' event would crash.
       client.on('error', () => undefined);
@@ -338,13 +340,15 @@ function parseRecords(values: readonly (string | null)[]): StoredRecord[] {
   return values.flatMap((value) => (value === null ? [] : [JSON.parse(value) as StoredRecord]));
 }
 
-async function loadIoredis(): Promise<IoredisConstructor> {
-  const module = (await import('ioredis').catch((error: unknown) => {
-    const hint = 'RedisStorage with { url } needs the optional peer dependency ioredis: run `npm install ioredis@5`, or pass { client }';
-    throw new StorageError('connect', new Error(hint, { cause: error }), 'redis');
-  })) as { Redis?: unknown; default?: { Redis?: unknown } };
-  const Redis = module.Redis ?? module.default?.Redis ?? module.default;
-  if (typeof Redis !== 'function')
-    throw new StorageError('connect', new Error('the installed ioredis exports no Redis client class'), 'redis');
-  return Redis as IoredisConstructor;
-}
+const CHECKS: OptionChecks<RedisStorageOptions> = {
+  keyPrefix: (prefix) =>
+    typeof prefix !== 'string'
+      ? 'must be a string'
+      : /[{}]/.test(prefix)
+        ? 'may not contain { or }: the hash tag is the workspace id'
+        : undefined,
+  url: (url) => (typeof url === 'string' && url !== '' ? undefined : 'must be a non-empty redis:// URL'),
+  autoPipelining: (on) => (typeof on === 'boolean' ? undefined : 'must be true or false'),
+  client: (client) =>
+    typeof (client as RedisClientLike).evalsha === 'function' ? undefined : 'must be an ioredis Redis or Cluster (with evalsha)',
+};

@@ -1,4 +1,5 @@
 import { StorageError } from '../../core/errors.js';
+import { importOptionalPeer } from '../../storage/optional-peer.js';
 
 /** What `run()` reports: the shape better-sqlite3 returns. */
 export interface SqliteRunResult {
@@ -44,18 +45,7 @@ type DatabaseConstructor = new (filename: string) => SqliteDatabase;
  * driver, and turns a missing package into an error that says what to install.
  */
 export async function openDatabase(filename: string): Promise<SqliteDatabase> {
-  let loaded: unknown;
-  try {
-    loaded = await import('better-sqlite3');
-  } catch (error) {
-    throw new StorageError(
-      'load driver',
-      new Error('the optional peer dependency better-sqlite3 is not installed; run `npm install better-sqlite3`', { cause: error }),
-      'sqlite',
-    );
-  }
-  const module = loaded as { default?: unknown };
-  const Database = (typeof module.default === 'function' ? module.default : loaded) as DatabaseConstructor;
+  const Database = await importOptionalPeer<DatabaseConstructor>('better-sqlite3', 'default', 'sqlite');
   try {
     return new Database(filename);
   } catch (error) {

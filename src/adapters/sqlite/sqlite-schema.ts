@@ -1,3 +1,4 @@
+import { LEDGER_COLUMNS } from '../../core/ledger-row.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
 
 /**
@@ -17,11 +18,9 @@ export const SCHEMA_VERSION = 2;
  * The ledger's columns after `workspace_id`, in table order, with their types. Each holds the
  * `LedgerRow` field of its camel-cased name.
  */
-export const ENTRY_COLUMNS = (
-  'seq INTEGER NOT NULL, kind TEXT NOT NULL, amount INTEGER NOT NULL, at INTEGER NOT NULL, reply_id TEXT, agent_id TEXT, ' +
-  'conversation_id TEXT, model TEXT, route TEXT, price_version TEXT, grant_id TEXT, plan TEXT, input_tokens INTEGER, ' +
-  'output_tokens INTEGER, reason TEXT'
-).split(', ');
+export const ENTRY_COLUMNS = LEDGER_COLUMNS.map(
+  ({ column, type, required }) => `${column} ${type === 'integer' ? 'INTEGER' : 'TEXT'}${required ? ' NOT NULL' : ''}`,
+);
 
 const CREATE = (p: string) => `
   CREATE TABLE ${p}states (

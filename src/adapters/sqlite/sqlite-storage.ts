@@ -1,6 +1,8 @@
-import { type InputIssue, InvalidInputError, StorageError } from '../../core/errors.js';
+import { StorageError } from '../../core/errors.js';
+import { LEDGER_COLUMNS } from '../../core/ledger-row.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
 import { DAY_MS } from '../../core/usage-aggregate.js';
+import { ledgerFilters } from '../../storage/ledger-filters.js';
 import type {
   CommitResult,
   CreditStorage,
@@ -13,8 +15,9 @@ import type {
   UsageQuery,
   WorkspaceCommit,
 } from '../../storage/storage.js';
+import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
 import { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite-driver.js';
-import { ENTRY_COLUMNS, migrateSchema } from './sqlite-schema.js';
+import { migrateSchema } from './sqlite-schema.js';
 
 /** Options shared by both ways of giving {@link SqliteStorage} a database. */
 export interface SqliteStorageBaseOptions {
@@ -57,14 +60,24 @@ export interface SqliteStorageDatabaseOptions extends SqliteStorageBaseOptions {
 /** Options of {@link SqliteStorage}: a `filename` to open, or an open `database`. */
 export type SqliteStorageOptions = SqliteStorageFileOptions | SqliteStorageDatabaseOptions;
 
-const PREFIX = /^[a-z_][a-z0-9_]*$/;
+const CHECKS: OptionChecks<SqliteStorageOptions> = {
+  filename: (filename) => (typeof filename === 'string' && filename !== '' ? undefined : 'must be a non-empty string'),
+  database: (database) =>
+    typeof (database as SqliteDatabase).prepare === 'function' ? undefined : 'must be an open better-sqlite3 Database',
+  tablePrefix: (prefix) =>
+    typeof prefix === 'string' && /^[a-z_][a-z0-9_]{0,63}$/.test(prefix)
+      ? undefined
+      : 'must match [a-z_][a-z0-9_]* (at most 64 characters)',
+  synchronous: (mode) => (mode === 'FULL' || mode === 'NORMAL' ? undefined : "must be 'FULL' or 'NORMAL'"),
+  busyTimeoutMs: (ms) =>
+    Number.isSafeInteger(ms) && (ms as number) >= 0 ? undefined : 'must be a whole number of milliseconds, at least 0',
+};
 
-/** Ledger columns and the {@link LedgerRow} fields they hold, in table order (the first is the workspace). */
-const ENTRY_FIELDS = ['workspace_id', ...ENTRY_COLUMNS.map((column) => column.split(' ')[0]!)].map(
-  (column) => [column, column.replace(/_(.)/g, (_, letter: string) => letter.toUpperCase())] as const,
-);
-const ENTRY_SELECT = ENTRY_FIELDS.map(([column, field]) => (column === field ? column : `${column} AS ${field}`)).join(', ');
-const ROW_FIELDS = ENTRY_FIELDS.slice(1).map(([, field]) => field);
+/** The ledger's columns as {@link LedgerRow} fields, the workspace's first. */
+const ENTRY_SELECT = [
+  'workspace_id AS workspaceId',
+  ...LEDGER_COLUMNS.map(({ column, field }) => (column === field ? column : `${column} AS ${field}`)),
+].join(', ');
 
 const GROUP_COLUMN = { agent: 'agent_id', model: 'model', conversation: 'conversation_id' } as const;
 
@@ -107,7 +120,7 @@ class Runtime {
     );
     this.insertState = db.prepare(`INSERT INTO ${p}states (workspace_id, version, state) VALUES (?, 1, ?) ON CONFLICT DO NOTHING`);
     this.updateState = db.prepare(`UPDATE ${p}states SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`);
-    this.insertEntry = db.prepare(`INSERT INTO ${p}entries VALUES (${ENTRY_FIELDS.map(() => '?').join(', ')})`);
+    this.insertEntry = db.prepare(`INSERT INTO ${p}entries VALUES (?${', ?'.repeat(LEDGER_COLUMNS.length)})`);
     this.upsertRecord = db.prepare(
       `INSERT INTO ${p}records (workspace_id, key, hold_expires_at, value) VALUES (?, ?, ?, ?)
        ON CONFLICT (workspace_id, key) DO UPDATE SET hold_expires_at = excluded.hold_expires_at, value = excluded.value`,
@@ -158,35 +171,12 @@ export class SqliteStorage implements CreditStorage {
   #closed = false;
 
   constructor(options: SqliteStorageOptions) {
-    if (typeof options !== 'object' || options === null) {
-      throw new InvalidInputError([{ path: 'options', message: 'must be an object' }]);
-    }
-    const issues: InputIssue[] = [];
-    const hasFile = options.filename !== undefined;
-    const hasDatabase = options.database !== undefined;
-    if (hasFile === hasDatabase) issues.push({ path: 'filename', message: 'give exactly one of filename and database' });
-    if (hasFile && (typeof options.filename !== 'string' || options.filename.length === 0)) {
-      issues.push({ path: 'filename', message: 'must be a non-empty string' });
-    }
-    if (hasDatabase && typeof options.database?.prepare !== 'function') {
-      issues.push({ path: 'database', message: 'must be an open better-sqlite3 Database' });
-    }
-    const prefix = options.tablePrefix ?? 'credits_';
-    if (typeof prefix !== 'string' || !PREFIX.test(prefix) || prefix.length > 64) {
-      issues.push({ path: 'tablePrefix', message: 'must match [a-z_][a-z0-9_]* (at most 64 characters)' });
-    }
-    const synchronous = options.synchronous ?? 'FULL';
-    if (synchronous !== 'FULL' && synchronous !== 'NORMAL') issues.push({ path: 'synchronous', message: "must be 'FULL' or 'NORMAL'" });
-    const busyTimeoutMs = options.busyTimeoutMs ?? 5000;
-    if (!Number.isSafeInteger(busyTimeoutMs) || busyTimeoutMs < 0) {
-      issues.push({ path: 'busyTimeoutMs', message: 'must be a whole number of milliseconds, at least 0' });
-    }
-    if (issues.length > 0) throw new InvalidInputError(issues);
+    checkOptions<SqliteStorageOptions>(options, CHECKS, ['filename', 'database']);
     this.#filename = options.filename;
     this.#database = options.database;
-    this.#prefix = prefix;
-    this.#synchronous = synchronous;
-    this.#busyTimeoutMs = busyTimeoutMs;
+    this.#prefix = options.tablePrefix ?? 'credits_';
+    this.#synchronous = options.synchronous ?? 'FULL';
+    this.#busyTimeoutMs = options.busyTimeoutMs ?? 5000;
   }
 
   /**
@@ -229,18 +219,11 @@ export class SqliteStorage implements CreditStorage {
 
   async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
     return this.#run('ledger', (s) => {
-      let where = 'workspace_id = ? AND seq > ?';
-      const params: unknown[] = [query.workspaceId, query.afterSeq ?? 0];
-      const filters: [unknown, string][] = [
-        [query.from, 'at >= ?'],
-        [query.to, 'at < ?'],
-        [query.agentId, 'agent_id = ?'],
-        [query.kinds && JSON.stringify(query.kinds), 'kind IN (SELECT value FROM json_each(?))'],
-      ];
-      for (const [value, clause] of filters) {
-        if (value === undefined) continue;
-        where += ` AND ${clause}`;
-        params.push(value);
+      let where = 'workspace_id = ?';
+      const params: unknown[] = [query.workspaceId];
+      for (const { column, op, value } of ledgerFilters(query)) {
+        where += op === 'in' ? ` AND ${column} IN (SELECT value FROM json_each(?))` : ` AND ${column} ${op} ?`;
+        params.push(op === 'in' ? JSON.stringify(value) : value);
       }
       params.push(query.limit);
       return s.query(`SELECT ${ENTRY_SELECT} FROM ${s.prefix}entries WHERE ${where} ORDER BY seq LIMIT ?`).all(...params) as LedgerRow[];
@@ -355,7 +338,7 @@ function write(s: Runtime, commit: WorkspaceCommit): CommitResult {
   const written = commit.expectedVersion === 0 ? s.insertState.run(id, state) : s.updateState.run(state, id, commit.expectedVersion);
   if (written.changes !== 1) return 'conflict';
   for (const row of commit.ledger as unknown as Record<string, unknown>[])
-    s.insertEntry.run(id, ...ROW_FIELDS.map((field) => row[field] ?? null));
+    s.insertEntry.run(id, ...LEDGER_COLUMNS.map(({ field }) => row[field] ?? null));
   for (const record of commit.records) s.upsertRecord.run(id, record.key, record.holdExpiresAt, JSON.stringify(record.value));
   return 'committed';
 }
