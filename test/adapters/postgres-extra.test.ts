@@ -212,6 +212,49 @@ describe('PostgresStorage - seam', () => {
     expect((await storage.load({ workspaceId: 'y', keys: ['k'], now: 99 })).version).toBe(0);
   });
 
+  it('commit - a call PostgreSQL aborts as a deadlock answers conflict for each workspace and writes nothing', async () => {
+    const storage = track(freshStore(url()));
+    await storage.migrate();
+    const create = (w: string) => ({ workspaceId: w, expectedVersion: 0, state: state(w, 0), ledger: [], records: [] });
+    expect(await storage.commit([create('a'), create('b')])).toEqual(['committed', 'committed']);
+    const table = `"${storage.schema}".credits_workspaces`;
+    // Another session holds b, and then asks for a while the store's call holds a and waits for b.
+    const other = new pg.Client({ connectionString: url() });
+    await other.connect();
+    try {
+      await other.query("BEGIN; SET LOCAL deadlock_timeout = '30s'");
+      await other.query(`SELECT 1 FROM ${table} WHERE workspace_id = 'b' FOR UPDATE`);
+      const next = (w: string) => ({
+        workspaceId: w,
+        expectedVersion: 1,
+        state: state(w, 1),
+        ledger: [row(w, 1)],
+        records: [record('k', 5)],
+      });
+      const call = storage.commit([next('a'), next('b')]);
+      for (let waiting = 0; waiting === 0; ) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        const [found] = await sql<{ n: number }>(
+          url(),
+          "SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%json_to_recordset%'",
+        );
+        waiting = found!.n;
+      }
+      const crosswise = other.query(`SELECT 1 FROM ${table} WHERE workspace_id = 'a' FOR UPDATE`);
+      // The store's session waited first, so its (shorter) deadlock timeout fires and PostgreSQL aborts its statement.
+      expect(await call).toEqual(['conflict', 'conflict']);
+      await crosswise;
+    } finally {
+      await other.query('ROLLBACK');
+      await other.end();
+    }
+    for (const w of ['a', 'b']) {
+      const loaded = await storage.load({ workspaceId: w, keys: ['k'], now: 0 });
+      expect([loaded.version, loaded.state, loaded.records]).toEqual([1, state(w, 0), []]);
+      expect(await storage.ledger({ workspaceId: w, limit: 10 })).toEqual([]);
+    }
+  });
+
   it('ledger and usage - filters, paging, 2⁵³ − 1 amounts, and usage equal to the in-memory sum', async () => {
     const storage = track(freshStore(url()));
     await storage.migrate();
