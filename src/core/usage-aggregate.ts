@@ -1,7 +1,19 @@
+import { LEDGER_COLUMNS, type LedgerColumn } from './ledger-row.js';
 import type { LedgerRow, UsageGroupBy } from './state.js';
 
 /** Milliseconds in a UTC day. */
 export const DAY_MS = 86_400_000;
+
+/** A ledger column usage can be grouped by. */
+export type UsageGroupColumn = LedgerColumn & { readonly field: 'agentId' | 'model' | 'conversationId' };
+const columnOf = (field: UsageGroupColumn['field']) => LEDGER_COLUMNS.find((column) => column.field === field) as UsageGroupColumn;
+
+/** The ledger column each way of grouping usage groups `reply` rows by (a row without one counts under `''`). */
+export const USAGE_GROUP_COLUMNS: Readonly<Record<UsageGroupBy, UsageGroupColumn>> = {
+  agent: columnOf('agentId'),
+  model: columnOf('model'),
+  conversation: columnOf('conversationId'),
+};
 
 /** Usage of one group (and UTC day): micro-credits charged and replies counted. */
 export interface UsageTotals {
@@ -17,7 +29,7 @@ export interface UsageTotals {
  */
 export class UsageAccumulator {
   readonly #groups = new Map<string, UsageTotals>();
-  readonly #field: 'agentId' | 'model' | 'conversationId';
+  readonly #field: UsageGroupColumn['field'];
 
   /**
    * @param groupBy which column groups the rows
@@ -27,7 +39,7 @@ export class UsageAccumulator {
     groupBy: UsageGroupBy,
     readonly byDay: boolean,
   ) {
-    this.#field = groupBy === 'agent' ? 'agentId' : groupBy === 'model' ? 'model' : 'conversationId';
+    this.#field = USAGE_GROUP_COLUMNS[groupBy].field;
   }
 
   /** Counts a row; rows of other kinds than `reply` are ignored. */

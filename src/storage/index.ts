@@ -29,8 +29,8 @@ export type {
   UsageGroupBy,
   WorkspaceState,
 } from '../core/state.js';
-export type { UsageTotals } from '../core/usage-aggregate.js';
-export { DAY_MS, dayOf, UsageAccumulator } from '../core/usage-aggregate.js';
+export type { UsageGroupColumn, UsageTotals } from '../core/usage-aggregate.js';
+export { DAY_MS, dayOf, USAGE_GROUP_COLUMNS, UsageAccumulator } from '../core/usage-aggregate.js';
 export { type LedgerFilter, ledgerFilters } from './ledger-filters.js';
 export { MemoryStorage } from './memory-storage.js';
 export { importOptionalPeer } from './optional-peer.js';

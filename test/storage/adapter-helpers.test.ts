@@ -16,6 +16,9 @@ import {
   ledgerFilters,
   ledgerRow,
   MemoryStorage,
+  USAGE_GROUP_COLUMNS,
+  UsageAccumulator,
+  type UsageGroupBy,
 } from '../../src/storage/index.js';
 
 function invalid(make: () => unknown): InvalidInputError {
@@ -141,6 +144,16 @@ describe('LEDGER_COLUMNS', () => {
       expect(c.type).toBe(typeof row[c.field] === 'number' ? 'integer' : 'text');
     }
     expect(LEDGER_COLUMNS.filter((c) => c.required).map((c) => c.field)).toEqual(['seq', 'kind', 'amount', 'at']);
+  });
+
+  it('USAGE_GROUP_COLUMNS - each grouping is the ledger column of the field the in-memory sum groups by', () => {
+    const rows = [ledgerRow('w', 1, 'reply', -3, 0, { agentId: 'a', model: 'm', conversationId: 'c' })];
+    for (const [groupBy, column] of Object.entries(USAGE_GROUP_COLUMNS) as [UsageGroupBy, (typeof USAGE_GROUP_COLUMNS)[UsageGroupBy]][]) {
+      expect(LEDGER_COLUMNS).toContain(column);
+      const sums = new UsageAccumulator(groupBy, false);
+      for (const row of rows) sums.add(row);
+      expect(sums.totals()).toEqual([{ key: rows[0]![column.field], amount: 3, replies: 1 }]);
+    }
   });
 });
 

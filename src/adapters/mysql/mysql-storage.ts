@@ -265,7 +265,7 @@ export class MySqlStorage implements seam.CreditStorage {
   }
 
   async usage(query: seam.UsageQuery): Promise<seam.UsageAggregate[]> {
-    const column = query.groupBy === 'agent' ? 'agent_id' : query.groupBy === 'model' ? 'model' : 'conversation_id';
+    const { column } = seam.USAGE_GROUP_COLUMNS[query.groupBy];
     // The UTC day by integer arithmetic, floored like dayOf (MOD keeps the sign of `at`).
     const day = query.byDay ? `, at - MOD(MOD(at, ${seam.DAY_MS}) + ${seam.DAY_MS}, ${seam.DAY_MS}) AS day` : '';
     const [rows] = await (await this.#ready()).query(

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { InvalidInputError, StorageError } from '../../core/errors.js';
 import type { LedgerRow } from '../../core/state.js';
+import { USAGE_GROUP_COLUMNS } from '../../core/usage-aggregate.js';
 import { ledgerFilters } from '../../storage/ledger-filters.js';
 import { importOptionalPeer } from '../../storage/optional-peer.js';
 import type * as seam from '../../storage/storage.js';
@@ -239,7 +240,7 @@ export class PostgresStorage implements seam.CreditStorage {
   }
 
   async usage(query: seam.UsageQuery): Promise<seam.UsageAggregate[]> {
-    const column = query.groupBy === 'agent' ? 'agent_id' : query.groupBy === 'model' ? 'model' : 'conversation_id';
+    const { column } = USAGE_GROUP_COLUMNS[query.groupBy];
     // Floors to the UTC day like dayOf, also before 1970 (SQL % truncates toward zero).
     const day = query.byDay ? ', at - (((at % 86400000) + 86400000) % 86400000) AS day' : '';
     const text = `SELECT COALESCE(${column}, '') AS key${day}, -sum(amount) AS amount, count(*) AS replies

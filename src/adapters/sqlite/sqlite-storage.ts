@@ -1,7 +1,7 @@
 import { StorageError } from '../../core/errors.js';
 import { LEDGER_COLUMNS } from '../../core/ledger-row.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
-import { DAY_MS } from '../../core/usage-aggregate.js';
+import { DAY_MS, USAGE_GROUP_COLUMNS } from '../../core/usage-aggregate.js';
 import { ledgerFilters } from '../../storage/ledger-filters.js';
 import type {
   CommitResult,
@@ -78,8 +78,6 @@ const ENTRY_SELECT = [
   'workspace_id AS workspaceId',
   ...LEDGER_COLUMNS.map(({ column, field }) => (column === field ? column : `${column} AS ${field}`)),
 ].join(', ');
-
-const GROUP_COLUMN = { agent: 'agent_id', model: 'model', conversation: 'conversation_id' } as const;
 
 interface RecordRow {
   key: string;
@@ -258,7 +256,7 @@ export class SqliteStorage implements CreditStorage {
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
     return this.#run('usage', (s) => {
       const day = query.byDay ? `, at - ((at % ${DAY_MS}) + ${DAY_MS}) % ${DAY_MS} AS day` : '';
-      const sql = `SELECT COALESCE(${GROUP_COLUMN[query.groupBy]}, '') AS key${day}, -SUM(amount) AS amount, COUNT(*) AS replies
+      const sql = `SELECT COALESCE(${USAGE_GROUP_COLUMNS[query.groupBy].column}, '') AS key${day}, -SUM(amount) AS amount, COUNT(*) AS replies
         FROM ${s.prefix}entries WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY key${query.byDay ? ', day' : ''}`;
       return s.query(sql).all(query.workspaceId, query.from, query.to) as UsageAggregate[];
     });
