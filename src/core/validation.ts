@@ -7,13 +7,14 @@ import { type InputIssue, InvalidInputError } from './errors.js';
 export const MAX_ID_LENGTH = 255;
 
 /**
- * Characters no id may contain: C0 controls (NUL included), DEL, C1 controls, the Unicode
- * line and paragraph separators, and unpaired surrogates (not encodable as UTF-8, so a store
- * would reject or mangle them). Ids end up in logs, SQL rows, Redis keys and dashboards,
- * where these characters split lines, truncate strings or hide text.
+ * Characters no id or reason may contain: C0 controls (NUL included), DEL, C1 controls, the
+ * Unicode line and paragraph separators, and unpaired surrogates (not encodable as UTF-8, so a
+ * store would reject or mangle them: PostgreSQL refuses the JSON that carries one). Ids and
+ * reasons end up in logs, SQL rows, Redis keys and dashboards, where these characters split
+ * lines, truncate strings or hide text.
  */
 // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
-const FORBIDDEN_IN_ID = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+const FORBIDDEN_IN_TEXT = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /** Names that reach `Object.prototype` when used as an object key; refused as ids and as input keys. */
 export const PROTOTYPE_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
@@ -27,20 +28,30 @@ export function isValidId(value: unknown): value is string {
     typeof value === 'string' &&
     value.length > 0 &&
     value.length <= MAX_ID_LENGTH &&
-    !FORBIDDEN_IN_ID.test(value) &&
+    !FORBIDDEN_IN_TEXT.test(value) &&
     !PROTOTYPE_KEYS.has(value)
   );
 }
+
+const FORBIDDEN_MESSAGE = 'must not contain control characters, line separators or unpaired surrogates';
 
 /** What is wrong with an id, for the error message. */
 export function describeBadId(value: unknown): string {
   if (typeof value !== 'string') return 'must be a string';
   if (value.length === 0) return 'must not be empty';
   if (value.length > MAX_ID_LENGTH) return `must be at most ${MAX_ID_LENGTH} characters`;
-  if (FORBIDDEN_IN_ID.test(value)) return 'must not contain control characters, line separators or unpaired surrogates';
+  if (FORBIDDEN_IN_TEXT.test(value)) return FORBIDDEN_MESSAGE;
   if (PROTOTYPE_KEYS.has(value)) return `must not be "${value}"`;
   return 'must be a valid id';
 }
+
+/** Free text a person wrote, such as a refund's reason: 1–`max` characters, none that an id may not hold either. */
+export const textSchema = (max: number, empty: string) =>
+  z
+    .string()
+    .min(1, empty)
+    .max(max)
+    .refine((text) => !FORBIDDEN_IN_TEXT.test(text), FORBIDDEN_MESSAGE);
 
 /** The zod schema of every id. */
 export const idSchema = z.custom<string>(isValidId, {

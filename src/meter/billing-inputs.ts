@@ -2,17 +2,10 @@
 import { Decimal } from 'decimal.js';
 import { z } from 'zod';
 import { toMicros } from '../core/credits.js';
-import { creditsInputSchema, idSchema, instantSchema } from '../core/validation.js';
+import { creditsInputSchema, idSchema, instantSchema, textSchema } from '../core/validation.js';
 
 // A control character in a reason would end up in every export and page that shows it.
-const reasonSchema = z
-  .string()
-  .min(1, 'must say why')
-  .max(500)
-  .refine(
-    (text) => ![...text].some((char) => char.charCodeAt(0) < 0x20 || char.charCodeAt(0) === 0x7f),
-    'must not contain control characters',
-  );
+const reasonSchema = textSchema(500, 'must say why');
 
 export const refundSchema = z.strictObject({
   workspaceId: idSchema,

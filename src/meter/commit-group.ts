@@ -17,7 +17,9 @@ interface Waiting {
  * together in one call (one transaction, and in PostgreSQL one statement, for all of them). A
  * quiet meter sends each commit at once; a busy one with many workspaces sends fewer, larger
  * calls instead of queueing one statement per workspace on the database. Each commit still gets
- * its own result: the store commits each workspace all-or-nothing and independently.
+ * its own result: the store commits each workspace all-or-nothing and independently, and when a
+ * grouped call fails, each of its commits is sent again alone, so only the ones that fail alone
+ * fail.
  */
 export class CommitGroup {
   readonly #send: (commits: WorkspaceCommit[]) => Promise<CommitResult[]>;
@@ -57,8 +59,13 @@ export class CommitGroup {
     try {
       const results = await this.#send(group.map((waiting) => waiting.commit));
       for (const [i, waiting] of group.entries()) waiting.resolve(results[i]!);
-    } catch (error) {
-      for (const waiting of group) waiting.reject(error);
+    } catch {
+      // One workspace's commit the store refuses must not fail its neighbours': each goes again
+      // alone and gets its own answer. A commit of the failed call that landed after all (the
+      // connection dropped after it) meets its moved version and answers `conflict`; the batcher
+      // then reloads and applies its commands again, and a reserve, settle, release, top-up,
+      // refund or adjustment finds by its id what landed.
+      await Promise.all(group.map(({ commit, resolve, reject }) => this.#send([commit]).then((results) => resolve(results[0]!), reject)));
     } finally {
       this.#done();
     }

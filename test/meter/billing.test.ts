@@ -107,6 +107,39 @@ describe('adjustments', () => {
     expect(await credits(meter)).toEqual({ balance: 0, held: 5, used: 0 });
     expect(await ledgerSum(meter, 'ws')).toBe(5);
   });
+
+  it('a reason is refused, naming it, when empty, over 500 characters or holding what an id may not hold; nothing changes', async () => {
+    const { meter } = harness();
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'free' });
+    await meter.reply({ ...turn(1, 'gpt-4o'), replyId: 'm1' });
+    const before = JSON.stringify([await meter.getWorkspace('ws'), await meter.ledger({ workspaceId: 'ws' })]);
+    const bad = [
+      '',
+      'x'.repeat(501),
+      'a\u0000b',
+      'a\nb',
+      'a\u007fb',
+      'a\u0085b',
+      'a\u2028b',
+      'lone \uD800 surrogate',
+      'lone \uDC00 low',
+      42,
+    ];
+    for (const reason of bad) {
+      await expect(meter.adjust({ workspaceId: 'ws', adjustmentId: 'a1', credits: 5, reason: reason as string })).rejects.toMatchObject({
+        code: 'INVALID_INPUT',
+        field: 'reason',
+      });
+      await expect(meter.refund({ workspaceId: 'ws', replyId: 'm1', refundId: 'r1', reason: reason as string })).rejects.toMatchObject({
+        code: 'INVALID_INPUT',
+        field: 'reason',
+      });
+    }
+    expect(JSON.stringify([await meter.getWorkspace('ws'), await meter.ledger({ workspaceId: 'ws' })])).toBe(before);
+    // A paired surrogate (an emoji) and other scripts are text like any other.
+    const fine = await meter.adjust({ workspaceId: 'ws', adjustmentId: 'a2', credits: 1, reason: 'goodwill 🎁 — überfällig' });
+    expect(fine.replayed).toBe(false);
+  });
 });
 
 describe('per-agent caps', () => {

@@ -51,23 +51,50 @@ describe('CommitGroup', () => {
     expect(await Promise.all(first)).toEqual(['committed', 'committed', 'committed', 'committed']);
   });
 
-  it('a failed call rejects the commits it carried, and the commits after it still go', async () => {
+  it('a failed lone call rejects its commit; a failed grouped call sends each commit again alone, each getting its own answer', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send);
     const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
-    const grouped = ['e', 'f'].map((id) => group.commit(commitOf(id)));
-    const last = group.commit(commitOf('g'));
+    const grouped = ['e', 'f', 'g'].map((id) => group.commit(commitOf(id)));
     await tick();
     calls[0]!.answer(new Error('connection lost'));
     await expect(first[0]).rejects.toThrow('connection lost');
     await tick();
     expect(calls[4]!.ids).toEqual(['e', 'f', 'g']);
-    calls[4]!.answer(new Error('still down'));
-    for (const pending of [...grouped, last]) await expect(pending).rejects.toThrow('still down');
+    calls[4]!.answer(new Error('refused: bad row'));
+    await tick();
+    expect(calls.slice(5).map((call) => call.ids)).toEqual([['e'], ['f'], ['g']]);
+    calls[5]!.answer(['committed']);
+    calls[6]!.answer(new Error('refused: bad row'));
+    calls[7]!.answer(['conflict']);
+    expect(await grouped[0]).toBe('committed');
+    await expect(grouped[1]).rejects.toThrow('refused: bad row');
+    expect(await grouped[2]).toBe('conflict');
     for (const call of calls.slice(1, 4)) call.answer(['committed']);
     await Promise.all(first.slice(1));
-    expect(await Promise.race([group.commit(commitOf('h')), tick().then(() => 'waiting')])).toBe('waiting');
-    calls[5]!.answer(['committed']);
+    // The group's place is free again: the next commit goes at once.
+    const next = group.commit(commitOf('h'));
+    await tick();
+    expect(calls[8]!.ids).toEqual(['h']);
+    calls[8]!.answer(['committed']);
+    expect(await next).toBe('committed');
+  });
+
+  it('a store down for a grouped call: each commit is tried alone once more and rejects with its own error', async () => {
+    const { calls, send } = manualSend();
+    const group = new CommitGroup(send);
+    const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
+    const grouped = ['e', 'f'].map((id) => group.commit(commitOf(id)));
+    await tick();
+    calls[0]!.answer(['committed']);
+    await tick();
+    calls[4]!.answer(new Error('still down'));
+    await tick();
+    expect(calls.slice(5).map((call) => call.ids)).toEqual([['e'], ['f']]);
+    for (const call of calls.slice(5)) call.answer(new Error('still down'));
+    for (const pending of grouped) await expect(pending).rejects.toThrow('still down');
+    for (const call of calls.slice(1, 4)) call.answer(['committed']);
+    await Promise.all(first);
   });
 
   it('through a meter on many workspaces: commits of different workspaces share store calls, and every charge lands', async () => {
@@ -100,6 +127,87 @@ describe('CommitGroup', () => {
       const { entries } = await meter.ledger({ workspaceId, limit: 100 });
       expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(10);
       const ws = await meter.getWorkspace(workspaceId);
+      expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
+    }
+  });
+
+  it("through a meter: a workspace whose commits the store refuses fails alone; its neighbours' charges in the same calls land", async () => {
+    const inner = new MemoryStorage();
+    let slow = Promise.resolve();
+    let grouped = 0;
+    const storage = wrapStorage(inner, {
+      commit: async (commits) => {
+        slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
+        await slow;
+        if (commits.length > 1) grouped++;
+        // As a database refuses a statement: the whole call, whichever workspaces it carried.
+        if (commits.some((commit) => commit.workspaceId === 'poisoned' && commit.ledger.some((row) => row.kind === 'reply'))) {
+          throw new Error('value too long for column');
+        }
+        return inner.commit(commits);
+      },
+    });
+    const meter = new CreditMeter({ storage });
+    const ids = Array.from({ length: 20 }, (_, i) => `ws${i}`);
+    for (const workspaceId of [...ids, 'poisoned']) await meter.createWorkspace({ workspaceId, plan: 'pro' });
+    const outcomes = await Promise.allSettled(
+      Array.from({ length: 420 }, async (_, i) => {
+        const workspaceId = i % 21 === 20 ? 'poisoned' : ids[i % 21]!;
+        const hold = await meter.reserve({ workspaceId, agentId: 'a', conversationId: `c${i}`, model: 'gpt-4o-mini' });
+        await meter.settle({ workspaceId, replyId: hold.replyId });
+        return workspaceId;
+      }),
+    );
+    expect(grouped).toBeGreaterThan(0);
+    const failed = outcomes.flatMap((outcome, i) =>
+      outcome.status === 'rejected' ? [{ i, code: (outcome.reason as { code?: string }).code }] : [],
+    );
+    expect(failed).toHaveLength(20);
+    expect(failed.every(({ i, code }) => i % 21 === 20 && code === 'STORAGE_ERROR')).toBe(true);
+    for (const workspaceId of ids) {
+      const { entries } = await meter.ledger({ workspaceId, limit: 100 });
+      expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(20);
+      const ws = await meter.getWorkspace(workspaceId);
+      expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
+    }
+  });
+
+  it('through a meter: a grouped call that landed but answered with an error is retried without charging anything twice', async () => {
+    const inner = new MemoryStorage();
+    let slow = Promise.resolve();
+    let lost = 0;
+    const storage = wrapStorage(inner, {
+      commit: async (commits) => {
+        slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
+        await slow;
+        const results = await inner.commit(commits);
+        // The connection drops after the database committed: the caller hears only the error.
+        if (commits.length > 1 && lost < 5) {
+          lost++;
+          throw new Error('connection lost after commit');
+        }
+        return results;
+      },
+    });
+    const meter = new CreditMeter({ storage });
+    const ids = Array.from({ length: 20 }, (_, i) => `ws${i}`);
+    for (const workspaceId of ids) await meter.createWorkspace({ workspaceId, plan: 'pro' });
+    const settled = await Promise.all(
+      Array.from({ length: 400 }, async (_, i) => {
+        const workspaceId = ids[i % ids.length]!;
+        const hold = await meter.reserve({ workspaceId, agentId: 'a', conversationId: `c${i}`, model: 'gpt-4o-mini' });
+        return meter.settle({ workspaceId, replyId: hold.replyId });
+      }),
+    );
+    expect(lost).toBeGreaterThan(0);
+    expect(new Set(settled.map((settlement) => settlement.replyId)).size).toBe(400);
+    for (const workspaceId of ids) {
+      const { entries } = await meter.ledger({ workspaceId, limit: 100 });
+      const replies = entries.filter((entry) => entry.kind === 'reply');
+      expect(replies).toHaveLength(20);
+      expect(new Set(replies.map((entry) => entry.replyId)).size).toBe(20);
+      const ws = await meter.getWorkspace(workspaceId);
+      expect(Number(ws.held)).toBe(0);
       expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
     }
   });
