@@ -23,11 +23,18 @@ interface Waiting {
  */
 export class CommitGroup {
   readonly #send: (commits: WorkspaceCommit[]) => Promise<CommitResult[]>;
+  readonly #retryAlone: (error: unknown) => boolean;
   readonly #waiting: Waiting[] = [];
   #inFlight = 0;
 
-  constructor(send: (commits: WorkspaceCommit[]) => Promise<CommitResult[]>) {
+  /**
+   * @param send - Commits a call's commits; each workspace all-or-nothing, independently.
+   * @param retryAlone - Whether the commits of a grouped call that failed with `error` go again
+   *   one by one. Not after a timeout: a store too slow to answer gets no more calls than before.
+   */
+  constructor(send: (commits: WorkspaceCommit[]) => Promise<CommitResult[]>, retryAlone: (error: unknown) => boolean = () => true) {
     this.#send = send;
+    this.#retryAlone = retryAlone;
   }
 
   /** Commits one workspace's changes, alone now or with others soon. */
@@ -59,7 +66,11 @@ export class CommitGroup {
     try {
       const results = await this.#send(group.map((waiting) => waiting.commit));
       for (const [i, waiting] of group.entries()) waiting.resolve(results[i]!);
-    } catch {
+    } catch (error) {
+      if (!this.#retryAlone(error)) {
+        for (const waiting of group) waiting.reject(error);
+        return;
+      }
       // One workspace's commit the store refuses must not fail its neighbours': each goes again
       // alone and gets its own answer. A commit of the failed call that landed after all (the
       // connection dropped after it) meets its moved version and answers `conflict`; the batcher

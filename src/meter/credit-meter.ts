@@ -164,7 +164,10 @@ export class CreditMeter {
     const onEventError = config.onEventError;
     // A handler's error may quote whatever the handler touched: hosts get a scrubbed copy.
     this.#events = new EventBus((error, event) => onEventError(scrubError(error), event));
-    const commits = new CommitGroup((group) => this.#store('commit', (storage) => storage.commit(group)));
+    const commits = new CommitGroup(
+      (group) => this.#store('commit', (storage) => storage.commit(group)),
+      (error) => !(error instanceof StorageError && error.cause instanceof StorageTimeout),
+    );
     this.#batcher = new WorkspaceBatcher({
       rules: { plans: this.plans, thresholds: config.lowBalanceThresholds, levels: config.lowBalanceLevels },
       now: () => this.#now(),
@@ -1223,10 +1226,13 @@ function overflow(field: string): InvalidInputError {
   ]);
 }
 
+/** A store call that outlived `storageTimeoutMs`. */
+class StorageTimeout extends Error {}
+
 async function withTimeout<T>(pending: Promise<T>, ms: number, operation: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${operation} timed out after ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new StorageTimeout(`${operation} timed out after ${ms} ms`)), ms);
   });
   try {
     return await Promise.race([pending, timeout]);

@@ -23,6 +23,7 @@ function manualSend() {
 }
 
 const tick = () => new Promise((resolve) => setImmediate(resolve));
+const turnIds = { agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' };
 
 describe('CommitGroup', () => {
   it('sends each commit at once while fewer than four calls are in flight', async () => {
@@ -95,6 +96,44 @@ describe('CommitGroup', () => {
     for (const pending of grouped) await expect(pending).rejects.toThrow('still down');
     for (const call of calls.slice(1, 4)) call.answer(['committed']);
     await Promise.all(first);
+  });
+
+  it('a grouped call that failed in a way not worth retrying (a timeout) rejects its commits without sending them again', async () => {
+    const { calls, send } = manualSend();
+    const group = new CommitGroup(send, (error) => !(error instanceof Error && error.message.includes('timed out')));
+    const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
+    const grouped = ['e', 'f'].map((id) => group.commit(commitOf(id)));
+    await tick();
+    calls[0]!.answer(['committed']);
+    await tick();
+    calls[4]!.answer(new Error('commit timed out after 100 ms'));
+    for (const pending of grouped) await expect(pending).rejects.toThrow('timed out');
+    await tick();
+    expect(calls).toHaveLength(5);
+    for (const call of calls.slice(1, 4)) call.answer(['committed']);
+    await Promise.all(first);
+  });
+
+  it('through a meter: a grouped call that outlives storageTimeoutMs fails its commits with STORAGE_ERROR and is not sent again', async () => {
+    const inner = new MemoryStorage();
+    const sizes: number[] = [];
+    const storage = wrapStorage(inner, {
+      commit: (commits) => {
+        sizes.push(commits.length);
+        // A database too busy to answer a grouped call; lone calls still go through.
+        return commits.length > 1 ? new Promise(() => undefined) : inner.commit(commits);
+      },
+    });
+    const meter = new CreditMeter({ storage, storageTimeoutMs: 100 });
+    const ids = Array.from({ length: 8 }, (_, i) => `ws${i}`);
+    for (const workspaceId of ids) await meter.createWorkspace({ workspaceId, plan: 'pro' });
+    sizes.length = 0;
+    const outcomes = await Promise.allSettled(ids.map((workspaceId) => meter.reserve({ workspaceId, ...turnIds })));
+    const failed = outcomes.filter((outcome) => outcome.status === 'rejected');
+    expect(failed.length).toBeGreaterThan(0);
+    for (const outcome of failed) expect((outcome as PromiseRejectedResult).reason).toMatchObject({ code: 'STORAGE_ERROR' });
+    expect(sizes.filter((size) => size > 1)).toHaveLength(1);
+    expect(sizes.length).toBe(ids.length - failed.length + 1);
   });
 
   it('through a meter on many workspaces: commits of different workspaces share store calls, and every charge lands', async () => {
