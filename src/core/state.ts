@@ -99,6 +99,12 @@ export interface WorkspaceState {
   account: AccountState | null;
   /** The sequence number of the last ledger row written; rows are numbered 1, 2, 3, … per workspace. */
   ledgerSeq: number;
+  /**
+   * The latest UTC day (epoch ms of its midnight) a {@link LedgerDayRecord} marks, 0 before the
+   * first. Absent, or null once the workspace was closed (its records go, its rows may stay),
+   * when the workspace's rows are not marked.
+   */
+  ledgerMarks?: number | null;
 }
 
 /** The lifecycle state of a reply. */
@@ -180,16 +186,30 @@ export interface TopUpRecord {
 }
 
 /**
+ * Where a UTC day begins in the ledger: the value of a `ledgerday:<day>` record, written with the
+ * first rows a workspace gets from a change made on that day or later (by the clock of the meter
+ * that made it). Every row stamped at or after the day's midnight has a `seq` of at least
+ * `firstSeq`, whatever the meters' clocks, because a row is never stamped later than the change
+ * that wrote it. So a ledger page from an instant can start there instead of at the first row.
+ */
+export interface LedgerDayRecord {
+  type: 'ledgerDay';
+  /** Epoch ms of the day's midnight (UTC). */
+  day: number;
+  firstSeq: number;
+}
+
+/**
  * A record kept by key within its workspace: one per reply and one per top-up. A store
  * upserts it by `key` and indexes `holdExpiresAt` to find holds that have lapsed.
  */
 export interface StoredRecord {
-  /** `reply:<replyId>`, `topup:<grantId>`, `refund:<refundId>`, …; unique within the workspace. */
+  /** `reply:<replyId>`, `topup:<grantId>`, `refund:<refundId>`, `ledgerday:<day>`, …; unique within the workspace. */
   key: string;
   /** While the record is an open hold, when it lapses; otherwise null. */
   holdExpiresAt: number | null;
   /** Opaque to a store: keep it (as JSON, say) and return it unchanged. */
-  value: ReplyRecord | TopUpRecord | RefundRecord | AdjustmentRecord;
+  value: ReplyRecord | TopUpRecord | RefundRecord | AdjustmentRecord | LedgerDayRecord;
 }
 
 /** One append-only ledger row. The signed sum of a workspace's rows is its balance plus holds. */

@@ -27,6 +27,7 @@ import type {
   TopUpRecord,
   WorkspaceState,
 } from './state.js';
+import { dayOf } from './usage-aggregate.js';
 
 /** The host's settings the rules depend on. */
 export interface Rules {
@@ -134,6 +135,7 @@ export const replyKey = (replyId: string): string => `reply:${replyId}`;
 export const topUpKey = (grantId: string): string => `topup:${grantId}`;
 export const refundKey = (refundId: string): string => `refund:${refundId}`;
 export const adjustmentKey = (adjustmentId: string): string => `adjustment:${adjustmentId}`;
+export const ledgerDayKey = (day: number): string => `ledgerday:${day}`;
 
 /**
  * Applies commands to one workspace. Create it from what the store loaded, call
@@ -159,7 +161,7 @@ export class Transition {
   ) {
     this.#rules = rules;
     this.#now = now;
-    this.#state = loaded.state ? copyState(loaded.state) : { workspaceId, account: null, ledgerSeq: 0 };
+    this.#state = loaded.state ? copyState(loaded.state) : { workspaceId, account: null, ledgerSeq: 0, ledgerMarks: 0 };
     for (const record of loaded.records) this.#records.set(record.key, record);
     for (const record of loaded.lapsed) this.#records.set(record.key, record);
     this.#advance(loaded.lapsed);
@@ -541,6 +543,8 @@ export class Transition {
     const left = availableOf(account.grants) + account.held;
     if (left > 0) this.#append('expiry', -left, this.#now, { reason: 'workspace deleted' });
     this.#state.account = null;
+    // Erasing takes the records, day marks included, and may keep the rows: they are unmarked from here on.
+    this.#state.ledgerMarks = null;
     this.#changed = true;
     return { status: 'closed', existed: true };
   }
@@ -774,9 +778,19 @@ export class Transition {
 
   #append(kind: LedgerKind, amount: number, at: number, fields: Partial<LedgerRow>): LedgerRow {
     const row = ledgerRow(this.#state.workspaceId, ++this.#state.ledgerSeq, kind, amount, at, fields);
+    if (this.#rows.length === 0) this.#markDay(row.seq);
     this.#rows.push(row);
     this.#changed = true;
     return row;
+  }
+
+  /** Marks where today begins in the ledger, if this is the first change of a day later than the last one marked. */
+  #markDay(firstSeq: number): void {
+    const marked = this.#state.ledgerMarks;
+    const day = dayOf(this.#now);
+    if (typeof marked !== 'number' || day <= marked) return;
+    this.#state.ledgerMarks = day;
+    this.#put({ key: ledgerDayKey(day), holdExpiresAt: null, value: { type: 'ledgerDay', day, firstSeq } });
   }
 
   #total(account: AccountState): number {
@@ -873,5 +887,11 @@ function copyAccount(account: AccountState): AccountState {
 }
 
 function copyState(state: WorkspaceState): WorkspaceState {
-  return { workspaceId: state.workspaceId, account: state.account ? copyAccount(state.account) : null, ledgerSeq: state.ledgerSeq };
+  const copy: WorkspaceState = {
+    workspaceId: state.workspaceId,
+    account: state.account ? copyAccount(state.account) : null,
+    ledgerSeq: state.ledgerSeq,
+  };
+  if (state.ledgerMarks !== undefined) copy.ledgerMarks = state.ledgerMarks;
+  return copy;
 }

@@ -48,6 +48,7 @@ import {
   usageSchema,
   workspaceIdSchema,
 } from './inputs.js';
+import { seqBefore } from './ledger-start.js';
 import { parseMeterOptions } from './options.js';
 import type { ByoKeyResolver, ProviderResult, ReplyContext, ReplyProvider, ReplyRequest } from './provider.js';
 import { createReplyStream, settledStream } from './reply-stream.js';
@@ -743,16 +744,18 @@ export class CreditMeter {
   async ledger(input: LedgerInput): Promise<LedgerPage> {
     const parsed = parseInput(ledgerSchema, input);
     const limit = parsed.limit ?? 100;
-    const rows = await this.#store('ledger', (storage) =>
-      storage.ledger({
+    const rows = await this.#store('ledger', async (storage) => {
+      const start = parsed.from ? await seqBefore(storage, parsed.workspaceId, parsed.from.getTime()) : 0;
+      const afterSeq = Math.max(start, parsed.cursor === undefined ? 0 : Number(parsed.cursor));
+      return storage.ledger({
         workspaceId: parsed.workspaceId,
         limit: limit + 1,
         ...(parsed.from && { from: parsed.from.getTime() }),
         ...(parsed.to && { to: parsed.to.getTime() }),
         ...(parsed.agentId !== undefined && { agentId: parsed.agentId }),
-        ...(parsed.cursor !== undefined && { afterSeq: Number(parsed.cursor) }),
-      }),
-    );
+        ...(afterSeq > 0 && { afterSeq }),
+      });
+    });
     const page = rows.slice(0, limit).map(ledgerEntryOf);
     const last = page[page.length - 1];
     return rows.length > limit && last ? { entries: page, nextCursor: last.id } : { entries: page };
@@ -783,9 +786,13 @@ export class CreditMeter {
       groupBy: parsed.groupBy,
       byDay: parsed.interval !== undefined,
     };
-    // A store without its own aggregation is paged through; refunds (rare) always are.
-    const aggregates = await this.#store('usage', (storage) => (storage.usage ? storage.usage(query) : sumLedger(storage, query, 'reply')));
-    const refunds = await this.#store('usage', (storage) => sumLedger(storage, query, 'refund'));
+    // A store without its own aggregation is paged through, from where the window's rows begin;
+    // refunds (rare) always are.
+    const start = await this.#store('usage', (storage) => seqBefore(storage, query.workspaceId, query.from));
+    const aggregates = await this.#store('usage', (storage) =>
+      storage.usage ? storage.usage(query) : sumLedger(storage, query, 'reply', start),
+    );
+    const refunds = await this.#store('usage', (storage) => sumLedger(storage, query, 'refund', start));
     return bucketUsage(parsed, aggregates, refunds);
   }
 

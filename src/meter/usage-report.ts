@@ -18,12 +18,13 @@ interface Window {
 const PAGE = 1000;
 
 /**
- * Sums a window's rows of one kind by paging the ledger: `reply` rows when a store has no
- * `usage` of its own, and `refund` rows, counted against the group of the reply they refund.
+ * Sums a window's rows of one kind by paging the ledger (after `start`, a `seq` no row of the
+ * window precedes): `reply` rows when a store has no `usage` of its own, and `refund` rows,
+ * counted against the group of the reply they refund.
  */
-export async function sumLedger(storage: CreditStorage, query: UsageQuery, kind: 'reply' | 'refund'): Promise<UsageAggregate[]> {
+export async function sumLedger(storage: CreditStorage, query: UsageQuery, kind: 'reply' | 'refund', start = 0): Promise<UsageAggregate[]> {
   const sum = new UsageAccumulator(query.groupBy, query.byDay);
-  let afterSeq: number | undefined;
+  let afterSeq: number | undefined = start > 0 ? start : undefined;
   for (;;) {
     const rows = await storage.ledger({
       workspaceId: query.workspaceId,

@@ -136,6 +136,74 @@ export const analyticsCases = defineCases([
     },
   ],
   [
+    'ledger and usage - a window starting days into the history holds exactly its rows, written by app servers whose clocks disagree by hours',
+    async (ctx) => {
+      // One app server's clock runs three hours behind the other's: its rows come out of time order.
+      const ahead = newMeter(ctx);
+      const behind = newMeter(ctx, { clock: () => new Date(ctx.now() - 3 * HOUR) });
+      const workspaceId = await newWorkspace(ctx, ahead, 1000);
+      for (let i = 0; i < 40; i++) {
+        ctx.advance(2 * HOUR + 7 * MINUTE);
+        const meter = i % 3 === 0 ? behind : ahead;
+        await spend(meter, workspaceId, i % 2 ? ONE : TWO, { agentId: i % 2 ? 'a1' : 'a2' });
+        if (i % 9 === 4) await meter.addCredits({ workspaceId, credits: 1, grantId: `g${i}` });
+      }
+      const rows = await allRows(ctx.storage, workspaceId);
+      expect(rows.some((row, i) => i > 0 && row.at < rows[i - 1]!.at)).toBe(true);
+      expect(rows[rows.length - 1]!.at - rows[0]!.at).toBeGreaterThan(3 * DAY);
+      const reader = newMeter(ctx);
+      const fallback = newMeter({ ...ctx, storage: withoutUsage(ctx.storage) });
+      for (const row of rows.filter((_, i) => i % 6 === 1)) {
+        for (const from of [row.at - 3 * HOUR, row.at, row.at + 1]) {
+          const expected = rows.filter((candidate) => candidate.at >= from).map((candidate) => String(candidate.seq));
+          expect((await everyEntry(reader, { workspaceId, from: new Date(from) }, 4)).map((entry) => entry.id)).toEqual(expected);
+          const to = from + DAY;
+          const window = { workspaceId, from: new Date(from), to: new Date(to), groupBy: 'agent' } as const;
+          const replies = rows.filter((candidate) => candidate.kind === 'reply' && candidate.at >= from && candidate.at < to);
+          const sums = ['a1', 'a2'].flatMap((agentId) => {
+            const mine = replies.filter((reply) => reply.agentId === agentId);
+            return mine.length
+              ? [
+                  {
+                    key: agentId,
+                    credits: -mine.reduce((sum, reply) => sum + reply.amount, 0) / 1e6,
+                    replies: mine.length,
+                    bucket: undefined,
+                  },
+                ]
+              : [];
+          });
+          expect(await usage(reader, window)).toEqual(sums);
+          expect(await usage(fallback, window)).toEqual(sums);
+        }
+      }
+      expect((await reader.ledger({ workspaceId, from: new Date(ctx.now() + 2 * DAY) })).entries).toEqual([]);
+    },
+  ],
+  [
+    'ledger - a workspace erased keeping its ledger, then created again: a window still holds its rows from before the erasure',
+    async (ctx) => {
+      const meter = newMeter(ctx);
+      const workspaceId = await newWorkspace(ctx, meter, 100);
+      for (let i = 0; i < 6; i++) {
+        ctx.advance(10 * HOUR);
+        await spend(meter, workspaceId, ONE);
+      }
+      await meter.deleteWorkspace({ workspaceId, keepLedger: true });
+      ctx.advance(HOUR);
+      await meter.createWorkspace({ workspaceId, plan: 'custom', allotment: 50 });
+      for (let i = 0; i < 6; i++) {
+        ctx.advance(10 * HOUR);
+        await spend(meter, workspaceId, TWO);
+      }
+      const rows = await allRows(ctx.storage, workspaceId);
+      for (const row of rows) {
+        const expected = rows.filter((candidate) => candidate.at >= row.at).map((candidate) => String(candidate.seq));
+        expect((await everyEntry(meter, { workspaceId, from: new Date(row.at) }, 3)).map((entry) => entry.id)).toEqual(expected);
+      }
+    },
+  ],
+  [
     'ledger - through CreditMeter, entries of another workspace never show',
     async (ctx) => {
       const meter = newMeter(ctx);

@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { CreditMeter, MemoryStorage } from '../../src/index.js';
+import type { LedgerQuery } from '../../src/storage/index.js';
+import { wrapStorage } from '../support.js';
+
+const DAY = 86_400_000;
+const START = Date.UTC(2026, 0, 1);
+
+/** A meter on a memory store that records the ledger queries it receives, with 5 days of replies, 10 a day. */
+async function fiveDays() {
+  const inner = new MemoryStorage();
+  const queries: LedgerQuery[] = [];
+  const storage = wrapStorage(inner, {
+    ledger: (query) => {
+      queries.push(query);
+      return inner.ledger(query);
+    },
+  });
+  let now = START;
+  const meter = new CreditMeter({ storage, clock: () => new Date(now) });
+  await meter.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
+  for (let i = 0; i < 50; i++) {
+    now = START + Math.floor(i / 10) * DAY + (i % 10) * 3_600_000;
+    const hold = await meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' });
+    await meter.settle({ workspaceId: 'ws', replyId: hold.replyId });
+  }
+  const rows = await inner.ledger({ workspaceId: 'ws', limit: 1000 });
+  return { meter, queries, rows, setNow: (at: number) => (now = at) };
+}
+
+describe('ledger pages from an instant start at the day mark', () => {
+  it("ask the store only for rows from that day's first on, and return exactly the rows from the instant", async () => {
+    const { meter, queries, rows } = await fiveDays();
+    const from = START + 3 * DAY + 5 * 3_600_000;
+    queries.length = 0;
+    const page = await meter.ledger({ workspaceId: 'ws', from: new Date(from), limit: 100 });
+    expect(page.entries.map((entry) => Number(entry.id))).toEqual(rows.filter((row) => row.at >= from).map((row) => row.seq));
+    const dayStart = rows.find((row) => row.at >= START + 3 * DAY)!.seq;
+    expect(queries).toHaveLength(1);
+    expect(queries[0]!.afterSeq).toBe(dayStart - 1);
+  });
+
+  it('a cursor past the mark wins; an instant after every change asks for nothing older than the last row', async () => {
+    const { meter, queries, rows } = await fiveDays();
+    const from = START + DAY;
+    const first = await meter.ledger({ workspaceId: 'ws', from: new Date(from), limit: 5 });
+    queries.length = 0;
+    await meter.ledger({ workspaceId: 'ws', from: new Date(from), limit: 5, cursor: first.nextCursor! });
+    expect(queries[0]!.afterSeq).toBe(Number(first.nextCursor));
+    queries.length = 0;
+    expect((await meter.ledger({ workspaceId: 'ws', from: new Date(START + 9 * DAY) })).entries).toEqual([]);
+    expect(queries[0]!.afterSeq).toBe(rows[rows.length - 1]!.seq);
+  });
+
+  it('usage summed by the meter pages from the mark too', async () => {
+    const { meter, queries, rows } = await fiveDays();
+    queries.length = 0;
+    const report = await meter.usage({
+      workspaceId: 'ws',
+      from: new Date(START + 2 * DAY),
+      to: new Date(START + 3 * DAY),
+      groupBy: 'agent',
+    });
+    expect(report.totalReplies).toBe(10);
+    const dayStart = rows.find((row) => row.at >= START + 2 * DAY)!.seq;
+    // The refunds are always paged by the meter (the memory store sums replies itself).
+    expect(queries.length).toBeGreaterThan(0);
+    for (const query of queries) expect(query.afterSeq).toBe(dayStart - 1);
+  });
+});
