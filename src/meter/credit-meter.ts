@@ -745,15 +745,16 @@ export class CreditMeter {
     const parsed = parseInput(ledgerSchema, input);
     const limit = parsed.limit ?? 100;
     const rows = await this.#store('ledger', async (storage) => {
-      const start = parsed.from ? await seqBefore(storage, parsed.workspaceId, parsed.from.getTime()) : 0;
-      const afterSeq = Math.max(start, parsed.cursor === undefined ? 0 : Number(parsed.cursor));
+      const start = parsed.from ? await seqBefore(storage, parsed.workspaceId, parsed.from.getTime()) : undefined;
+      const cursor = parsed.cursor === undefined ? undefined : Number(parsed.cursor);
+      const afterSeq = start === undefined ? cursor : Math.max(start, cursor ?? 0);
       return storage.ledger({
         workspaceId: parsed.workspaceId,
         limit: limit + 1,
         ...(parsed.from && { from: parsed.from.getTime() }),
         ...(parsed.to && { to: parsed.to.getTime() }),
         ...(parsed.agentId !== undefined && { agentId: parsed.agentId }),
-        ...(afterSeq > 0 && { afterSeq }),
+        ...(afterSeq !== undefined && { afterSeq }),
       });
     });
     const page = rows.slice(0, limit).map(ledgerEntryOf);

@@ -7,19 +7,19 @@ const LOOKAHEAD_DAYS = 7;
 
 /**
  * The `seq` after which every ledger row stamped at or after `from` lies, read from the day marks
- * the core writes (see `LedgerDayRecord`), or 0 when they cannot tell. Passed on as `afterSeq`, it
+ * the core writes (see `LedgerDayRecord`), or undefined when they cannot tell. Passed on as `afterSeq`, it
  * lets a store start a page from `from` near its first row instead of at the workspace's first row
  * (a store's index on `at` cannot give rows in `seq` order). One `load` of a few keys.
  */
-export async function seqBefore(storage: CreditStorage, workspaceId: string, from: number): Promise<number> {
+export async function seqBefore(storage: CreditStorage, workspaceId: string, from: number): Promise<number | undefined> {
   const day = dayOf(from);
   const keys = Array.from({ length: LOOKAHEAD_DAYS }, (_, i) => ledgerDayKey(day + i * DAY_MS));
   const loaded = await storage.load({ workspaceId, keys, now: 0 });
   const marked = loaded.state?.ledgerMarks;
-  if (typeof marked !== 'number') return 0;
+  if (typeof marked !== 'number') return undefined;
   // No change was made on `from`'s day or later: no row is stamped that late.
   if (day > marked) return loaded.state!.ledgerSeq;
   let first = Number.POSITIVE_INFINITY;
   for (const { value } of loaded.records) if (value.type === 'ledgerDay') first = Math.min(first, value.firstSeq);
-  return first === Number.POSITIVE_INFINITY ? 0 : first - 1;
+  return first === Number.POSITIVE_INFINITY ? undefined : first - 1;
 }

@@ -22,9 +22,14 @@ const PAGE = 1000;
  * window precedes): `reply` rows when a store has no `usage` of its own, and `refund` rows,
  * counted against the group of the reply they refund.
  */
-export async function sumLedger(storage: CreditStorage, query: UsageQuery, kind: 'reply' | 'refund', start = 0): Promise<UsageAggregate[]> {
+export async function sumLedger(
+  storage: CreditStorage,
+  query: UsageQuery,
+  kind: 'reply' | 'refund',
+  start?: number,
+): Promise<UsageAggregate[]> {
   const sum = new UsageAccumulator(query.groupBy, query.byDay);
-  let afterSeq: number | undefined = start > 0 ? start : undefined;
+  let afterSeq = start;
   for (;;) {
     const rows = await storage.ledger({
       workspaceId: query.workspaceId,

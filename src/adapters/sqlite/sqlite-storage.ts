@@ -219,8 +219,12 @@ export class SqliteStorage implements CreditStorage {
     return this.#run('ledger', (s) => {
       let where = 'workspace_id = ?';
       const params: unknown[] = [query.workspaceId];
+      // From a known `seq` (a cursor, or the day mark the meter found for `from`), read the key in
+      // order: `+at` keeps the planner off the `at` index, which would read every row from `from` on
+      // and sort them.
+      const at = query.afterSeq === undefined ? 'at' : '+at';
       for (const { column, op, value } of ledgerFilters(query)) {
-        where += op === 'in' ? ` AND ${column} IN (SELECT value FROM json_each(?))` : ` AND ${column} ${op} ?`;
+        where += op === 'in' ? ` AND ${column} IN (SELECT value FROM json_each(?))` : ` AND ${column === 'at' ? at : column} ${op} ?`;
         params.push(op === 'in' ? JSON.stringify(value) : value);
       }
       params.push(query.limit);
