@@ -21,6 +21,7 @@ import type { ReplyRecord, Route } from '../core/state.js';
 import type { Command, CoreEvent, Outcome } from '../core/transition.js';
 import { parseInput } from '../core/validation.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
+import { once } from '../storage/once.js';
 import type { CreditStorage, LockedWorkspace } from '../storage/storage.js';
 import { raceAbort } from './abort.js';
 import {
@@ -146,7 +147,8 @@ export class CreditMeter {
   readonly #batcher: WorkspaceBatcher;
   readonly #onRecharge: RechargeHandler | undefined;
   // Mutable state on a frozen meter lives in this one object.
-  readonly #ready: { done: boolean; pending: Promise<void> | undefined } = { done: false, pending: undefined };
+  // Concurrent first calls share one migration; a failed one is retried on the next call.
+  readonly #migration = once(() => this.storage.migrate());
 
   constructor(options: CreditMeterOptions = {}) {
     const config = parseMeterOptions(options);
@@ -1133,27 +1135,13 @@ export class CreditMeter {
   /** Runs a store call, migrating first, turning driver failures into `STORAGE_ERROR`. */
   async #store<T>(operation: string, call: (storage: CreditStorage) => Promise<T>): Promise<T> {
     try {
-      if (!this.#ready.done) await this.#migrate();
+      if (!this.#migration.done) await this.#migration();
       const pending = call(this.storage);
       return this.#timeoutMs === undefined ? await pending : await withTimeout(pending, this.#timeoutMs, operation);
     } catch (error) {
       if (CreditsError.is(error)) throw error;
       throw new StorageError(operation, error);
     }
-  }
-
-  async #migrate(): Promise<void> {
-    // Concurrent first calls share one migration; a failed one is retried on the next call.
-    this.#ready.pending ??= this.storage.migrate().then(
-      () => {
-        this.#ready.done = true;
-      },
-      (error: unknown) => {
-        this.#ready.pending = undefined;
-        throw error;
-      },
-    );
-    await this.#ready.pending;
   }
 }
 

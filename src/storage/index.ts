@@ -33,6 +33,7 @@ export type { UsageGroupColumn, UsageTotals } from '../core/usage-aggregate.js';
 export { DAY_MS, dayOf, USAGE_GROUP_COLUMNS, UsageAccumulator } from '../core/usage-aggregate.js';
 export { type LedgerFilter, ledgerFilters } from './ledger-filters.js';
 export { MemoryStorage } from './memory-storage.js';
+export { type Once, once } from './once.js';
 export { importOptionalPeer } from './optional-peer.js';
 export type {
   CommitResult,

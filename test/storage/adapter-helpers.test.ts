@@ -16,6 +16,7 @@ import {
   ledgerFilters,
   ledgerRow,
   MemoryStorage,
+  once,
   USAGE_GROUP_COLUMNS,
   UsageAccumulator,
   type UsageGroupBy,
@@ -110,6 +111,30 @@ describe('store options', () => {
     expect(database.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'app_states'").get()).toEqual({ n: 1 });
     await storage.close();
     database.close();
+  });
+});
+
+describe('once', () => {
+  it('callers share the run in flight and later ones its result; a failed run is forgotten and the next call runs again', async () => {
+    let runs = 0;
+    let fail = true;
+    const migrate = once(async () => {
+      runs++;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      if (fail) throw new Error(`down ${runs}`);
+      return runs;
+    });
+    const first = await Promise.allSettled([migrate(), migrate(), migrate()]);
+    expect(first.map((result) => (result.status === 'rejected' ? (result.reason as Error).message : result.value))).toEqual([
+      'down 1',
+      'down 1',
+      'down 1',
+    ]);
+    expect([runs, migrate.done]).toEqual([1, false]);
+    fail = false;
+    expect(await Promise.all([migrate(), migrate()])).toEqual([2, 2]);
+    expect(await migrate()).toBe(2);
+    expect([runs, migrate.done]).toEqual([2, true]);
   });
 });
 

@@ -126,7 +126,7 @@ export class MySqlStorage implements seam.CreditStorage {
   readonly #tables: Tables;
   readonly #options: MySqlStorageOptions;
   readonly #pool: Promise<MySqlPool>;
-  #migrating: Promise<void> | undefined;
+  readonly #migration = seam.once(() => this.#migrate());
   #closed = false;
 
   constructor(options: MySqlStorageOptions) {
@@ -147,11 +147,7 @@ export class MySqlStorage implements seam.CreditStorage {
    * that it did not create, rather than guessing what they hold.
    */
   async migrate(): Promise<void> {
-    this.#migrating ??= this.#migrate().catch((error: unknown) => {
-      this.#migrating = undefined;
-      throw error;
-    });
-    return this.#migrating;
+    await this.#migration();
   }
 
   /** Ends the pool if this store created it. Calls after this one fail. */
@@ -273,11 +269,9 @@ export class MySqlStorage implements seam.CreditStorage {
         WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY k${query.byDay ? ', day' : ''}`,
       [query.workspaceId, query.from, query.to],
     );
-    return (rows as Row[]).map((row) => {
-      // `+ 0` turns the -0 of an all-zero group into 0, as the in-memory sum has it.
-      const totals = { key: String(row['k']), amount: Number(row['amount']) + 0, replies: Number(row['replies']) };
-      return query.byDay ? { ...totals, day: Number(row['day']) } : totals;
-    });
+    // `+ 0` turns the -0 of an all-zero group into 0, as the in-memory sum has it.
+    const totals = (row: Row) => ({ key: String(row['k']), amount: Number(row['amount']) + 0, replies: Number(row['replies']) });
+    return (rows as Row[]).map((row) => ({ ...totals(row), ...(query.byDay && { day: Number(row['day']) }) }));
   }
 
   /** A keyset page over the primary key, skipping erased workspaces (state NULL, only the version kept). */

@@ -3,6 +3,7 @@ import { InvalidInputError, StorageError } from '../../core/errors.js';
 import type { LedgerRow } from '../../core/state.js';
 import { USAGE_GROUP_COLUMNS } from '../../core/usage-aggregate.js';
 import { ledgerFilters } from '../../storage/ledger-filters.js';
+import { once } from '../../storage/once.js';
 import { importOptionalPeer } from '../../storage/optional-peer.js';
 import type * as seam from '../../storage/storage.js';
 import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
@@ -132,8 +133,7 @@ export class PostgresStorage implements seam.CreditStorage {
   readonly #ownsPool: boolean;
   #pool: PostgresPool | undefined;
   #opening: Promise<PostgresPool> | undefined;
-  #migrating: Promise<void> | undefined;
-  #migrated = false;
+  readonly #migration = once(() => this.#migrate().catch((error: unknown) => Promise.reject(asStorageError(error, 'migrate'))));
   #closed = false;
   readonly #statements: Record<'load' | 'commit', { name: string; text: string }>;
 
@@ -160,16 +160,7 @@ export class PostgresStorage implements seam.CreditStorage {
    * what to do, a schema that holds the tables of release 0.1.x.
    */
   async migrate(): Promise<void> {
-    this.#migrating ??= this.#migrate().then(
-      () => {
-        this.#migrated = true;
-      },
-      (error: unknown) => {
-        this.#migrating = undefined;
-        throw asStorageError(error, 'migrate');
-      },
-    );
-    await this.#migrating;
+    await this.#migration();
   }
 
   /** Ends the pool if this store created it. Calls after this one fail with `STORAGE_ERROR`. */
@@ -302,7 +293,7 @@ export class PostgresStorage implements seam.CreditStorage {
   async #query<T>(operation: string, call: (pool: PostgresPool) => Promise<T>): Promise<T> {
     if (this.#closed) throw new StorageError(operation, new Error('the store is closed'), ADAPTER);
     try {
-      if (!this.#migrated) await this.migrate();
+      if (!this.#migration.done) await this.#migration();
       return await call(await this.#poolReady());
     } catch (error) {
       throw asStorageError(error, operation);
