@@ -16,6 +16,7 @@ export type {
   Allocation,
   GrantKind,
   GrantState,
+  LedgerDayRecord,
   LedgerKind,
   LedgerRow,
   RechargeState,
