@@ -146,8 +146,8 @@ export class CreditMeter {
   readonly #events: EventBus;
   readonly #batcher: WorkspaceBatcher;
   readonly #onRecharge: RechargeHandler | undefined;
-  // Mutable state on a frozen meter lives in this one object.
-  // Concurrent first calls share one migration; a failed one is retried on the next call.
+  // The store's migration, shared by concurrent first calls and retried after a failure (its
+  // progress lives in the closure, since the meter itself is frozen).
   readonly #migration = once(() => this.storage.migrate());
 
   constructor(options: CreditMeterOptions = {}) {
