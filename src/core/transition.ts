@@ -537,16 +537,21 @@ export class Transition {
    */
   #close(): Outcome {
     const account = this.#state.account;
-    if (!account) return { status: 'closed', existed: false };
-    // What was left (held credits included: their replies go with the workspace) is written
-    // off, so a kept ledger still sums to the balance: zero, until the id is created afresh.
-    const left = availableOf(account.grants) + account.held;
-    if (left > 0) this.#append('expiry', -left, this.#now, { reason: 'workspace deleted' });
-    this.#state.account = null;
-    // Erasing takes the records, day marks included, and may keep the rows: they are unmarked from here on.
-    this.#state.ledgerMarks = null;
-    this.#changed = true;
-    return { status: 'closed', existed: true };
+    if (account) {
+      // What was left (held credits included: their replies go with the workspace) is written
+      // off, so a kept ledger still sums to the balance: zero, until the id is created afresh.
+      const left = availableOf(account.grants) + account.held;
+      if (left > 0) this.#append('expiry', -left, this.#now, { reason: 'workspace deleted' });
+      this.#state.account = null;
+      this.#changed = true;
+    }
+    // Erasing takes the records, day marks included, and may keep the rows (of self-hosted
+    // replies too, with no account): they are unmarked from here on.
+    if (this.#state.ledgerSeq > 0 && this.#state.ledgerMarks !== null) {
+      this.#state.ledgerMarks = null;
+      this.#changed = true;
+    }
+    return { status: 'closed', existed: account !== null };
   }
 
   // ─── watching the balance: absolute alerts and recharges ────────────────

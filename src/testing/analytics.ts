@@ -181,7 +181,7 @@ export const analyticsCases = defineCases([
     },
   ],
   [
-    'ledger - a workspace erased keeping its ledger, then created again: a window still holds its rows from before the erasure',
+    'ledger - a workspace erased keeping its ledger, then written again (created afresh, or self-hosted replies): a window still holds its rows from before the erasure',
     async (ctx) => {
       const meter = newMeter(ctx);
       const workspaceId = await newWorkspace(ctx, meter, 100);
@@ -196,10 +196,23 @@ export const analyticsCases = defineCases([
         ctx.advance(10 * HOUR);
         await spend(meter, workspaceId, TWO);
       }
-      const rows = await allRows(ctx.storage, workspaceId);
-      for (const row of rows) {
-        const expected = rows.filter((candidate) => candidate.at >= row.at).map((candidate) => String(candidate.seq));
-        expect((await everyEntry(meter, { workspaceId, from: new Date(row.at) }, 3)).map((entry) => entry.id)).toEqual(expected);
+      // A workspace known only from self-hosted replies has no account to close, but its rows stay too.
+      const hosted = newMeter(ctx, { mode: 'self-hosted' });
+      const selfHosted = ctx.id('selfhosted');
+      ctx.track(selfHosted);
+      const reply = () => hosted.reply({ ...ask(selfHosted, FOUR), input: 'hi' });
+      for (let i = 0; i < 4; i++, ctx.advance(10 * HOUR)) await reply();
+      await hosted.deleteWorkspace({ workspaceId: selfHosted, keepLedger: true });
+      for (let i = 0; i < 4; i++, ctx.advance(10 * HOUR)) await reply();
+      for (const [id, reader] of [
+        [workspaceId, meter],
+        [selfHosted, hosted],
+      ] as const) {
+        const rows = await allRows(ctx.storage, id);
+        for (const row of rows) {
+          const expected = rows.filter((candidate) => candidate.at >= row.at).map((candidate) => String(candidate.seq));
+          expect((await everyEntry(reader, { workspaceId: id, from: new Date(row.at) }, 3)).map((entry) => entry.id)).toEqual(expected);
+        }
       }
     },
   ],
