@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { CreditMeter } from '../src/index.js';
 import { concurrent, latency } from './lib/harness.js';
-import { connect, type StoreName } from './lib/stores.js';
+import { addressFromEnv, connect, type StoreName } from './lib/stores.js';
 import { AGENTS, CONVERSATIONS, MODEL } from './lib/workload.js';
 
 const store = (process.argv[2] ?? 'sqlite') as StoreName;
@@ -24,15 +24,7 @@ const DAY = 86_400_000;
 const START = Date.UTC(2026, 0, 1);
 const SPAN = 20 * DAY;
 const dir = mkdtempSync(join(tmpdir(), 'credits-windows-'));
-const address: Record<string, string | undefined> = {
-  memory: '',
-  sqlite: join(dir, 'windows.db'),
-  postgres: process.env.DATABASE_URL,
-  redis: process.env.REDIS_URL,
-  mysql: process.env.MYSQL_URL,
-};
-const at = address[store];
-if (at === undefined) throw new Error(`no address for ${store}: set DATABASE_URL, REDIS_URL or MYSQL_URL`);
+const at = addressFromEnv(store, dir);
 const connection = await connect(store, at);
 let now = START;
 const meter = new CreditMeter({ storage: connection.storage, clock: () => new Date(now) });

@@ -13,22 +13,14 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { concurrent, sequential } from './lib/harness.js';
-import { connect, type StoreName } from './lib/stores.js';
+import { addressFromEnv, connect, type StoreName } from './lib/stores.js';
 import { createWorkspace, newMeter, reserveSettle, Tally } from './lib/workload.js';
 
 const store = (process.argv[2] ?? 'memory') as StoreName;
 const seconds = Number(process.argv[3] ?? 5);
 const inFlight = Number(process.argv[4] ?? 1);
 const dir = mkdtempSync(join(tmpdir(), 'credits-profile-'));
-const address: Record<string, string | undefined> = {
-  memory: '',
-  sqlite: join(dir, 'profile.db'),
-  postgres: process.env.DATABASE_URL,
-  redis: process.env.REDIS_URL,
-  mysql: process.env.MYSQL_URL,
-};
-const at = address[store];
-if (at === undefined) throw new Error(`no address for ${store}: set DATABASE_URL, REDIS_URL or MYSQL_URL`);
+const at = addressFromEnv(store, dir);
 const connection = await connect(store, at);
 const meter = newMeter(connection.storage);
 const workspaceId = `hot-${Date.now()}`;

@@ -304,3 +304,20 @@ function ready<T>(make: (cb: (error?: unknown) => void) => T): Promise<T> {
     if (done) done.error ? reject(done.error) : resolve(limiter);
   });
 }
+
+/**
+ * Where a one-store script (`bench/profile.ts`, `bench/ledger-windows.ts`) finds its store: a
+ * SQLite file in `dir`, or the server of `DATABASE_URL`, `REDIS_URL` or `MYSQL_URL`.
+ */
+export function addressFromEnv(store: StoreName, dir: string): string {
+  const address: Partial<Record<StoreName, string | undefined>> = {
+    memory: '',
+    sqlite: join(dir, `${store}.db`),
+    postgres: process.env.DATABASE_URL,
+    redis: process.env.REDIS_URL,
+    mysql: process.env.MYSQL_URL,
+  };
+  const at = address[store];
+  if (at === undefined) throw new Error(`no address for ${store}: set DATABASE_URL, REDIS_URL or MYSQL_URL`);
+  return at;
+}

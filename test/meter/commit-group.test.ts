@@ -25,6 +25,32 @@ function manualSend() {
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 const turnIds = { agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' };
 
+/** The memory store behind commit calls that take 2 ms each, one after another, as a database's do; `commit` makes each call. */
+function slowStore(commit: (commits: readonly WorkspaceCommit[], inner: MemoryStorage) => Promise<CommitResult[]>) {
+  const inner = new MemoryStorage();
+  let slow = Promise.resolve();
+  return wrapStorage(inner, {
+    commit: async (commits) => {
+      slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
+      await slow;
+      return commit(commits, inner);
+    },
+  });
+}
+
+/** Each workspace has `replies` reply rows, each of its own reply, nothing held, and a balance that is its ledger's sum. */
+async function expectEveryCharge(meter: CreditMeter, ids: readonly string[], replies: number): Promise<void> {
+  for (const workspaceId of ids) {
+    const { entries } = await meter.ledger({ workspaceId, limit: 100 });
+    const rows = entries.filter((entry) => entry.kind === 'reply');
+    expect(rows).toHaveLength(replies);
+    expect(new Set(rows.map((entry) => entry.replyId)).size).toBe(replies);
+    const ws = await meter.getWorkspace(workspaceId);
+    expect(Number(ws.held)).toBe(0);
+    expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
+  }
+}
+
 describe('CommitGroup', () => {
   it('sends each commit at once while fewer than four calls are in flight', async () => {
     const { calls, send } = manualSend();
@@ -137,17 +163,10 @@ describe('CommitGroup', () => {
   });
 
   it('through a meter on many workspaces: commits of different workspaces share store calls, and every charge lands', async () => {
-    const inner = new MemoryStorage();
-    let slow = Promise.resolve();
     const sizes: number[] = [];
-    // A store whose commits take a while, as a database's do.
-    const storage = wrapStorage(inner, {
-      commit: async (commits) => {
-        sizes.push(commits.length);
-        slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
-        await slow;
-        return inner.commit(commits);
-      },
+    const storage = slowStore((commits, inner) => {
+      sizes.push(commits.length);
+      return inner.commit(commits);
     });
     const meter = new CreditMeter({ storage });
     const ids = Array.from({ length: 40 }, (_, i) => `ws${i}`);
@@ -162,29 +181,18 @@ describe('CommitGroup', () => {
     );
     expect(Math.max(...sizes)).toBeGreaterThan(1);
     expect(sizes.reduce((a, b) => a + b, 0)).toBeGreaterThan(sizes.length);
-    for (const workspaceId of ids) {
-      const { entries } = await meter.ledger({ workspaceId, limit: 100 });
-      expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(10);
-      const ws = await meter.getWorkspace(workspaceId);
-      expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
-    }
+    await expectEveryCharge(meter, ids, 10);
   });
 
   it("through a meter: a workspace whose commits the store refuses fails alone; its neighbours' charges in the same calls land", async () => {
-    const inner = new MemoryStorage();
-    let slow = Promise.resolve();
     let grouped = 0;
-    const storage = wrapStorage(inner, {
-      commit: async (commits) => {
-        slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
-        await slow;
-        if (commits.length > 1) grouped++;
-        // As a database refuses a statement: the whole call, whichever workspaces it carried.
-        if (commits.some((commit) => commit.workspaceId === 'poisoned' && commit.ledger.some((row) => row.kind === 'reply'))) {
-          throw new Error('value too long for column');
-        }
-        return inner.commit(commits);
-      },
+    const storage = slowStore(async (commits, inner) => {
+      if (commits.length > 1) grouped++;
+      // As a database refuses a statement: the whole call, whichever workspaces it carried.
+      if (commits.some((commit) => commit.workspaceId === 'poisoned' && commit.ledger.some((row) => row.kind === 'reply'))) {
+        throw new Error('value too long for column');
+      }
+      return inner.commit(commits);
     });
     const meter = new CreditMeter({ storage });
     const ids = Array.from({ length: 20 }, (_, i) => `ws${i}`);
@@ -203,30 +211,19 @@ describe('CommitGroup', () => {
     );
     expect(failed).toHaveLength(20);
     expect(failed.every(({ i, code }) => i % 21 === 20 && code === 'STORAGE_ERROR')).toBe(true);
-    for (const workspaceId of ids) {
-      const { entries } = await meter.ledger({ workspaceId, limit: 100 });
-      expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(20);
-      const ws = await meter.getWorkspace(workspaceId);
-      expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
-    }
+    await expectEveryCharge(meter, ids, 20);
   });
 
   it('through a meter: a grouped call that landed but answered with an error is retried without charging anything twice', async () => {
-    const inner = new MemoryStorage();
-    let slow = Promise.resolve();
     let lost = 0;
-    const storage = wrapStorage(inner, {
-      commit: async (commits) => {
-        slow = slow.then(() => new Promise((resolve) => setTimeout(resolve, 2)));
-        await slow;
-        const results = await inner.commit(commits);
-        // The connection drops after the database committed: the caller hears only the error.
-        if (commits.length > 1 && lost < 5) {
-          lost++;
-          throw new Error('connection lost after commit');
-        }
-        return results;
-      },
+    const storage = slowStore(async (commits, inner) => {
+      const results = await inner.commit(commits);
+      // The connection drops after the database committed: the caller hears only the error.
+      if (commits.length > 1 && lost < 5) {
+        lost++;
+        throw new Error('connection lost after commit');
+      }
+      return results;
     });
     const meter = new CreditMeter({ storage });
     const ids = Array.from({ length: 20 }, (_, i) => `ws${i}`);
@@ -240,14 +237,6 @@ describe('CommitGroup', () => {
     );
     expect(lost).toBeGreaterThan(0);
     expect(new Set(settled.map((settlement) => settlement.replyId)).size).toBe(400);
-    for (const workspaceId of ids) {
-      const { entries } = await meter.ledger({ workspaceId, limit: 100 });
-      const replies = entries.filter((entry) => entry.kind === 'reply');
-      expect(replies).toHaveLength(20);
-      expect(new Set(replies.map((entry) => entry.replyId)).size).toBe(20);
-      const ws = await meter.getWorkspace(workspaceId);
-      expect(Number(ws.held)).toBe(0);
-      expect(await ledgerSum(meter, workspaceId)).toBe(Number(ws.balance) + Number(ws.held));
-    }
+    await expectEveryCharge(meter, ids, 20);
   });
 });
