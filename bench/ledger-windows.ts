@@ -56,6 +56,7 @@ for (const [label, from] of [
   ['day 1, 01:00', START + 3_600_000],
   ['day 11, 01:00', START + SPAN / 2 + 3_600_000],
   ['day 20, 02:00', START + SPAN - DAY + 7_200_000],
+  ['day 20, 23:00 (the last hour)', START + SPAN - 3_600_000],
 ] as const) {
   const alone = await latency(() => connection.storage.ledger({ workspaceId, from, limit: 101 }), 10);
   const metered = await latency(() => meter.ledger({ workspaceId, from: new Date(from), limit: 100 }), 10);

@@ -52,6 +52,34 @@ describe('ledger pages from an instant start at the day mark', () => {
     expect(queries[0]!.afterSeq).toBe(rows[rows.length - 1]!.seq);
   });
 
+  it("a page from the last minutes of a day with very many rows is left to the store's index on at; from early that day it starts at the mark", async () => {
+    const inner = new MemoryStorage();
+    const queries: LedgerQuery[] = [];
+    const storage = wrapStorage(inner, {
+      ledger: (query) => {
+        queries.push(query);
+        return inner.ledger(query);
+      },
+    });
+    let now = START;
+    const meter = new CreditMeter({ storage, clock: () => new Date(now) });
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 1_000_000 });
+    // 24,000 replies over one day, one every 3.6 s, 64 at a time.
+    for (let i = 0; i < 24_000; i += 64) {
+      now = START + i * 3_600;
+      await Promise.all(
+        Array.from({ length: 64 }, () => meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' })),
+      ).then((holds) => Promise.all(holds.map((hold) => meter.settle({ workspaceId: 'ws', replyId: hold.replyId }))));
+    }
+    const rows = await inner.ledger({ workspaceId: 'ws', limit: 100_000 });
+    const late = now - 60_000;
+    const page = await meter.ledger({ workspaceId: 'ws', from: new Date(late), limit: 1000 });
+    expect(page.entries.map((entry) => Number(entry.id))).toEqual(rows.filter((row) => row.at >= late).map((row) => row.seq));
+    expect(queries.at(-1)!.afterSeq).toBeUndefined();
+    await meter.ledger({ workspaceId: 'ws', from: new Date(START + 3_600_000) });
+    expect(queries.at(-1)!.afterSeq).toBe(0);
+  });
+
   it('usage summed by the meter pages from the mark too', async () => {
     const { meter, queries, rows } = await fiveDays();
     queries.length = 0;
