@@ -747,7 +747,9 @@ export class CreditMeter {
     const parsed = parseInput(ledgerSchema, input);
     const limit = parsed.limit ?? 100;
     const rows = await this.#store('ledger', async (storage) => {
-      const start = parsed.from ? await seqBefore(storage, parsed.workspaceId, parsed.from.getTime(), this.#now()) : undefined;
+      const start = parsed.from
+        ? await seqBefore(storage, parsed.workspaceId, parsed.from.getTime(), parsed.to?.getTime(), this.#now())
+        : undefined;
       const cursor = parsed.cursor === undefined ? undefined : Number(parsed.cursor);
       const afterSeq = start === undefined ? cursor : Math.max(start, cursor ?? 0);
       return storage.ledger({
@@ -791,7 +793,7 @@ export class CreditMeter {
     };
     // A store without its own aggregation is paged through, from where the window's rows begin;
     // refunds (rare) always are.
-    const start = await this.#store('usage', (storage) => seqBefore(storage, query.workspaceId, query.from, this.#now()));
+    const start = await this.#store('usage', (storage) => seqBefore(storage, query.workspaceId, query.from, query.to, this.#now()));
     const aggregates = await this.#store('usage', (storage) =>
       storage.usage ? storage.usage(query) : sumLedger(storage, query, 'reply', start),
     );

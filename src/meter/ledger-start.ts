@@ -9,13 +9,23 @@ const LOOKAHEAD_DAYS = 7;
 const CHEAP_SKIP = 10_000;
 
 /**
- * Where a page of rows stamped at or after `from` should start: a `seq` after which all of them
- * lie, read from the day marks the core writes (see `LedgerDayRecord`), or undefined to leave the
+ * Where a page of rows stamped in [from, to) should start: a `seq` after which all of them lie,
+ * read from the day marks the core writes (see `LedgerDayRecord`), or undefined to leave the
  * choice to the store. Passed on as `afterSeq`, it lets a store read rows in `seq` order from the
  * day of `from` instead of from the workspace's first row, which an index on `at` cannot do in
  * order. One `load` of a few keys; `now` is the meter's clock.
  */
-export async function seqBefore(storage: CreditStorage, workspaceId: string, from: number, now: number): Promise<number | undefined> {
+export async function seqBefore(
+  storage: CreditStorage,
+  workspaceId: string,
+  from: number,
+  to: number | undefined,
+  now: number,
+): Promise<number | undefined> {
+  // A window that ended before now: reading in `seq` order would go on through every later row
+  // when the window holds fewer than a page of matches (refunds, one agent's rows); the store's
+  // index on `at` reads only the window's.
+  if (to !== undefined && to < now) return undefined;
   const day = dayOf(from);
   const keys = Array.from({ length: LOOKAHEAD_DAYS }, (_, i) => ledgerDayKey(day + i * DAY_MS));
   const loaded = await storage.load({ workspaceId, keys, now: 0 });
