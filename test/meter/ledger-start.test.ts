@@ -6,8 +6,8 @@ import { wrapStorage } from '../support.js';
 const DAY = 86_400_000;
 const START = Date.UTC(2026, 0, 1);
 
-/** A meter on a memory store that records the ledger queries it receives, with 5 days of replies, 10 a day. */
-async function fiveDays() {
+/** A meter on a memory store that records the ledger queries it receives, on a clock the test sets. */
+function recordingMeter() {
   const inner = new MemoryStorage();
   const queries: LedgerQuery[] = [];
   const storage = wrapStorage(inner, {
@@ -16,16 +16,22 @@ async function fiveDays() {
       return inner.ledger(query);
     },
   });
-  let now = START;
-  const meter = new CreditMeter({ storage, clock: () => new Date(now) });
+  const clock = { now: START };
+  const meter = new CreditMeter({ storage, clock: () => new Date(clock.now) });
+  const rows = () => inner.ledger({ workspaceId: 'ws', limit: 100_000 });
+  return { meter, queries, clock, rows };
+}
+
+/** {@link recordingMeter} with 5 days of replies, 10 a day. */
+async function fiveDays() {
+  const { meter, queries, clock, rows } = recordingMeter();
   await meter.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
   for (let i = 0; i < 50; i++) {
-    now = START + Math.floor(i / 10) * DAY + (i % 10) * 3_600_000;
+    clock.now = START + Math.floor(i / 10) * DAY + (i % 10) * 3_600_000;
     const hold = await meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' });
     await meter.settle({ workspaceId: 'ws', replyId: hold.replyId });
   }
-  const rows = await inner.ledger({ workspaceId: 'ws', limit: 1000 });
-  return { meter, queries, rows, setNow: (at: number) => (now = at) };
+  return { meter, queries, rows: await rows(), setNow: (at: number) => (clock.now = at) };
 }
 
 describe('ledger pages from an instant start at the day mark', () => {
@@ -53,26 +59,17 @@ describe('ledger pages from an instant start at the day mark', () => {
   });
 
   it("a page from the last minutes of a day with very many rows is left to the store's index on at; from early that day it starts at the mark", async () => {
-    const inner = new MemoryStorage();
-    const queries: LedgerQuery[] = [];
-    const storage = wrapStorage(inner, {
-      ledger: (query) => {
-        queries.push(query);
-        return inner.ledger(query);
-      },
-    });
-    let now = START;
-    const meter = new CreditMeter({ storage, clock: () => new Date(now) });
+    const { meter, queries, clock, rows: allRows } = recordingMeter();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 1_000_000 });
     // 24,000 replies over one day, one every 3.6 s, 64 at a time.
     for (let i = 0; i < 24_000; i += 64) {
-      now = START + i * 3_600;
+      clock.now = START + i * 3_600;
       await Promise.all(
         Array.from({ length: 64 }, () => meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: 'c', model: 'gpt-4o-mini' })),
       ).then((holds) => Promise.all(holds.map((hold) => meter.settle({ workspaceId: 'ws', replyId: hold.replyId }))));
     }
-    const rows = await inner.ledger({ workspaceId: 'ws', limit: 100_000 });
-    const late = now - 60_000;
+    const rows = await allRows();
+    const late = clock.now - 60_000;
     const page = await meter.ledger({ workspaceId: 'ws', from: new Date(late), limit: 1000 });
     expect(page.entries.map((entry) => Number(entry.id))).toEqual(rows.filter((row) => row.at >= late).map((row) => row.seq));
     expect(queries.at(-1)!.afterSeq).toBeUndefined();
