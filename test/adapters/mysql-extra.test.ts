@@ -325,6 +325,44 @@ describe('MySqlStorage - faults', () => {
     }
   });
 
+  it('idle connections the server dropped - reads and writes take fresh ones, nothing fails', async () => {
+    const database = `credits_idle_${randomUUID().replaceAll('-', '').slice(0, 8)}`;
+    await sql(`CREATE DATABASE ${database}`);
+    const at = url().replace(/\/credits$/, `/${database}`);
+    const storage = new MySqlStorage({ uri: at, poolSize: 4 });
+    try {
+      const meter = new CreditMeter({ storage });
+      await meter.createWorkspace({ workspaceId: 'idle', plan: 'enterprise', allotment: 1_000 });
+      // Four calls at once leave four connections idle in the pool.
+      await Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle')));
+      const admin = await mysql.createConnection({ uri: url() });
+      try {
+        for (const read of [
+          () => meter.getWorkspace('idle'),
+          () => meter.ledger({ workspaceId: 'idle' }),
+          () => meter.usage({ workspaceId: 'idle', from: new Date(0), to: new Date(Date.now() + 60_000), groupBy: 'agent' }),
+          () => meter.listWorkspaces(),
+          () => Promise.all(Array.from({ length: 4 }, () => storage.load({ workspaceId: 'idle', keys: [], now: Date.now() }))),
+          () => Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle'))),
+        ]) {
+          // A server restart or a wait_timeout does this to every idle connection at once; the
+          // call comes before the pool has noticed, as a busy server's would.
+          const [victims] = await admin.query('SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB = ?', [database]);
+          expect((victims as { id: number }[]).length).toBeGreaterThan(0);
+          for (const { id } of victims as { id: number }[]) await admin.query(`KILL ${Number(id)}`).catch(() => undefined);
+          await expect(read()).resolves.toBeDefined();
+        }
+      } finally {
+        await admin.end();
+      }
+      const check = await invariants(storage, 'idle', at);
+      expect(check).toMatchObject({ settled: 8, replyRows: 8, ledger: check.available + check.held });
+    } finally {
+      await storage.close();
+      await sql(`DROP DATABASE ${database}`);
+    }
+  });
+
   it('server restart - every settled charge survives, operations during the outage fail closed', async () => {
     const { startMariaDb } = await import('../servers/mariadb-server.js');
     const server = await startMariaDb();

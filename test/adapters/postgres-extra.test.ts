@@ -471,7 +471,7 @@ describe('PostgresStorage - concurrency', () => {
 });
 
 describe('PostgresStorage - faults', () => {
-  it('connection killed mid-operation - STORAGE_ERROR, no half-written state, the store recovers', async () => {
+  it('connection killed mid-operation - the call goes again on a fresh connection or fails with STORAGE_ERROR, no half-written state', async () => {
     const schema = freshSchema();
     const app = `credits_fault_${randomUUID().slice(0, 8)}`;
     const storage = track(new PostgresStorage({ connectionString: `${url()}?application_name=${app}`, schema }));
@@ -490,13 +490,16 @@ describe('PostgresStorage - faults', () => {
         }
       }
     });
+    let killed = 0;
     for (let i = 0; i < 5; i++) {
       await new Promise((resolve) => setTimeout(resolve, 150));
-      await sql(url(), 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app]);
+      killed += (await sql(url(), 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app])).length;
     }
     stop = true;
     await Promise.all(workers);
-    expect(errors.length).toBeGreaterThan(0);
+    // The connections died under the charges; a query that met one went again on another (a
+    // commit's version guard answers `conflict` if its first try landed), so few calls, if any, fail.
+    expect(killed).toBeGreaterThanOrEqual(5);
     for (const error of errors) expect(error).toMatchObject({ code: 'STORAGE_ERROR' });
     expect(charged).toBeGreaterThan(0);
     // The store still works after its connections were killed.
@@ -507,6 +510,38 @@ describe('PostgresStorage - faults', () => {
     expect(check.orphans).toBe(0);
     expect(check.replyRows).toBe(check.settled);
     expect(check.seqGapless).toBe(true);
+  });
+
+  it('idle connections the server dropped - reads and writes take fresh ones, nothing fails', async () => {
+    const schema = freshSchema();
+    const app = `credits_idle_${randomUUID().slice(0, 8)}`;
+    const storage = track(new PostgresStorage({ connectionString: `${url()}?application_name=${app}`, schema, poolSize: 4 }));
+    const meter = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'idle', plan: 'enterprise', allotment: 1_000 });
+    // Four calls at once leave four connections idle in the pool.
+    await Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle')));
+    const admin = new pg.Client({ connectionString: url() });
+    await admin.connect();
+    try {
+      for (const read of [
+        () => meter.getWorkspace('idle'),
+        () => meter.ledger({ workspaceId: 'idle' }),
+        () => meter.usage({ workspaceId: 'idle', from: new Date(0), to: new Date(Date.now() + 60_000), groupBy: 'agent' }),
+        () => meter.listWorkspaces(),
+        () => Promise.all(Array.from({ length: 4 }, () => storage.load({ workspaceId: 'idle', keys: [], now: Date.now() }))),
+        () => Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle'))),
+      ]) {
+        // A server restart or a failover does this to every idle connection at once; the call
+        // comes before the pool has noticed, as a busy server's would.
+        const { rows } = await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app]);
+        expect(rows.length).toBeGreaterThan(0);
+        await expect(read()).resolves.toBeDefined();
+      }
+    } finally {
+      await admin.end();
+    }
+    const check = await checkInvariants(url(), schema, 'idle');
+    expect(check).toMatchObject({ settled: 8, replyRows: 8, ledger: check.available + check.held });
   });
 
   it('server restart - every settled charge survives, operations during the outage fail closed', async () => {

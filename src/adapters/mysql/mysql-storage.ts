@@ -100,6 +100,8 @@ const LEDGER_SELECT = seam.LEDGER_COLUMNS.map(({ column, field }) => `${column} 
 
 type Tables = Record<'workspaces' | 'records' | 'ledger' | 'migrations', string>;
 type Row = Record<string, unknown>;
+/** Runs a read and answers its rows: on a fresh pooled connection, or on the one a lock holds. */
+type Read = (sql: string, values: unknown[]) => Promise<Row[]>;
 
 /**
  * The MySQL / MariaDB store: credits, holds and the ledger in your database, safe with many
@@ -160,16 +162,16 @@ export class MySqlStorage implements seam.CreditStorage {
   // ─── 4. load: the state, the earliest hold, the records asked for and the lapsed holds, in one query ───
 
   async load(request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
-    return this.#load(await this.#ready(), request);
+    return this.#load(this.#read, request);
   }
 
-  async #load(connection: MySqlQueryable, request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
+  async #load(read: Read, request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
     const { workspaces, records } = this.#tables;
     const id = request.workspaceId;
     // One statement reads one snapshot: the records agree with the state's version. The earliest
     // hold rides on the state's row: a MIN over hold_idx for one workspace is a single index dive.
     // `IN (NULL)` matches nothing, for want of a valid `IN ()`.
-    const [rows] = await connection.query(
+    const rows = await read(
       `SELECT 0 AS part, version, state AS doc, NULL AS k,
          (SELECT MIN(hold_expires_at) FROM ${records} WHERE workspace_id = ?) AS h FROM ${workspaces} WHERE workspace_id = ?
        UNION ALL SELECT 1, NULL, value, record_key, hold_expires_at FROM ${records} WHERE workspace_id = ? AND record_key IN (?)
@@ -177,7 +179,7 @@ export class MySqlStorage implements seam.CreditStorage {
       [id, id, id, request.keys.length > 0 ? request.keys : [null], id, request.now],
     );
     const loaded: seam.LoadedWorkspace = { version: 0, state: null, records: [], lapsed: [], nextLapseAt: null };
-    for (const { part, version, doc, k, h } of rows as Row[]) {
+    for (const { part, version, doc, k, h } of rows) {
       const value = doc == null ? null : JSON.parse(String(doc)); // null: erased, the version kept
       const at = h == null ? null : Number(h);
       if (Number(part) === 0) Object.assign(loaded, { version: Number(version), state: value, nextLapseAt: at });
@@ -238,8 +240,9 @@ export class MySqlStorage implements seam.CreditStorage {
   async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
     return this.#transaction(async (connection) => {
       await connection.query(`SELECT 1 FROM ${this.#tables.workspaces} WHERE workspace_id = ? FOR UPDATE`, [workspaceId]);
+      const read: Read = async (sql, values) => (await connection.query(sql, values))[0] as Row[];
       const commit = (one: seam.WorkspaceCommit) => this.#commitOne(connection, one).catch(conflictOr);
-      return work({ load: (request) => this.#load(connection, request), commit });
+      return work({ load: (request) => this.#load(read, request), commit });
     });
   }
 
@@ -250,11 +253,11 @@ export class MySqlStorage implements seam.CreditStorage {
     // `IN (NULL)` matches nothing, for want of a valid `IN ()`.
     const values = filters.map(({ op, value }) => (op === 'in' && (value as string[]).length === 0 ? [null] : value));
     const where = filters.map(({ column, op }) => (op === 'in' ? ` AND ${column} IN (?)` : ` AND ${column} ${op} ?`)).join('');
-    const [rows] = await (await this.#ready()).query(
+    const rows = await this.#read(
       `SELECT ${LEDGER_SELECT} FROM ${this.#tables.ledger} WHERE workspace_id = ?${where} ORDER BY seq LIMIT ?`,
       [query.workspaceId, ...values, Math.max(0, Math.floor(query.limit))],
     );
-    return (rows as Row[]).map((row) => {
+    return rows.map((row) => {
       for (const { field, type } of seam.LEDGER_COLUMNS) if (type === 'integer' && row[field] != null) row[field] = Number(row[field]);
       return { workspaceId: query.workspaceId, ...row } as unknown as seam.LedgerRow;
     });
@@ -264,24 +267,24 @@ export class MySqlStorage implements seam.CreditStorage {
     const { column } = seam.USAGE_GROUP_COLUMNS[query.groupBy];
     // The UTC day by integer arithmetic, floored like dayOf (MOD keeps the sign of `at`).
     const day = query.byDay ? `, at - MOD(MOD(at, ${seam.DAY_MS}) + ${seam.DAY_MS}, ${seam.DAY_MS}) AS day` : '';
-    const [rows] = await (await this.#ready()).query(
+    const rows = await this.#read(
       `SELECT COALESCE(${column}, '') AS k${day}, -SUM(amount) AS amount, COUNT(*) AS replies FROM ${this.#tables.ledger}
         WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY k${query.byDay ? ', day' : ''}`,
       [query.workspaceId, query.from, query.to],
     );
     // `+ 0` turns the -0 of an all-zero group into 0, as the in-memory sum has it.
     const totals = (row: Row) => ({ key: String(row['k']), amount: Number(row['amount']) + 0, replies: Number(row['replies']) });
-    return (rows as Row[]).map((row) => ({ ...totals(row), ...(query.byDay && { day: Number(row['day']) }) }));
+    return rows.map((row) => ({ ...totals(row), ...(query.byDay && { day: Number(row['day']) }) }));
   }
 
   /** A keyset page over the primary key, skipping erased workspaces (state NULL, only the version kept). */
   async listWorkspaces(query: seam.ListQuery): Promise<string[]> {
     // No id is empty, so '' comes before every one.
-    const [rows] = await (await this.#ready()).query(
+    const rows = await this.#read(
       `SELECT workspace_id FROM ${this.#tables.workspaces} WHERE workspace_id > ? AND state IS NOT NULL ORDER BY workspace_id LIMIT ?`,
       [query.afterId ?? '', query.limit],
     );
-    return (rows as Row[]).map((row) => String(row['workspace_id']));
+    return rows.map((row) => String(row['workspace_id']));
   }
 
   // ─── 7. erase: one transaction, behind the workspace's row lock ───
@@ -303,46 +306,46 @@ export class MySqlStorage implements seam.CreditStorage {
 
   // ─── 8. internals: the pool, transactions, the migration ───
 
-  /** The pool, once migrated; fails after `close()`. */
-  async #ready(): Promise<MySqlPool> {
-    if (this.#closed) throw new Error('MySqlStorage: the store is closed');
-    await this.migrate();
-    return this.#pool;
-  }
-
   /**
-   * A pooled connection with a transaction started. One the server dropped while it sat idle in
-   * the pool (a restart, a `KILL`) fails here, before anything was sent: it is closed and another
-   * taken, a few times at most.
+   * A pooled connection and the rows `sql`, its first statement, answered: a read, or the START
+   * TRANSACTION of a write, both safe to send twice. One the server dropped while it sat idle in
+   * the pool (a restart, a `KILL`, `wait_timeout`) fails at once: it is closed and the statement
+   * sent on another, up to 32 times (more than a pool holds connections). Fails after `close()`.
    */
-  async #begin(): Promise<MySqlPoolConnection> {
+  async #connect(sql: string, values?: unknown[]): Promise<[MySqlPoolConnection, Row[]]> {
     for (let attempt = 1; ; attempt++) {
-      const connection = await (await this.#ready()).getConnection();
+      if (this.#closed) throw new Error('MySqlStorage: the store is closed');
+      await this.migrate();
+      const connection = await (await this.#pool).getConnection();
       try {
-        await connection.query('START TRANSACTION');
-        return connection;
+        return [connection, (await connection.query(sql, values))[0] as Row[]];
       } catch (error) {
         connection.destroy();
-        if (attempt >= 3 || !(error as { fatal?: boolean }).fatal) throw error;
+        if (attempt > 32 || !(error as { fatal?: boolean }).fatal) throw error;
       }
     }
   }
 
+  /** Rows read on a pooled connection, another one if the first was dropped while idle. */
+  readonly #read: Read = async (sql, values) => {
+    const [connection, rows] = await this.#connect(sql, values);
+    connection.release();
+    return rows;
+  };
+
   /** Runs `work` in a transaction: COMMIT when it resolves, ROLLBACK when it throws (a deadlock too: nothing was written). */
   async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>): Promise<T> {
-    const connection = await this.#begin();
-    let healthy = true;
+    const [connection] = await this.#connect('START TRANSACTION');
     try {
       const result = await work(connection);
       await connection.query('COMMIT');
+      connection.release();
       return result;
     } catch (error) {
       // A connection that cannot even roll back is closed rather than returned to the pool.
-      await connection.query('ROLLBACK').catch(() => (healthy = false));
-      throw error;
-    } finally {
-      if (healthy) connection.release();
+      if (await connection.query('ROLLBACK').catch(() => null)) connection.release();
       else connection.destroy();
+      throw error;
     }
   }
 
@@ -358,10 +361,9 @@ export class MySqlStorage implements seam.CreditStorage {
         [names],
       );
       const existing = (found as Row[]).map((row) => String(row['name']));
-      if (existing.length > 0 && !existing.includes(names[3]!)) {
+      if (existing.length > 0 && !existing.includes(names[3]!))
         throw new Error(`MySqlStorage: the database holds tables named ${existing.join(', ')} that this store did not create (no migrations \
 table). Drop them or give the store another tablePrefix; see docs/adapters/mysql.md`);
-      }
       // The binary collations that do not pad: MySQL 8's, else MariaDB's.
       const [collations] = await connection.query(
         "SELECT COLLATION_NAME AS c FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN ('utf8mb4_0900_bin', 'utf8mb4_nopad_bin')",

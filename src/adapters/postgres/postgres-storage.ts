@@ -258,7 +258,10 @@ export class PostgresStorage implements seam.CreditStorage {
    * and conversation ids; either way adds one to the version and keeps it. Atomic.
    */
   async erase(request: seam.EraseRequest): Promise<void> {
-    await this.#rows('erase', { text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] });
+    // Not through #rows: sent again after it landed, it could erase a workspace created meanwhile.
+    await this.#query('erase', (pool) =>
+      pool.query({ text: tables.eraseSql(this.#names), values: [request.workspaceId, request.keepLedger] }),
+    );
   }
 
   // ─── internals ──────────────────────────────────────────────────────────
@@ -284,9 +287,21 @@ export class PostgresStorage implements seam.CreditStorage {
     return commits.map((commit) => (written.has(commit.workspaceId) ? 'committed' : 'conflict'));
   }
 
-  /** Runs one query on `on` (a checked-out connection) or on any free one of the pool. */
+  /**
+   * Runs one query on `on` (a checked-out connection) or on any free one of the pool. A pooled
+   * connection the server dropped while it sat idle (a restart, a failover,
+   * `pg_terminate_backend`) fails the first query it is given before the pool has noticed: that
+   * query goes again on another, up to 32 times. Safe for every query sent here alone: a read,
+   * or a commit, whose version guard answers `conflict` if its first try landed after all.
+   */
   async #rows(operation: string, query: PostgresQuery, on?: PostgresPoolClient): Promise<Record<string, unknown>[]> {
-    return (await this.#query(operation, (pool) => (on ?? pool).query(query))).rows;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return (await this.#query(operation, (pool) => (on ?? pool).query(query))).rows;
+      } catch (error) {
+        if (on || attempt > 32 || !connectionLost((error as StorageError).cause)) throw error;
+      }
+    }
   }
 
   /** Runs `call` on the pool once migrated; any failure becomes a `StorageError` of `operation`. */
@@ -369,6 +384,13 @@ const CHECKS: OptionChecks<PostgresStorageOptions> = {
   tablePrefix: (prefix) => tables.identifierProblem(prefix, 'tablePrefix'),
   poolSize: (size) => (Number.isSafeInteger(size) && (size as number) > 0 ? undefined : 'must be a positive whole number'),
 };
+
+/** The query failed because its connection was gone (SQLSTATE 08xxx, a server shutdown, a closed socket), not for what it asked. */
+function connectionLost(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string' && /^(08|57P0[12])/.test(code)) return true;
+  return code === 'ECONNRESET' || code === 'EPIPE' || /^Connection terminated|not queryable/.test(String(message));
+}
 
 function asStorageError(error: unknown, operation: string): Error {
   if (error instanceof StorageError || error instanceof InvalidInputError) return error;
