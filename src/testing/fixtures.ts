@@ -69,6 +69,12 @@ export interface StorageConformanceOptions {
    * @default vitest's `testTimeout`
    */
   timeout?: number;
+  /**
+   * Seed of the random operations of the `differential` case. A failure names the seed it ran
+   * with: pass it here to run the same operations again.
+   * @default a new random seed per run
+   */
+  seed?: number;
 }
 
 /** What a case receives: a fresh store, a controllable clock, and id and tracking helpers. */
@@ -87,6 +93,8 @@ export interface ConformanceContext {
   advance(ms: number): void;
   /** An id unique to this case run, e.g. `ws_k3x9_1`, so stores shared across cases never collide. */
   id(prefix: string): string;
+  /** Seed for a case's random choices: {@link StorageConformanceOptions.seed}, or random per run. */
+  readonly seed: number;
   /** Adds a workspace to those whose invariants are checked when the case ends. */
   track(workspaceId: string): void;
   /** Workspaces tracked so far. */

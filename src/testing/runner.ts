@@ -7,6 +7,7 @@ import type { CreditStorage } from '../storage/storage.js';
 import { analyticsCases } from './analytics.js';
 import { billingCases } from './billing.js';
 import { concurrencyCases } from './concurrency.js';
+import { differentialCases } from './differential.js';
 import {
   allRows,
   C,
@@ -46,8 +47,10 @@ export const conformanceCases: readonly ConformanceCase[] = freeze([
   ...hardeningCases,
   ...concurrencyCases,
   ...keptStateCases,
+  ...differentialCases,
 ]);
 
+/** The concurrency sizes with defaults filled in; throws on a bad size or seed. */
 function resolveConcurrency(options: StorageConformanceOptions): Required<ConformanceConcurrency> {
   const merged = { ...DEFAULT_CONCURRENCY, ...options.concurrency };
   for (const key of ['meters', 'requests', 'affordable'] as const) {
@@ -55,6 +58,7 @@ function resolveConcurrency(options: StorageConformanceOptions): Required<Confor
   }
   if (merged.affordable >= merged.requests)
     throw new Error('concurrency.affordable must be below concurrency.requests, so some calls must be refused');
+  if (options.seed !== undefined && !Number.isSafeInteger(options.seed)) throw new Error('seed must be a whole number');
   return merged;
 }
 
@@ -73,7 +77,7 @@ function allCases(options: StorageConformanceOptions): readonly ConformanceCase[
 
 let runCounter = 0;
 
-function createContext(storage: CreditStorage, concurrency: Required<ConformanceConcurrency>): ConformanceContext {
+function createContext(storage: CreditStorage, concurrency: Required<ConformanceConcurrency>, seed: number): ConformanceContext {
   const token = `${Date.now().toString(36)}${(runCounter++).toString(36)}${Math.random().toString(36).slice(2, 6)}`;
   let now = CONFORMANCE_EPOCH;
   let counter = 0;
@@ -81,6 +85,7 @@ function createContext(storage: CreditStorage, concurrency: Required<Conformance
   return {
     storage,
     concurrency: Object.freeze({ ...concurrency }),
+    seed,
     clock: () => new Date(now),
     now: () => now,
     setNow: (at) => {
@@ -155,7 +160,7 @@ export async function runConformanceCase(options: StorageConformanceOptions, tes
   const storage = await options.create();
   try {
     await storage.migrate();
-    const ctx = createContext(storage, concurrency);
+    const ctx = createContext(storage, concurrency, options.seed ?? Math.floor(Math.random() * 2 ** 31));
     await found.run(ctx);
     await checkInvariants(ctx);
   } finally {

@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import fc from 'fast-check';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RedisStorage } from '../../src/adapters/redis/index.js';
 import { UsageAccumulator } from '../../src/core/usage-aggregate.js';
-import { CreditMeter, type CreditStorage, CreditsError, InvalidInputError, MemoryStorage, StorageError } from '../../src/index.js';
+import { CreditMeter, type CreditStorage, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
 import { row, stateDoc } from '../../src/testing/fixtures.js';
 import { startRedis } from '../servers/redis-server.js';
 
@@ -224,143 +223,6 @@ describe('redis - erase', () => {
         if (groupBy !== 'model') expect(new Set(usage.map((group) => group.key))).toEqual(new Set(['']));
       }
     }
-  });
-});
-
-// ─── the Redis store against the memory store, through the meter, on random operations ───
-
-type Op =
-  | { kind: 'reserve' | 'charge'; reply: number; agent: number; model: 0 | 1 }
-  | { kind: 'settle' | 'release'; reply: number }
-  | { kind: 'topUp'; grant: number; credits: number }
-  | { kind: 'clock'; ms: number }
-  | { kind: 'ledger'; from: number | null; span: number | null; agent: number | null; limit: number }
-  | { kind: 'usage'; from: number; span: number; group: 0 | 1 | 2; byDay: boolean };
-
-const opArb: fc.Arbitrary<Op> = fc.oneof(
-  // A few reply ids, so settles and releases meet holds, and retries meet their first outcome.
-  {
-    weight: 6,
-    arbitrary: fc.record({
-      kind: fc.constantFrom('reserve' as const, 'charge' as const),
-      reply: fc.nat(12),
-      agent: fc.nat(2),
-      model: fc.constantFrom(0 as const, 1 as const),
-    }),
-  },
-  { weight: 4, arbitrary: fc.record({ kind: fc.constantFrom('settle' as const, 'release' as const), reply: fc.nat(12) }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant('topUp' as const), grant: fc.nat(3), credits: fc.integer({ min: 1, max: 20 }) }) },
-  // Mostly forward, sometimes back (a clock that went back): time order of the ledger breaks.
-  {
-    weight: 3,
-    arbitrary: fc.record({ kind: fc.constant('clock' as const), ms: fc.integer({ min: -6 * 3_600_000, max: 20 * 3_600_000 }) }),
-  },
-  // Windows start up to two days before the clock, where the rows are.
-  {
-    weight: 2,
-    arbitrary: fc.record({
-      kind: fc.constant('ledger' as const),
-      from: fc.option(fc.integer({ min: 0, max: 2 * DAY })),
-      span: fc.option(fc.integer({ min: 0, max: 2 * DAY })),
-      agent: fc.option(fc.nat(2)),
-      limit: fc.integer({ min: 1, max: 15 }),
-    }),
-  },
-  {
-    weight: 2,
-    arbitrary: fc.record({
-      kind: fc.constant('usage' as const),
-      from: fc.integer({ min: 0, max: 2 * DAY }),
-      span: fc.integer({ min: 0, max: 3 * DAY }),
-      group: fc.constantFrom(0 as const, 1 as const, 2 as const),
-      byDay: fc.boolean(),
-    }),
-  },
-);
-
-let counter = 0;
-
-async function apply(meter: CreditMeter, op: Op, now: number): Promise<unknown> {
-  const ws = 'ws';
-  const plain = (value: unknown) => JSON.parse(JSON.stringify(value)) as unknown;
-  try {
-    switch (op.kind) {
-      case 'reserve':
-        return plain(await meter.reserve({ ...ask(ws, op.agent), model: op.model ? 'gpt-4o' : 'gpt-4o-mini', replyId: `r${op.reply}` }));
-      case 'charge': {
-        // A fresh id per charge: the op's index keeps it the same on both meters.
-        const hold = await meter.reserve({
-          ...ask(ws, op.agent),
-          model: op.model ? 'gpt-4o' : 'gpt-4o-mini',
-          replyId: `c${op.reply}-${counter++}`,
-        });
-        return plain(await meter.settle({ workspaceId: ws, replyId: hold.replyId }));
-      }
-      case 'settle':
-        return plain(await meter.settle({ workspaceId: ws, replyId: `r${op.reply}` }));
-      case 'release':
-        return plain(await meter.release({ workspaceId: ws, replyId: `r${op.reply}` }));
-      case 'topUp':
-        return plain(await meter.addCredits({ workspaceId: ws, credits: op.credits, grantId: `g${op.grant}` }));
-      case 'clock':
-        return null;
-      case 'ledger': {
-        // Every page of the query, so paging over a window is compared too.
-        const pages = [];
-        let cursor: string | undefined;
-        do {
-          const page = await meter.ledger({
-            workspaceId: ws,
-            limit: op.limit,
-            ...(op.from !== null && { from: new Date(now - op.from) }),
-            ...(op.span !== null && { to: new Date(now - (op.from ?? 2 * DAY) + op.span) }),
-            ...(op.agent !== null && { agentId: `agent-${op.agent}` }),
-            ...(cursor !== undefined && { cursor }),
-          });
-          pages.push(plain(page));
-          cursor = page.nextCursor;
-        } while (cursor);
-        return pages;
-      }
-      case 'usage':
-        return plain(
-          await meter.usage({
-            workspaceId: ws,
-            from: new Date(now - op.from),
-            to: new Date(now - op.from + op.span),
-            groupBy: (['agent', 'model', 'conversation'] as const)[op.group],
-            ...(op.byDay && { interval: 'day' as const }),
-          }),
-        );
-    }
-  } catch (error) {
-    return CreditsError.is(error) ? error.code : String(error);
-  }
-}
-
-describe('redis - behaves as the memory store', () => {
-  it('random operations through the meter - same outcomes, ledger pages and usage, also after the clock went back', async () => {
-    await fc.assert(
-      fc.asyncProperty(fc.array(opArb, { minLength: 30, maxLength: 60 }), async (ops) => {
-        let now = T0;
-        const clock = () => new Date(now);
-        const memory = new CreditMeter({ storage: new MemoryStorage(), clock, holdTtlMs: 8 * 3_600_000 });
-        const redis = new CreditMeter({ storage: store(), clock, holdTtlMs: 8 * 3_600_000 });
-        for (const meter of [memory, redis])
-          await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 100, startsAt: new Date(T0) });
-        for (const [i, op] of ops.entries()) {
-          if (op.kind === 'clock') now = Math.max(T0, now + op.ms);
-          const ids = counter;
-          const found = await apply(redis, op, now);
-          counter = ids;
-          expect(found, `op ${i}: ${op.kind}`).toEqual(await apply(memory, op, now));
-        }
-        const [mine, theirs] = [await books(redis, 'ws'), await books(memory, 'ws')];
-        expect(mine.entries).toEqual(theirs.entries);
-        expect(mine.sum).toBe(mine.booked);
-      }),
-      { numRuns: 40 },
-    );
   });
 });
 

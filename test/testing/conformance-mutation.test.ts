@@ -243,6 +243,17 @@ class UsageOfEveryKind extends MemoryStorage {
   }
 }
 
+/** Compares agent ids as a case- and accent-insensitive collation would (MySQL's utf8mb4_general_ci): 'Agent-e' and 'agent-é' are 'agent-e'. */
+class FoldsAgentIds extends SummingStorage {
+  override async ledger(query: LedgerQuery): Promise<LedgerRow[]> {
+    if (query.agentId === undefined) return super.ledger(query);
+    const fold = (id: string | null) => id?.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase().trimEnd();
+    const { agentId, ...rest } = query;
+    const rows = await super.ledger({ ...rest, limit: Number.MAX_SAFE_INTEGER });
+    return rows.filter((row) => fold(row.agentId) === fold(agentId)).slice(0, query.limit);
+  }
+}
+
 interface Mutant {
   readonly name: string;
   readonly create: () => CreditStorage;
@@ -376,6 +387,11 @@ const mutants: readonly Mutant[] = [
     name: 'closed usage window',
     create: () => new ClosedUsageWindow(),
     caughtBy: ['usage - equals UsageAccumulator over the same rows, per group and per UTC day', 'usage - the window is half-open'],
+  },
+  {
+    name: 'agent ids compared without case or accents',
+    create: () => new FoldsAgentIds(),
+    caughtBy: ['differential - random operations answer as on the memory store: outcomes, every ledger page, usage, summaries'],
   },
   {
     name: 'usage of every kind of row',
