@@ -24,6 +24,11 @@ type Op =
   | { kind: 'settle' | 'release'; reply: number }
   | { kind: 'topUp'; grant: number; credits: number }
   | { kind: 'refund'; reply: number; refund: number; credits: number | undefined }
+  | { kind: 'adjust'; adjustment: number; credits: number }
+  | { kind: 'changePlan'; allotment: number }
+  | { kind: 'agentLimit'; agent: number; credits: number | null; models: string[] | null }
+  | { kind: 'extend'; reply: number }
+  | { kind: 'recreate'; keepLedger: boolean }
   | { kind: 'clock'; ms: number }
   | { kind: 'ledger'; from: number | undefined; span: number | undefined; agent: number | undefined; limit: number }
   | { kind: 'usage'; from: number; span: number; group: 'agent' | 'model' | 'conversation'; interval: 'day' | 'week' | undefined }
@@ -45,7 +50,14 @@ function generator(seed: number) {
 }
 
 function randomOp(r: ReturnType<typeof generator>): Op {
-  const roll = r.int(1, 24);
+  const roll = r.int(1, 30);
+  if (roll === 25) return { kind: 'adjust', adjustment: r.int(0, 3), credits: r.pick([-3, -1, 2, 15]) };
+  if (roll === 26) return { kind: 'changePlan', allotment: r.pick([50, 100, 200]) };
+  if (roll === 27)
+    return { kind: 'agentLimit', agent: r.int(0, 3), credits: r.pick([null, 0, 5]), models: r.pick([null, [ONE], [ONE, TWO]]) };
+  if (roll === 28) return { kind: 'extend', reply: r.int(0, 12) };
+  // Rarely: the workspace is deleted (its ledger kept, anonymised, or not) and created again.
+  if (roll === 29 && r.int(0, 2) === 0) return { kind: 'recreate', keepLedger: r.pick([true, false]) };
   // A few reply ids, so settles, releases and refunds meet holds, and retries meet their first outcome.
   if (roll <= 5) return { kind: 'reserve', reply: r.int(0, 12), agent: r.int(0, 3), model: r.pick([ONE, TWO]) };
   if (roll <= 8) return { kind: 'charge', agent: r.int(0, 3), conversation: r.int(0, 2), model: r.pick([ONE, TWO]) };
@@ -100,6 +112,18 @@ async function apply(meter: CreditMeter, workspaceId: string, op: Op, index: num
             ...(op.credits !== undefined && { credits: op.credits }),
           }),
         );
+      case 'adjust':
+        return plain(await meter.adjust({ workspaceId, adjustmentId: `a${op.adjustment}`, credits: op.credits, reason: 'ajusté' }));
+      case 'changePlan':
+        return plain(await meter.changePlan({ workspaceId, plan: 'custom', allotment: op.allotment }));
+      case 'agentLimit':
+        return plain(await meter.setAgentLimit({ workspaceId, agentId: AGENTS[op.agent]!, credits: op.credits, models: op.models }));
+      case 'extend':
+        return plain(await meter.extend({ workspaceId, replyId: `r${op.reply}` }));
+      case 'recreate': {
+        const deleted = await meter.deleteWorkspace({ workspaceId, keepLedger: op.keepLedger });
+        return [plain(deleted), plain(await meter.createWorkspace({ workspaceId, plan: 'custom', allotment: 100 }))];
+      }
       case 'clock':
         return null;
       case 'ledger': {
