@@ -185,7 +185,8 @@ export class WorkspaceBatcher {
     const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
     if (!transition.changed) return { results, loaded };
     const { state, ledger, records } = transition.result();
-    const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, state, ledger, records };
+    const nextVersion = loaded.version + versionStep();
+    const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, nextVersion, state, ledger, records };
     if (absentKeys?.length) commit.absentKeys = absentKeys;
     this.#committed.delete(workspaceId);
     return { results, loaded, commit };
@@ -235,9 +236,19 @@ export class WorkspaceBatcher {
       }
     }
     while (holds.size > MAX_KEPT_HOLDS) holds.delete(holds.keys().next().value!);
-    this.#committed.set(workspaceId, { version: commit.expectedVersion + 1, state: commit.state, holds, reloadAt });
+    this.#committed.set(workspaceId, { version: commit.nextVersion!, state: commit.state, holds, reloadAt });
     if (this.#committed.size > MAX_KEPT_WORKSPACES) this.#committed.delete(this.#committed.keys().next().value!);
   }
+}
+
+/**
+ * How far a commit moves the version: 1 to 2²⁰, at random. Versions then stay unique even when
+ * a store loses its last commits (see {@link WorkspaceCommit.nextVersion}): a meter still
+ * holding a lost state meets another version, not a repeat of its own. At 2¹⁹ a step on
+ * average, a workspace has 2³³ commits before its version passes 2⁵³.
+ */
+function versionStep(): number {
+  return 1 + Math.floor(Math.random() * 2 ** 20);
 }
 
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */

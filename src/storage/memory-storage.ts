@@ -109,7 +109,7 @@ export class MemoryStorage implements CreditStorage {
       slot = { version: 0, state: commit.state, records: new Map(), holds: new HoldHeap(), ledger: [], inTimeOrder: true };
       this.#slots.set(commit.workspaceId, slot);
     }
-    slot.version += 1;
+    slot.version = commit.nextVersion ?? slot.version + 1;
     slot.state = commit.state;
     for (const record of commit.records) {
       slot.records.set(record.key, record);

@@ -45,11 +45,20 @@ export interface WorkspaceCommit {
   workspaceId: string;
   /**
    * The version the core loaded. Apply only if the stored version still equals it (0: no
-   * state may exist yet), then store `expectedVersion + 1`. A workspace's version only ever
-   * grows (`erase` adds one too), so the meter may keep a state it committed and trust it while
-   * the stored version is unchanged.
+   * state may exist yet), then store {@link WorkspaceCommit.nextVersion}. A workspace's version
+   * only ever grows (`erase` adds one too), so the meter may keep a state it committed and trust
+   * it while the stored version is unchanged.
    */
   expectedVersion: number;
+  /**
+   * The version to store when the commit applies: above `expectedVersion`, by a random step the
+   * meter chose. When a store loses acknowledged writes (a Redis failover or crash under
+   * `appendfsync everysec`, SQLite `synchronous=NORMAL` on power loss), the versions written
+   * after it would otherwise repeat the lost ones, and a meter still holding a lost state would
+   * commit it over the new ones; random steps make such a repeat all but impossible. Absent in
+   * hand-made commits: then store `expectedVersion + 1`.
+   */
+  nextVersion?: number;
   /** The new state document, replacing the old one. */
   state: WorkspaceState;
   /** Rows to append (their `seq` numbers are given and new). */

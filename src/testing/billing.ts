@@ -181,8 +181,9 @@ export const billingCases = defineCases([
       const keptVersion = await versionOf(kept);
       await newWorkspace(ctx, meter, 10, { workspaceId: gone });
       await newWorkspace(ctx, meter, 10, { workspaceId: kept });
-      expect(await versionOf(gone)).toBe(erased.version + 1);
-      expect(await versionOf(kept)).toBe(keptVersion + 1);
+      // Each is committed on top of the version it kept (by the meter's step), never below it.
+      expect(await versionOf(gone)).toBeGreaterThan(erased.version);
+      expect(await versionOf(kept)).toBeGreaterThan(keptVersion);
       expect((await meter.reply({ ...ask(gone, THREE, { replyId: 'r1' }), input: 'q' })).replayed).toBe(false);
       expect((await allRows(ctx.storage, kept)).map((row) => row.seq)).toEqual([1, 2, 3, 4]);
     },

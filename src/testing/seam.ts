@@ -243,6 +243,26 @@ export const seamCases = defineCases([
     },
   ],
   [
+    'commit - stores the nextVersion it is given, when it is given; a commit expecting a repeat of a lost version conflicts',
+    async (ctx) => {
+      const first = create(ctx);
+      const workspaceId = first.workspaceId;
+      expect(await ctx.storage.commit([{ ...first, nextVersion: 524_288 }])).toEqual(['committed']);
+      const version = async () => (await ctx.storage.load({ workspaceId, keys: [], now: ctx.now() })).version;
+      expect(await version()).toBe(524_288);
+      const second = await holdCommit(ctx, workspaceId, 'r0', ctx.now() + HOUR);
+      expect(second.expectedVersion).toBe(524_288);
+      expect(await ctx.storage.commit([{ ...second, nextVersion: 2 ** 40 + 3 }])).toEqual(['committed']);
+      expect(await version()).toBe(2 ** 40 + 3);
+      // What a meter that kept its state would expect had the server handed out versions one by one.
+      const repeat = await holdCommit(ctx, workspaceId, 'r1', ctx.now() + HOUR);
+      expect(await ctx.storage.commit([{ ...repeat, expectedVersion: 524_289, nextVersion: 524_290 }])).toEqual(['conflict']);
+      // Without one, the version goes up by one, as before.
+      expect(await ctx.storage.commit([repeat])).toEqual(['committed']);
+      expect(await version()).toBe(2 ** 40 + 4);
+    },
+  ],
+  [
     'commit - two commits of one workspace at one version in one call: the first lands, the second conflicts whole',
     async (ctx) => {
       const workspaceId = await created(ctx);

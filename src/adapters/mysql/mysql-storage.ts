@@ -209,8 +209,8 @@ export class MySqlStorage implements seam.CreditStorage {
     // row (state NULL), so it is created afresh by the UPDATE, at the version it kept.
     const guard =
       commit.expectedVersion === 0
-        ? `INSERT INTO ${t.workspaces} (state, workspace_id, version) VALUES (?, ?, ? + 1)`
-        : `UPDATE ${t.workspaces} SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`;
+        ? `INSERT INTO ${t.workspaces} (version, state, workspace_id) VALUES (?, ?, ?)`
+        : `UPDATE ${t.workspaces} SET version = ?, state = ? WHERE workspace_id = ? AND version = ?`;
     // Keys that must not exist yet, checked before anything is written: a commit that adds one
     // after this read moves the version too, so the guard below then refuses.
     if (commit.absentKeys?.length) {
@@ -219,7 +219,8 @@ export class MySqlStorage implements seam.CreditStorage {
     }
     // A second creator meets the duplicate key, which undoes only that statement: the others go on.
     const duplicate = (error: { errno?: number }) => (error.errno === 1062 ? [{ affectedRows: 0 }] : Promise.reject(error));
-    const [written] = await connection.query(guard, [JSON.stringify(commit.state), id, commit.expectedVersion]).catch(duplicate);
+    const next = commit.nextVersion ?? commit.expectedVersion + 1;
+    const [written] = await connection.query(guard, [next, JSON.stringify(commit.state), id, commit.expectedVersion]).catch(duplicate);
     if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
     if (commit.ledger.length > 0) {
       const rows = commit.ledger.map((row) => [id, ...seam.LEDGER_COLUMNS.map(({ field }) => row[field])]);

@@ -101,7 +101,7 @@ export const LEDGER_SELECT = LEDGER_COLUMNS.map((c) => `${c.column}${c.type === 
 /**
  * The commits of one `commit` call, each of a different workspace, as one statement (one
  * implicit transaction, one round trip, one WAL flush). `$1` is a JSON array of
- * `{ w, v, s, a }` (workspace, expected version, state, absent keys or null); `$2` the ledger
+ * `{ w, v, n, s, a }` (workspace, expected and next version, state, absent keys or null); `$2` the ledger
  * rows and `$3` the records (`{ w, key, holdExpiresAt, value }`) of all of them, exactly as the
  * core made them. The guards write a workspace's state row only if its version matched and no
  * record of its absent keys exists, and return it; the rows and records are joined to that
@@ -112,11 +112,11 @@ export function commitSql(n: SchemaNames): string {
   const fields = LEDGER_COLUMNS.map((c) => `"${c.field}" ${pgType(c)}`).join(', ');
   const picked = LEDGER_COLUMNS.map((c) => `t."${c.field}"`).join(', ');
   return /* sql */ `
-WITH c AS (SELECT * FROM json_to_recordset($1::json) AS c(w text, v bigint, s json, a text[])),
+WITH c AS (SELECT * FROM json_to_recordset($1::json) AS c(w text, v bigint, n bigint, s json, a text[])),
 -- The rows are locked in id order first, so two servers' statements never lock shared rows crosswise.
 locked AS (SELECT workspace_id FROM ${n.workspaces} WHERE workspace_id IN (SELECT w FROM c) ORDER BY workspace_id FOR UPDATE),
 updated AS (
-  UPDATE ${n.workspaces} ws SET version = ws.version + 1, state = c.s FROM c
+  UPDATE ${n.workspaces} ws SET version = c.n, state = c.s FROM c
    WHERE ws.workspace_id = c.w AND c.v > 0 AND ws.version = c.v AND ws.workspace_id IN (SELECT workspace_id FROM locked)
      AND (c.a IS NULL OR NOT EXISTS (SELECT 1 FROM ${n.records} r WHERE r.workspace_id = c.w AND r.key = ANY(c.a)))
   RETURNING ws.workspace_id
@@ -124,7 +124,7 @@ updated AS (
 -- A new workspace needs no absent-key check: records are only written with a state row, and
 -- erase keeps that row, so a workspace without one has no records.
 created AS (
-  INSERT INTO ${n.workspaces} (workspace_id, version, state) SELECT c.w, 1, c.s FROM c WHERE c.v = 0
+  INSERT INTO ${n.workspaces} (workspace_id, version, state) SELECT c.w, c.n, c.s FROM c WHERE c.v = 0
   ON CONFLICT (workspace_id) DO NOTHING RETURNING workspace_id
 ),
 ws AS (SELECT workspace_id FROM updated UNION ALL SELECT workspace_id FROM created),

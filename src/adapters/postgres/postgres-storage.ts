@@ -275,7 +275,9 @@ export class PostgresStorage implements seam.CreditStorage {
 
   /** Commits of distinct workspaces in one statement (see `commitSql`). */
   async #commit(commits: readonly seam.WorkspaceCommit[], on?: PostgresPoolClient): Promise<seam.CommitResult[]> {
-    const heads = commits.map(({ workspaceId: w, expectedVersion: v, state: s, absentKeys: a }) => ({ w, v, s, a: a?.length ? a : null }));
+    const heads = commits.map(({ workspaceId: w, expectedVersion: v, nextVersion, state: s, absentKeys: a }) => {
+      return { w, v, n: nextVersion ?? v + 1, s, a: a?.length ? a : null };
+    });
     const records = commits.flatMap(({ workspaceId: w, records }) => records.map((record) => ({ w, ...record })));
     const values = [JSON.stringify(heads), JSON.stringify(commits.flatMap((commit) => commit.ledger)), JSON.stringify(records)];
     const rows = await this.#rows('commit', { ...this.#statements.commit, values }, on).catch((error: StorageError) => {

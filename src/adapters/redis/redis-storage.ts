@@ -290,7 +290,8 @@ export class RedisStorage implements CreditStorage {
       }
     }
     const ordered = rows.every((row, i) => i === 0 || row.at >= rows[i - 1]!.at);
-    const args = [String(commit.expectedVersion), String(commit.expectedVersion + 1), JSON.stringify(commit.state), ordered ? '1' : '0'];
+    const next = commit.nextVersion ?? commit.expectedVersion + 1;
+    const args = [String(commit.expectedVersion), String(next), JSON.stringify(commit.state), ordered ? '1' : '0'];
     for (const items of [
       commit.absentKeys ?? [],
       records.flatMap((r) => [r.key, JSON.stringify(r)]),

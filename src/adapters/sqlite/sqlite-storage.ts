@@ -116,8 +116,8 @@ class Runtime {
       `SELECT key, hold_expires_at AS holdExpiresAt, value FROM ${p}records
        WHERE workspace_id = ? AND hold_expires_at IS NOT NULL AND hold_expires_at <= ?`,
     );
-    this.insertState = db.prepare(`INSERT INTO ${p}states (workspace_id, version, state) VALUES (?, 1, ?) ON CONFLICT DO NOTHING`);
-    this.updateState = db.prepare(`UPDATE ${p}states SET version = version + 1, state = ? WHERE workspace_id = ? AND version = ?`);
+    this.insertState = db.prepare(`INSERT INTO ${p}states (workspace_id, version, state) VALUES (?, ?, ?) ON CONFLICT DO NOTHING`);
+    this.updateState = db.prepare(`UPDATE ${p}states SET version = ?, state = ? WHERE workspace_id = ? AND version = ?`);
     this.insertEntry = db.prepare(`INSERT INTO ${p}entries VALUES (?${', ?'.repeat(LEDGER_COLUMNS.length)})`);
     this.upsertRecord = db.prepare(
       `INSERT INTO ${p}records (workspace_id, key, hold_expires_at, value) VALUES (?, ?, ?, ?)
@@ -337,7 +337,9 @@ function write(s: Runtime, commit: WorkspaceCommit): CommitResult {
   // Keys that must not exist yet: the key lookup of `load`, stopped at the first found.
   if (commit.absentKeys?.length && s.records.get(id, JSON.stringify(commit.absentKeys))) return 'conflict';
   const state = JSON.stringify(commit.state);
-  const written = commit.expectedVersion === 0 ? s.insertState.run(id, state) : s.updateState.run(state, id, commit.expectedVersion);
+  const next = commit.nextVersion ?? commit.expectedVersion + 1;
+  const written =
+    commit.expectedVersion === 0 ? s.insertState.run(id, next, state) : s.updateState.run(next, state, id, commit.expectedVersion);
   if (written.changes !== 1) return 'conflict';
   for (const row of commit.ledger as unknown as Record<string, unknown>[])
     s.insertEntry.run(id, ...LEDGER_COLUMNS.map(({ field }) => row[field] ?? null));
