@@ -524,6 +524,7 @@ describe('PostgresStorage - faults', () => {
     await admin.connect();
     try {
       for (const read of [
+        () => storage.lock('idle', (workspace) => workspace.load({ workspaceId: 'idle', keys: [], now: Date.now() })),
         () => meter.getWorkspace('idle'),
         () => meter.ledger({ workspaceId: 'idle' }),
         () => meter.usage({ workspaceId: 'idle', from: new Date(0), to: new Date(Date.now() + 60_000), groupBy: 'agent' }),

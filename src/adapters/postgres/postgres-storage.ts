@@ -195,10 +195,9 @@ export class PostgresStorage implements seam.CreditStorage {
    * workspace without a row yet has nothing to lock; its first commit is guarded by the version.
    */
   async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
-    const client = await this.#query('lock', (pool) => pool.connect());
+    const client = await this.#begin();
     let broken = false;
     try {
-      await this.#rows('lock', { text: 'BEGIN' }, client);
       const text = `SELECT 1 FROM ${this.#names.workspaces} WHERE workspace_id = $1 FOR UPDATE`;
       await this.#rows('lock', { text, values: [workspaceId] }, client);
       const result = await work({
@@ -287,6 +286,20 @@ export class PostgresStorage implements seam.CreditStorage {
     });
     const written = new Set(rows.map((row) => row['workspace_id']));
     return commits.map((commit) => (written.has(commit.workspaceId) ? 'committed' : 'conflict'));
+  }
+
+  /** A checked-out connection with a transaction begun; another one when the first was dropped while idle (see `#rows`). */
+  async #begin(): Promise<PostgresPoolClient> {
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.#query('lock', (pool) => pool.connect());
+      try {
+        await this.#rows('lock', { text: 'BEGIN' }, client);
+        return client;
+      } catch (error) {
+        client.release(true);
+        if (attempt > 32 || !connectionLost((error as StorageError).cause)) throw error;
+      }
+    }
   }
 
   /**
