@@ -311,7 +311,8 @@ export class MySqlStorage implements seam.CreditStorage {
    * A pooled connection and the rows `sql`, its first statement, answered: a read, or the START
    * TRANSACTION of a write, both safe to send twice. One the server dropped while it sat idle in
    * the pool (a restart, a `KILL`, `wait_timeout`) fails at once: it is closed and the statement
-   * sent on another, up to 32 times (more than a pool holds connections). Fails after `close()`.
+   * sent on another, up to 32 times, so one call gets past that many stale connections. Fails
+   * after `close()`.
    */
   async #connect(sql: string, values?: unknown[]): Promise<[MySqlPoolConnection, Row[]]> {
     for (let attempt = 1; ; attempt++) {
