@@ -141,23 +141,37 @@ export class WorkspaceBatcher {
   /** Applies a batch until it commits; `waiting` joins it after a conflict (arrival order holds). */
   async #run(workspaceId: string, batch: Pending[], waiting: Pending[]): Promise<Applied[]> {
     let mayReuse = true;
+    // Outcomes of the batch's first commands, when their commit landed though it answered `conflict`.
+    const landed: Applied[] = [];
+    // The last try whose commit answered `conflict`.
+    let refused: Tried | undefined;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       // Under contention, commits that land carry more commands each: fewer rounds on the hot row.
       if (attempt > 0 && waiting.length > 0 && batch.length < MAX_BATCH) batch.push(...waiting.splice(0, MAX_BATCH - batch.length));
-      const needed = neededBy(batch);
+      const pending = landed.length === 0 ? batch : batch.slice(landed.length);
+      const needed = neededBy(pending);
       const now = this.#context.now();
       const contended = attempt > 0 || (this.#loadFirst.get(workspaceId)?.left ?? 0) > 0;
-      const locked = this.#context.lock !== undefined && ((contended && batch.length >= LOCK_BATCH) || attempt >= LOCK_ATTEMPT);
+      const locked = this.#context.lock !== undefined && ((contended && pending.length >= LOCK_BATCH) || attempt >= LOCK_ATTEMPT);
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
       let tried: Tried;
       if (kept) {
-        tried = this.#apply(workspaceId, batch, now, ...fromKept(kept, needed));
+        tried = this.#apply(workspaceId, pending, now, ...fromKept(kept, needed));
         if (tried.commit) tried.result = await this.#context.commit(tried.commit);
       } else {
         const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
         const tryOnce = async (store: Pick<BatchContext, 'load' | 'commit'>) => {
-          const applied = this.#apply(workspaceId, batch, now, await store.load(request));
+          const loaded = await store.load(request);
+          let rest = pending;
+          // A commit sent again after an error (a grouped call that failed, a dropped connection)
+          // answers `conflict` when its first try had landed: the store then holds exactly what it
+          // wrote, at the version it chose, and its commands' outcomes stand as first applied.
+          if (refused && loaded.version === refused.commit!.nextVersion && sameJson(loaded.state, refused.commit!.state)) {
+            landed.push(...refused.results);
+            rest = pending.slice(refused.results.length);
+          }
+          const applied = this.#apply(workspaceId, rest, now, loaded);
           if (applied.commit) applied.result = await store.commit(applied.commit);
           return applied;
         };
@@ -167,13 +181,14 @@ export class WorkspaceBatcher {
       // Nothing to commit proves nothing about a kept state: answer from a load.
       if (!tried.commit) {
         if (kept) continue;
-        return tried.results;
+        return landed.concat(tried.results);
       }
       if (tried.result === 'committed') {
         this.#keep(workspaceId, tried.commit, kept ?? tried.loaded);
         if (kept) this.#loadFirst.delete(workspaceId);
-        return tried.results;
+        return landed.concat(tried.results);
       }
+      refused = tried;
       if (kept) this.#distrust(workspaceId);
     }
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
@@ -261,6 +276,15 @@ function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWo
     else absentKeys.push(key);
   }
   return [{ version: kept.version, state: kept.state, records, lapsed: [] }, absentKeys];
+}
+
+/** Whether two JSON values (as a store hands them back) are equal; object keys in any order. */
+function sameJson(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false;
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every((key) => Object.hasOwn(b, key) && sameJson((a as Record<string, unknown>)[key], (b as Record<string, unknown>)[key]));
 }
 
 /** The records a batch reads, loaded with the state in the same round trip. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { CreditMeter, MemoryStorage } from '../../src/index.js';
+import { CreditMeter, MemoryStorage, type Reservation } from '../../src/index.js';
 import { CommitGroup } from '../../src/meter/commit-group.js';
 import type { CommitResult, WorkspaceCommit } from '../../src/storage/index.js';
 import { ledgerSum, wrapStorage } from '../support.js';
@@ -214,7 +214,7 @@ describe('CommitGroup', () => {
     await expectEveryCharge(meter, ids, 20);
   });
 
-  it('through a meter: a grouped call that landed but answered with an error is retried without charging anything twice', async () => {
+  it('through a meter: a grouped call that landed but answered with an error answers as the first try, charging nothing twice', async () => {
     let lost = 0;
     const storage = slowStore(async (commits, inner) => {
       const results = await inner.commit(commits);
@@ -226,17 +226,29 @@ describe('CommitGroup', () => {
       return results;
     });
     const meter = new CreditMeter({ storage });
+    const charged: string[] = [];
+    meter.on('reply.charged', ({ replyId }) => {
+      charged.push(replyId);
+    });
     const ids = Array.from({ length: 20 }, (_, i) => `ws${i}`);
-    for (const workspaceId of ids) await meter.createWorkspace({ workspaceId, plan: 'pro' });
+    // Created together, so their creates share calls too: a create that landed is not WORKSPACE_EXISTS.
+    await Promise.all(ids.map((workspaceId) => meter.createWorkspace({ workspaceId, plan: 'pro' })));
+    const holds: Reservation[] = [];
     const settled = await Promise.all(
       Array.from({ length: 400 }, async (_, i) => {
         const workspaceId = ids[i % ids.length]!;
         const hold = await meter.reserve({ workspaceId, agentId: 'a', conversationId: `c${i}`, model: 'gpt-4o-mini' });
+        holds.push(hold);
         return meter.settle({ workspaceId, replyId: hold.replyId });
       }),
     );
     expect(lost).toBeGreaterThan(0);
     expect(new Set(settled.map((settlement) => settlement.replyId)).size).toBe(400);
+    // The calls whose answer was lost answer as they would have: nothing reads as a replay, and
+    // every charge is announced once.
+    expect(holds.filter((hold) => hold.replayed)).toEqual([]);
+    expect(settled.filter((settlement) => settlement.replayed)).toEqual([]);
+    expect(charged.sort()).toEqual(settled.map((settlement) => settlement.replyId).sort());
     await expectEveryCharge(meter, ids, 20);
   });
 });

@@ -67,3 +67,59 @@ describe('a store that lost its last commits', () => {
     expect(summary.held.toString()).toBe('6');
   });
 });
+
+/** The memory store whose next commits land but answer `conflict`, as a store's re-send after a dropped connection does. */
+class LostAnswerStorage extends MemoryStorage {
+  lose = 0;
+
+  override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const results = await super.commit(commits);
+    if (this.lose === 0) return results;
+    this.lose--;
+    return results.map(() => 'conflict');
+  }
+}
+
+describe('a commit that landed but answered conflict', () => {
+  it('its commands answer as they did when first applied: created, held, charged once with one event, one plan change', async () => {
+    const storage = new LostAnswerStorage();
+    const meter = new CreditMeter({ storage });
+    const charged: string[] = [];
+    meter.on('reply.charged', ({ replyId }) => {
+      charged.push(replyId);
+    });
+    storage.lose = 1;
+    expect((await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' })).plan).toBe('hobby');
+    storage.lose = 1;
+    expect((await meter.reserve(ask('r1', 'gpt-4o-mini'))).replayed).toBe(false);
+    storage.lose = 1;
+    expect((await meter.settle({ workspaceId: 'ws', replyId: 'r1' })).replayed).toBe(false);
+    expect(charged).toEqual(['r1']);
+    storage.lose = 1;
+    expect((await meter.changePlan({ workspaceId: 'ws', plan: 'pro' })).effective).toBe('now');
+    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply', 'plan_change']);
+  });
+
+  it('when another commit landed after it, the batch is applied again to what is stored: a replay, never a second charge', async () => {
+    const storage = new LostAnswerStorage();
+    const meter = new CreditMeter({ storage });
+    const other = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    await meter.reserve(ask('r1', 'gpt-4o-mini'));
+    const commit = storage.commit.bind(storage);
+    // The settle lands, answers conflict, and before the meter reloads another server writes.
+    let once = true;
+    storage.commit = async (commits) => {
+      const results = await commit(commits);
+      if (!once) return results;
+      once = false;
+      await other.addCredits({ workspaceId: 'ws', credits: 5, grantId: 'g1' });
+      return results.map(() => 'conflict');
+    };
+    const settlement = await meter.settle({ workspaceId: 'ws', replyId: 'r1' });
+    expect(settlement.replayed).toBe(true);
+    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(1);
+  });
+});
