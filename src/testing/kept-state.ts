@@ -7,6 +7,7 @@
  * fails here with a double hold, a stuck balance or an overwritten workspace.
  */
 import { expect } from 'vitest';
+import type { CreditStorage } from '../storage/storage.js';
 import { allRows, ask, defineCases, expectCode, HOUR, MINUTE, money, newMeter, newWorkspace, ONE, sum, THREE, TWO } from './fixtures.js';
 
 export const keptStateCases = defineCases([
@@ -58,6 +59,46 @@ export const keptStateCases = defineCases([
       const rows = await allRows(ctx.storage, workspaceId);
       expect(rows.map((row) => row.seq)).toEqual([1, 2]);
       expect(sum(rows.map((row) => row.amount))).toBe(17_000_000);
+    },
+  ],
+  [
+    'commit - one that landed but answered conflict (re-sent after a lost answer) keeps its outcomes: load returns exactly what it wrote',
+    async (ctx) => {
+      // As a store's re-send after a dropped connection answers: the commit landed, the answer says otherwise.
+      let lose = 0;
+      const storage: CreditStorage = {
+        migrate: () => ctx.storage.migrate(),
+        close: async () => undefined,
+        load: (request) => ctx.storage.load(request),
+        commit: async (commits) => {
+          const results = await ctx.storage.commit(commits);
+          if (lose === 0) return results;
+          lose--;
+          return results.map(() => 'conflict');
+        },
+        ledger: (query) => ctx.storage.ledger(query),
+      };
+      const meter = newMeter({ ...ctx, storage });
+      const charged: string[] = [];
+      meter.on('reply.charged', ({ replyId }) => {
+        charged.push(replyId);
+      });
+      const workspaceId = ctx.id('ws');
+      ctx.track(workspaceId);
+      lose = 1;
+      await meter.createWorkspace({ workspaceId, plan: 'custom', allotment: 10 });
+      lose = 1;
+      const hold = await meter.reserve(ask(workspaceId, TWO));
+      lose = 1;
+      const settlement = await meter.settle({ workspaceId, replyId: hold.replyId });
+      // The meter tells its own commit by the version it chose and the state it wrote, as `load` returns them.
+      expect({ held: hold.replayed, settled: settlement.replayed, charged }).toEqual({
+        held: false,
+        settled: false,
+        charged: [hold.replyId],
+      });
+      expect(await money(meter, workspaceId)).toMatchObject({ balance: 8, held: 0 });
+      expect((await allRows(ctx.storage, workspaceId)).map((row) => row.kind)).toEqual(['grant', 'reply']);
     },
   ],
 ]);
