@@ -87,7 +87,9 @@ const MAX_LOAD_FIRST = 64;
  * flight wait, then are applied in arrival order to one state and committed together. Each
  * still gets its own outcome: a refused reserve never fails its neighbours. When the store
  * says the version moved (another meter wrote), the batch is loaded and applied again; the
- * transition core is pure, so applying twice is safe. With a store that has `lock`, a large
+ * transition core is pure, so applying twice is safe. Unless the load shows exactly the state
+ * the batch's own commit wrote, at the version it chose: then that commit had landed (its
+ * answer was lost and a re-send met it), and its outcomes stand. With a store that has `lock`, a large
  * batch that lost a race (and any batch on its third try) is retried inside the lock, so app
  * servers on a hot workspace take turns instead of redoing their batches until one gives up.
  *
