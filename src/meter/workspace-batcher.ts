@@ -259,13 +259,15 @@ export class WorkspaceBatcher {
 }
 
 /**
- * How far a commit moves the version: 1 to 2²⁰, at random. Versions then stay unique even when
+ * How far a commit moves the version: 1 to 2¹⁶, at random. Versions then stay unique even when
  * a store loses its last commits (see {@link WorkspaceCommit.nextVersion}): a meter still
- * holding a lost state meets another version, not a repeat of its own. At 2¹⁹ a step on
- * average, a workspace has 2³³ commits before its version passes 2⁵³.
+ * holding a lost state meets another version, not a repeat of its own (a repeat has a chance
+ * of about 2⁻¹⁵). Larger steps would make a repeat rarer but use the versions up sooner: at
+ * 2¹⁵ a step on average, a workspace has 2³⁸ commits before its version passes 2⁵³, 87 years
+ * of 100 commits a second (each commit writes something, so the store fills up first).
  */
 function versionStep(): number {
-  return 1 + Math.floor(Math.random() * 2 ** 20);
+  return 1 + Math.floor(Math.random() * 2 ** 16);
 }
 
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
