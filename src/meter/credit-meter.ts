@@ -167,15 +167,15 @@ export class CreditMeter {
     const onEventError = config.onEventError;
     // A handler's error may quote whatever the handler touched: hosts get a scrubbed copy.
     this.#events = new EventBus((error, event) => onEventError(scrubError(error), event));
-    const commits = new CommitGroup(
-      (group) => this.#store('commit', (storage) => storage.commit(group)),
-      (error) => !(error instanceof StorageError && error.cause instanceof StorageTimeout),
-    );
+    // A call that outlived storageTimeoutMs is not followed by more: the store is struggling.
+    const answered = (error: unknown) => !(error instanceof StorageError && error.cause instanceof StorageTimeout);
+    const commits = new CommitGroup((group) => this.#store('commit', (storage) => storage.commit(group)), answered);
     this.#batcher = new WorkspaceBatcher({
       rules: { plans: this.plans, thresholds: config.lowBalanceThresholds, levels: config.lowBalanceLevels },
       now: () => this.#now(),
       load: (request) => this.#store('load', (storage) => storage.load(request)),
       commit: (commit) => commits.commit(commit),
+      mayHaveLanded: answered,
       ...(this.storage.lock && {
         lock: <T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>) =>
           this.#store('commit', (storage) => storage.lock!(workspaceId, work)),

@@ -21,6 +21,12 @@ export interface BatchContext {
   commit(commit: WorkspaceCommit): Promise<CommitResult>;
   /** The store's {@link CreditStorage.lock}, when it has one. */
   lock?<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T>;
+  /**
+   * Whether a commit that failed with `error` may have landed all the same (its answer lost),
+   * so that a load is worth making to find out. Not after a timeout: a store too slow to answer
+   * gets no more calls.
+   */
+  mayHaveLanded(error: unknown): boolean;
 }
 
 /** A command's outcome, the events it raised and the instant it was applied at. */
@@ -147,6 +153,8 @@ export class WorkspaceBatcher {
     const landed: Applied[] = [];
     // The last try whose commit answered `conflict`.
     let refused: Tried | undefined;
+    // The try whose commit is in flight, for when the call fails.
+    let sending: Tried | undefined;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       // Under contention, commits that land carry more commands each: fewer rounds on the hot row.
       if (attempt > 0 && waiting.length > 0 && batch.length < MAX_BATCH) batch.push(...waiting.splice(0, MAX_BATCH - batch.length));
@@ -157,28 +165,35 @@ export class WorkspaceBatcher {
       const locked = this.#context.lock !== undefined && ((contended && pending.length >= LOCK_BATCH) || attempt >= LOCK_ATTEMPT);
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
+      sending = undefined;
       let tried: Tried;
-      if (kept) {
-        tried = this.#apply(workspaceId, pending, now, ...fromKept(kept, needed));
-        if (tried.commit) tried.result = await this.#context.commit(tried.commit);
-      } else {
-        const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
-        const tryOnce = async (store: Pick<BatchContext, 'load' | 'commit'>) => {
-          const loaded = await store.load(request);
-          let rest = pending;
-          // A commit sent again after an error (a grouped call that failed, a dropped connection)
-          // answers `conflict` when its first try had landed: the store then holds exactly what it
-          // wrote, at the version it chose, and its commands' outcomes stand as first applied.
-          if (refused && loaded.version === refused.commit!.nextVersion && sameJson(loaded.state, refused.commit!.state)) {
-            landed.push(...refused.results);
-            rest = pending.slice(refused.results.length);
-          }
-          const applied = this.#apply(workspaceId, rest, now, loaded);
-          if (applied.commit) applied.result = await store.commit(applied.commit);
-          return applied;
-        };
-        // Another writer got in first: queue on its lock rather than race it again.
-        tried = await (locked ? this.#context.lock!(workspaceId, tryOnce) : tryOnce(this.#context));
+      try {
+        if (kept) {
+          tried = sending = this.#apply(workspaceId, pending, now, ...fromKept(kept, needed));
+          if (tried.commit) tried.result = await this.#context.commit(tried.commit);
+        } else {
+          const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
+          const tryOnce = async (store: Pick<BatchContext, 'load' | 'commit'>) => {
+            const loaded = await store.load(request);
+            let rest = pending;
+            // A commit sent again after an error (a grouped call that failed, a dropped connection)
+            // answers `conflict` when its first try had landed: the store then holds exactly what it
+            // wrote, at the version it chose, and its commands' outcomes stand as first applied.
+            if (refused && isOwn(refused.commit!, loaded)) {
+              landed.push(...refused.results);
+              rest = pending.slice(refused.results.length);
+            }
+            const applied = (sending = this.#apply(workspaceId, rest, now, loaded));
+            if (applied.commit) applied.result = await store.commit(applied.commit);
+            return applied;
+          };
+          // Another writer got in first: queue on its lock rather than race it again.
+          tried = await (locked ? this.#context.lock!(workspaceId, tryOnce) : tryOnce(this.#context));
+        }
+      } catch (error) {
+        // A commit that failed may have landed before its answer was lost; inside a lock that failed, none did.
+        if (locked || !sending?.commit || !(await this.#landedDespite(error, workspaceId, sending.commit, now))) throw error;
+        return landed.concat(sending.results);
       }
       // Nothing to commit proves nothing about a kept state: answer from a load.
       if (!tried.commit) {
@@ -194,6 +209,19 @@ export class WorkspaceBatcher {
       if (kept) this.#distrust(workspaceId);
     }
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
+  }
+
+  /**
+   * Whether a commit that failed with `error` landed all the same, its answer lost: the store
+   * holds exactly what it wrote, at the version it chose. Not asked after a timeout.
+   */
+  async #landedDespite(error: unknown, workspaceId: string, commit: WorkspaceCommit, now: number): Promise<boolean> {
+    if (!this.#context.mayHaveLanded(error)) return false;
+    try {
+      return isOwn(commit, await this.#context.load({ workspaceId, keys: [], now }));
+    } catch {
+      return false;
+    }
   }
 
   /** Applies a batch to what was loaded (or kept): the outcomes, and the commit when it changed something. */
@@ -280,6 +308,11 @@ function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWo
     else absentKeys.push(key);
   }
   return [{ version: kept.version, state: kept.state, records, lapsed: [] }, absentKeys];
+}
+
+/** Whether the store holds exactly what `commit` wrote, at the version it chose: then it landed. */
+function isOwn(commit: WorkspaceCommit, loaded: LoadedWorkspace): boolean {
+  return loaded.version === commit.nextVersion && sameJson(loaded.state, commit.state);
 }
 
 /** Whether two JSON values (as a store hands them back) are equal; object keys in any order. */

@@ -123,3 +123,70 @@ describe('a commit that landed but answered conflict', () => {
     expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(1);
   });
 });
+
+/** The memory store whose next commits fail: after landing (the answer lost), or before. */
+class FailingCommitStorage extends MemoryStorage {
+  fail: 'after' | 'before' | undefined;
+  loads = 0;
+
+  override load(request: LoadRequest): Promise<LoadedWorkspace> {
+    this.loads++;
+    return super.load(request);
+  }
+
+  override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const fail = this.fail;
+    this.fail = undefined;
+    if (fail === 'before') throw new Error('connection refused');
+    const results = await super.commit(commits);
+    if (fail === 'after') throw new Error('connection lost after COMMIT');
+    return results;
+  }
+}
+
+describe('a commit that landed but failed, its answer lost', () => {
+  it('answers as it landed: the meter finds exactly what it wrote, so nothing reads as an error', async () => {
+    const storage = new FailingCommitStorage();
+    const meter = new CreditMeter({ storage });
+    const charged: string[] = [];
+    meter.on('reply.charged', ({ replyId }) => {
+      charged.push(replyId);
+    });
+    storage.fail = 'after';
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    storage.fail = 'after';
+    expect((await meter.reserve(ask('r1', 'gpt-4o-mini'))).replayed).toBe(false);
+    storage.fail = 'after';
+    expect((await meter.settle({ workspaceId: 'ws', replyId: 'r1' })).replayed).toBe(false);
+    expect(charged).toEqual(['r1']);
+    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply']);
+  });
+
+  it('one that did not land still fails with STORAGE_ERROR and writes nothing', async () => {
+    const storage = new FailingCommitStorage();
+    const meter = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    storage.fail = 'before';
+    await expect(meter.reserve(ask('r1', 'gpt-4o-mini'))).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
+    expect((await storage.load({ workspaceId: 'ws', keys: ['reply:r1'], now: Date.now() })).records).toEqual([]);
+    expect((await meter.getWorkspace('ws')).held.toString()).toBe('0');
+  });
+
+  it('one that outlived storageTimeoutMs fails without another call to the store', async () => {
+    const storage = new FailingCommitStorage();
+    const meter = new CreditMeter({ storage, storageTimeoutMs: 50 });
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    const commit = storage.commit.bind(storage);
+    let loadsAtCommit = -1;
+    storage.commit = async (commits) => {
+      loadsAtCommit = storage.loads;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return commit(commits);
+    };
+    await expect(meter.addCredits({ workspaceId: 'ws', credits: 5, grantId: 'g1' })).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(loadsAtCommit).toBeGreaterThanOrEqual(0);
+    expect(storage.loads).toBe(loadsAtCommit);
+  });
+});

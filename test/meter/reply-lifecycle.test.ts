@@ -278,14 +278,24 @@ describe('reserve / settle / release', () => {
   it('heals a lost response: the store committed, the caller retries the same replyId', async () => {
     const storage = new MemoryStorage();
     let dropNextSettle = true;
+    let failNextLoad = false;
     const flaky = wrapStorage(storage, {
       commit: async (commits) => {
         const results = await storage.commit(commits);
         if (dropNextSettle && commits.some((commit) => commit.ledger.some((row) => row.kind === 'reply'))) {
           dropNextSettle = false;
+          // The store then stays away long enough that the meter cannot see the settle landed.
+          failNextLoad = true;
           throw new Error('connection reset after commit');
         }
         return results;
+      },
+      load: async (request) => {
+        if (failNextLoad) {
+          failNextLoad = false;
+          throw new Error('connection refused');
+        }
+        return storage.load(request);
       },
     });
     const { meter } = harness({ storage: flaky });
