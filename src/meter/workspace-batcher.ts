@@ -169,7 +169,8 @@ export class WorkspaceBatcher {
       let tried: Tried;
       try {
         if (kept) {
-          tried = sending = this.#apply(workspaceId, pending, now, ...fromKept(kept, needed));
+          tried = this.#apply(workspaceId, pending, now, ...fromKept(kept, needed));
+          sending = tried;
           if (tried.commit) tried.result = await this.#context.commit(tried.commit);
         } else {
           const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
@@ -183,7 +184,8 @@ export class WorkspaceBatcher {
               landed.push(...refused.results);
               rest = pending.slice(refused.results.length);
             }
-            const applied = (sending = this.#apply(workspaceId, rest, now, loaded));
+            const applied = this.#apply(workspaceId, rest, now, loaded);
+            sending = applied;
             if (applied.commit) applied.result = await store.commit(applied.commit);
             return applied;
           };
