@@ -50,3 +50,4 @@ export type {
   WorkspaceCommit,
 } from './storage.js';
 export { checkOptions, type OptionCheck, type OptionChecks } from './store-options.js';
+export { versionAfter } from './version-after.js';

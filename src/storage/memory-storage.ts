@@ -11,6 +11,7 @@ import type {
   LockedWorkspace,
   WorkspaceCommit,
 } from './storage.js';
+import { versionAfter } from './version-after.js';
 
 interface Slot {
   version: number;
@@ -109,7 +110,7 @@ export class MemoryStorage implements CreditStorage {
       slot = { version: 0, state: commit.state, records: new Map(), holds: new HoldHeap(), ledger: [], inTimeOrder: true };
       this.#slots.set(commit.workspaceId, slot);
     }
-    slot.version = commit.nextVersion ?? slot.version + 1;
+    slot.version = versionAfter(commit);
     slot.state = commit.state;
     for (const record of commit.records) {
       slot.records.set(record.key, record);

@@ -56,7 +56,7 @@ export interface WorkspaceCommit {
    * `appendfsync everysec`, SQLite `synchronous=NORMAL` on power loss), the versions written
    * after it would otherwise repeat the lost ones, and a meter still holding a lost state would
    * commit it over the new ones; random steps make such a repeat all but impossible. Absent in
-   * hand-made commits: then store `expectedVersion + 1`.
+   * hand-made commits: then store `expectedVersion + 1`. `versionAfter(commit)` gives either.
    */
   nextVersion?: number;
   /** The new state document, replacing the old one. */

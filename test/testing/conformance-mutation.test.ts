@@ -18,7 +18,7 @@ import type {
   UsageQuery,
   WorkspaceCommit,
 } from '../../src/storage/index.js';
-import { ledgerRow, UsageAccumulator } from '../../src/storage/index.js';
+import { ledgerRow, UsageAccumulator, versionAfter } from '../../src/storage/index.js';
 import {
   type ConformanceContext,
   conformanceCases,
@@ -110,7 +110,7 @@ class ResetsVersionOnErase extends MemoryStorage {
     return super.commit(
       commits.map((c) => {
         const offset = this.#offsets.get(c.workspaceId) ?? 0;
-        return { ...c, expectedVersion: c.expectedVersion + offset, nextVersion: (c.nextVersion ?? c.expectedVersion + 1) + offset };
+        return { ...c, expectedVersion: c.expectedVersion + offset, nextVersion: versionAfter(c) + offset };
       }),
     );
   }

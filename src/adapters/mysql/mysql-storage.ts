@@ -100,8 +100,6 @@ const LEDGER_SELECT = seam.LEDGER_COLUMNS.map(({ column, field }) => `${column} 
 
 type Tables = Record<'workspaces' | 'records' | 'ledger' | 'migrations', string>;
 type Row = Record<string, unknown>;
-/** Runs a read and answers its rows: on a fresh pooled connection, or on the one a lock holds. */
-type Read = (sql: string, values: unknown[]) => Promise<Row[]>;
 
 /**
  * The MySQL / MariaDB store: credits, holds and the ledger in your database, safe with many
@@ -165,7 +163,8 @@ export class MySqlStorage implements seam.CreditStorage {
     return this.#load(this.#read, request);
   }
 
-  async #load(read: Read, request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
+  /** The load, its read on a fresh pooled connection or on the one a lock holds. */
+  async #load(read: (sql: string, values: unknown[]) => Promise<Row[]>, request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
     const { workspaces, records } = this.#tables;
     const id = request.workspaceId;
     // One statement reads one snapshot: the records agree with the state's version. The earliest
@@ -219,8 +218,8 @@ export class MySqlStorage implements seam.CreditStorage {
     }
     // A second creator meets the duplicate key, which undoes only that statement: the others go on.
     const duplicate = (error: { errno?: number }) => (error.errno === 1062 ? [{ affectedRows: 0 }] : Promise.reject(error));
-    const next = commit.nextVersion ?? commit.expectedVersion + 1;
-    const [written] = await connection.query(guard, [next, JSON.stringify(commit.state), id, commit.expectedVersion]).catch(duplicate);
+    const values = [seam.versionAfter(commit), JSON.stringify(commit.state), id, commit.expectedVersion];
+    const [written] = await connection.query(guard, values).catch(duplicate);
     if ((written as { affectedRows: number }).affectedRows !== 1) return 'conflict';
     if (commit.ledger.length > 0) {
       const rows = commit.ledger.map((row) => [id, ...seam.LEDGER_COLUMNS.map(({ field }) => row[field])]);
@@ -241,7 +240,7 @@ export class MySqlStorage implements seam.CreditStorage {
   async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
     return this.#transaction(async (connection) => {
       await connection.query(`SELECT 1 FROM ${this.#tables.workspaces} WHERE workspace_id = ? FOR UPDATE`, [workspaceId]);
-      const read: Read = async (sql, values) => (await connection.query(sql, values))[0] as Row[];
+      const read = async (sql: string, values: unknown[]) => (await connection.query(sql, values))[0] as Row[];
       const commit = (one: seam.WorkspaceCommit) => this.#commitOne(connection, one).catch(conflictOr);
       return work({ load: (request) => this.#load(read, request), commit });
     });
@@ -329,7 +328,7 @@ export class MySqlStorage implements seam.CreditStorage {
   }
 
   /** Rows read on a pooled connection, another one if the first was dropped while idle. */
-  readonly #read: Read = async (sql, values) => {
+  readonly #read = async (sql: string, values: unknown[]): Promise<Row[]> => {
     const [connection, rows] = await this.#connect(sql, values);
     connection.release();
     return rows;

@@ -7,6 +7,7 @@ import { once } from '../../storage/once.js';
 import { importOptionalPeer } from '../../storage/optional-peer.js';
 import type * as seam from '../../storage/storage.js';
 import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
+import { versionAfter } from '../../storage/version-after.js';
 import * as tables from './postgres-schema.js';
 
 // ─── the driver, typed structurally ─────────────────────────────────────────
@@ -274,8 +275,9 @@ export class PostgresStorage implements seam.CreditStorage {
 
   /** Commits of distinct workspaces in one statement (see `commitSql`). */
   async #commit(commits: readonly seam.WorkspaceCommit[], on?: PostgresPoolClient): Promise<seam.CommitResult[]> {
-    const heads = commits.map(({ workspaceId: w, expectedVersion: v, nextVersion, state: s, absentKeys: a }) => {
-      return { w, v, n: nextVersion ?? v + 1, s, a: a?.length ? a : null };
+    const heads = commits.map((commit) => {
+      const { workspaceId: w, expectedVersion: v, state: s, absentKeys: a } = commit;
+      return { w, v, n: versionAfter(commit), s, a: a?.length ? a : null };
     });
     const records = commits.flatMap(({ workspaceId: w, records }) => records.map((record) => ({ w, ...record })));
     const values = [JSON.stringify(heads), JSON.stringify(commits.flatMap((commit) => commit.ledger)), JSON.stringify(records)];

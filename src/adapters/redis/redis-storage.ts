@@ -15,6 +15,7 @@ import type {
   WorkspaceCommit,
 } from '../../storage/storage.js';
 import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
+import { versionAfter } from '../../storage/version-after.js';
 import { commit, erase, ledger, load, migrate, usage } from './redis-scripts.js';
 
 const SCRIPTS = { load, commit, ledger, usage, migrate, erase };
@@ -290,8 +291,7 @@ export class RedisStorage implements CreditStorage {
       }
     }
     const ordered = rows.every((row, i) => i === 0 || row.at >= rows[i - 1]!.at);
-    const next = commit.nextVersion ?? commit.expectedVersion + 1;
-    const args = [String(commit.expectedVersion), String(next), JSON.stringify(commit.state), ordered ? '1' : '0'];
+    const args = [String(commit.expectedVersion), String(versionAfter(commit)), JSON.stringify(commit.state), ordered ? '1' : '0'];
     for (const items of [
       commit.absentKeys ?? [],
       records.flatMap((r) => [r.key, JSON.stringify(r)]),

@@ -16,6 +16,7 @@ import type {
   WorkspaceCommit,
 } from '../../storage/storage.js';
 import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
+import { versionAfter } from '../../storage/version-after.js';
 import { openDatabase, type SqliteDatabase, type SqliteStatement } from './sqlite-driver.js';
 import { migrateSchema } from './sqlite-schema.js';
 
@@ -337,7 +338,7 @@ function write(s: Runtime, commit: WorkspaceCommit): CommitResult {
   // Keys that must not exist yet: the key lookup of `load`, stopped at the first found.
   if (commit.absentKeys?.length && s.records.get(id, JSON.stringify(commit.absentKeys))) return 'conflict';
   const state = JSON.stringify(commit.state);
-  const next = commit.nextVersion ?? commit.expectedVersion + 1;
+  const next = versionAfter(commit);
   const written =
     commit.expectedVersion === 0 ? s.insertState.run(id, next, state) : s.updateState.run(next, state, id, commit.expectedVersion);
   if (written.changes !== 1) return 'conflict';
