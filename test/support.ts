@@ -87,3 +87,20 @@ export function wrapStorage(inner: CreditStorage, overrides: Partial<CreditStora
   if (overrides.lock) wrapped['lock'] = overrides.lock;
   return wrapped as unknown as CreditStorage;
 }
+
+/**
+ * One call of each kind that takes a pooled connection: reads through the meter and the store,
+ * four loads and four charges at once (so each needs a connection of its own). For the tests
+ * that drop a pool's idle connections before each call.
+ */
+export function pooledCalls(meter: CreditMeter, storage: CreditStorage, workspaceId: string, charge: () => Promise<unknown>) {
+  const four = (call: () => Promise<unknown>) => () => Promise.all(Array.from({ length: 4 }, call));
+  return [
+    () => meter.getWorkspace(workspaceId),
+    () => meter.ledger({ workspaceId }),
+    () => meter.usage({ workspaceId, from: new Date(0), to: new Date(Date.now() + 60_000), groupBy: 'agent' }),
+    () => meter.listWorkspaces(),
+    four(() => storage.load({ workspaceId, keys: [], now: Date.now() })),
+    four(charge),
+  ];
+}

@@ -7,6 +7,7 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { MySqlStorage, type MySqlStorageOptions } from '../../src/adapters/mysql/index.js';
 import { CreditMeter, CreditsError, InvalidInputError } from '../../src/index.js';
 import type { ReplyRecord } from '../../src/storage/index.js';
+import { pooledCalls } from '../support.js';
 
 const run = promisify(execFile);
 const url = () => inject('mysqlUrl');
@@ -337,14 +338,7 @@ describe('MySqlStorage - faults', () => {
       await Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle')));
       const admin = await mysql.createConnection({ uri: url() });
       try {
-        for (const read of [
-          () => meter.getWorkspace('idle'),
-          () => meter.ledger({ workspaceId: 'idle' }),
-          () => meter.usage({ workspaceId: 'idle', from: new Date(0), to: new Date(Date.now() + 60_000), groupBy: 'agent' }),
-          () => meter.listWorkspaces(),
-          () => Promise.all(Array.from({ length: 4 }, () => storage.load({ workspaceId: 'idle', keys: [], now: Date.now() }))),
-          () => Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle'))),
-        ]) {
+        for (const read of pooledCalls(meter, storage, 'idle', () => charge(meter, 'idle'))) {
           // A server restart or a wait_timeout does this to every idle connection at once; the
           // call comes before the pool has noticed, as a busy server's would.
           const [victims] = await admin.query('SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB = ?', [database]);

@@ -8,6 +8,7 @@ import { PostgresStorage } from '../../src/adapters/postgres/index.js';
 import { loadSql, schemaNames } from '../../src/adapters/postgres/postgres-schema.js';
 import { CreditMeter, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
 import { type LedgerRow, type StoredRecord, UsageAccumulator, type WorkspaceState } from '../../src/storage/index.js';
+import { pooledCalls } from '../support.js';
 import { checkInvariants, dropPostgresSchema, freshSchema, freshStore, sql } from './fixtures/postgres-schemas.js';
 
 const run = promisify(execFile);
@@ -525,12 +526,7 @@ describe('PostgresStorage - faults', () => {
     try {
       for (const read of [
         () => storage.lock('idle', (workspace) => workspace.load({ workspaceId: 'idle', keys: [], now: Date.now() })),
-        () => meter.getWorkspace('idle'),
-        () => meter.ledger({ workspaceId: 'idle' }),
-        () => meter.usage({ workspaceId: 'idle', from: new Date(0), to: new Date(Date.now() + 60_000), groupBy: 'agent' }),
-        () => meter.listWorkspaces(),
-        () => Promise.all(Array.from({ length: 4 }, () => storage.load({ workspaceId: 'idle', keys: [], now: Date.now() }))),
-        () => Promise.all(Array.from({ length: 4 }, () => charge(meter, 'idle'))),
+        ...pooledCalls(meter, storage, 'idle', () => charge(meter, 'idle')),
       ]) {
         // A server restart or a failover does this to every idle connection at once; the call
         // comes before the pool has noticed, as a busy server's would.
