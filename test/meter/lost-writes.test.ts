@@ -68,41 +68,63 @@ describe('a store that lost its last commits', () => {
   });
 });
 
-/** The memory store whose next commits land but answer `conflict`, as a store's re-send after a dropped connection does. */
-class LostAnswerStorage extends MemoryStorage {
-  lose = 0;
+/** The memory store whose next commit goes wrong, in one of the ways a network does. */
+class UnreliableStorage extends MemoryStorage {
+  /**
+   * `conflict`: it lands but answers conflict (as a store's re-send after a dropped connection
+   * does); `lost`: it lands and the call fails (the connection dropped after COMMIT); `refused`:
+   * the call fails before anything lands.
+   */
+  next: 'conflict' | 'lost' | 'refused' | undefined;
+  loads = 0;
+
+  override load(request: LoadRequest): Promise<LoadedWorkspace> {
+    this.loads++;
+    return super.load(request);
+  }
 
   override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
+    const next = this.next;
+    this.next = undefined;
+    if (next === 'refused') throw new Error('connection refused');
     const results = await super.commit(commits);
-    if (this.lose === 0) return results;
-    this.lose--;
-    return results.map(() => 'conflict');
+    if (next === 'lost') throw new Error('connection lost after COMMIT');
+    return next === 'conflict' ? results.map(() => 'conflict') : results;
   }
 }
 
-describe('a commit that landed but answered conflict', () => {
-  it('its commands answer as they did when first applied: created, held, charged once with one event, one plan change', async () => {
-    const storage = new LostAnswerStorage();
-    const meter = new CreditMeter({ storage });
-    const charged: string[] = [];
-    meter.on('reply.charged', ({ replyId }) => {
-      charged.push(replyId);
-    });
-    storage.lose = 1;
-    expect((await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' })).plan).toBe('hobby');
-    storage.lose = 1;
-    expect((await meter.reserve(ask('r1', 'gpt-4o-mini'))).replayed).toBe(false);
-    storage.lose = 1;
-    expect((await meter.settle({ workspaceId: 'ws', replyId: 'r1' })).replayed).toBe(false);
-    expect(charged).toEqual(['r1']);
-    storage.lose = 1;
-    expect((await meter.changePlan({ workspaceId: 'ws', plan: 'pro' })).effective).toBe('now');
-    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
-    expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply', 'plan_change']);
+/** A meter on `storage`, and the reply ids of the `reply.charged` events it emits. */
+function listened(storage: CreditStorage): { meter: CreditMeter; charged: string[] } {
+  const meter = new CreditMeter({ storage });
+  const charged: string[] = [];
+  meter.on('reply.charged', ({ replyId }) => {
+    charged.push(replyId);
   });
+  return { meter, charged };
+}
+
+describe('a commit that landed but whose answer was lost', () => {
+  it.each(['conflict', 'lost'] as const)(
+    'answering %s, its commands answer as first applied: created, held, charged once with one event, one plan change',
+    async (answer) => {
+      const storage = new UnreliableStorage();
+      const { meter, charged } = listened(storage);
+      storage.next = answer;
+      expect((await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' })).plan).toBe('hobby');
+      storage.next = answer;
+      expect((await meter.reserve(ask('r1', 'gpt-4o-mini'))).replayed).toBe(false);
+      storage.next = answer;
+      expect((await meter.settle({ workspaceId: 'ws', replyId: 'r1' })).replayed).toBe(false);
+      expect(charged).toEqual(['r1']);
+      storage.next = answer;
+      expect((await meter.changePlan({ workspaceId: 'ws', plan: 'pro' })).effective).toBe('now');
+      const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+      expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply', 'plan_change']);
+    },
+  );
 
   it('when another commit landed after it, the batch is applied again to what is stored: a replay, never a second charge', async () => {
-    const storage = new LostAnswerStorage();
+    const storage = new UnreliableStorage();
     const meter = new CreditMeter({ storage });
     const other = new CreditMeter({ storage });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
@@ -122,59 +144,19 @@ describe('a commit that landed but answered conflict', () => {
     const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
     expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(1);
   });
-});
-
-/** The memory store whose next commits fail: after landing (the answer lost), or before. */
-class FailingCommitStorage extends MemoryStorage {
-  fail: 'after' | 'before' | undefined;
-  loads = 0;
-
-  override load(request: LoadRequest): Promise<LoadedWorkspace> {
-    this.loads++;
-    return super.load(request);
-  }
-
-  override async commit(commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> {
-    const fail = this.fail;
-    this.fail = undefined;
-    if (fail === 'before') throw new Error('connection refused');
-    const results = await super.commit(commits);
-    if (fail === 'after') throw new Error('connection lost after COMMIT');
-    return results;
-  }
-}
-
-describe('a commit that landed but failed, its answer lost', () => {
-  it('answers as it landed: the meter finds exactly what it wrote, so nothing reads as an error', async () => {
-    const storage = new FailingCommitStorage();
-    const meter = new CreditMeter({ storage });
-    const charged: string[] = [];
-    meter.on('reply.charged', ({ replyId }) => {
-      charged.push(replyId);
-    });
-    storage.fail = 'after';
-    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
-    storage.fail = 'after';
-    expect((await meter.reserve(ask('r1', 'gpt-4o-mini'))).replayed).toBe(false);
-    storage.fail = 'after';
-    expect((await meter.settle({ workspaceId: 'ws', replyId: 'r1' })).replayed).toBe(false);
-    expect(charged).toEqual(['r1']);
-    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
-    expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply']);
-  });
 
   it('one that did not land still fails with STORAGE_ERROR and writes nothing', async () => {
-    const storage = new FailingCommitStorage();
+    const storage = new UnreliableStorage();
     const meter = new CreditMeter({ storage });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
-    storage.fail = 'before';
+    storage.next = 'refused';
     await expect(meter.reserve(ask('r1', 'gpt-4o-mini'))).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
     expect((await storage.load({ workspaceId: 'ws', keys: ['reply:r1'], now: Date.now() })).records).toEqual([]);
     expect((await meter.getWorkspace('ws')).held.toString()).toBe('0');
   });
 
   it('one that outlived storageTimeoutMs fails without another call to the store', async () => {
-    const storage = new FailingCommitStorage();
+    const storage = new UnreliableStorage();
     const meter = new CreditMeter({ storage, storageTimeoutMs: 50 });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
     const commit = storage.commit.bind(storage);
