@@ -10,6 +10,7 @@ import { expect } from 'vitest';
 import { CreditsError } from '../core/errors.js';
 import type { CreditMeter } from '../meter/credit-meter.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
+import type { CreditStorage } from '../storage/storage.js';
 import { CONFORMANCE_EPOCH, type ConformanceContext, DAY, defineCases, HOUR, newMeter, ONE, TWO } from './fixtures.js';
 
 /** Random operation sequences per run, and operations in each. */
@@ -165,6 +166,32 @@ async function apply(meter: CreditMeter, workspaceId: string, op: Op, index: num
   }
 }
 
+/**
+ * The store as a network would hand it over now and then: one commit in ten lands but answers
+ * `conflict` (a re-send after a dropped connection), one in twenty lands and then fails (the
+ * answer lost after COMMIT). The meter must tell its own commit by what `load` returns and
+ * answer exactly as if nothing had gone wrong.
+ */
+function losingAnswers(storage: CreditStorage, r: ReturnType<typeof generator>): CreditStorage {
+  const { usage, listWorkspaces, erase } = storage;
+  return {
+    migrate: () => storage.migrate(),
+    close: async () => undefined,
+    load: (request) => storage.load(request),
+    commit: async (commits) => {
+      const roll = r.int(1, 20);
+      const results = await storage.commit(commits);
+      // Only a commit that landed: one that conflicted fails as it should, with STORAGE_ERROR.
+      if (roll === 1 && results.every((result) => result === 'committed')) throw new Error('connection lost after COMMIT');
+      return roll <= 3 ? results.map(() => 'conflict') : results;
+    },
+    ledger: (query) => storage.ledger(query),
+    ...(usage && { usage: (query) => usage.call(storage, query) }),
+    ...(listWorkspaces && { listWorkspaces: (query) => listWorkspaces.call(storage, query) }),
+    ...(erase && { erase: (request) => erase.call(storage, request) }),
+  };
+}
+
 async function sequence(ctx: ConformanceContext, seed: number): Promise<void> {
   const r = generator(seed);
   const ops = Array.from({ length: r.int(OPERATIONS.min, OPERATIONS.max) }, () => randomOp(r));
@@ -175,7 +202,8 @@ async function sequence(ctx: ConformanceContext, seed: number): Promise<void> {
   const workspaceId = ctx.id('diff');
   ctx.track(workspaceId);
   const options = { holdTtlMs: 8 * HOUR };
-  const stored = [newMeter(ctx, options), newMeter(ctx, options)];
+  const network = losingAnswers(ctx.storage, generator(~seed));
+  const stored = [newMeter({ ...ctx, storage: network }, options), newMeter({ ...ctx, storage: network }, options)];
   const reference = newMeter({ ...ctx, storage: new MemoryStorage() }, options);
   for (const meter of [stored[0]!, reference]) {
     await meter.createWorkspace({ workspaceId, plan: 'custom', allotment: 100, startsAt: new Date(CONFORMANCE_EPOCH) });
