@@ -11,7 +11,7 @@ import { CreditsError } from '../core/errors.js';
 import type { CreditMeter } from '../meter/credit-meter.js';
 import { MemoryStorage } from '../storage/memory-storage.js';
 import type { CreditStorage } from '../storage/storage.js';
-import { CONFORMANCE_EPOCH, type ConformanceContext, DAY, defineCases, HOUR, newMeter, ONE, TWO } from './fixtures.js';
+import { CONFORMANCE_EPOCH, type ConformanceContext, DAY, defineCases, HOUR, newMeter, ONE, overriding, TWO } from './fixtures.js';
 
 /** Random operation sequences per run, and operations in each. */
 const SEQUENCES = 40;
@@ -173,11 +173,7 @@ async function apply(meter: CreditMeter, workspaceId: string, op: Op, index: num
  * answer exactly as if nothing had gone wrong.
  */
 function losingAnswers(storage: CreditStorage, r: ReturnType<typeof generator>): CreditStorage {
-  const { usage, listWorkspaces, erase } = storage;
-  return {
-    migrate: () => storage.migrate(),
-    close: async () => undefined,
-    load: (request) => storage.load(request),
+  return overriding(storage, {
     commit: async (commits) => {
       const roll = r.int(1, 20);
       const results = await storage.commit(commits);
@@ -185,11 +181,7 @@ function losingAnswers(storage: CreditStorage, r: ReturnType<typeof generator>):
       if (roll === 1 && results.every((result) => result === 'committed')) throw new Error('connection lost after COMMIT');
       return roll <= 3 ? results.map(() => 'conflict') : results;
     },
-    ledger: (query) => storage.ledger(query),
-    ...(usage && { usage: (query) => usage.call(storage, query) }),
-    ...(listWorkspaces && { listWorkspaces: (query) => listWorkspaces.call(storage, query) }),
-    ...(erase && { erase: (request) => erase.call(storage, request) }),
-  };
+  });
 }
 
 async function sequence(ctx: ConformanceContext, seed: number): Promise<void> {

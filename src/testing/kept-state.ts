@@ -7,8 +7,22 @@
  * fails here with a double hold, a stuck balance or an overwritten workspace.
  */
 import { expect } from 'vitest';
-import type { CreditStorage } from '../storage/storage.js';
-import { allRows, ask, defineCases, expectCode, HOUR, MINUTE, money, newMeter, newWorkspace, ONE, sum, THREE, TWO } from './fixtures.js';
+import {
+  allRows,
+  ask,
+  defineCases,
+  expectCode,
+  HOUR,
+  MINUTE,
+  money,
+  newMeter,
+  newWorkspace,
+  ONE,
+  overriding,
+  sum,
+  THREE,
+  TWO,
+} from './fixtures.js';
 
 export const keptStateCases = defineCases([
   [
@@ -66,18 +80,14 @@ export const keptStateCases = defineCases([
     async (ctx) => {
       // As a store's re-send after a dropped connection answers: the commit landed, the answer says otherwise.
       let lose = 0;
-      const storage: CreditStorage = {
-        migrate: () => ctx.storage.migrate(),
-        close: async () => undefined,
-        load: (request) => ctx.storage.load(request),
+      const storage = overriding(ctx.storage, {
         commit: async (commits) => {
           const results = await ctx.storage.commit(commits);
           if (lose === 0) return results;
           lose--;
           return results.map(() => 'conflict');
         },
-        ledger: (query) => ctx.storage.ledger(query),
-      };
+      });
       const meter = newMeter({ ...ctx, storage });
       const charged: string[] = [];
       meter.on('reply.charged', ({ replyId }) => {

@@ -291,17 +291,17 @@ export class PostgresStorage implements seam.CreditStorage {
   }
 
   /** A checked-out connection with a transaction begun; another one when the first was dropped while idle (see `#rows`). */
-  async #begin(): Promise<PostgresPoolClient> {
-    for (let attempt = 1; ; attempt++) {
+  #begin(): Promise<PostgresPoolClient> {
+    return onLiveConnection(async () => {
       const client = await this.#query('lock', (pool) => pool.connect());
       try {
         await this.#rows('lock', { text: 'BEGIN' }, client);
         return client;
       } catch (error) {
         client.release(true);
-        if (attempt > 32 || !connectionLost((error as StorageError).cause)) throw error;
+        throw error;
       }
-    }
+    });
   }
 
   /**
@@ -312,13 +312,8 @@ export class PostgresStorage implements seam.CreditStorage {
    * or a commit, whose version guard answers `conflict` if its first try landed after all.
    */
   async #rows(operation: string, query: PostgresQuery, on?: PostgresPoolClient): Promise<Record<string, unknown>[]> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return (await this.#query(operation, (pool) => (on ?? pool).query(query))).rows;
-      } catch (error) {
-        if (on || attempt > 32 || !connectionLost((error as StorageError).cause)) throw error;
-      }
-    }
+    const run = async () => (await this.#query(operation, (pool) => (on ?? pool).query(query))).rows;
+    return on ? run() : onLiveConnection(run);
   }
 
   /** Runs `call` on the pool once migrated; any failure becomes a `StorageError` of `operation`. */
@@ -401,6 +396,17 @@ const CHECKS: OptionChecks<PostgresStorageOptions> = {
   tablePrefix: (prefix) => tables.identifierProblem(prefix, 'tablePrefix'),
   poolSize: (size) => (Number.isSafeInteger(size) && (size as number) > 0 ? undefined : 'must be a positive whole number'),
 };
+
+/** Runs `attempt` again while it fails because its connection was gone, up to 32 times. */
+async function onLiveConnection<T>(attempt: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await attempt();
+    } catch (error) {
+      if (tries > 32 || !connectionLost((error as StorageError).cause)) throw error;
+    }
+  }
+}
 
 /** The query failed because its connection was gone (SQLSTATE 08xxx, a server shutdown, a closed socket), not for what it asked. */
 function connectionLost(error: unknown): boolean {
