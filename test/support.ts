@@ -1,3 +1,4 @@
+import { expect } from 'vitest';
 import type { ReplyContext, ReplyProvider, ReplyRequest } from '../src/index.js';
 import { CreditMeter, type CreditMeterOptions, type CreditStorage, MemoryStorage } from '../src/index.js';
 
@@ -103,4 +104,39 @@ export function pooledCalls(meter: CreditMeter, storage: CreditStorage, workspac
     four(() => storage.load({ workspaceId, keys: [], now: Date.now() })),
     four(charge),
   ];
+}
+
+/**
+ * Data an earlier release stored whole (record values and ledger rows as JSON objects, before
+ * they were packed) stays readable beside packed data. A meter holds one reply and charges
+ * another; `storeWhole` rewrites what the store keeps of the workspace in the whole form and
+ * answers how many values it rewrote; then a fresh meter reads the ledger (whole and by agent),
+ * replays the charge, settles the open hold and sums usage over part of a day.
+ */
+export async function readsWholeValues(storage: CreditStorage, storeWhole: (workspaceId: string) => Promise<number>): Promise<void> {
+  const clock = new TestClock('2026-03-01T10:00:00Z');
+  const workspaceId = `whole-${Math.random().toString(36).slice(2)}`;
+  const first = new CreditMeter({ storage, clock: clock.now });
+  await first.createWorkspace({ workspaceId, plan: 'hobby' });
+  const held = await first.reserve({ ...ask(1, 'gpt-4o', 'agent-1'), workspaceId });
+  const charged = await first.reserve({ ...ask(2, 'gpt-4o-mini', 'agent-2'), workspaceId });
+  const settled = await first.settle({ workspaceId, replyId: charged.replyId });
+  const before = await first.ledger({ workspaceId });
+  // The two reply records and the day mark at least.
+  expect(await storeWhole(workspaceId)).toBeGreaterThanOrEqual(3);
+
+  clock.advance(1000);
+  const second = new CreditMeter({ storage, clock: clock.now });
+  expect(await second.ledger({ workspaceId })).toEqual(before);
+  expect((await second.ledger({ workspaceId, agentId: 'agent-2' })).entries.map((entry) => entry.id)).toEqual([settled.entryId]);
+  expect(await second.settle({ workspaceId, replyId: charged.replyId })).toEqual({ ...settled, replayed: true });
+  const late = await second.settle({ workspaceId, replyId: held.replyId });
+  expect(late.replayed).toBe(false);
+  const after = await second.ledger({ workspaceId });
+  expect(after.entries.map((entry) => entry.id)).toEqual([...before.entries.map((entry) => entry.id), late.entryId]);
+  const usage = await second.usage({ workspaceId, from: '2026-03-01T09:00:00Z', to: '2026-03-01T11:00:00Z', groupBy: 'agent' });
+  expect(usage.totalReplies).toBe(2);
+  expect(usage.totalCredits.toNumber()).toBe(settled.credits.toNumber() + late.credits.toNumber());
+  const summary = await second.getWorkspace(workspaceId);
+  expect(summary.balance.toNumber() + summary.held.toNumber()).toBe(await ledgerSum(second, workspaceId));
 }

@@ -36,6 +36,15 @@ export { type LedgerFilter, ledgerFilters } from './ledger-filters.js';
 export { MemoryStorage } from './memory-storage.js';
 export { type Once, once } from './once.js';
 export { importOptionalPeer } from './optional-peer.js';
+export {
+  type PackedLedgerRow,
+  type PackedRecord,
+  packLedgerRow,
+  packRecord,
+  type RecordValue,
+  unpackLedgerRow,
+  unpackRecord,
+} from './packing.js';
 export type {
   CommitResult,
   CreditStorage,

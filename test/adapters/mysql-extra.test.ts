@@ -6,7 +6,7 @@ import mysql from 'mysql2/promise';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { MySqlStorage, type MySqlStorageOptions } from '../../src/adapters/mysql/index.js';
 import { CreditMeter, CreditsError, InvalidInputError } from '../../src/index.js';
-import type { ReplyRecord } from '../../src/storage/index.js';
+import { type PackedRecord, type ReplyRecord, unpackRecord } from '../../src/storage/index.js';
 import { pooledCalls } from '../support.js';
 
 const run = promisify(execFile);
@@ -56,7 +56,9 @@ async function invariants(storage: MySqlStorage, workspaceId: string, at = url()
   const { state } = await storage.load({ workspaceId, keys: [], now: 0 });
   const rows = await storage.ledger({ workspaceId, limit: 1_000_000 });
   const values = await sql(`SELECT value FROM \`${storage.tablePrefix}records\` WHERE workspace_id = ?`, [workspaceId], at);
-  const replies = values.map((row) => JSON.parse(String(row['value'])) as ReplyRecord).filter((value) => value.type === 'reply');
+  const replies = values
+    .map((row) => unpackRecord(JSON.parse(String(row['value'])) as PackedRecord))
+    .filter((value): value is ReplyRecord => value.type === 'reply');
   const settled = replies.filter((reply) => reply.status === 'settled');
   const replyRows = rows.filter((row) => row.kind === 'reply');
   return {

@@ -7,8 +7,15 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { PostgresStorage } from '../../src/adapters/postgres/index.js';
 import { loadSql, schemaNames } from '../../src/adapters/postgres/postgres-schema.js';
 import { CreditMeter, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
-import { type LedgerRow, type StoredRecord, UsageAccumulator, type WorkspaceState } from '../../src/storage/index.js';
-import { pooledCalls } from '../support.js';
+import {
+  type LedgerRow,
+  type PackedRecord,
+  type StoredRecord,
+  UsageAccumulator,
+  unpackRecord,
+  type WorkspaceState,
+} from '../../src/storage/index.js';
+import { pooledCalls, readsWholeValues } from '../support.js';
 import { checkInvariants, dropPostgresSchema, freshSchema, freshStore, sql } from './fixtures/postgres-schemas.js';
 
 const run = promisify(execFile);
@@ -367,6 +374,25 @@ describe('PostgresStorage - seam', () => {
 });
 
 describe('PostgresStorage - through the meter', () => {
+  it('records stored whole, before packing, read back beside packed ones', async () => {
+    const storage = track(freshStore(url()));
+    await readsWholeValues(storage, async (workspaceId) => {
+      const records = `"${storage.schema}"."credits_records"`;
+      const rows = await sql<{ key: string; value: PackedRecord }>(url(), `SELECT key, value FROM ${records} WHERE workspace_id = $1`, [
+        workspaceId,
+      ]);
+      const packed = rows.filter((row) => Array.isArray(row.value));
+      for (const { key, value } of packed) {
+        await sql(url(), `UPDATE ${records} SET value = $1::json WHERE workspace_id = $2 AND key = $3`, [
+          JSON.stringify(unpackRecord(value)),
+          workspaceId,
+          key,
+        ]);
+      }
+      return packed.length;
+    });
+  });
+
   it('lifecycle - reserve, settle, release, top-up, lapse and renewal keep balance + held = ledger', async () => {
     const storage = track(freshStore(url()));
     let now = Date.UTC(2026, 0, 31, 12);

@@ -4,8 +4,10 @@ import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RedisStorage } from '../../src/adapters/redis/index.js';
 import { UsageAccumulator } from '../../src/core/usage-aggregate.js';
 import { CreditMeter, type CreditStorage, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
+import { type PackedLedgerRow, type PackedRecord, unpackLedgerRow, unpackRecord } from '../../src/storage/index.js';
 import { row, stateDoc } from '../../src/testing/fixtures.js';
 import { startRedis } from '../servers/redis-server.js';
+import { readsWholeValues } from '../support.js';
 
 const url = inject('redisUrl');
 const clusterNodes = inject('redisClusterNodes')
@@ -223,6 +225,27 @@ describe('redis - erase', () => {
         if (groupBy !== 'model') expect(new Set(usage.map((group) => group.key))).toEqual(new Set(['']));
       }
     }
+  });
+});
+
+describe('redis - values stored whole, before packing', () => {
+  it('records and ledger rows stored whole read back beside packed ones, through the scripts too', async () => {
+    const prefix = `extra:${randomUUID()}:`;
+    await readsWholeValues(store({ keyPrefix: prefix }), async (workspaceId) => {
+      const client = admin();
+      const key = (name: string) => `${prefix}{${workspaceId}}:${name}`;
+      let rewritten = 0;
+      for (const [field, json] of Object.entries(await client.hgetall(key('records')))) {
+        const [recordKey, holdExpiresAt, packed] = JSON.parse(json) as [string, number | null, PackedRecord];
+        await client.hset(key('records'), field, JSON.stringify({ key: recordKey, holdExpiresAt, value: unpackRecord(packed) }));
+        rewritten++;
+      }
+      for (const [field, json] of Object.entries(await client.hgetall(key('ledger')))) {
+        await client.hset(key('ledger'), field, JSON.stringify(unpackLedgerRow(JSON.parse(json) as PackedLedgerRow, workspaceId)));
+        rewritten++;
+      }
+      return rewritten;
+    });
   });
 });
 

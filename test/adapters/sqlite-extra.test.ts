@@ -8,8 +8,16 @@ import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type SqliteDatabase, SqliteStorage } from '../../src/adapters/sqlite/index.js';
 import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage, StorageError } from '../../src/index.js';
-import { type LedgerRow, type StoredRecord, UsageAccumulator, type WorkspaceCommit, type WorkspaceState } from '../../src/storage/index.js';
-import { TestClock } from '../support.js';
+import {
+  type LedgerRow,
+  type PackedRecord,
+  type StoredRecord,
+  UsageAccumulator,
+  unpackRecord,
+  type WorkspaceCommit,
+  type WorkspaceState,
+} from '../../src/storage/index.js';
+import { readsWholeValues, TestClock } from '../support.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'credits-sqlite-extra-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -137,6 +145,27 @@ describe('SqliteStorage options and life cycle', () => {
     await owned.migrate();
     await owned.close();
     await expect(owned.commit([commit('w', 0)])).rejects.toBeInstanceOf(StorageError);
+  });
+
+  it('records stored whole, before packing, read back beside packed ones', async () => {
+    const filename = file();
+    const storage = new SqliteStorage({ filename });
+    await readsWholeValues(storage, async (workspaceId) => {
+      const db = new Database(filename);
+      try {
+        const rows = db.prepare('SELECT key, value FROM credits_records WHERE workspace_id = ?').all(workspaceId) as {
+          key: string;
+          value: string;
+        }[];
+        const rewrite = db.prepare('UPDATE credits_records SET value = ? WHERE workspace_id = ? AND key = ?');
+        const packed = rows.filter((row) => row.value.startsWith('['));
+        for (const row of packed) rewrite.run(JSON.stringify(unpackRecord(JSON.parse(row.value) as PackedRecord)), workspaceId, row.key);
+        return packed.length;
+      } finally {
+        db.close();
+      }
+    });
+    await storage.close();
   });
 
   it('restart - what a meter committed is there after the file is reopened', async () => {

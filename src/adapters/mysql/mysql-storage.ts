@@ -182,7 +182,7 @@ export class MySqlStorage implements seam.CreditStorage {
       const value = doc == null ? null : JSON.parse(String(doc)); // null: erased, the version kept
       const at = h == null ? null : Number(h);
       if (Number(part) === 0) Object.assign(loaded, { version: Number(version), state: value, nextLapseAt: at });
-      else (Number(part) === 1 ? loaded.records : loaded.lapsed).push({ key: String(k), holdExpiresAt: at, value });
+      else (Number(part) === 1 ? loaded.records : loaded.lapsed).push({ key: `${k}`, holdExpiresAt: at, value: seam.unpackRecord(value) });
     }
     return loaded;
   }
@@ -226,7 +226,7 @@ export class MySqlStorage implements seam.CreditStorage {
       await connection.query(`INSERT INTO ${t.ledger} (workspace_id, ${LEDGER_NAMES}) VALUES ?`, [rows]);
     }
     if (commit.records.length > 0) {
-      const rows = commit.records.map((record) => [id, record.key, record.holdExpiresAt, JSON.stringify(record.value)]);
+      const rows = commit.records.map((record) => [id, record.key, record.holdExpiresAt, JSON.stringify(seam.packRecord(record.value))]);
       const upsert = 'ON DUPLICATE KEY UPDATE hold_expires_at = VALUES(hold_expires_at), value = VALUES(value)';
       await connection.query(`INSERT INTO ${t.records} (workspace_id, record_key, hold_expires_at, value) VALUES ? ${upsert}`, [rows]);
     }

@@ -5,6 +5,7 @@ import { USAGE_GROUP_COLUMNS } from '../../core/usage-aggregate.js';
 import { ledgerFilters } from '../../storage/ledger-filters.js';
 import { once } from '../../storage/once.js';
 import { importOptionalPeer } from '../../storage/optional-peer.js';
+import { packRecord, unpackRecord } from '../../storage/packing.js';
 import type * as seam from '../../storage/storage.js';
 import { checkOptions, type OptionChecks } from '../../storage/store-options.js';
 import { versionAfter } from '../../storage/version-after.js';
@@ -270,7 +271,9 @@ export class PostgresStorage implements seam.CreditStorage {
     const query = { ...this.#statements.load, values: [request.workspaceId, request.keys, request.now] };
     const [row] = await this.#rows('load', query, on);
     // Always exactly one row, its columns named and typed as the fields (see loadSql).
-    return row as unknown as seam.LoadedWorkspace;
+    const loaded = row as unknown as seam.LoadedWorkspace;
+    for (const record of [...loaded.records, ...loaded.lapsed]) record.value = unpackRecord(record.value);
+    return loaded;
   }
 
   /** Commits of distinct workspaces in one statement (see `commitSql`). */
@@ -279,7 +282,7 @@ export class PostgresStorage implements seam.CreditStorage {
       const { workspaceId: w, expectedVersion: v, state: s, absentKeys: a } = commit;
       return { w, v, n: versionAfter(commit), s, a: a?.length ? a : null };
     });
-    const records = commits.flatMap(({ workspaceId: w, records }) => records.map((record) => ({ w, ...record })));
+    const records = commits.flatMap(({ workspaceId: w, records }) => records.map((r) => ({ w, ...r, value: packRecord(r.value) })));
     const values = [JSON.stringify(heads), JSON.stringify(commits.flatMap((commit) => commit.ledger)), JSON.stringify(records)];
     const rows = await this.#rows('commit', { ...this.#statements.commit, values }, on).catch((error: StorageError) => {
       // Two servers' calls that locked shared workspaces crosswise: PostgreSQL undid this one whole.

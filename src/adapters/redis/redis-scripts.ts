@@ -7,6 +7,10 @@
  * Lua is written through `fmt`, since Lua's own conversion keeps only 14 digits.
  */
 import { createHash } from 'node:crypto';
+import { LEDGER_COLUMNS } from '../../core/ledger-row.js';
+
+/** The Lua index (1-based) of a field in a packed ledger row. */
+const column = (field: string) => LEDGER_COLUMNS.findIndex((c) => c.field === field) + 1;
 
 /** A script with the SHA1 that `EVALSHA` calls it by. */
 const script = (source: string) => ({ source, sha: createHash('sha1').update(source).digest('hex') });
@@ -100,6 +104,8 @@ local function take(seqs)
   for _, json in ipairs(hmget(KEYS[2], seqs)) do
     if #out >= limit then return end
     local r = json and cjson.decode(json)
+    -- A packed row is an array in LEDGER_COLUMNS order; a row stored whole, before packing, has names.
+    if r and r[1] then r = { at = r[${column('at')}], agentId = r[${column('agentId')}], kind = r[${column('kind')}] } end
     if r and (from == '' or r.at >= tonumber(from)) and (to == '' or r.at < tonumber(to))
       and (agent == '' or r.agentId == string.sub(agent, 2))
       and (kinds == '' or string.find(kinds, ',' .. r.kind .. ',', 1, true)) then

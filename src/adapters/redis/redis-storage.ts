@@ -2,6 +2,7 @@ import { StorageError } from '../../core/errors.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
 import { DAY_MS, dayOf, UsageAccumulator } from '../../core/usage-aggregate.js';
 import { importOptionalPeer } from '../../storage/optional-peer.js';
+import * as packing from '../../storage/packing.js';
 import type {
   CommitResult,
   CreditStorage,
@@ -168,7 +169,7 @@ export class RedisStorage implements CreditStorage {
     const { afterSeq = 0, from = '', to = '', agentId, kinds, limit } = query;
     const args = [afterSeq, from, to, agentId === undefined ? '' : `=${agentId}`, kinds === undefined ? '' : `,${kinds.join(',')},`, limit];
     const rows = (await this.#run('ledger', [k.state, k.ledger, k.at], args.map(String))) as string[];
-    return rows.map((row) => JSON.parse(row) as LedgerRow);
+    return rows.map((row) => packing.unpackLedgerRow(JSON.parse(row) as packing.PackedLedgerRow, query.workspaceId));
   }
 
   /**
@@ -251,7 +252,8 @@ export class RedisStorage implements CreditStorage {
       if (request.keepLedger) {
         args[1] = String((await this.load({ workspaceId, keys: [], now: Number.MIN_SAFE_INTEGER })).version);
         const rows = await this.ledger({ workspaceId, limit: Number.MAX_SAFE_INTEGER });
-        for (const row of rows) args.push(pad(row.seq), JSON.stringify({ ...row, agentId: null, conversationId: null }));
+        for (const row of rows)
+          args.push(pad(row.seq), JSON.stringify(packing.packLedgerRow({ ...row, agentId: null, conversationId: null })));
       }
       if ((await this.#run('erase', [k.state, k.records, k.holds, k.ledger, k.at, k.days], args)) === 1) return;
     }
@@ -294,10 +296,10 @@ export class RedisStorage implements CreditStorage {
     const args = [String(commit.expectedVersion), String(versionAfter(commit)), JSON.stringify(commit.state), ordered ? '1' : '0'];
     for (const items of [
       commit.absentKeys ?? [],
-      records.flatMap((r) => [r.key, JSON.stringify(r)]),
+      records.flatMap((r) => [r.key, JSON.stringify([r.key, r.holdExpiresAt, packing.packRecord(r.value)] satisfies RecordEntry)]),
       records.flatMap((r) => (r.holdExpiresAt === null ? [] : [String(r.holdExpiresAt), r.key])),
       records.flatMap((r) => (r.holdExpiresAt === null ? [r.key] : [])),
-      rows.flatMap((row) => [pad(row.seq), JSON.stringify(row)]),
+      rows.flatMap((row) => [pad(row.seq), JSON.stringify(packing.packLedgerRow(row))]),
       rows.flatMap((row) => [String(row.at), pad(row.seq)]),
       [...days].flatMap((day) => [day, day]),
       ...rollups.values(),
@@ -337,8 +339,13 @@ export class RedisStorage implements CreditStorage {
   }
 }
 
+/** A record as the commit writes it: its value packed, its key and lapse time beside it for `load` to return. */
+type RecordEntry = [key: string, holdExpiresAt: number | null, value: packing.PackedRecord | StoredRecord['value']];
+
+/** Records as the commit writes them, or as whole objects (written before values were packed). */
 function parseRecords(values: readonly (string | null)[]): StoredRecord[] {
-  return values.flatMap((value) => (value === null ? [] : [JSON.parse(value) as StoredRecord]));
+  const stored = values.flatMap((value) => (value === null ? [] : [JSON.parse(value) as StoredRecord | RecordEntry]));
+  return stored.map((r) => (Array.isArray(r) ? { key: r[0], holdExpiresAt: r[1], value: packing.unpackRecord(r[2]) } : r));
 }
 
 const CHECKS: OptionChecks<RedisStorageOptions> = {

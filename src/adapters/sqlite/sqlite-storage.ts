@@ -3,6 +3,7 @@ import { LEDGER_COLUMNS } from '../../core/ledger-row.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
 import { DAY_MS, USAGE_GROUP_COLUMNS } from '../../core/usage-aggregate.js';
 import { ledgerFilters } from '../../storage/ledger-filters.js';
+import { type PackedRecord, packRecord, unpackRecord } from '../../storage/packing.js';
 import type {
   CommitResult,
   CreditStorage,
@@ -344,12 +345,12 @@ function write(s: Runtime, commit: WorkspaceCommit): CommitResult {
   if (written.changes !== 1) return 'conflict';
   for (const row of commit.ledger as unknown as Record<string, unknown>[])
     s.insertEntry.run(id, ...LEDGER_COLUMNS.map(({ field }) => row[field] ?? null));
-  for (const record of commit.records) s.upsertRecord.run(id, record.key, record.holdExpiresAt, JSON.stringify(record.value));
+  for (const record of commit.records) s.upsertRecord.run(id, record.key, record.holdExpiresAt, JSON.stringify(packRecord(record.value)));
   return 'committed';
 }
 
 function toRecord(row: RecordRow): StoredRecord {
-  return { key: row.key, holdExpiresAt: row.holdExpiresAt, value: JSON.parse(row.value) as StoredRecord['value'] };
+  return { key: row.key, holdExpiresAt: row.holdExpiresAt, value: unpackRecord(JSON.parse(row.value) as PackedRecord) };
 }
 
 function closedError(operation: string): StorageError {
