@@ -102,7 +102,7 @@ export function packRecord(value: RecordValue): PackedRecord | RecordValue {
 export function unpackRecord(stored: PackedRecord | RecordValue): RecordValue {
   if (!Array.isArray(stored)) return stored;
   const [type] = stored;
-  const fields: readonly string[] | undefined = FIELDS[type];
+  const fields: readonly string[] | undefined = Object.hasOwn(FIELDS, type) ? FIELDS[type] : undefined;
   if (fields === undefined) throw new Error(`unknown record type ${JSON.stringify(type)}: a newer release wrote it`);
   const value: Record<string, unknown> = { type };
   const flattened = FLATTENED[type];

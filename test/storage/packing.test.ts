@@ -102,6 +102,7 @@ describe('packRecord / unpackRecord', () => {
 
   it('an array of a type this release does not know is refused, not misread', () => {
     expect(() => unpackRecord(['invoice', 'x', 1] as unknown as PackedRecord)).toThrow(/unknown record type "invoice"/);
+    expect(() => unpackRecord(['toString', 'x'] as unknown as PackedRecord)).toThrow(/unknown record type "toString"/);
   });
 });
 
