@@ -1,13 +1,20 @@
 import type { LedgerKind, LedgerRow } from './state.js';
 
-/** A ledger row with every optional column empty but those given: the one place a row's shape is spelt out. */
+/** The fields of a ledger row a change may set; every one it leaves out is null. */
+export type LedgerRowFields = Partial<Omit<LedgerRow, 'workspaceId' | 'seq' | 'kind' | 'amount' | 'at'>>;
+
+/**
+ * A ledger row with every optional column empty but those given: the one place a row's shape
+ * is spelt out. Built as one literal (not spread over defaults) so that every row has the same
+ * shape, which the hot path of a charge feels.
+ */
 export function ledgerRow(
   workspaceId: string,
   seq: number,
   kind: LedgerKind,
   amount: number,
   at: number,
-  fields: Partial<LedgerRow> = {},
+  fields: LedgerRowFields = {},
 ): LedgerRow {
   return {
     workspaceId,
@@ -16,18 +23,17 @@ export function ledgerRow(
     // 0 - x, never -x: a free reply is 0, not -0.
     amount: amount === 0 ? 0 : amount,
     at,
-    replyId: null,
-    agentId: null,
-    conversationId: null,
-    model: null,
-    route: null,
-    priceVersion: null,
-    grantId: null,
-    plan: null,
-    inputTokens: null,
-    outputTokens: null,
-    reason: null,
-    ...fields,
+    replyId: fields.replyId ?? null,
+    agentId: fields.agentId ?? null,
+    conversationId: fields.conversationId ?? null,
+    model: fields.model ?? null,
+    route: fields.route ?? null,
+    priceVersion: fields.priceVersion ?? null,
+    grantId: fields.grantId ?? null,
+    plan: fields.plan ?? null,
+    inputTokens: fields.inputTokens ?? null,
+    outputTokens: fields.outputTokens ?? null,
+    reason: fields.reason ?? null,
   };
 }
 

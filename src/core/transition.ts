@@ -8,7 +8,7 @@
 import { periodBounds, periodIndexAt } from './billing-period.js';
 import { MAX_MICROS } from './credits.js';
 import { availableOf, copyGrant, holdFromGrants, insertGrant } from './grants.js';
-import { ledgerRow } from './ledger-row.js';
+import { type LedgerRowFields, ledgerRow } from './ledger-row.js';
 import type { PlanCatalog } from './plan-catalog.js';
 import type {
   AccountState,
@@ -781,7 +781,7 @@ export class Transition {
     this.#changed = true;
   }
 
-  #append(kind: LedgerKind, amount: number, at: number, fields: Partial<LedgerRow>): LedgerRow {
+  #append(kind: LedgerKind, amount: number, at: number, fields: LedgerRowFields): LedgerRow {
     const row = ledgerRow(this.#state.workspaceId, ++this.#state.ledgerSeq, kind, amount, at, fields);
     if (this.#rows.length === 0) this.#markDay(row.seq);
     this.#rows.push(row);

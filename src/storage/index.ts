@@ -8,7 +8,7 @@
 export { fromMicros, MAX_MICROS, MICROS_PER_CREDIT, toMicros } from '../core/credits.js';
 export { CreditsError, InvalidInputError, StorageError } from '../core/errors.js';
 export { compareGrants } from '../core/grants.js';
-export { LEDGER_COLUMNS, type LedgerColumn, ledgerRow } from '../core/ledger-row.js';
+export { LEDGER_COLUMNS, type LedgerColumn, type LedgerRowFields, ledgerRow } from '../core/ledger-row.js';
 export type {
   AccountState,
   AdjustmentRecord,
