@@ -153,6 +153,13 @@ export interface ReplyRecord {
   refunded: number;
   /** Why a refused reply was refused, so a retry hears the same reason. */
   refusedFor: 'credits' | 'agent-limit' | 'model' | null;
+  /**
+   * A random number the meter drew for the commit that wrote this version of the record. A meter
+   * whose commit answered `conflict` or failed finds its number here when that commit landed
+   * after all, even after another server wrote to the workspace. Absent from records written
+   * before it was added.
+   */
+  writtenBy?: number;
 }
 
 /** A refund as first made: the value of a `refund:<refundId>` record. */

@@ -145,6 +145,7 @@ export const ledgerDayKey = (day: number): string => `ledgerday:${day}`;
 export class Transition {
   readonly #rules: Rules;
   readonly #now: number;
+  readonly #writtenBy: number;
   readonly #state: WorkspaceState;
   readonly #records = new Map<string, StoredRecord>();
   readonly #written = new Map<string, StoredRecord>();
@@ -153,14 +154,20 @@ export class Transition {
   #changed = false;
   readonly #ownAgents = new Set<AgentState>();
 
+  /**
+   * @param writtenBy the number every reply record this transition writes carries
+   *   ({@link ReplyRecord.writtenBy}): the meter draws one per commit
+   */
   constructor(
     workspaceId: string,
     loaded: { state: WorkspaceState | null; records: readonly StoredRecord[]; lapsed: readonly StoredRecord[] },
     now: number,
     rules: Rules,
+    writtenBy: number,
   ) {
     this.#rules = rules;
     this.#now = now;
+    this.#writtenBy = writtenBy;
     this.#state = loaded.state ? copyState(loaded.state) : { workspaceId, account: null, ledgerSeq: 0, ledgerMarks: 0 };
     for (const record of loaded.records) this.#records.set(record.key, record);
     for (const record of loaded.lapsed) this.#records.set(record.key, record);
@@ -771,7 +778,9 @@ export class Transition {
     return this.#state.account ? this.#snapshot(this.#state.account) : null;
   }
 
+  /** Puts a reply record this transition made (a new object, never one it was handed), marked as this commit's. */
   #write(record: ReplyRecord): void {
+    record.writtenBy = this.#writtenBy;
     this.#put({ key: replyKey(record.replyId), holdExpiresAt: record.status === 'held' ? record.expiresAt : null, value: record });
   }
 

@@ -67,6 +67,8 @@ interface Tried {
   readonly results: Applied[];
   readonly loaded: LoadedWorkspace;
   readonly commit?: WorkspaceCommit;
+  /** The number the commit's reply records carry ({@link ReplyRecord.writtenBy}). */
+  readonly writtenBy: number;
   result?: CommitResult;
 }
 
@@ -178,9 +180,9 @@ export class WorkspaceBatcher {
             const loaded = await store.load(request);
             let rest = pending;
             // A commit sent again after an error (a grouped call that failed, a dropped connection)
-            // answers `conflict` when its first try had landed: the store then holds exactly what it
-            // wrote, at the version it chose, and its commands' outcomes stand as first applied.
-            if (refused && isOwn(refused.commit!, loaded)) {
+            // answers `conflict` when its first try had landed: the store then holds what it wrote,
+            // and its commands' outcomes stand as first applied.
+            if (refused && landedIn(refused, loaded)) {
               landed.push(...refused.results);
               rest = pending.slice(refused.results.length);
             }
@@ -194,7 +196,7 @@ export class WorkspaceBatcher {
         }
       } catch (error) {
         // A commit that failed may have landed before its answer was lost; inside a lock that failed, none did.
-        if (locked || !sending?.commit || !(await this.#landedDespite(error, workspaceId, sending.commit, now))) throw error;
+        if (locked || !sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) throw error;
         return landed.concat(sending.results);
       }
       // Nothing to commit proves nothing about a kept state: answer from a load.
@@ -214,13 +216,14 @@ export class WorkspaceBatcher {
   }
 
   /**
-   * Whether a commit that failed with `error` landed all the same, its answer lost: the store
-   * holds exactly what it wrote, at the version it chose. Not asked after a timeout.
+   * Whether a commit that failed with `error` landed all the same, its answer lost (see
+   * {@link landedIn}). Not asked after a timeout.
    */
-  async #landedDespite(error: unknown, workspaceId: string, commit: WorkspaceCommit, now: number): Promise<boolean> {
+  async #landedDespite(error: unknown, workspaceId: string, tried: Tried, now: number): Promise<boolean> {
     if (!this.#context.mayHaveLanded(error)) return false;
+    const keys = tried.commit!.records.flatMap((record) => (record.value.type === 'reply' ? [record.key] : []));
     try {
-      return isOwn(commit, await this.#context.load({ workspaceId, keys: [], now }));
+      return landedIn(tried, await this.#context.load({ workspaceId, keys, now }));
     } catch {
       return false;
     }
@@ -228,15 +231,16 @@ export class WorkspaceBatcher {
 
   /** Applies a batch to what was loaded (or kept): the outcomes, and the commit when it changed something. */
   #apply(workspaceId: string, batch: readonly Pending[], now: number, loaded: LoadedWorkspace, absentKeys?: string[]): Tried {
-    const transition = new Transition(workspaceId, loaded, now, this.#context.rules);
+    const writtenBy = randomUint32();
+    const transition = new Transition(workspaceId, loaded, now, this.#context.rules, writtenBy);
     const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
-    if (!transition.changed) return { results, loaded };
+    if (!transition.changed) return { results, loaded, writtenBy };
     const { state, ledger, records } = transition.result();
     const nextVersion = loaded.version + versionStep();
     const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, nextVersion, state, ledger, records };
     if (absentKeys?.length) commit.absentKeys = absentKeys;
     this.#committed.delete(workspaceId);
-    return { results, loaded, commit };
+    return { results, loaded, commit, writtenBy };
   }
 
   /** The kept state, when a batch that needs these records may start from it at `now`. */
@@ -300,6 +304,11 @@ function versionStep(): number {
   return 1 + Math.floor(Math.random() * 2 ** 16);
 }
 
+/** A number for {@link ReplyRecord.writtenBy}: two commits share one with a chance of 2⁻³². */
+function randomUint32(): number {
+  return Math.floor(Math.random() * 2 ** 32);
+}
+
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
 function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWorkspace, absentKeys: string[]] {
   const records: StoredRecord[] = [];
@@ -312,9 +321,17 @@ function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWo
   return [{ version: kept.version, state: kept.state, records, lapsed: [] }, absentKeys];
 }
 
-/** Whether the store holds exactly what `commit` wrote, at the version it chose: then it landed. */
-function isOwn(commit: WorkspaceCommit, loaded: LoadedWorkspace): boolean {
-  return loaded.version === commit.nextVersion && sameJson(loaded.state, commit.state);
+/**
+ * Whether a commit landed, as `loaded` shows: the store holds exactly the state it wrote at the
+ * version it chose, or, when another server has written since, a reply record it wrote still
+ * carries its number (commits are all-or-nothing, so one record proves the whole commit). A
+ * commit whose reply records were all overwritten since, or that wrote none, cannot be told
+ * from another server's once the state moved on.
+ */
+function landedIn(tried: Tried, loaded: LoadedWorkspace): boolean {
+  const commit = tried.commit!;
+  if (loaded.version === commit.nextVersion && sameJson(loaded.state, commit.state)) return true;
+  return loaded.records.some(({ value }) => value.type === 'reply' && value.writtenBy === tried.writtenBy);
 }
 
 /** Whether two JSON values (as a store hands them back) are equal; object keys in any order. */

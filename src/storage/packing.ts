@@ -42,6 +42,7 @@ const FIELDS = {
     'paidFrom',
     'refunded',
     'refusedFor',
+    'writtenBy',
   ],
   topup: ['grantId', 'amount', 'expiresAt', 'createdAt'],
   refund: ['refundId', 'replyId', 'amount', 'reason', 'createdAt'],

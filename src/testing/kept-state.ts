@@ -111,4 +111,39 @@ export const keptStateCases = defineCases([
       expect((await allRows(ctx.storage, workspaceId)).map((row) => row.kind)).toEqual(['grant', 'reply']);
     },
   ],
+  [
+    'commit - one that landed but answered conflict keeps its outcomes after another meter wrote too: the reply record carries its number',
+    async (ctx) => {
+      const other = newMeter(ctx);
+      // The commit lands, then another app server writes, then the answer says `conflict`.
+      let lose = false;
+      const storage = overriding(ctx.storage, {
+        commit: async (commits) => {
+          const results = await ctx.storage.commit(commits);
+          if (!lose) return results;
+          lose = false;
+          await other.addCredits({ workspaceId: commits[0]!.workspaceId, credits: 1, grantId: ctx.id('grant') });
+          return results.map(() => 'conflict');
+        },
+      });
+      const meter = newMeter({ ...ctx, storage });
+      const charged: string[] = [];
+      meter.on('reply.charged', ({ replyId }) => {
+        charged.push(replyId);
+      });
+      const workspaceId = await newWorkspace(ctx, meter, 10);
+      lose = true;
+      const hold = await meter.reserve(ask(workspaceId, TWO));
+      lose = true;
+      const settlement = await meter.settle({ workspaceId, replyId: hold.replyId });
+      // The state moved on, so only the record (`writtenBy`, kept as given) can tell.
+      expect({ held: hold.replayed, settled: settlement.replayed, charged }).toEqual({
+        held: false,
+        settled: false,
+        charged: [hold.replyId],
+      });
+      expect(await money(meter, workspaceId)).toMatchObject({ balance: 10, held: 0 });
+      expect((await allRows(ctx.storage, workspaceId)).map((row) => row.kind)).toEqual(['grant', 'topup', 'reply', 'topup']);
+    },
+  ],
 ]);

@@ -123,26 +123,56 @@ describe('a commit that landed but whose answer was lost', () => {
     },
   );
 
-  it('when another commit landed after it, the batch is applied again to what is stored: a replay, never a second charge', async () => {
+  it.each(['conflict', 'lost'] as const)(
+    'answering %s, and another server wrote before the meter could check: the reply record it wrote tells, charged once with one event',
+    async (answer) => {
+      const storage = new UnreliableStorage();
+      const { meter, charged } = listened(storage);
+      const other = new CreditMeter({ storage });
+      await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+      await meter.reserve(ask('r1', 'gpt-4o-mini'));
+      const commit = storage.commit.bind(storage);
+      // The settle lands, its answer is lost, and before the meter can look another server writes.
+      let once = true;
+      storage.commit = async (commits) => {
+        if (!once) return commit(commits);
+        once = false;
+        storage.next = answer;
+        const results = await commit(commits).catch(async (error: unknown) => {
+          await other.addCredits({ workspaceId: 'ws', credits: 5, grantId: 'g1' });
+          throw error;
+        });
+        await other.addCredits({ workspaceId: 'ws', credits: 5, grantId: 'g1' });
+        return results;
+      };
+      const settlement = await meter.settle({ workspaceId: 'ws', replyId: 'r1' });
+      expect(settlement.replayed).toBe(false);
+      expect(charged).toEqual(['r1']);
+      const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+      expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply', 'topup']);
+    },
+  );
+
+  it('when another server rewrote the record since, the batch is applied again to what is stored: a replay, never a second hold', async () => {
     const storage = new UnreliableStorage();
     const meter = new CreditMeter({ storage });
     const other = new CreditMeter({ storage });
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
-    await meter.reserve(ask('r1', 'gpt-4o-mini'));
     const commit = storage.commit.bind(storage);
-    // The settle lands, answers conflict, and before the meter reloads another server writes.
+    // The reserve lands and answers conflict; before the meter reloads, another server settles that reply.
     let once = true;
     storage.commit = async (commits) => {
       const results = await commit(commits);
       if (!once) return results;
       once = false;
-      await other.addCredits({ workspaceId: 'ws', credits: 5, grantId: 'g1' });
+      await other.settle({ workspaceId: 'ws', replyId: 'r1' });
       return results.map(() => 'conflict');
     };
-    const settlement = await meter.settle({ workspaceId: 'ws', replyId: 'r1' });
-    expect(settlement.replayed).toBe(true);
+    const reservation = await meter.reserve(ask('r1', 'gpt-4o-mini'));
+    expect(reservation).toMatchObject({ replayed: true, status: 'settled' });
     const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
     expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(1);
+    expect((await meter.getWorkspace('ws')).held.toString()).toBe('0');
   });
 
   it('one that did not land still fails with STORAGE_ERROR and writes nothing', async () => {
