@@ -7,6 +7,7 @@
  * fails here with a double hold, a stuck balance or an overwritten workspace.
  */
 import { expect } from 'vitest';
+import type { CreditMeter } from '../meter/credit-meter.js';
 import {
   allRows,
   ask,
@@ -89,23 +90,13 @@ export const keptStateCases = defineCases([
         },
       });
       const meter = newMeter({ ...ctx, storage });
-      const charged: string[] = [];
-      meter.on('reply.charged', ({ replyId }) => {
-        charged.push(replyId);
-      });
       const workspaceId = ctx.id('ws');
       ctx.track(workspaceId);
       lose = 1;
       await meter.createWorkspace({ workspaceId, plan: 'custom', allotment: 10 });
-      lose = 1;
-      const hold = await meter.reserve(ask(workspaceId, TWO));
-      lose = 1;
-      const settlement = await meter.settle({ workspaceId, replyId: hold.replyId });
       // The meter tells its own commit by the version it chose and the state it wrote, as `load` returns them.
-      expect({ held: hold.replayed, settled: settlement.replayed, charged }).toEqual({
-        held: false,
-        settled: false,
-        charged: [hold.replyId],
+      await chargeThroughLostAnswers(meter, workspaceId, () => {
+        lose = 1;
       });
       expect(await money(meter, workspaceId)).toMatchObject({ balance: 8, held: 0 });
       expect((await allRows(ctx.storage, workspaceId)).map((row) => row.kind)).toEqual(['grant', 'reply']);
@@ -127,23 +118,30 @@ export const keptStateCases = defineCases([
         },
       });
       const meter = newMeter({ ...ctx, storage });
-      const charged: string[] = [];
-      meter.on('reply.charged', ({ replyId }) => {
-        charged.push(replyId);
-      });
       const workspaceId = await newWorkspace(ctx, meter, 10);
-      lose = true;
-      const hold = await meter.reserve(ask(workspaceId, TWO));
-      lose = true;
-      const settlement = await meter.settle({ workspaceId, replyId: hold.replyId });
       // The state moved on, so only the record (`writtenBy`, kept as given) can tell.
-      expect({ held: hold.replayed, settled: settlement.replayed, charged }).toEqual({
-        held: false,
-        settled: false,
-        charged: [hold.replyId],
+      await chargeThroughLostAnswers(meter, workspaceId, () => {
+        lose = true;
       });
       expect(await money(meter, workspaceId)).toMatchObject({ balance: 10, held: 0 });
       expect((await allRows(ctx.storage, workspaceId)).map((row) => row.kind)).toEqual(['grant', 'topup', 'reply', 'topup']);
     },
   ],
 ]);
+
+/**
+ * Reserves and settles a reply of 2 credits, each commit landing but answering `conflict` once
+ * `loseNext` has armed the store, and expects both to answer as first applied, with one
+ * `reply.charged`.
+ */
+async function chargeThroughLostAnswers(meter: CreditMeter, workspaceId: string, loseNext: () => void): Promise<void> {
+  const charged: string[] = [];
+  meter.on('reply.charged', ({ replyId }) => {
+    charged.push(replyId);
+  });
+  loseNext();
+  const hold = await meter.reserve(ask(workspaceId, TWO));
+  loseNext();
+  const settlement = await meter.settle({ workspaceId, replyId: hold.replyId });
+  expect({ held: hold.replayed, settled: settlement.replayed, charged }).toEqual({ held: false, settled: false, charged: [hold.replyId] });
+}
