@@ -62,6 +62,23 @@ const complete: { [T in keyof Complete]: Complete[T] extends never ? true : fals
 void complete;
 
 const ALLOCATION_FIELDS: ReadonlySet<string> = new Set(['allocations', 'paidFrom']);
+
+/**
+ * An object with `fields` (all null) made by `JSON.parse`, to spread an unpacked value from: a
+ * copy of it has every field in place from the start. Built field by field instead, an object
+ * keeps most fields out of line, and the core's own `{ ...record }` of it was 4× slower (a
+ * third of the throughput of four app servers on one SQLite file).
+ */
+const template = (fields: readonly string[], first: Record<string, unknown>): Record<string, unknown> =>
+  JSON.parse(JSON.stringify({ ...first, ...Object.fromEntries(fields.map((field) => [field, null])) })) as Record<string, unknown>;
+const TEMPLATES = Object.fromEntries(Object.entries(FIELDS).map(([type, fields]) => [type, template(fields, { type })])) as Record<
+  RecordValue['type'],
+  Record<string, unknown>
+>;
+const ROW_TEMPLATE = template(
+  LEDGER_COLUMNS.map(({ field }) => field),
+  { workspaceId: '' },
+);
 // Per type, whether each packed field is a list of allocations: looked up once, not per record.
 const FLATTENED = Object.fromEntries(
   Object.entries(FIELDS).map(([type, fields]) => [type, fields.map((field: string) => ALLOCATION_FIELDS.has(field))]),
@@ -105,7 +122,7 @@ export function unpackRecord(stored: PackedRecord | RecordValue): RecordValue {
   const [type] = stored;
   const fields: readonly string[] | undefined = Object.hasOwn(FIELDS, type) ? FIELDS[type] : undefined;
   if (fields === undefined) throw new Error(`unknown record type ${JSON.stringify(type)}: a newer release wrote it`);
-  const value: Record<string, unknown> = { type };
+  const value = { ...TEMPLATES[type] };
   const flattened = FLATTENED[type];
   for (let i = 0; i < fields.length; i++)
     value[fields[i]!] = flattened[i] ? unflatten(stored[i + 1] as (string | number)[]) : stored[i + 1];
@@ -154,7 +171,7 @@ export function packLedgerRow(row: LedgerRow): PackedLedgerRow | LedgerRow {
  */
 export function unpackLedgerRow(stored: PackedLedgerRow | LedgerRow, workspaceId: string): LedgerRow {
   if (!Array.isArray(stored)) return stored;
-  const row: Record<string, unknown> = { workspaceId };
+  const row: Record<string, unknown> = { ...ROW_TEMPLATE, workspaceId };
   for (let i = 0; i < LEDGER_COLUMNS.length; i++) row[LEDGER_COLUMNS[i]!.field] = stored[i];
   return row as unknown as LedgerRow;
 }
