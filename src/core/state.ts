@@ -105,6 +105,13 @@ export interface WorkspaceState {
    * when the workspace's rows are not marked.
    */
   ledgerMarks?: number | null;
+  /**
+   * The number the meter drew for the commit that wrote this version of the state (as
+   * {@link ReplyRecord.writtenBy}). A meter whose commit answered `conflict` or failed tells its
+   * own landed commit from another server's by it: two commits can reach the same version and
+   * the same balances. Absent from states written before it was added.
+   */
+  writtenBy?: number;
 }
 
 /** The lifecycle state of a reply. */

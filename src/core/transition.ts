@@ -155,7 +155,7 @@ export class Transition {
   readonly #ownAgents = new Set<AgentState>();
 
   /**
-   * @param writtenBy the number every reply record this transition writes carries
+   * @param writtenBy the number the state and every reply record this transition writes carry
    *   ({@link ReplyRecord.writtenBy}): the meter draws one per commit
    */
   constructor(
@@ -179,8 +179,9 @@ export class Transition {
     return this.#changed;
   }
 
-  /** The changes to commit. */
+  /** The changes to commit; the state carries the commit's number ({@link WorkspaceState.writtenBy}). */
   result(): TransitionResult {
+    this.#state.writtenBy = this.#writtenBy;
     return { state: this.#state, ledger: this.#rows, records: [...this.#written.values()] };
   }
 

@@ -67,7 +67,7 @@ interface Tried {
   readonly results: Applied[];
   readonly loaded: LoadedWorkspace;
   readonly commit?: WorkspaceCommit;
-  /** The number the commit's reply records carry ({@link ReplyRecord.writtenBy}). */
+  /** The number the commit's state and reply records carry ({@link WorkspaceState.writtenBy}). */
   readonly writtenBy: number;
   result?: CommitResult;
 }
@@ -95,8 +95,8 @@ const MAX_LOAD_FIRST = 64;
  * flight wait, then are applied in arrival order to one state and committed together. Each
  * still gets its own outcome: a refused reserve never fails its neighbours. When the store
  * says the version moved (another meter wrote), the batch is loaded and applied again; the
- * transition core is pure, so applying twice is safe. Unless the load shows exactly the state
- * the batch's own commit wrote, at the version it chose: then that commit had landed (its
+ * transition core is pure, so applying twice is safe. Unless the load shows the batch's own
+ * commit, by the number its state and reply records carry: then that commit had landed (its
  * answer was lost and a re-send met it), and its outcomes stand. With a store that has `lock`, a large
  * batch that lost a race (and any batch on its third try) is retried inside the lock, so app
  * servers on a hot workspace take turns instead of redoing their batches until one gives up.
@@ -231,7 +231,7 @@ export class WorkspaceBatcher {
 
   /** Applies a batch to what was loaded (or kept): the outcomes, and the commit when it changed something. */
   #apply(workspaceId: string, batch: readonly Pending[], now: number, loaded: LoadedWorkspace, absentKeys?: string[]): Tried {
-    const writtenBy = randomUint32();
+    const writtenBy = randomWriter();
     const transition = new Transition(workspaceId, loaded, now, this.#context.rules, writtenBy);
     const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
     if (!transition.changed) return { results, loaded, writtenBy };
@@ -304,9 +304,14 @@ function versionStep(): number {
   return 1 + Math.floor(Math.random() * 2 ** 16);
 }
 
-/** A number for {@link ReplyRecord.writtenBy}: two commits share one with a chance of 2⁻³². */
-function randomUint32(): number {
-  return Math.floor(Math.random() * 2 ** 32);
+/**
+ * A number for {@link WorkspaceState.writtenBy} and {@link ReplyRecord.writtenBy}: 52 random
+ * bits, so two commits share one with a chance of 2⁻⁵². Drawn apart from the version step: a
+ * commit that lost the race may well have picked the winner's step.
+ */
+function randomWriter(): number {
+  const [high, low] = globalThis.crypto.getRandomValues(new Uint32Array(2));
+  return (high! % 2 ** 20) * 2 ** 32 + low!;
 }
 
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
@@ -322,25 +327,16 @@ function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWo
 }
 
 /**
- * Whether a commit landed, as `loaded` shows: the store holds exactly the state it wrote at the
- * version it chose, or, when another server has written since, a reply record it wrote still
- * carries its number (commits are all-or-nothing, so one record proves the whole commit). A
- * commit whose reply records were all overwritten since, or that wrote none, cannot be told
- * from another server's once the state moved on.
+ * Whether a commit landed, as `loaded` shows: the stored state carries its number, or, when
+ * another server has written since, a reply record it wrote still does (commits are
+ * all-or-nothing, so one record proves the whole commit). Never the version and balances
+ * alone: another server's commit from the same state can reach both. A commit whose reply
+ * records were all overwritten since, or that wrote none, cannot be told from another
+ * server's once the state moved on.
  */
 function landedIn(tried: Tried, loaded: LoadedWorkspace): boolean {
-  const commit = tried.commit!;
-  if (loaded.version === commit.nextVersion && sameJson(loaded.state, commit.state)) return true;
+  if (loaded.version === tried.commit!.nextVersion && loaded.state?.writtenBy === tried.writtenBy) return true;
   return loaded.records.some(({ value }) => value.type === 'reply' && value.writtenBy === tried.writtenBy);
-}
-
-/** Whether two JSON values (as a store hands them back) are equal; object keys in any order. */
-function sameJson(a: unknown, b: unknown): boolean {
-  if (a === b) return true;
-  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null || Array.isArray(a) !== Array.isArray(b)) return false;
-  const keys = Object.keys(a);
-  if (keys.length !== Object.keys(b).length) return false;
-  return keys.every((key) => Object.hasOwn(b, key) && sameJson((a as Record<string, unknown>)[key], (b as Record<string, unknown>)[key]));
 }
 
 /** The records a batch reads, loaded with the state in the same round trip. */

@@ -3,9 +3,10 @@
  * `appendfsync everysec`, SQLite `synchronous=NORMAL` on power loss) hands out versions again.
  * A meter still holding a lost state must never commit it over what was written since.
  */
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { CreditMeter, MemoryStorage } from '../../src/index.js';
 import type { CommitResult, CreditStorage, LoadedWorkspace, LoadRequest, WorkspaceCommit } from '../../src/storage/index.js';
+import { wrapStorage } from '../support.js';
 
 /** The memory store, able to forget its last commits, as a failed-over replica would. */
 class LossyStorage implements CreditStorage {
@@ -200,5 +201,49 @@ describe('a commit that landed but whose answer was lost', () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(loadsAtCommit).toBeGreaterThanOrEqual(0);
     expect(storage.loads).toBe(loadsAtCommit);
+  });
+});
+
+describe('a commit that lost the race to another server', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+  });
+
+  it('is applied again even when the winner reached the same version and the same balances: both replies held, both charged', async () => {
+    // Both meters draw the same version step (a chance of 2⁻¹⁶ per race, forced here).
+    vi.spyOn(Math, 'random').mockReturnValue(0.5);
+    const inner = new MemoryStorage();
+    let arrived = 0;
+    let release!: () => void;
+    const bothSent = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // The two reserves' commits are both made from the same version before either lands.
+    const storage = wrapStorage(inner, {
+      commit: async (commits) => {
+        arrived += 1;
+        if (arrived === 3) release();
+        if (arrived === 2 || arrived === 3) await bothSent;
+        return inner.commit(commits);
+      },
+    });
+    const first = new CreditMeter({ storage });
+    const second = new CreditMeter({ storage });
+    await first.createWorkspace({ workspaceId: 'ws', plan: 'pro' });
+    // The same agent, conversation and model: the two commits write the same balances.
+    const holds = await Promise.all([first.reserve(ask('r1', 'gpt-4o-mini')), second.reserve(ask('r2', 'gpt-4o-mini'))]);
+    expect(holds.map((hold) => hold.replayed)).toEqual([false, false]);
+    expect(arrived).toBeGreaterThan(3);
+    const fresh = new CreditMeter({ storage: inner });
+    expect(Number((await fresh.getWorkspace('ws')).held)).toBe(2);
+    await first.settle({ workspaceId: 'ws', replyId: 'r1' });
+    await second.settle({ workspaceId: 'ws', replyId: 'r2' });
+    const { entries } = await fresh.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(
+      entries
+        .filter((entry) => entry.kind === 'reply')
+        .map((entry) => entry.replyId)
+        .sort(),
+    ).toEqual(['r1', 'r2']);
   });
 });
