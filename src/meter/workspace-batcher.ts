@@ -89,6 +89,12 @@ const LOCK_ATTEMPT = 3;
 // at most, doubling from one each time it happens again: several meters on one hot workspace
 // then rarely waste a commit.
 const MAX_LOAD_FIRST = 64;
+// With a store that has no `lock`, a batch that lost the race twice waits a random while before
+// its next try, up to a window that doubles from this with every loss (full jitter) up to the
+// cap: servers that keep meeting on a hot workspace spread out instead of racing until some
+// give up, and the commands that arrive meanwhile join the batch.
+const BACKOFF_MS = 1;
+const MAX_BACKOFF_MS = 512;
 
 /**
  * Group commit for every store: commands on one workspace that arrive while a commit is in
@@ -211,6 +217,7 @@ export class WorkspaceBatcher {
       }
       refused = tried;
       if (kept) this.#distrust(workspaceId);
+      if (!this.#context.lock && attempt > 0) await backoff(attempt);
     }
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
   }
@@ -302,6 +309,12 @@ export class WorkspaceBatcher {
  */
 function versionStep(): number {
   return 1 + Math.floor(Math.random() * 2 ** 16);
+}
+
+/** Waits a random time below a window that doubles with every lost race (`attempt` counts from 0). */
+function backoff(attempt: number): Promise<void> {
+  const window = Math.min(MAX_BACKOFF_MS, BACKOFF_MS * 2 ** (attempt - 1));
+  return new Promise((resolve) => setTimeout(resolve, Math.random() * window));
 }
 
 /**

@@ -185,6 +185,29 @@ describe('redis - several app servers', () => {
     for (const client of clients) opened.push({ close: () => client.quit() });
     await race(clients.map((client) => new RedisStorage({ client, keyPrefix: prefix })));
   });
+
+  it('contention - 32 app servers charging one hot workspace without pause: every charge lands, none gives up', async () => {
+    // Redis has no `lock`: the servers race on the workspace's version, and the losers back off.
+    const prefix = `extra:${randomUUID()}:`;
+    const meters = Array.from({ length: 32 }, () => new CreditMeter({ storage: store({ keyPrefix: prefix }) }));
+    await meters[0]!.createWorkspace({ workspaceId: 'hot', plan: 'enterprise', allotment: 1_000_000 });
+    const charges = 16;
+    const results = await Promise.allSettled(
+      meters.flatMap((meter, m) =>
+        Array.from({ length: 8 }, async (_, w) => {
+          for (let i = 0; i < charges; i++) {
+            const hold = await meter.reserve(ask('hot', m * 8 + w));
+            await meter.settle({ workspaceId: 'hot', replyId: hold.replyId });
+          }
+        }),
+      ),
+    );
+    expect(results.filter((result) => result.status === 'rejected')).toEqual([]);
+    const { entries, sum, booked, summary } = await books(meters[0]!, 'hot');
+    expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(32 * 8 * charges);
+    expect(Number(summary.held)).toBe(0);
+    expect(sum).toBe(booked);
+  });
 });
 
 describe('redis - erase', () => {

@@ -122,4 +122,27 @@ describe('concurrency', () => {
     expect(Number(ws.held)).toBe(200);
     expect(await ledgerSum(meters[0]!, 'ws')).toBe(Number(ws.balance) + Number(ws.held));
   });
+
+  it('64 app servers on one hot workspace of a store without lock: every charge lands, none gives up', async () => {
+    // A store without `lock`, as an integrator's may be: lost races are all the meters can see.
+    const storage = wrapStorage(new MemoryStorage(), {});
+    const meters = Array.from({ length: 64 }, () => new CreditMeter({ storage }));
+    await meters[0]!.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 1_000_000 });
+    const charges = 10;
+    const results = await Promise.allSettled(
+      meters.flatMap((meter, m) =>
+        Array.from({ length: 8 }, async (_, w) => {
+          for (let i = 0; i < charges; i++) {
+            const hold = await meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: `c${m}-${w}`, model: 'gpt-4o-mini' });
+            await meter.settle({ workspaceId: 'ws', replyId: hold.replyId });
+          }
+        }),
+      ),
+    );
+    expect(results.filter((result) => result.status === 'rejected')).toEqual([]);
+    // gpt-4o-mini costs 1 credit: the balance shows every charge, once.
+    const ws = await meters[0]!.getWorkspace('ws');
+    expect([Number(ws.balance), Number(ws.held)]).toEqual([1_000_000 - 64 * 8 * charges, 0]);
+    expect(await ledgerSum(meters[0]!, 'ws')).toBe(Number(ws.balance));
+  });
 });
