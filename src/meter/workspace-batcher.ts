@@ -320,11 +320,14 @@ function backoff(attempt: number): Promise<void> {
 /**
  * A number for {@link WorkspaceState.writtenBy} and {@link ReplyRecord.writtenBy}: 52 random
  * bits, so two commits share one with a chance of 2⁻⁵². Drawn apart from the version step: a
- * commit that lost the race may well have picked the winner's step.
+ * commit that lost the race may well have picked the winner's step. Always 16 digits (2⁵² to
+ * 2⁵³ − 1), so it does not change the length of the state: a row rewritten at the same length
+ * is updated in place (InnoDB), which kept 32 servers on one MariaDB workspace at 3.6–3.7 k
+ * charges/s instead of 2.8–2.9 k.
  */
 function randomWriter(): number {
   const [high, low] = globalThis.crypto.getRandomValues(new Uint32Array(2));
-  return (high! % 2 ** 20) * 2 ** 32 + low!;
+  return 2 ** 52 + (high! % 2 ** 20) * 2 ** 32 + low!;
 }
 
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
