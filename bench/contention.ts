@@ -7,8 +7,9 @@
  *
  *   npx tsx bench/contention.ts [store] [servers] [in flight] [seconds]
  *
- * `store` is redis (default), postgres, mysql or sqlite, at `REDIS_URL`, `DATABASE_URL` or
- * `MYSQL_URL` (SQLite: a temporary file). Ends with the books check of every bench run.
+ * `store` is redis (default), redis-cluster, postgres, mysql or sqlite, at `REDIS_URL`,
+ * `REDIS_CLUSTER_NODES`, `DATABASE_URL` or `MYSQL_URL` (SQLite: a temporary file). Ends with the
+ * books check of every bench run.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -315,9 +315,10 @@ export function addressFromEnv(store: StoreName, dir: string): string {
     sqlite: join(dir, `${store}.db`),
     postgres: process.env.DATABASE_URL,
     redis: process.env.REDIS_URL,
+    'redis-cluster': process.env.REDIS_CLUSTER_NODES,
     mysql: process.env.MYSQL_URL,
   };
   const at = address[store];
-  if (at === undefined) throw new Error(`no address for ${store}: set DATABASE_URL, REDIS_URL or MYSQL_URL`);
+  if (at === undefined) throw new Error(`no address for ${store}: set DATABASE_URL, REDIS_URL, REDIS_CLUSTER_NODES or MYSQL_URL`);
   return at;
 }
