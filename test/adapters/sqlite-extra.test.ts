@@ -415,6 +415,35 @@ describe('SqliteStorage against MemoryStorage', () => {
     }
     await storage.close();
   });
+
+  it('usage - a long window is summed in slices with the event loop free between them, to the same totals', async () => {
+    const storage = new SqliteStorage({ filename: file() });
+    const DAY = 86_400_000;
+    // 30,000 rows over three days, then 12,000 at one instant: more than one slice holds.
+    const ats = [...Array.from({ length: 30_000 }, (_, i) => T0 + i * 9_000), ...Array.from({ length: 12_000 }, () => T0 + 3 * DAY)];
+    const rows = ats.map((at, i) => ({ ...row('w', i + 1, -(i % 7) - 1, at), agentId: `a${i % 5}`, model: `m${i % 3}` }));
+    await storage.commit([commit('w', 0, rows)]);
+    for (const byDay of [false, true]) {
+      const expected = new UsageAccumulator('agent', byDay);
+      for (const r of rows) expected.add(r);
+      let turns = 0;
+      let counting = true;
+      const count = () => {
+        if (!counting) return;
+        turns += 1;
+        setImmediate(count);
+      };
+      setImmediate(count);
+      const totals = await storage.usage({ workspaceId: 'w', from: T0 - DAY, to: T0 + 4 * DAY, groupBy: 'agent', byDay });
+      counting = false;
+      const sort = <T extends { key: string; day?: number }>(list: T[]) =>
+        list.sort((x, y) => (x.day ?? 0) - (y.day ?? 0) || x.key.localeCompare(y.key));
+      expect(sort(totals)).toEqual(sort(expected.totals()));
+      // Other calls of the process got turns while the window was summed.
+      expect(turns).toBeGreaterThanOrEqual(3);
+    }
+    await storage.close();
+  });
 });
 
 describe('SqliteStorage concurrency', () => {

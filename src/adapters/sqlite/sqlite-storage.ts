@@ -1,7 +1,7 @@
 import { StorageError } from '../../core/errors.js';
 import { LEDGER_COLUMNS } from '../../core/ledger-row.js';
 import type { LedgerRow, StoredRecord, WorkspaceState } from '../../core/state.js';
-import { DAY_MS, USAGE_GROUP_COLUMNS } from '../../core/usage-aggregate.js';
+import { DAY_MS, USAGE_GROUP_COLUMNS, UsageAccumulator } from '../../core/usage-aggregate.js';
 import { ledgerFilters } from '../../storage/ledger-filters.js';
 import { type PackedRecord, packRecord, unpackRecord } from '../../storage/packing.js';
 import type {
@@ -74,6 +74,9 @@ const CHECKS: OptionChecks<SqliteStorageOptions> = {
   busyTimeoutMs: (ms) =>
     Number.isSafeInteger(ms) && (ms as number) >= 0 ? undefined : 'must be a whole number of milliseconds, at least 0',
 };
+
+/** Ledger rows per slice of {@link SqliteStorage.usage}: about 10 ms of SQLite's time. */
+const USAGE_SLICE = 10_000;
 
 /** The ledger's columns as {@link LedgerRow} fields, the workspace's first. */
 const ENTRY_SELECT = [
@@ -258,14 +261,33 @@ export class SqliteStorage implements CreditStorage {
     });
   }
 
-  /** Sums `reply` rows in one `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before 1970. */
+  /**
+   * Sums `reply` rows with `GROUP BY` over the `(workspace_id, at)` index; per UTC day, also before
+   * 1970. A long window goes in slices of about 10,000 rows, with the event loop
+   * free between them: the driver runs on it, so one statement over a million rows would hold
+   * every other call of the process for a second.
+   */
   async usage(query: UsageQuery): Promise<UsageAggregate[]> {
-    return this.#run('usage', (s) => {
-      const day = query.byDay ? `, at - ((at % ${DAY_MS}) + ${DAY_MS}) % ${DAY_MS} AS day` : '';
-      const sql = `SELECT COALESCE(${USAGE_GROUP_COLUMNS[query.groupBy].column}, '') AS key${day}, -SUM(amount) AS amount, COUNT(*) AS replies
-        FROM ${s.prefix}entries WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY key${query.byDay ? ', day' : ''}`;
-      return s.query(sql).all(query.workspaceId, query.from, query.to) as UsageAggregate[];
-    });
+    const { workspaceId, groupBy, byDay, to } = query;
+    const sums = new UsageAccumulator(groupBy, byDay);
+    for (let from = query.from; from < to; ) {
+      from = await this.#run('usage', (s) => {
+        const t = `${s.prefix}entries`;
+        const ahead = s.query(
+          `SELECT at FROM ${t} WHERE workspace_id = ? AND at >= ? AND at < ? ORDER BY at LIMIT 1 OFFSET ${USAGE_SLICE}`,
+        );
+        // Rows of one instant stay in one slice, however many there are.
+        const end = Math.max(from + 1, (ahead.get(workspaceId, from, to) as { at: number } | undefined)?.at ?? to);
+        const day = byDay ? `, at - ((at % ${DAY_MS}) + ${DAY_MS}) % ${DAY_MS} AS day` : '';
+        const sql = `SELECT COALESCE(${USAGE_GROUP_COLUMNS[groupBy].column}, '') AS key${day}, -SUM(amount) AS amount, COUNT(*) AS replies
+          FROM ${t} WHERE workspace_id = ? AND kind = 'reply' AND at >= ? AND at < ? GROUP BY key${byDay ? ', day' : ''}`;
+        for (const sum of s.query(sql).all(workspaceId, from, end) as UsageAggregate[])
+          sums.merge(sum.key, sum.day ?? 0, sum.amount, sum.replies);
+        return end;
+      });
+      if (from < to) await new Promise((resolve) => setImmediate(resolve));
+    }
+    return sums.totals();
   }
 
   /**
