@@ -201,8 +201,9 @@ export class WorkspaceBatcher {
           tried = await (locked ? this.#context.lock!(workspaceId, tryOnce) : tryOnce(this.#context));
         }
       } catch (error) {
-        // A commit that failed may have landed before its answer was lost; inside a lock that failed, none did.
-        if (locked || !sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) throw error;
+        // A commit that failed may have landed before its answer was lost; inside a lock too,
+        // when the transaction committed and the answer to its COMMIT was lost.
+        if (!sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) throw error;
         return landed.concat(sending.results);
       }
       // Nothing to commit proves nothing about a kept state: answer from a load.

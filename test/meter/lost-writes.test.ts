@@ -176,6 +176,31 @@ describe('a commit that landed but whose answer was lost', () => {
     expect((await meter.getWorkspace('ws')).held.toString()).toBe('0');
   });
 
+  it('retried inside the store lock, whose transaction committed but whose answer was lost: charged once with one event', async () => {
+    const inner = new MemoryStorage();
+    let losing = false;
+    const storage = wrapStorage(inner, {
+      // Commits outside the lock lose the race, so the third try takes the lock.
+      commit: async (commits) => (losing ? commits.map(() => 'conflict') : inner.commit(commits)),
+      lock: async (workspaceId, work) => {
+        const result = await inner.lock(workspaceId, work);
+        if (!losing) return result;
+        losing = false;
+        throw new Error('connection lost after COMMIT');
+      },
+    });
+    const { meter, charged } = listened(storage);
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    await meter.reserve(ask('r1', 'gpt-4o-mini'));
+    losing = true;
+    const settlement = await meter.settle({ workspaceId: 'ws', replyId: 'r1' });
+    expect(losing).toBe(false);
+    expect(settlement.replayed).toBe(false);
+    expect(charged).toEqual(['r1']);
+    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply']);
+  });
+
   it('one that did not land still fails with STORAGE_ERROR and writes nothing', async () => {
     const storage = new UnreliableStorage();
     const meter = new CreditMeter({ storage });
