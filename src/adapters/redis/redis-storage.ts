@@ -183,9 +183,8 @@ export class RedisStorage implements CreditStorage {
     const last = Math.max(dayOf(to), first);
     const sums = new UsageAccumulator(groupBy, byDay);
     const k = this.#keys(query.workspaceId);
-    const reply =
-      first < to ? await this.#run('usage', [k.days, k.state], [k.day, groupBy[0]!, String(first), String(last), String(to)]) : [0, []];
-    const [lastDayWhole, days] = reply as [number, [string, string[]][]];
+    const sum = () => this.#run('usage', [k.days, k.state], [k.day, groupBy[0]!, String(first), String(last), String(to)]);
+    const [lastDayWhole, days] = (first < to ? await sum() : [0, []]) as [number, [string, string[]][]];
     // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order.
     for (const [day, fields] of days) {
       for (let j = 0; j < fields.length; j += 2) {
@@ -251,8 +250,7 @@ export class RedisStorage implements CreditStorage {
       const args = [k.day, ''];
       if (request.keepLedger) {
         args[1] = String((await this.load({ workspaceId, keys: [], now: Number.MIN_SAFE_INTEGER })).version);
-        const rows = await this.ledger({ workspaceId, limit: Number.MAX_SAFE_INTEGER });
-        for (const row of rows)
+        for (const row of await this.ledger({ workspaceId, limit: Number.MAX_SAFE_INTEGER }))
           args.push(pad(row.seq), JSON.stringify(packing.packLedgerRow({ ...row, agentId: null, conversationId: null })));
       }
       if ((await this.#run('erase', [k.state, k.records, k.holds, k.ledger, k.at, k.days], args)) === 1) return;
@@ -294,18 +292,22 @@ export class RedisStorage implements CreditStorage {
     }
     const ordered = rows.every((row, i) => i === 0 || row.at >= rows[i - 1]!.at);
     const args = [String(commit.expectedVersion), String(versionAfter(commit)), JSON.stringify(commit.state), ordered ? '1' : '0'];
+    // Pushed, not flatMapped: a pair array per record and row made the encoding a tenth slower.
+    const [values, entries, seqs] = [[] as string[], [] as string[], rows.map((row) => pad(row.seq))];
+    for (const r of records)
+      values.push(r.key, JSON.stringify([r.key, r.holdExpiresAt, packing.packRecord(r.value)] satisfies RecordEntry));
+    for (const [i, row] of rows.entries()) entries.push(seqs[i]!, JSON.stringify(packing.packLedgerRow(row)));
     for (const items of [
       commit.absentKeys ?? [],
-      records.flatMap((r) => [r.key, JSON.stringify([r.key, r.holdExpiresAt, packing.packRecord(r.value)] satisfies RecordEntry)]),
+      values,
       records.flatMap((r) => (r.holdExpiresAt === null ? [] : [String(r.holdExpiresAt), r.key])),
       records.flatMap((r) => (r.holdExpiresAt === null ? [r.key] : [])),
-      rows.flatMap((row) => [pad(row.seq), JSON.stringify(packing.packLedgerRow(row))]),
-      rows.flatMap((row) => [String(row.at), pad(row.seq)]),
+      entries,
+      rows.flatMap((row, i) => [String(row.at), seqs[i]!]),
       [...days].flatMap((day) => [day, day]),
       ...rollups.values(),
     ]) {
-      args.push(String(items.length));
-      for (const item of items) args.push(item);
+      args.push(String(items.length), ...items);
     }
     return [[k.state, k.records, k.holds, k.ledger, k.at, k.days, ...rollups.keys()], args];
   }
