@@ -71,6 +71,22 @@ export async function ledgerSum(meter: CreditMeter, workspaceId: string): Promis
   return total / 1e6;
 }
 
+/**
+ * App servers charging one hot workspace without pause: each meter runs `inFlight` loops of
+ * `charges` reserve + settle (1 credit each). Resolves to the errors, if any.
+ */
+export async function chargeWithoutPause(meters: readonly CreditMeter[], workspaceId: string, inFlight: number, charges: number) {
+  const loops = meters.flatMap((meter, m) =>
+    Array.from({ length: inFlight }, async (_, w) => {
+      for (let i = 0; i < charges; i++) {
+        const hold = await meter.reserve({ workspaceId, agentId: `agent-${w % 3}`, conversationId: `c${m}-${w}`, model: 'gpt-4o-mini' });
+        await meter.settle({ workspaceId, replyId: hold.replyId });
+      }
+    }),
+  );
+  return (await Promise.allSettled(loops)).flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
+}
+
 type StorageMethod = Exclude<keyof CreditStorage, never>;
 
 /**

@@ -7,7 +7,7 @@ import { CreditMeter, type CreditStorage, CreditsError, InvalidInputError, Stora
 import { type PackedLedgerRow, type PackedRecord, unpackLedgerRow, unpackRecord } from '../../src/storage/index.js';
 import { row, stateDoc } from '../../src/testing/fixtures.js';
 import { startRedis } from '../servers/redis-server.js';
-import { readsWholeValues } from '../support.js';
+import { chargeWithoutPause, readsWholeValues } from '../support.js';
 
 const url = inject('redisUrl');
 const clusterNodes = inject('redisClusterNodes')
@@ -192,17 +192,7 @@ describe('redis - several app servers', () => {
     const meters = Array.from({ length: 32 }, () => new CreditMeter({ storage: store({ keyPrefix: prefix }) }));
     await meters[0]!.createWorkspace({ workspaceId: 'hot', plan: 'enterprise', allotment: 1_000_000 });
     const charges = 16;
-    const results = await Promise.allSettled(
-      meters.flatMap((meter, m) =>
-        Array.from({ length: 8 }, async (_, w) => {
-          for (let i = 0; i < charges; i++) {
-            const hold = await meter.reserve(ask('hot', m * 8 + w));
-            await meter.settle({ workspaceId: 'hot', replyId: hold.replyId });
-          }
-        }),
-      ),
-    );
-    expect(results.filter((result) => result.status === 'rejected')).toEqual([]);
+    expect(await chargeWithoutPause(meters, 'hot', 8, charges)).toEqual([]);
     const { entries, sum, booked, summary } = await books(meters[0]!, 'hot');
     expect(entries.filter((entry) => entry.kind === 'reply')).toHaveLength(32 * 8 * charges);
     expect(Number(summary.held)).toBe(0);

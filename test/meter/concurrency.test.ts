@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, MemoryStorage } from '../../src/index.js';
-import { ledgerSum, TestClock, wrapStorage } from '../support.js';
+import { chargeWithoutPause, ledgerSum, TestClock, wrapStorage } from '../support.js';
 
 const slowProvider = {
   async generate() {
@@ -129,17 +129,7 @@ describe('concurrency', () => {
     const meters = Array.from({ length: 64 }, () => new CreditMeter({ storage }));
     await meters[0]!.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 1_000_000 });
     const charges = 10;
-    const results = await Promise.allSettled(
-      meters.flatMap((meter, m) =>
-        Array.from({ length: 8 }, async (_, w) => {
-          for (let i = 0; i < charges; i++) {
-            const hold = await meter.reserve({ workspaceId: 'ws', agentId: 'a', conversationId: `c${m}-${w}`, model: 'gpt-4o-mini' });
-            await meter.settle({ workspaceId: 'ws', replyId: hold.replyId });
-          }
-        }),
-      ),
-    );
-    expect(results.filter((result) => result.status === 'rejected')).toEqual([]);
+    expect(await chargeWithoutPause(meters, 'ws', 8, charges)).toEqual([]);
     // gpt-4o-mini costs 1 credit: the balance shows every charge, once.
     const ws = await meters[0]!.getWorkspace('ws');
     expect([Number(ws.balance), Number(ws.held)]).toEqual([1_000_000 - 64 * 8 * charges, 0]);
