@@ -14,6 +14,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fmtMs } from './lib/harness.js';
 import { addressFromEnv, connect, type StoreName } from './lib/stores.js';
 import { verifyWorkspace } from './lib/verify.js';
 import { createWorkspace, MODEL_MICROS, newMeter, reserveSettle, Tally } from './lib/workload.js';
@@ -31,6 +32,8 @@ await createWorkspace(meters[0]!, workspaceId);
 
 const tally = new Tally();
 const errors = new Map<string, number>();
+// Milliseconds each charge (reserve + settle) took, the lost races and waits included.
+const took: number[] = [];
 const started = performance.now();
 const until = started + seconds * 1000;
 await Promise.all(
@@ -38,8 +41,10 @@ await Promise.all(
     Array.from({ length: inFlight }, async (_, w) => {
       const charge = reserveSettle(meter, () => workspaceId, tally);
       while (performance.now() < until) {
+        const at = performance.now();
         try {
           await charge(m * inFlight + w);
+          took.push(performance.now() - at);
         } catch (error) {
           const code = (error as { code?: string }).code ?? String(error);
           errors.set(code, (errors.get(code) ?? 0) + 1);
@@ -51,8 +56,11 @@ await Promise.all(
 const charged = tally.get(workspaceId);
 const perSec = (charged / (performance.now() - started)) * 1000;
 const failed = [...errors].map(([code, count]) => `${code} ×${count}`).join(', ') || 'none';
+took.sort((a, b) => a - b);
+const quantile = (q: number) => fmtMs(took[Math.min(took.length - 1, Math.floor(q * took.length))] ?? 0);
 console.log(
-  `${store}, ${servers} servers × ${inFlight} in flight, one hot workspace: ${Math.round(perSec).toLocaleString('en-US')} charges/s, errors: ${failed}`,
+  `${store}, ${servers} servers × ${inFlight} in flight, one hot workspace: ${Math.round(perSec).toLocaleString('en-US')} charges/s, ` +
+    `a charge p50 ${quantile(0.5)} ms, p99 ${quantile(0.99)} ms, max ${quantile(1)} ms (${took.filter((ms) => ms > 1000).length} over 1 s); errors: ${failed}`,
 );
 const check = await verifyWorkspace(meters[0]!, connections[0]!.storage, workspaceId, charged, charged * MODEL_MICROS);
 console.log(
