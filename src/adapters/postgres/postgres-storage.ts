@@ -137,7 +137,7 @@ export class PostgresStorage implements seam.CreditStorage {
   #opening: Promise<PostgresPool> | undefined;
   readonly #migration = once(() => this.#migrate().catch((error: unknown) => Promise.reject(asStorageError(error, 'migrate'))));
   #closed = false;
-  readonly #statements: Record<'load' | 'commit', { name: string; text: string }>;
+  readonly #statements: Record<'load' | 'commitOne' | 'commit', { name: string; text: string }>;
 
   constructor(options: PostgresStorageOptions) {
     checkOptions<PostgresStorageOptions>(options, CHECKS, ['connectionString', 'pool']);
@@ -152,7 +152,8 @@ export class PostgresStorage implements seam.CreditStorage {
     const id = createHash('sha256').update(`${this.#names.key}:${tables.LAYOUT_VERSION}`).digest('hex').slice(0, 24);
     this.#statements = {
       load: { name: `credits_load_${id}`, text: tables.loadSql(this.#names) },
-      commit: { name: `credits_commit_${id}`, text: tables.commitSql(this.#names) },
+      commitOne: { name: `credits_commit1_${id}`, text: tables.commitSql(this.#names, false) },
+      commit: { name: `credits_commit_${id}`, text: tables.commitSql(this.#names, true) },
     };
   }
 
@@ -284,7 +285,8 @@ export class PostgresStorage implements seam.CreditStorage {
     });
     const records = commits.flatMap(({ workspaceId: w, records }) => records.map((r) => ({ w, ...r, value: packRecord(r.value) })));
     const values = [JSON.stringify(heads), JSON.stringify(commits.flatMap((commit) => commit.ledger)), JSON.stringify(records)];
-    const rows = await this.#rows('commit', { ...this.#statements.commit, values }, on).catch((error: StorageError) => {
+    const statement = commits.length === 1 ? this.#statements.commitOne : this.#statements.commit;
+    const rows = await this.#rows('commit', { ...statement, values }, on).catch((error: StorageError) => {
       // Two servers' calls that locked shared workspaces crosswise: PostgreSQL undid this one whole.
       if ((error.cause as { code?: string } | undefined)?.code === '40P01') return [];
       throw error;
