@@ -105,7 +105,8 @@ const MAX_BACKOFF_MS = 512;
  * commit, by the number its state and reply records carry: then that commit had landed (its
  * answer was lost and a re-send met it), and its outcomes stand. With a store that has `lock`, a large
  * batch that lost a race (and any batch on its third try) is retried inside the lock, so app
- * servers on a hot workspace take turns instead of redoing their batches until one gives up.
+ * servers on a hot workspace take turns instead of redoing their batches until one gives up;
+ * without one, a batch that lost twice waits a random, doubling while before its next try.
  *
  * With a store that reports `nextLapseAt`, a batch that writes starts from the state this
  * meter committed last, without a `load`, until a hold could lapse: one round trip instead of
@@ -327,9 +328,17 @@ function backoff(attempt: number): Promise<void> {
  * charges/s instead of 2.8–2.9 k.
  */
 function randomWriter(): number {
-  const [high, low] = globalThis.crypto.getRandomValues(new Uint32Array(2));
-  return 2 ** 52 + (high! % 2 ** 20) * 2 ** 32 + low!;
+  // A block at a time: one call to crypto costs 1.7 µs, a fifth of a charge on the memory store.
+  if (drawn === randomBits.length) {
+    globalThis.crypto.getRandomValues(randomBits);
+    drawn = 0;
+  }
+  const high = randomBits[drawn++]!;
+  const low = randomBits[drawn++]!;
+  return 2 ** 52 + (high % 2 ** 20) * 2 ** 32 + low;
 }
+const randomBits = new Uint32Array(1024);
+let drawn = randomBits.length;
 
 /** A kept state as a load would have answered it: the holds a batch needs, and the keys it must prove absent. */
 function fromKept(kept: Committed, needed: readonly Needed[]): [loaded: LoadedWorkspace, absentKeys: string[]] {
