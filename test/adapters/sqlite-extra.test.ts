@@ -264,6 +264,35 @@ describe('SqliteStorage commits', () => {
     await storage.close();
   });
 
+  it('commit - rows and records past one multi-row statement are all written, in order; a key given twice keeps the last', async () => {
+    const storage = new SqliteStorage({ filename: file() });
+    // 32 rows go in one statement: 1, 31, 32, 33 and 97 cover a lone row, a short and a full
+    // statement, one more than a full one, and several full ones with a remainder.
+    const topUp = (key: string, amount: number) => ({
+      key,
+      holdExpiresAt: amount % 2 === 0 ? T0 + amount : null,
+      value: { type: 'topup', grantId: key, amount, expiresAt: null, createdAt: T0 } as const,
+    });
+    const expected = new Map<string, ReturnType<typeof topUp>>();
+    let version = 0;
+    let seq = 0;
+    for (const count of [1, 31, 32, 33, 97]) {
+      const first = seq + 1;
+      const rows = Array.from({ length: count }, () => row('w', ++seq, -seq));
+      const records = Array.from({ length: count }, (_, i) => topUp(`k${first + i}`, first + i));
+      records.push(topUp(`k${first}`, 10_000 + first));
+      for (const record of records) expected.set(record.key, record);
+      expect(await storage.commit([{ ...commit('w', version, rows), records }])).toEqual(['committed']);
+      version = (await storage.load({ workspaceId: 'w', keys: [], now: T0 })).version;
+    }
+    expect(await storage.ledger({ workspaceId: 'w', limit: 1000 })).toEqual(
+      Array.from({ length: seq }, (_, i) => row('w', i + 1, -(i + 1))),
+    );
+    const loaded = await storage.load({ workspaceId: 'w', keys: [...expected.keys()], now: T0 });
+    expect(new Map(loaded.records.map((record) => [record.key, record]))).toEqual(expected);
+    await storage.close();
+  });
+
   it("commit - another connection's commit moves the version: a commit from the older load conflicts", async () => {
     const filename = file();
     const a = new SqliteStorage({ filename });
