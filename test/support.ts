@@ -1,6 +1,7 @@
 import { expect } from 'vitest';
 import type { ReplyContext, ReplyProvider, ReplyRequest } from '../src/index.js';
 import { CreditMeter, type CreditMeterOptions, type CreditStorage, MemoryStorage } from '../src/index.js';
+import { overriding } from '../src/testing/fixtures.js';
 
 /** A clock the test moves by hand. */
 export class TestClock {
@@ -87,22 +88,13 @@ export async function chargeWithoutPause(meters: readonly CreditMeter[], workspa
   return (await Promise.allSettled(loops)).flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
 }
 
-type StorageMethod = Exclude<keyof CreditStorage, never>;
-
 /**
- * A store that delegates to `inner` except for the methods given (a fault injector). It has a
- * `lock` only when one is given: the inner store's would commit past an overridden `commit`.
+ * A store that delegates to `inner` except for the methods given (a fault injector): the kit's
+ * {@link overriding}, with `close` passed through. It has a `lock` only when one is given: the
+ * inner store's would commit past an overridden `commit`.
  */
 export function wrapStorage(inner: CreditStorage, overrides: Partial<CreditStorage>): CreditStorage {
-  const methods: StorageMethod[] = ['migrate', 'close', 'load', 'commit', 'ledger', 'usage'];
-  const wrapped: Record<string, unknown> = {};
-  for (const method of methods) {
-    const own = inner[method] as ((...args: unknown[]) => unknown) | undefined;
-    const chosen = overrides[method] ?? own?.bind(inner);
-    if (chosen) wrapped[method] = chosen;
-  }
-  if (overrides.lock) wrapped['lock'] = overrides.lock;
-  return wrapped as unknown as CreditStorage;
+  return overriding(inner, { close: () => inner.close(), ...overrides });
 }
 
 /**
