@@ -179,6 +179,11 @@ export class Transition {
     return this.#changed;
   }
 
+  /** Items {@link Transition.result} would carry: the state, each ledger row and each record. */
+  get size(): number {
+    return 1 + this.#rows.length + this.#written.size;
+  }
+
   /** The changes to commit; the state carries the commit's number ({@link WorkspaceState.writtenBy}). */
   result(): TransitionResult {
     this.#state.writtenBy = this.#writtenBy;

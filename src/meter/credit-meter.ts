@@ -176,6 +176,7 @@ export class CreditMeter {
       load: (request) => this.#store('load', (storage) => storage.load(request)),
       commit: (commit) => commits.commit(commit),
       mayHaveLanded: answered,
+      ...(this.storage.maxCommitItems !== undefined && { maxCommitItems: this.storage.maxCommitItems }),
       ...(this.storage.lock && {
         lock: <T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>) =>
           this.#store('commit', (storage) => storage.lock!(workspaceId, work)),

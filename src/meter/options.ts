@@ -20,6 +20,13 @@ export const DEFAULT_HOLD_TTL_MS = 15 * 60 * 1000;
 export const MIN_HOLD_TTL_MS = 50;
 /** Longest `holdTtlMs`: 7 days (a hold keeps credits from the workspace until it lapses). */
 export const MAX_HOLD_TTL_MS = 7 * 24 * 60 * 60 * 1000;
+/**
+ * Smallest `maxCommitItems` a store may declare: room for the state and a settle (its record
+ * and row) beside a reserve's record and absent key, so a commit carries at least one command
+ * of the hot path besides a few more.
+ */
+const MIN_COMMIT_ITEMS = 8;
+
 /** Longest `storageTimeoutMs`: 1 hour. */
 export const MAX_STORAGE_TIMEOUT_MS = 60 * 60 * 1000;
 /** `balance.low` thresholds when none are given: 80 % and 100 % of the allotment used. */
@@ -241,17 +248,19 @@ function readOptions(options: Record<string, unknown>, issues: InputIssue[]): Ra
 
 function checkStorage(storage: unknown, issues: InputIssue[]): void {
   if (storage === undefined) return;
-  const message = 'must be a store: an object with migrate(), close(), load() and commit() methods';
+  const message = 'must be a store: an object with migrate(), close(), load(), commit() and ledger() methods';
   if (typeof storage !== 'object' || storage === null) {
     issues.push({ path: 'storage', message });
     return;
   }
   try {
     const store = storage as Record<string, unknown>;
-    const has = (name: string) => typeof store[name] === 'function';
-    // Tolerant while the store contract changes: the load/commit seam, or the older reserve-based one.
-    if (!has('migrate') || !has('close') || !((has('load') && has('commit')) || has('reserve'))) {
+    if (!['migrate', 'close', 'load', 'commit', 'ledger'].every((name) => typeof store[name] === 'function')) {
       issues.push({ path: 'storage', message });
+    }
+    const max = store.maxCommitItems;
+    if (max !== undefined && !(Number.isSafeInteger(max) && (max as number) >= MIN_COMMIT_ITEMS)) {
+      issues.push({ path: 'storage.maxCommitItems', message: `must be a whole number, at least ${MIN_COMMIT_ITEMS}` });
     }
   } catch {
     issues.push({ path: 'storage', message });

@@ -27,6 +27,8 @@ export interface BatchContext {
    * gets no more calls.
    */
   mayHaveLanded(error: unknown): boolean;
+  /** The store's {@link CreditStorage.maxCommitItems}, when it has one. */
+  readonly maxCommitItems?: number;
 }
 
 /** A command's outcome, the events it raised and the instant it was applied at. */
@@ -205,7 +207,7 @@ export class WorkspaceBatcher {
         // A commit that failed may have landed before its answer was lost; inside a lock too,
         // when the transaction committed and the answer to its COMMIT was lost.
         if (!sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) throw error;
-        return landed.concat(sending.results);
+        return fitted(batch, waiting, landed.concat(sending.results));
       }
       // Nothing to commit proves nothing about a kept state: answer from a load.
       if (!tried.commit) {
@@ -215,7 +217,7 @@ export class WorkspaceBatcher {
       if (tried.result === 'committed') {
         this.#keep(workspaceId, tried.commit, kept ?? tried.loaded);
         if (kept) this.#loadFirst.delete(workspaceId);
-        return landed.concat(tried.results);
+        return fitted(batch, waiting, landed.concat(tried.results));
       }
       refused = tried;
       if (kept) this.#distrust(workspaceId);
@@ -242,7 +244,28 @@ export class WorkspaceBatcher {
   #apply(workspaceId: string, batch: readonly Pending[], now: number, loaded: LoadedWorkspace, absentKeys?: string[]): Tried {
     const writtenBy = randomWriter();
     const transition = new Transition(workspaceId, loaded, now, this.#context.rules, writtenBy);
-    const results = batch.map((pending) => ({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now }));
+    const max = this.#context.maxCommitItems;
+    const results: Applied[] = [];
+    const unseen = max !== undefined && absentKeys?.length ? new Set(absentKeys) : undefined;
+    let absent = 0;
+    for (const pending of batch) {
+      results.push({ outcome: transition.apply(pending.command), events: transition.takeEvents(), at: now });
+      if (max === undefined) continue;
+      if (unseen) for (const { key } of neededBy([pending])) if (unseen.delete(key)) absent += 1;
+      // Over the store's limit: the commands before this one go now, this one leads the next batch.
+      // The core is pure, so applying them again gives what they gave, which fitted.
+      if (results.length > 1 && transition.size + absent > max) {
+        const fitting = batch.slice(0, results.length - 1);
+        const keys = new Set(neededBy(fitting).map((need) => need.key));
+        return this.#apply(
+          workspaceId,
+          fitting,
+          now,
+          loaded,
+          absentKeys?.filter((key) => keys.has(key)),
+        );
+      }
+    }
     if (!transition.changed) return { results, loaded, writtenBy };
     const { state, ledger, records } = transition.result();
     const nextVersion = loaded.version + versionStep();
@@ -299,6 +322,15 @@ export class WorkspaceBatcher {
     this.#committed.set(workspaceId, { version: commit.nextVersion!, state: commit.state, holds, reloadAt });
     if (this.#committed.size > MAX_KEPT_WORKSPACES) this.#committed.delete(this.#committed.keys().next().value!);
   }
+}
+
+/**
+ * The outcomes of a batch's first commands, when the store's `maxCommitItems` let only those
+ * into its commit: the rest leave the batch and go back to the head of the queue, in order.
+ */
+function fitted(batch: Pending[], waiting: Pending[], results: Applied[]): Applied[] {
+  if (results.length < batch.length) waiting.unshift(...batch.splice(results.length));
+  return results;
 }
 
 /**

@@ -175,6 +175,17 @@ export interface CreditStorage {
    * still applies inside: the lock makes progress, the version keeps it correct.
    */
   lock?<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T>;
+  /**
+   * Optional: the most items one {@link WorkspaceCommit} may carry, for a database whose
+   * transactions take a bounded number of writes (DynamoDB's `TransactWriteItems` takes 100).
+   * An item is the state, each ledger row, each record and each of `absentKeys`: a commit
+   * carries `1 + ledger.length + records.length + (absentKeys?.length ?? 0)`. The meter then
+   * commits a hot workspace's batch in as many commits as it takes, each in arrival order,
+   * instead of one; only a command that exceeds the limit on its own (a renewal that expires
+   * more grants than fit) is still sent alone, and a store that cannot take it throws. At least
+   * 8. Without it a commit carries up to 1,024 commands' rows and records.
+   */
+  readonly maxCommitItems?: number;
 }
 
 /** What {@link CreditStorage.lock} lends its work: the workspace's load and commit, inside the lock. */

@@ -22,6 +22,7 @@ import {
   newWorkspace,
   num,
   ONE,
+  overriding,
   THREE,
   TWO,
 } from './fixtures.js';
@@ -70,13 +71,8 @@ async function usage(meter: CreditMeter, input: UsageInput) {
 
 /** The same store without `usage`: the meter then pages the ledger and sums in memory. */
 function withoutUsage(storage: CreditStorage): CreditStorage {
-  return {
-    migrate: () => storage.migrate(),
-    close: async () => undefined,
-    load: (request) => storage.load(request),
-    commit: (commits) => storage.commit(commits),
-    ledger: (query) => storage.ledger(query),
-  };
+  const { usage: _, ...rest } = overriding(storage, {});
+  return rest;
 }
 
 export const analyticsCases = defineCases([

@@ -210,8 +210,9 @@ export function interleaved(storage: CreditStorage): CreditStorage {
  * commit, so meters on it load and commit as stores without a lock do.
  */
 export function overriding(storage: CreditStorage, overrides: Partial<CreditStorage>): CreditStorage {
-  const { usage, listWorkspaces, erase } = storage;
+  const { usage, listWorkspaces, erase, maxCommitItems } = storage;
   return {
+    ...(maxCommitItems !== undefined && { maxCommitItems }),
     migrate: () => storage.migrate(),
     close: async () => undefined,
     load: (request) => storage.load(request),

@@ -5,3 +5,16 @@ runStorageConformance({
   name: 'memory',
   create: () => new MemoryStorage(),
 });
+
+/**
+ * The whole kit again on a memory store that declares a small `maxCommitItems`: every case's
+ * batches then go in several commits, and every case must still hold.
+ */
+class CappedMemoryStorage extends MemoryStorage {
+  readonly maxCommitItems = 8;
+}
+
+runStorageConformance({
+  name: 'memory, maxCommitItems 8',
+  create: () => new CappedMemoryStorage(),
+});

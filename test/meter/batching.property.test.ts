@@ -107,6 +107,40 @@ describe('the per-workspace batcher (property)', () => {
     );
   }, 120_000);
 
+  it("with a store's maxCommitItems: the same outcomes and state, in commits that each fit", async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(step, { minLength: 20, maxLength: 60 }), fc.integer({ min: 8, max: 16 }), async (steps, max) => {
+        const clock = new TestClock('2026-01-31T00:00:00Z');
+        const one = new CreditMeter({ clock: clock.now });
+        const inner = new MemoryStorage();
+        const sizes: number[] = [];
+        const storage: CreditStorage = {
+          ...counting(inner).storage,
+          commit: (commits) => {
+            for (const c of commits) sizes.push(1 + c.ledger.length + c.records.length + (c.absentKeys?.length ?? 0));
+            return inner.commit(commits);
+          },
+          maxCommitItems: max,
+        };
+        const all = new CreditMeter({ clock: clock.now, storage });
+        for (const meter of [one, all]) await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 20 });
+
+        const sequential: string[] = [];
+        for (const s of steps) sequential.push(await run(one, s));
+        expect(await Promise.all(steps.map((s) => run(all, s)))).toEqual(sequential);
+        expect(Math.max(...sizes)).toBeLessThanOrEqual(max);
+        const [a, b] = await Promise.all([one.getWorkspace('ws'), all.getWorkspace('ws')]);
+        expect([String(b.balance), String(b.held), String(b.usedThisPeriod)]).toEqual([
+          String(a.balance),
+          String(a.held),
+          String(a.usedThisPeriod),
+        ]);
+        expect(await ledgerSum(all, 'ws')).toBe(await ledgerSum(one, 'ws'));
+      }),
+      { numRuns: 200 },
+    );
+  }, 120_000);
+
   it('one refused reserve never fails its neighbours in the same batch', async () => {
     const meter = new CreditMeter();
     await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 12 });
