@@ -21,9 +21,8 @@ export const MIN_HOLD_TTL_MS = 50;
 /** Longest `holdTtlMs`: 7 days (a hold keeps credits from the workspace until it lapses). */
 export const MAX_HOLD_TTL_MS = 7 * 24 * 60 * 60 * 1000;
 /**
- * Smallest `maxCommitItems` a store may declare: room for the state and a settle (its record
- * and row) beside a reserve's record and absent key, so a commit carries at least one command
- * of the hot path besides a few more.
+ * Smallest `maxCommitItems` a store may declare. A reserve takes two items (its record and
+ * absent key), a settle two (its record and row), the state one: 8 is a commit of a few.
  */
 const MIN_COMMIT_ITEMS = 8;
 
