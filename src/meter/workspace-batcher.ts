@@ -146,22 +146,29 @@ export class WorkspaceBatcher {
     const queue = this.#queues.get(workspaceId)!;
     while (queue.length > 0) {
       const batch = queue.splice(0, MAX_BATCH);
+      const landed: Applied[] = [];
       try {
-        const results = await this.#run(workspaceId, batch, queue);
+        const results = await this.#run(workspaceId, batch, queue, landed);
         for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
       } catch (error) {
         this.#committed.delete(workspaceId);
-        for (const pending of batch) pending.reject(error);
+        // The first commands' commit had landed (its answer lost) before a later try failed: they stand.
+        for (let i = 0; i < batch.length; i++) {
+          if (i < landed.length) batch[i]!.resolve(landed[i]!);
+          else batch[i]!.reject(error);
+        }
       }
     }
     this.#queues.delete(workspaceId);
   }
 
-  /** Applies a batch until it commits; `waiting` joins it after a conflict (arrival order holds). */
-  async #run(workspaceId: string, batch: Pending[], waiting: Pending[]): Promise<Applied[]> {
+  /**
+   * Applies a batch until it commits; `waiting` joins it after a conflict (arrival order holds).
+   * `landed` gets the outcomes of the batch's first commands when their commit landed though it
+   * answered `conflict`: they stand even when a later try fails.
+   */
+  async #run(workspaceId: string, batch: Pending[], waiting: Pending[], landed: Applied[]): Promise<Applied[]> {
     let mayReuse = true;
-    // Outcomes of the batch's first commands, when their commit landed though it answered `conflict`.
-    const landed: Applied[] = [];
     // The last try whose commit answered `conflict`.
     let refused: Tried | undefined;
     // The try whose commit is in flight, for when the call fails.

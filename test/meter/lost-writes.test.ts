@@ -201,6 +201,36 @@ describe('a commit that landed but whose answer was lost', () => {
     expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply']);
   });
 
+  it('answering conflict, then the retry carrying commands that joined fails: the landed ones stand with their event, the others fail', async () => {
+    const storage = new UnreliableStorage();
+    const { meter, charged } = listened(storage);
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    await meter.reserve(ask('r1', 'gpt-4o-mini'));
+    await meter.reserve(ask('r2', 'gpt-4o-mini'));
+    const commit = storage.commit.bind(storage);
+    let joined: Promise<unknown> | undefined;
+    storage.commit = async (commits) => {
+      if (joined) {
+        // The retry, r1's landed settle found by a load and r2's settle applied anew, fails before landing.
+        storage.next = 'refused';
+        return commit(commits);
+      }
+      storage.next = 'conflict';
+      // r2's settle arrives while r1's commit is in flight: it joins the retry.
+      joined = meter.settle({ workspaceId: 'ws', replyId: 'r2' });
+      return commit(commits);
+    };
+    const settled = await meter.settle({ workspaceId: 'ws', replyId: 'r1' });
+    expect(settled).toMatchObject({ replyId: 'r1', replayed: false });
+    await expect(joined).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
+    expect(charged).toEqual(['r1']);
+    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(entries.map((entry) => [entry.kind, entry.replyId])).toEqual([
+      ['grant', undefined],
+      ['reply', 'r1'],
+    ]);
+  });
+
   it('one that did not land still fails with STORAGE_ERROR and writes nothing', async () => {
     const storage = new UnreliableStorage();
     const meter = new CreditMeter({ storage });
