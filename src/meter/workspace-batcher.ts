@@ -213,7 +213,11 @@ export class WorkspaceBatcher {
       } catch (error) {
         // A commit that failed may have landed before its answer was lost; inside a lock too,
         // when the transaction committed and the answer to its COMMIT was lost.
-        if (!sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) throw error;
+        if (!sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) {
+          // Only the commands of the commit that failed fail; those it left out wait for the next batch.
+          if (sending?.commit) fitted(batch, waiting, landed.concat(sending.results));
+          throw error;
+        }
         return fitted(batch, waiting, landed.concat(sending.results));
       }
       // Nothing to commit proves nothing about a kept state: answer from a load.
@@ -230,6 +234,7 @@ export class WorkspaceBatcher {
       if (kept) this.#distrust(workspaceId);
       if (!this.#context.lock && attempt > 0) await backoff(attempt);
     }
+    if (refused) fitted(batch, waiting, landed.concat(refused.results));
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
   }
 
@@ -334,6 +339,7 @@ export class WorkspaceBatcher {
 /**
  * The outcomes of a batch's first commands, when the store's `maxCommitItems` let only those
  * into its commit: the rest leave the batch and go back to the head of the queue, in order.
+ * Also when that commit failed: the rest were not in it.
  */
 function fitted(batch: Pending[], waiting: Pending[], results: Applied[]): Applied[] {
   if (results.length < batch.length) waiting.unshift(...batch.splice(results.length));

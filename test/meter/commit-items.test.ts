@@ -83,6 +83,28 @@ describe("a store's maxCommitItems", () => {
     expect(await ledgerSum(meter, 'ws')).toBe(100);
   });
 
+  it('a commit that fails fails only its own commands: those it left out go on', async () => {
+    const { storage, sent } = recordingStore(10);
+    const meter = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 100 });
+    const commit = storage.commit.bind(storage);
+    let failNext = true;
+    storage.commit = async (commits) => {
+      if (!failNext) return commit(commits);
+      failNext = false;
+      throw new Error('connection refused');
+    };
+    sent.length = 0;
+    // Two items a reserve (its record and absent key) beside the state: four to a commit. The
+    // first four fail; the other eight are held, in one commit (after the failure the meter
+    // loads, so they prove no key absent: one item each).
+    const reserves = await Promise.allSettled(Array.from({ length: 12 }, (_, n) => meter.reserve({ ...identity(n), replyId: `r${n}` })));
+    expect(reserves.map((r) => r.status)).toEqual([...Array(4).fill('rejected'), ...Array(8).fill('fulfilled')]);
+    expect((reserves[0] as PromiseRejectedResult).reason).toMatchObject({ code: 'STORAGE_ERROR' });
+    expect(sent.map((c) => c.records.map((record) => record.key))).toEqual([Array.from({ length: 8 }, (_, n) => `reply:r${n + 4}`)]);
+    expect(Number((await meter.getWorkspace('ws')).held)).toBe(8);
+  });
+
   it('four meters racing on one workspace: no error, every commit fits, the books balance', async () => {
     const { storage, sent } = recordingStore(10);
     const meters = Array.from({ length: 4 }, () => new CreditMeter({ storage }));
