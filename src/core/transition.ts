@@ -138,6 +138,18 @@ export const adjustmentKey = (adjustmentId: string): string => `adjustment:${adj
 export const ledgerDayKey = (day: number): string => `ledgerday:${day}`;
 
 /**
+ * The held replies among lapsed records, in the order the core ends them: by lapse time, then
+ * reply id. Ending the first of them at the last one's instant, then the others, gives what
+ * ending all of them at once gives.
+ */
+export function lapsedHolds(lapsed: readonly StoredRecord[]): ReplyRecord[] {
+  return lapsed
+    .map((record) => record.value)
+    .filter((value): value is ReplyRecord => value.type === 'reply' && value.status === 'held')
+    .sort((a, b) => a.expiresAt - b.expiresAt || (a.replyId < b.replyId ? -1 : 1));
+}
+
+/**
  * Applies commands to one workspace. Create it from what the store loaded, call
  * {@link Transition.apply} for each command in arrival order, then commit
  * {@link Transition.result} if {@link Transition.changed}.
@@ -611,10 +623,7 @@ export class Transition {
 
   #advance(lapsed: readonly StoredRecord[]): void {
     const now = this.#now;
-    const holds = lapsed
-      .map((record) => record.value)
-      .filter((value): value is ReplyRecord => value.type === 'reply' && value.status === 'held')
-      .sort((a, b) => a.expiresAt - b.expiresAt || (a.replyId < b.replyId ? -1 : 1));
+    const holds = lapsedHolds(lapsed);
     let next = 0;
     for (;;) {
       const account = this.#state.account;

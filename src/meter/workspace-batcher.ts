@@ -4,6 +4,7 @@ import {
   adjustmentKey,
   type Command,
   type CoreEvent,
+  lapsedHolds,
   type Outcome,
   type Rules,
   refundKey,
@@ -71,6 +72,8 @@ interface Tried {
   readonly commit?: WorkspaceCommit;
   /** The number the commit's state and reply records carry ({@link WorkspaceState.writtenBy}). */
   readonly writtenBy: number;
+  /** Events of a commit that only caught up with lapsed holds: announced with the next outcome. */
+  readonly events?: readonly CoreEvent[];
   result?: CommitResult;
 }
 
@@ -119,6 +122,8 @@ export class WorkspaceBatcher {
   readonly #queues = new Map<string, Pending[]>();
   readonly #committed = new Map<string, Committed>();
   readonly #loadFirst = new Map<string, { left: number; next: number }>();
+  /** Events of commits that landed without commands, per workspace, to go with the next outcome. */
+  readonly #carried = new Map<string, CoreEvent[]>();
 
   constructor(context: BatchContext) {
     this.#context = context;
@@ -148,10 +153,11 @@ export class WorkspaceBatcher {
       const batch = queue.splice(0, MAX_BATCH);
       const landed: Applied[] = [];
       try {
-        const results = await this.#run(workspaceId, batch, queue, landed);
+        const results = this.#withCarried(workspaceId, await this.#run(workspaceId, batch, queue, landed));
         for (let i = 0; i < batch.length; i++) batch[i]!.resolve(results[i]!);
       } catch (error) {
         this.#committed.delete(workspaceId);
+        this.#withCarried(workspaceId, landed);
         // The first commands' commit had landed (its answer lost) before a later try failed: they stand.
         for (let i = 0; i < batch.length; i++) {
           if (i < landed.length) batch[i]!.resolve(landed[i]!);
@@ -199,6 +205,7 @@ export class WorkspaceBatcher {
             // answers `conflict` when its first try had landed: the store then holds what it wrote,
             // and its commands' outcomes stand as first applied.
             if (refused && landedIn(refused, loaded)) {
+              this.#carry(workspaceId, refused);
               landed.push(...refused.results);
               rest = pending.slice(refused.results.length);
             }
@@ -218,6 +225,7 @@ export class WorkspaceBatcher {
           if (sending?.commit) fitted(batch, waiting, landed.concat(sending.results));
           throw error;
         }
+        this.#carry(workspaceId, sending);
         return fitted(batch, waiting, landed.concat(sending.results));
       }
       // Nothing to commit proves nothing about a kept state: answer from a load.
@@ -226,6 +234,7 @@ export class WorkspaceBatcher {
         return landed.concat(tried.results);
       }
       if (tried.result === 'committed') {
+        this.#carry(workspaceId, tried);
         this.#keep(workspaceId, tried.commit, kept ?? tried.loaded);
         if (kept) this.#loadFirst.delete(workspaceId);
         return fitted(batch, waiting, landed.concat(tried.results));
@@ -255,8 +264,18 @@ export class WorkspaceBatcher {
   /** Applies a batch to what was loaded (or kept): the outcomes, and the commit when it changed something. */
   #apply(workspaceId: string, batch: readonly Pending[], now: number, loaded: LoadedWorkspace, absentKeys?: string[]): Tried {
     const writtenBy = randomWriter();
-    const transition = new Transition(workspaceId, loaded, now, this.#context.rules, writtenBy);
     const max = this.#context.maxCommitItems;
+    const lapsed = max === undefined ? [] : lapsedHolds(loaded.lapsed);
+    const fit = max === undefined ? 0 : Math.floor((max - 1) / 2);
+    if (lapsed.length > fit) {
+      // More holds lapsed than the store's commit takes: the first of them end in a commit of their
+      // own, at the last one's instant, before any command; the batch waits for the next try.
+      const first = lapsed.slice(0, fit).map((value) => ({ key: replyKey(value.replyId), holdExpiresAt: value.expiresAt, value }));
+      const at = first[first.length - 1]!.holdExpiresAt;
+      const transition = new Transition(workspaceId, { ...loaded, records: [], lapsed: first }, at, this.#context.rules, writtenBy);
+      return { results: [], loaded, writtenBy, events: transition.takeEvents(), commit: this.#commitOf(workspaceId, transition, loaded) };
+    }
+    const transition = new Transition(workspaceId, loaded, now, this.#context.rules, writtenBy);
     const results: Applied[] = [];
     const unseen = max !== undefined && absentKeys?.length ? new Set(absentKeys) : undefined;
     let absent = 0;
@@ -279,12 +298,31 @@ export class WorkspaceBatcher {
       }
     }
     if (!transition.changed) return { results, loaded, writtenBy };
-    const { state, ledger, records } = transition.result();
-    const nextVersion = loaded.version + versionStep();
-    const commit: WorkspaceCommit = { workspaceId, expectedVersion: loaded.version, nextVersion, state, ledger, records };
+    const commit = this.#commitOf(workspaceId, transition, loaded);
     if (absentKeys?.length) commit.absentKeys = absentKeys;
-    this.#committed.delete(workspaceId);
     return { results, loaded, commit, writtenBy };
+  }
+
+  /** The commit of what `transition` changed, from `loaded`'s version to a new one. */
+  #commitOf(workspaceId: string, transition: Transition, loaded: LoadedWorkspace): WorkspaceCommit {
+    const { state, ledger, records } = transition.result();
+    this.#committed.delete(workspaceId);
+    return { workspaceId, expectedVersion: loaded.version, nextVersion: loaded.version + versionStep(), state, ledger, records };
+  }
+
+  /** Keeps the events of a commit without commands that landed, for the next outcome. */
+  #carry(workspaceId: string, tried: Tried): void {
+    if (tried.events?.length) this.#carried.set(workspaceId, [...(this.#carried.get(workspaceId) ?? []), ...tried.events]);
+  }
+
+  /** `results`, the first of them with the events carried for the workspace, if any. */
+  #withCarried(workspaceId: string, results: Applied[]): Applied[] {
+    const carried = this.#carried.get(workspaceId);
+    if (carried && results.length > 0) {
+      results[0] = { ...results[0]!, events: [...carried, ...results[0]!.events] };
+      this.#carried.delete(workspaceId);
+    }
+    return results;
   }
 
   /** The kept state, when a batch that needs these records may start from it at `now`. */

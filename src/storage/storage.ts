@@ -181,9 +181,11 @@ export interface CreditStorage {
    * An item is the state, each ledger row, each record and each of `absentKeys`: a commit
    * carries `1 + ledger.length + records.length + (absentKeys?.length ?? 0)`. The meter then
    * commits a hot workspace's batch in as many commits as it takes, each in arrival order,
-   * instead of one; only a command that exceeds the limit on its own (a renewal that expires
-   * more grants than fit) is still sent alone, and a store that cannot take it throws. At least
-   * 8. Without it a commit carries up to 1,024 commands' rows and records.
+   * instead of one, and ends holds that lapsed (an app server died with replies in flight) a
+   * few at a time, in commits of their own before the commands; only a command that exceeds the
+   * limit on its own (a renewal that expires more grants than fit) is still sent alone, and a
+   * store that cannot take it throws. At least 8. Without it a commit carries up to 1,024
+   * commands' rows and records, and every lapsed hold.
    */
   readonly maxCommitItems?: number;
 }

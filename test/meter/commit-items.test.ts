@@ -105,6 +105,44 @@ describe("a store's maxCommitItems", () => {
     expect(Number((await meter.getWorkspace('ws')).held)).toBe(8);
   });
 
+  it('more lapsed holds than a commit takes end a few at a time, before the commands, as they would all at once', async () => {
+    // Two meters on one timeline: one on a capped store, one on a plain one. 20 holds lapse
+    // before the period ends, 20 after; a reserve after all of them catches up.
+    const clock = new TestClock('2026-01-15T12:00:00Z');
+    const capped = recordingStore(8);
+    const plain = recordingStore();
+    const renewed: string[][] = [[], []];
+    const meters = [capped, plain].map(({ storage }, m) => {
+      const meter = new CreditMeter({ storage, clock: clock.now });
+      meter.on('period.renewed', ({ periodStart }) => {
+        renewed[m]!.push(periodStart.toISOString());
+      });
+      return meter;
+    });
+    for (const meter of meters) await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 100 });
+    for (const [at, first] of [
+      ['2026-02-15T11:40:00Z', 0],
+      ['2026-02-15T11:50:00Z', 20],
+    ] as const) {
+      clock.set(at);
+      for (const meter of meters)
+        await Promise.all(Array.from({ length: 20 }, (_, n) => meter.reserve({ ...identity(n), replyId: `r${first + n}` })));
+    }
+    clock.set('2026-02-15T12:30:00Z');
+    capped.sent.length = 0;
+    const [a, b] = await Promise.all(meters.map((meter) => meter.reserve({ ...identity(99), replyId: 'last' })));
+    expect(a).toEqual(b);
+    // Three holds (of at most 8 items, a third of them for the renewal's rows) to a commit.
+    expect(capped.sent.length).toBeGreaterThanOrEqual(Math.ceil(40 / 3));
+    expect(Math.max(...capped.sent.map(itemsOf))).toBeLessThanOrEqual(8);
+    expect(await meters[0]!.ledger({ workspaceId: 'ws', limit: 1000 })).toEqual(
+      await meters[1]!.ledger({ workspaceId: 'ws', limit: 1000 }),
+    );
+    expect(await meters[0]!.getWorkspace('ws')).toEqual(await meters[1]!.getWorkspace('ws'));
+    expect(renewed).toEqual([['2026-02-15T12:00:00.000Z'], ['2026-02-15T12:00:00.000Z']]);
+    expect(Number((await meters[0]!.getWorkspace('ws')).held)).toBe(1);
+  });
+
   it('four meters racing on one workspace: no error, every commit fits, the books balance', async () => {
     const { storage, sent } = recordingStore(10);
     const meters = Array.from({ length: 4 }, () => new CreditMeter({ storage }));
