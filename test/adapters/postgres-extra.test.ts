@@ -539,6 +539,33 @@ describe('PostgresStorage - faults', () => {
     expect(check.seqGapless).toBe(true);
   });
 
+  it("a host's pool: a connection that dies while the store holds it (inside lock) fails the call, never the process", async () => {
+    const schema = freshSchema();
+    const app = `credits_held_${randomUUID().slice(0, 8)}`;
+    // A host's pool that, as pg's docs ask, listens for idle connections' errors, and no more.
+    const pool = new pg.Pool({ connectionString: `${url()}?application_name=${app}`, max: 2 });
+    pool.on('error', () => undefined);
+    const storage = track(new PostgresStorage({ pool, schema }));
+    const meter = new CreditMeter({ storage });
+    await meter.createWorkspace({ workspaceId: 'held', plan: 'enterprise', allotment: 1_000 });
+    try {
+      for (let round = 0; round < 3; round++) {
+        const error = await storage
+          .lock('held', async (workspace) => {
+            await sql(url(), 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app]);
+            // The connection, checked out and idle between two queries, hears of it now.
+            await new Promise((resolve) => setTimeout(resolve, 100));
+            return workspace.load({ workspaceId: 'held', keys: [], now: Date.now() });
+          })
+          .catch((caught: unknown) => caught);
+        expect(error).toBeInstanceOf(StorageError);
+      }
+      expect(await charge(meter, 'held')).toBe('charged');
+    } finally {
+      await pool.end();
+    }
+  });
+
   it('idle connections the server dropped - reads and writes take fresh ones, nothing fails', async () => {
     const schema = freshSchema();
     const app = `credits_idle_${randomUUID().slice(0, 8)}`;

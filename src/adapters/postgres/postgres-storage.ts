@@ -35,6 +35,8 @@ export interface PostgresPoolClient {
   query(query: PostgresQuery): Promise<PostgresQueryResult>;
   /** Returns the connection to the pool; pass an error to destroy it instead. */
   release(error?: Error | boolean): void;
+  /** pg's `EventEmitter.on`: the store listens for `'error'` on connections it checks out. */
+  on?(event: 'error', listener: (error: Error) => void): unknown;
 }
 
 /**
@@ -93,7 +95,7 @@ export type PostgresStorageOptions = PostgresConnectionOptions | PostgresPoolOpt
 
 /** A pool the store creates, with the events it listens to. */
 type OwnPool = PostgresPool & {
-  on(event: 'error' | 'connect', listener: (client: { on(event: 'error', listener: () => void): unknown }) => void): unknown;
+  on(event: 'error' | 'connect', listener: (client: Pick<PostgresPoolClient, 'on'>) => void): unknown;
 };
 
 type PgPool = new (config: { connectionString: string; max: number }) => OwnPool;
@@ -170,10 +172,7 @@ export class PostgresStorage implements seam.CreditStorage {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#ownsPool && this.#opening) {
-      const pool = await this.#opening.catch(() => undefined);
-      await pool?.end();
-    }
+    if (this.#ownsPool) await (await this.#opening?.catch(() => undefined))?.end();
   }
 
   load(request: seam.LoadRequest): Promise<seam.LoadedWorkspace> {
@@ -298,14 +297,12 @@ export class PostgresStorage implements seam.CreditStorage {
   /** A checked-out connection with a transaction begun; another one when the first was dropped while idle (see `#rows`). */
   #begin(): Promise<PostgresPoolClient> {
     return onLiveConnection(async () => {
-      const client = await this.#query('lock', (pool) => pool.connect());
-      try {
-        await this.#rows('lock', { text: 'BEGIN' }, client);
-        return client;
-      } catch (error) {
+      const client = heard(await this.#query('lock', (pool) => pool.connect()));
+      await this.#rows('lock', { text: 'BEGIN' }, client).catch((error: unknown) => {
         client.release(true);
         throw error;
-      }
+      });
+      return client;
     });
   }
 
@@ -342,7 +339,7 @@ export class PostgresStorage implements seam.CreditStorage {
       pool.on('error', () => undefined);
       // A connection can also die between two of its queries; the failing query rejects with
       // the error, so the client's own 'error' event must not crash the process as well.
-      pool.on('connect', (client) => client.on('error', () => undefined));
+      pool.on('connect', (client) => heard(client));
       this.#pool = pool;
       return pool;
     })();
@@ -351,7 +348,7 @@ export class PostgresStorage implements seam.CreditStorage {
 
   async #migrate(): Promise<void> {
     const pool = await this.#poolReady();
-    const client = await pool.connect();
+    const client = heard(await pool.connect());
     const names = this.#names;
     try {
       await client.query({ text: 'BEGIN' });
@@ -423,4 +420,18 @@ function connectionLost(error: unknown): boolean {
 function asStorageError(error: unknown, operation: string): Error {
   if (error instanceof StorageError || error instanceof InvalidInputError) return error;
   return new StorageError(operation, error, ADAPTER);
+}
+
+const listened = new WeakSet<object>();
+
+/**
+ * `client`, listening for its `'error'` event (once per connection, which pools reuse). A
+ * connection the server drops while the store holds it between two queries (inside `lock`)
+ * emits one; the next query fails with the error anyway, and pg leaves a checked-out
+ * connection's event to its holder: unheard, it would crash the host's process.
+ */
+function heard<C extends Pick<PostgresPoolClient, 'on'>>(client: C): C {
+  if (!listened.has(client)) client.on?.('error', () => undefined);
+  listened.add(client);
+  return client;
 }
