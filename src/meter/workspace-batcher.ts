@@ -221,8 +221,9 @@ export class WorkspaceBatcher {
         // A commit that failed may have landed before its answer was lost; inside a lock too,
         // when the transaction committed and the answer to its COMMIT was lost.
         if (!sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) {
-          // Only the commands of the commit that failed fail; those it left out wait for the next batch.
-          if (sending?.commit) fitted(batch, waiting, landed.concat(sending.results));
+          // Only the commands of the commit that failed fail; those it left out wait for the next
+          // batch. All of them when it carried none (it ended lapsed holds): they cannot go without it.
+          if (sending?.results.length) fitted(batch, waiting, landed.concat(sending.results));
           throw error;
         }
         this.#carry(workspaceId, sending);
@@ -243,7 +244,7 @@ export class WorkspaceBatcher {
       if (kept) this.#distrust(workspaceId);
       if (!this.#context.lock && attempt > 0) await backoff(attempt);
     }
-    if (refused) fitted(batch, waiting, landed.concat(refused.results));
+    if (refused?.results.length) fitted(batch, waiting, landed.concat(refused.results));
     throw new StorageError('commit', new Error('the workspace kept changing; try again'));
   }
 

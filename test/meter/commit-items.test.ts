@@ -143,6 +143,26 @@ describe("a store's maxCommitItems", () => {
     expect(Number((await meters[0]!.getWorkspace('ws')).held)).toBe(1);
   });
 
+  it('when the commit ending lapsed holds fails, the commands waiting on it fail with it', async () => {
+    const clock = new TestClock('2026-01-15T12:00:00Z');
+    const { storage } = recordingStore(8);
+    const meter = new CreditMeter({ storage, clock: clock.now });
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 100 });
+    await Promise.all(Array.from({ length: 10 }, (_, n) => meter.reserve({ ...identity(n), replyId: `r${n}` })));
+    clock.advance(60 * 60 * 1000);
+    const commit = storage.commit.bind(storage);
+    let calls = 0;
+    storage.commit = async () => {
+      calls++;
+      throw new Error('connection refused');
+    };
+    await expect(meter.reserve({ ...identity(10), replyId: 'r10' })).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
+    expect(calls).toBe(1);
+    storage.commit = commit;
+    expect((await meter.reserve({ ...identity(10), replyId: 'r10' })).status).toBe('held');
+    expect(Number((await meter.getWorkspace('ws')).held)).toBe(1);
+  });
+
   it('four meters racing on one workspace: no error, every commit fits, the books balance', async () => {
     const { storage, sent } = recordingStore(10);
     const meters = Array.from({ length: 4 }, () => new CreditMeter({ storage }));
