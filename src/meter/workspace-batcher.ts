@@ -116,6 +116,10 @@ const MAX_BACKOFF_MS = 512;
  * With a store that reports `nextLapseAt`, a batch that writes starts from the state this
  * meter committed last, without a `load`, until a hold could lapse: one round trip instead of
  * two. A batch that writes nothing (a read, a refused settle) always answers from a load.
+ *
+ * With a store that declares `maxCommitItems`, a batch commits its longest run of commands that
+ * fits and leaves the rest at the head of the queue, and lapsed holds beyond what fits end first,
+ * a few at a time, in commits without commands.
  */
 export class WorkspaceBatcher {
   readonly #context: BatchContext;
