@@ -194,7 +194,10 @@ export class WorkspaceBatcher {
       const kept = mayReuse ? this.#reusable(workspaceId, needed, now) : undefined;
       mayReuse = false;
       sending = undefined;
-      let tried: Tried;
+      // The refused try that the load showed had landed, when it did.
+      let found: Tried | undefined;
+      let tried: Tried | undefined;
+      let failure: { error: unknown } | undefined;
       try {
         if (kept) {
           tried = this.#apply(workspaceId, pending, now, ...fromKept(kept, needed));
@@ -202,18 +205,16 @@ export class WorkspaceBatcher {
           if (tried.commit) tried.result = await this.#context.commit(tried.commit);
         } else {
           const request: LoadRequest = { workspaceId, keys: needed.map((need) => need.key), now };
-          const tryOnce = async (store: Pick<BatchContext, 'load' | 'commit'>) => {
+          // Safe to run again (a store's `lock` may, on a fresh connection after one dropped): it
+          // only assigns, and a run whose commit had landed is found by the next run's load.
+          const tryOnce = async (store: Pick<BatchContext, 'load' | 'commit'>): Promise<Tried> => {
             const loaded = await store.load(request);
-            let rest = pending;
+            if (sending?.commit && landedIn(sending, loaded)) return Object.assign(sending, { result: 'committed' as const });
             // A commit sent again after an error (a grouped call that failed, a dropped connection)
             // answers `conflict` when its first try had landed: the store then holds what it wrote,
             // and its commands' outcomes stand as first applied.
-            if (refused && landedIn(refused, loaded)) {
-              this.#carry(workspaceId, refused);
-              landed.push(...refused.results);
-              rest = pending.slice(refused.results.length);
-            }
-            const applied = this.#apply(workspaceId, rest, now, loaded);
+            found = refused && landedIn(refused, loaded) ? refused : undefined;
+            const applied = this.#apply(workspaceId, found ? pending.slice(found.results.length) : pending, now, loaded);
             sending = applied;
             if (applied.commit) applied.result = await store.commit(applied.commit);
             return applied;
@@ -222,6 +223,14 @@ export class WorkspaceBatcher {
           tried = await (locked ? this.#context.lock!(workspaceId, tryOnce) : tryOnce(this.#context));
         }
       } catch (error) {
+        failure = { error };
+      }
+      if (found) {
+        this.#carry(workspaceId, found);
+        landed.push(...found.results);
+      }
+      if (failure || !tried) {
+        const error = failure?.error;
         // A commit that failed may have landed before its answer was lost; inside a lock too,
         // when the transaction committed and the answer to its COMMIT was lost.
         if (!sending?.commit || !(await this.#landedDespite(error, workspaceId, sending, now))) {

@@ -172,7 +172,9 @@ export interface CreditStorage {
    * resolves and not before; when `work` or the store fails, none of it does. The meter uses it
    * for a batch that lost a race to another app server, so servers on a hot workspace queue on
    * the lock instead of each loading and redoing its batch again and again. The version guard
-   * still applies inside: the lock makes progress, the version keeps it correct.
+   * still applies inside: the lock makes progress, the version keeps it correct. When the
+   * connection drops on the way, a store may run it all again on a fresh one, `work` included:
+   * the meter's work finds by its load whether a first run's commit landed.
    */
   lock?<T>(workspaceId: string, work: (workspace: LockedWorkspace) => Promise<T>): Promise<T>;
   /**

@@ -201,6 +201,44 @@ describe('a commit that landed but whose answer was lost', () => {
     expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply']);
   });
 
+  it.each([
+    ['its first run committed', false],
+    ['its first run dropped before committing', true],
+  ])('inside a store lock that runs the work again after the connection dropped (%s): charged once with one event', async (_, early) => {
+    const inner = new MemoryStorage();
+    let losing = false;
+    let runs = 0;
+    const storage = wrapStorage(inner, {
+      // Commits outside the lock lose the race, so the third try takes the lock.
+      commit: async (commits) => (losing ? commits.map(() => 'conflict') : inner.commit(commits)),
+      lock: async (workspaceId, work) => {
+        if (!losing) return inner.lock(workspaceId, work);
+        losing = false;
+        // The first run's answer is lost; as a store would on a fresh connection, run the work again.
+        await inner
+          .lock(workspaceId, (locked) => {
+            runs++;
+            return work(early ? { ...locked, commit: () => Promise.reject(new Error('connection lost')) } : locked);
+          })
+          .catch(() => undefined);
+        return inner.lock(workspaceId, (locked) => {
+          runs++;
+          return work(locked);
+        });
+      },
+    });
+    const { meter, charged } = listened(storage);
+    await meter.createWorkspace({ workspaceId: 'ws', plan: 'hobby' });
+    await meter.reserve(ask('r1', 'gpt-4o-mini'));
+    losing = true;
+    const settlement = await meter.settle({ workspaceId: 'ws', replyId: 'r1' });
+    expect(runs).toBe(2);
+    expect(settlement.replayed).toBe(false);
+    expect(charged).toEqual(['r1']);
+    const { entries } = await meter.ledger({ workspaceId: 'ws', limit: 100 });
+    expect(entries.map((entry) => entry.kind)).toEqual(['grant', 'reply']);
+  });
+
   it('answering conflict, then the retry carrying commands that joined fails: the landed ones stand with their event, the others fail', async () => {
     const storage = new UnreliableStorage();
     const { meter, charged } = listened(storage);

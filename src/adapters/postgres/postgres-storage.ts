@@ -137,7 +137,10 @@ export class PostgresStorage implements seam.CreditStorage {
   readonly #ownsPool: boolean;
   #pool: PostgresPool | undefined;
   #opening: Promise<PostgresPool> | undefined;
-  readonly #migration = once(() => this.#migrate().catch((error: unknown) => Promise.reject(asStorageError(error, 'migrate'))));
+  // Idempotent, so a migration whose connection dropped goes again on a fresh one.
+  readonly #migration = once(() =>
+    onLiveConnection(() => this.#migrate().catch((error: unknown) => Promise.reject(asStorageError(error, 'migrate')))),
+  );
   #closed = false;
   readonly #statements: Record<'load' | 'commitOne' | 'commit', { name: string; text: string }>;
 
@@ -195,26 +198,32 @@ export class PostgresStorage implements seam.CreditStorage {
    * Runs `work` in one transaction that first takes the workspace's row lock (`SELECT … FOR
    * UPDATE`): other servers' commits to it wait, and what `work` commits lands at `COMMIT`. A
    * workspace without a row yet has nothing to lock; its first commit is guarded by the version.
+   * When the connection drops on the way (a restart, a failover, `pg_terminate_backend`), it all
+   * runs again on a fresh one, `work` too, up to 32 times: the meter's work finds what a first
+   * run committed, and the version guard keeps it from landing twice.
    */
-  async lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
-    const client = await this.#begin();
-    let broken = false;
-    try {
-      const text = `SELECT 1 FROM ${this.#names.workspaces} WHERE workspace_id = $1 FOR UPDATE`;
-      await this.#rows('lock', { text, values: [workspaceId] }, client);
-      const result = await work({
-        load: (request) => this.#load(request, client),
-        commit: async (commit) => (await this.#commit([commit], client))[0]!,
-      });
-      await this.#rows('lock', { text: 'COMMIT' }, client);
-      return result;
-    } catch (error) {
-      // A connection that cannot even roll back is destroyed, not returned to the pool.
-      await client.query({ text: 'ROLLBACK' }).catch(() => (broken = true));
-      throw error;
-    } finally {
-      client.release(broken);
-    }
+  lock<T>(workspaceId: string, work: (workspace: seam.LockedWorkspace) => Promise<T>): Promise<T> {
+    return onLiveConnection(async () => {
+      const client = heard(await this.#query('lock', (pool) => pool.connect()));
+      let broken = false;
+      try {
+        await this.#rows('lock', { text: 'BEGIN' }, client);
+        const text = `SELECT 1 FROM ${this.#names.workspaces} WHERE workspace_id = $1 FOR UPDATE`;
+        await this.#rows('lock', { text, values: [workspaceId] }, client);
+        const result = await work({
+          load: (request) => this.#load(request, client),
+          commit: async (commit) => (await this.#commit([commit], client))[0]!,
+        });
+        await this.#rows('lock', { text: 'COMMIT' }, client);
+        return result;
+      } catch (error) {
+        // A connection that cannot even roll back is destroyed, not returned to the pool.
+        await client.query({ text: 'ROLLBACK' }).catch(() => (broken = true));
+        throw error;
+      } finally {
+        client.release(broken);
+      }
+    });
   }
 
   async ledger(query: seam.LedgerQuery): Promise<LedgerRow[]> {
@@ -292,18 +301,6 @@ export class PostgresStorage implements seam.CreditStorage {
     });
     const written = new Set(rows.map((row) => row['workspace_id']));
     return commits.map((commit) => (written.has(commit.workspaceId) ? 'committed' : 'conflict'));
-  }
-
-  /** A checked-out connection with a transaction begun; another one when the first was dropped while idle (see `#rows`). */
-  #begin(): Promise<PostgresPoolClient> {
-    return onLiveConnection(async () => {
-      const client = heard(await this.#query('lock', (pool) => pool.connect()));
-      await this.#rows('lock', { text: 'BEGIN' }, client).catch((error: unknown) => {
-        client.release(true);
-        throw error;
-      });
-      return client;
-    });
   }
 
   /**
