@@ -287,7 +287,7 @@ describe('MySqlStorage - concurrency', () => {
 });
 
 describe('MySqlStorage - faults', () => {
-  it('connection killed mid-operation - STORAGE_ERROR, no half-written state, the store recovers', async () => {
+  it('connection killed mid-operation - the call goes again on a fresh connection or fails with STORAGE_ERROR, no half-written state', async () => {
     const database = `credits_fault_${randomUUID().replaceAll('-', '').slice(0, 8)}`;
     await sql(`CREATE DATABASE ${database}`);
     const at = url().replace(/\/credits$/, `/${database}`);
@@ -308,20 +308,57 @@ describe('MySqlStorage - faults', () => {
           }
         }
       });
+      let killed = 0;
       for (let i = 0; i < 5; i++) {
         await new Promise((resolve) => setTimeout(resolve, 150));
         const victims = await sql('SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()', [database]);
-        for (const { id } of victims) await sql(`KILL ${Number(id)}`).catch(() => undefined);
+        for (const { id } of victims)
+          killed += await sql(`KILL ${Number(id)}`).then(
+            () => 1,
+            () => 0,
+          );
       }
       stop = true;
       await Promise.all(workers);
-      expect(errors.length).toBeGreaterThan(0);
+      // The connections died under the charges; a transaction that met one went again on another
+      // (a commit's version guard answers `conflict` if its first try landed), so few calls, if any, fail.
+      expect(killed).toBeGreaterThanOrEqual(5);
       for (const error of errors) expect(error).toMatchObject({ code: 'STORAGE_ERROR' });
       expect(charged).toBeGreaterThan(0);
       expect(await charge(meter, 'fault')).toBe('charged');
       const check = await invariants(storage, 'fault', at);
       expect(check.ledger).toBe(check.available + check.held);
       expect(check).toMatchObject({ held: check.holds, orphans: 0, replyRows: check.settled, seqGapless: true });
+    } finally {
+      await storage.close();
+      await sql(`DROP DATABASE ${database}`);
+    }
+  });
+
+  it('a connection that dies inside lock: the lock runs again, work included, on a fresh one', async () => {
+    const database = `credits_held_${randomUUID().replaceAll('-', '').slice(0, 8)}`;
+    await sql(`CREATE DATABASE ${database}`);
+    const storage = new MySqlStorage({ uri: url().replace(/\/credits$/, `/${database}`) });
+    try {
+      const meter = new CreditMeter({ storage });
+      await meter.createWorkspace({ workspaceId: 'held', plan: 'enterprise', allotment: 1_000 });
+      for (const pause of [0, 100]) {
+        let runs = 0;
+        const loaded = await storage.lock('held', async (workspace) => {
+          if (runs++ === 0) {
+            const victims = await sql('SELECT ID AS id FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> CONNECTION_ID()', [
+              database,
+            ]);
+            for (const { id } of victims) await sql(`KILL ${Number(id)}`).catch(() => undefined);
+            // Without a pause the next query meets the dying connection; after one, a closed one.
+            await new Promise((resolve) => setTimeout(resolve, pause));
+          }
+          return workspace.load({ workspaceId: 'held', keys: [], now: Date.now() });
+        });
+        expect(runs).toBe(2);
+        expect(loaded.version).toBeGreaterThan(0);
+      }
+      expect(await charge(meter, 'held')).toBe('charged');
     } finally {
       await storage.close();
       await sql(`DROP DATABASE ${database}`);

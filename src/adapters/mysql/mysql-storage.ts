@@ -212,10 +212,8 @@ export class MySqlStorage implements seam.CreditStorage {
         : `UPDATE ${t.workspaces} SET version = ?, state = ? WHERE workspace_id = ? AND version = ?`;
     // Keys that must not exist yet, checked before anything is written: a commit that adds one
     // after this read moves the version too, so the guard below then refuses.
-    if (commit.absentKeys?.length) {
-      const sql = `SELECT 1 FROM ${t.records} WHERE workspace_id = ? AND record_key IN (?) LIMIT 1`;
-      if (((await connection.query(sql, [id, commit.absentKeys]))[0] as Row[]).length > 0) return 'conflict';
-    }
+    const absent = `SELECT 1 FROM ${t.records} WHERE workspace_id = ? AND record_key IN (?) LIMIT 1`;
+    if (commit.absentKeys?.length && ((await connection.query(absent, [id, commit.absentKeys]))[0] as Row[]).length > 0) return 'conflict';
     // A second creator meets the duplicate key, which undoes only that statement: the others go on.
     const duplicate = (error: { errno?: number }) => (error.errno === 1062 ? [{ affectedRows: 0 }] : Promise.reject(error));
     const values = [seam.versionAfter(commit), JSON.stringify(commit.state), id, commit.expectedVersion];
@@ -301,7 +299,8 @@ export class MySqlStorage implements seam.CreditStorage {
       await connection.query(`DELETE FROM ${t.records} WHERE workspace_id = ?`, id);
       const ledger = request.keepLedger ? `UPDATE ${t.ledger} SET agent_id = NULL, conversation_id = NULL` : `DELETE FROM ${t.ledger}`;
       await connection.query(`${ledger} WHERE workspace_id = ?`, id);
-    });
+      // Not again after a dropped connection: a second erase could remove a workspace created since.
+    }, 0);
   }
 
   // ─── 8. internals: the pool, transactions, the migration ───
@@ -334,8 +333,13 @@ export class MySqlStorage implements seam.CreditStorage {
     return rows;
   };
 
-  /** Runs `work` in a transaction: COMMIT when it resolves, ROLLBACK when it throws (a deadlock too: nothing was written). */
-  async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>): Promise<T> {
+  /**
+   * Runs `work` in a transaction: COMMIT when it resolves, ROLLBACK when it throws (a deadlock
+   * too: nothing was written). When the connection drops on the way (a restart, a `KILL`), all
+   * of it runs again on another, `work` too, `again` more times: a commit's version guard and
+   * the meter's work inside `lock` find what a first run committed (`erase` passes 0).
+   */
+  async #transaction<T>(work: (connection: MySqlQueryable) => Promise<T>, again = 32): Promise<T> {
     const [connection] = await this.#connect('START TRANSACTION');
     try {
       const result = await work(connection);
@@ -346,6 +350,7 @@ export class MySqlStorage implements seam.CreditStorage {
       // A connection that cannot even roll back is closed rather than returned to the pool.
       if (await connection.query('ROLLBACK').catch(() => null)) connection.release();
       else connection.destroy();
+      if (again > 0 && (error as { fatal?: boolean }).fatal) return this.#transaction(work, again - 1);
       throw error;
     }
   }
