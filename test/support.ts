@@ -1,6 +1,7 @@
 import { expect } from 'vitest';
 import type { ReplyContext, ReplyProvider, ReplyRequest } from '../src/index.js';
 import { CreditMeter, type CreditMeterOptions, type CreditStorage, MemoryStorage } from '../src/index.js';
+import type { WorkspaceCommit } from '../src/storage/index.js';
 import { overriding } from '../src/testing/fixtures.js';
 
 /** A clock the test moves by hand. */
@@ -87,6 +88,9 @@ export async function chargeWithoutPause(meters: readonly CreditMeter[], workspa
   );
   return (await Promise.allSettled(loops)).flatMap((result) => (result.status === 'rejected' ? [result.reason as unknown] : []));
 }
+
+/** Items of a commit as a store's `maxCommitItems` counts them. */
+export const itemsOf = (commit: WorkspaceCommit) => 1 + commit.ledger.length + commit.records.length + (commit.absentKeys?.length ?? 0);
 
 /**
  * A store that delegates to `inner` except for the methods given (a fault injector): the kit's

@@ -279,9 +279,9 @@ export class WorkspaceBatcher {
   #apply(workspaceId: string, batch: readonly Pending[], now: number, loaded: LoadedWorkspace, absentKeys?: string[]): Tried {
     const writtenBy = randomWriter();
     const max = this.#context.maxCommitItems;
-    const lapsed = max === undefined ? [] : lapsedHolds(loaded.lapsed);
-    const fit = max === undefined ? 0 : Math.floor((max - 1) / 2);
-    if (lapsed.length > fit) {
+    const lapsed = max === undefined || loaded.lapsed.length === 0 ? undefined : lapsedHolds(loaded.lapsed);
+    const fit = Math.floor(((max ?? 0) - 1) / 2);
+    if (lapsed && lapsed.length > fit) {
       // More holds lapsed than the store's commit takes: the first of them end in a commit of their
       // own, at the last one's instant, before any command; the batch waits for the next try.
       const first = lapsed.slice(0, fit).map((value) => ({ key: replyKey(value.replyId), holdExpiresAt: value.expiresAt, value }));

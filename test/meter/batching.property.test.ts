@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, type CreditStorage, CreditsError, MemoryStorage } from '../../src/index.js';
 import type { CommitResult, WorkspaceCommit } from '../../src/storage/index.js';
-import { ledgerSum, TestClock } from '../support.js';
+import { itemsOf, ledgerSum, TestClock } from '../support.js';
 
 /**
  * The per-workspace batcher must be invisible: commands sent all at once (one batch, one
@@ -60,9 +60,13 @@ function run(meter: CreditMeter, s: Step): Promise<string> {
   }
 }
 
-/** Counts commits, to prove the concurrent run really was batched. */
-function counting(inner: MemoryStorage): { storage: CreditStorage; commits: () => number } {
+/**
+ * Counts commits, to prove the concurrent run really was batched, and keeps each one's items
+ * (as `maxCommitItems` counts them); declares `maxCommitItems` when given.
+ */
+function counting(inner: MemoryStorage, maxCommitItems?: number): { storage: CreditStorage; commits: () => number; sizes: number[] } {
   let count = 0;
+  const sizes: number[] = [];
   const storage: CreditStorage = {
     migrate: () => inner.migrate(),
     close: () => inner.close(),
@@ -70,10 +74,24 @@ function counting(inner: MemoryStorage): { storage: CreditStorage; commits: () =
     ledger: (query) => inner.ledger(query),
     commit: (commits: readonly WorkspaceCommit[]): Promise<CommitResult[]> => {
       count++;
+      sizes.push(...commits.map(itemsOf));
       return inner.commit(commits);
     },
+    ...(maxCommitItems !== undefined && { maxCommitItems }),
   };
-  return { storage, commits: () => count };
+  return { storage, commits: () => count, sizes };
+}
+
+/** The batched meter ends with the balance, holds, use and ledger of the one-at-a-time one. */
+async function expectSameBooks(one: CreditMeter, all: CreditMeter): Promise<void> {
+  const [a, b] = await Promise.all([one.getWorkspace('ws'), all.getWorkspace('ws')]);
+  expect([String(b.balance), String(b.held), String(b.usedThisPeriod)]).toEqual([
+    String(a.balance),
+    String(a.held),
+    String(a.usedThisPeriod),
+  ]);
+  expect(await ledgerSum(all, 'ws')).toBe(await ledgerSum(one, 'ws'));
+  expect(await ledgerSum(all, 'ws')).toBe(Number(b.balance) + Number(b.held));
 }
 
 describe('the per-workspace batcher (property)', () => {
@@ -94,14 +112,7 @@ describe('the per-workspace batcher (property)', () => {
         // Everything sent at once went out in at most one commit.
         expect(counted.commits() - before).toBeLessThanOrEqual(1);
 
-        const [a, b] = await Promise.all([one.getWorkspace('ws'), all.getWorkspace('ws')]);
-        expect([String(b.balance), String(b.held), String(b.usedThisPeriod)]).toEqual([
-          String(a.balance),
-          String(a.held),
-          String(a.usedThisPeriod),
-        ]);
-        expect(await ledgerSum(all, 'ws')).toBe(await ledgerSum(one, 'ws'));
-        expect(await ledgerSum(all, 'ws')).toBe(Number(b.balance) + Number(b.held));
+        await expectSameBooks(one, all);
       }),
       { numRuns: 200 },
     );
@@ -112,16 +123,7 @@ describe('the per-workspace batcher (property)', () => {
       fc.asyncProperty(fc.array(step, { minLength: 20, maxLength: 60 }), fc.integer({ min: 8, max: 16 }), async (steps, max) => {
         const clock = new TestClock('2026-01-31T00:00:00Z');
         const one = new CreditMeter({ clock: clock.now });
-        const inner = new MemoryStorage();
-        const sizes: number[] = [];
-        const storage: CreditStorage = {
-          ...counting(inner).storage,
-          commit: (commits) => {
-            for (const c of commits) sizes.push(1 + c.ledger.length + c.records.length + (c.absentKeys?.length ?? 0));
-            return inner.commit(commits);
-          },
-          maxCommitItems: max,
-        };
+        const { storage, sizes } = counting(new MemoryStorage(), max);
         const all = new CreditMeter({ clock: clock.now, storage });
         for (const meter of [one, all]) await meter.createWorkspace({ workspaceId: 'ws', plan: 'enterprise', allotment: 20 });
 
@@ -129,13 +131,7 @@ describe('the per-workspace batcher (property)', () => {
         for (const s of steps) sequential.push(await run(one, s));
         expect(await Promise.all(steps.map((s) => run(all, s)))).toEqual(sequential);
         expect(Math.max(...sizes)).toBeLessThanOrEqual(max);
-        const [a, b] = await Promise.all([one.getWorkspace('ws'), all.getWorkspace('ws')]);
-        expect([String(b.balance), String(b.held), String(b.usedThisPeriod)]).toEqual([
-          String(a.balance),
-          String(a.held),
-          String(a.usedThisPeriod),
-        ]);
-        expect(await ledgerSum(all, 'ws')).toBe(await ledgerSum(one, 'ws'));
+        await expectSameBooks(one, all);
       }),
       { numRuns: 200 },
     );

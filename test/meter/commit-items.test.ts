@@ -1,10 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CreditMeter, InvalidInputError, MemoryStorage } from '../../src/index.js';
 import type { CreditStorage, WorkspaceCommit } from '../../src/storage/index.js';
-import { chargeWithoutPause, ledgerSum, TestClock, wrapStorage } from '../support.js';
-
-/** Items of a commit as `maxCommitItems` counts them. */
-const itemsOf = (commit: WorkspaceCommit) => 1 + commit.ledger.length + commit.records.length + (commit.absentKeys?.length ?? 0);
+import { chargeWithoutPause, itemsOf, ledgerSum, TestClock, wrapStorage } from '../support.js';
 
 /** A memory store that keeps every commit it was sent and declares `maxCommitItems`, when given. */
 function recordingStore(maxCommitItems?: number) {
