@@ -149,6 +149,8 @@ export function lapsedHolds(lapsed: readonly StoredRecord[]): ReplyRecord[] {
     .sort((a, b) => a.expiresAt - b.expiresAt || (a.replyId < b.replyId ? -1 : 1));
 }
 
+const NO_EVENTS: readonly CoreEvent[] = Object.freeze([]);
+
 /**
  * Applies commands to one workspace. Create it from what the store loaded, call
  * {@link Transition.apply} for each command in arrival order, then commit
@@ -203,8 +205,10 @@ export class Transition {
   }
 
   /** Events raised since the last call (the first call also gets those of catching up in time). */
-  takeEvents(): CoreEvent[] {
+  takeEvents(): readonly CoreEvent[] {
     const events = this.#events;
+    // Most commands raise none: one shared empty list instead of an array each.
+    if (events.length === 0) return NO_EVENTS;
     this.#events = [];
     return events;
   }

@@ -228,7 +228,23 @@ export function parseReplyRef(input: ReplyRef): ReplyRef {
   return parseInput(replyRefSchema, input);
 }
 
-/** `settle`'s input: `{ workspaceId, replyId, model?, usage? }`, as a fresh object. */
+const SETTLE_KEYS: ReadonlySet<string> = new Set(Object.keys(settleSchema.shape));
+
+/**
+ * `settle`'s input: `{ workspaceId, replyId, model?, usage? }`, as a fresh object. Plainly valid
+ * ids without `usage` skip zod (the hot path); anything else, zod checks and reports.
+ */
 export function parseSettleInput(input: SettleInput): SettleInput {
+  try {
+    if (typeof input === 'object' && input !== null) {
+      const { workspaceId, replyId, model, usage } = input;
+      if (isValidId(workspaceId) && isValidId(replyId) && (model === undefined || isValidId(model)) && usage === undefined) {
+        for (const key of Object.keys(input)) if (!SETTLE_KEYS.has(key)) return parseInput(settleSchema, input) as SettleInput;
+        return model === undefined ? { workspaceId, replyId } : { workspaceId, replyId, model };
+      }
+    }
+  } catch {
+    // A throwing getter: zod reports it below.
+  }
   return parseInput(settleSchema, input) as SettleInput;
 }
