@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
 import { afterAll, describe, expect, inject, it } from 'vitest';
 import { RedisStorage } from '../../src/adapters/redis/index.js';
+import type { LedgerRow } from '../../src/core/state.js';
 import { UsageAccumulator } from '../../src/core/usage-aggregate.js';
 import { CreditMeter, type CreditStorage, CreditsError, InvalidInputError, StorageError } from '../../src/index.js';
 import { type PackedLedgerRow, type PackedRecord, unpackLedgerRow, unpackRecord } from '../../src/storage/index.js';
@@ -384,6 +385,43 @@ describe('redis - usage of a window that ends after the last row', () => {
       expect(await usage(T0 + DAY + 3_600_000 + 1, byDay)).toEqual(expected(T0 + DAY + 3_600_000 + 1, byDay));
       expect(calls).toEqual(['days', 'state']);
     }
+  });
+});
+
+describe('redis - rollups of many groups', () => {
+  it('rollups - a day of 40 agents, models and conversations keeps hash tables; usage and erase read past the marker', async () => {
+    const prefix = `extra:${randomUUID()}:`;
+    const storage = store({ keyPrefix: prefix });
+    const client = admin();
+    const day = `${prefix}{w}:day:${T0 + DAY}`;
+    // Two commits of 40 replies each, every one with its own agent, model and conversation: 80 fields a hash.
+    const rows = Array.from({ length: 80 }, (_, i) =>
+      row('w', i + 1, 'reply', -(i + 1) * 1_000, T0 + DAY + i * 60_000, {
+        agentId: `a${i % 40}`,
+        model: `m${i % 40}`,
+        conversationId: `c${i % 40}`,
+      }),
+    );
+    for (const [version, part] of [rows.slice(0, 40), rows.slice(40)].entries()) {
+      const commit = { workspaceId: 'w', expectedVersion: version, state: stateDoc('w', 40 * (version + 1)), ledger: part, records: [] };
+      expect(await storage.commit([commit])).toEqual(['committed']);
+    }
+    // The first commit left 80 fields in a listpack (the server keeps up to 128 or 512 so); the second turned each into a hash table.
+    const encodings = await Promise.all(['a', 'm', 'c'].map((group) => client.object('ENCODING', `${day}:${group}`)));
+    expect(encodings).toEqual(['hashtable', 'hashtable', 'hashtable']);
+    expect(await client.hexists(`${day}:c`, '~')).toBe(1);
+    const check = async (groupBy: 'agent' | 'model' | 'conversation', found: readonly LedgerRow[]) => {
+      const expected = new UsageAccumulator(groupBy, true);
+      for (const r of found) expected.add(r);
+      const usage = await storage.usage({ workspaceId: 'w', from: T0, to: T0 + 3 * DAY, groupBy, byDay: true });
+      const byKey = (a: { key: string }, b: { key: string }) => (a.key < b.key ? -1 : 1);
+      expect(usage.sort(byKey), groupBy).toEqual(expected.totals().sort(byKey));
+    };
+    for (const groupBy of ['agent', 'model', 'conversation'] as const) await check(groupBy, rows);
+    await storage.erase({ workspaceId: 'w', keepLedger: true });
+    const kept = await storage.ledger({ workspaceId: 'w', limit: 1000 });
+    expect(kept).toHaveLength(80);
+    for (const groupBy of ['agent', 'model', 'conversation'] as const) await check(groupBy, kept);
   });
 });
 

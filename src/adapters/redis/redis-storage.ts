@@ -185,11 +185,11 @@ export class RedisStorage implements CreditStorage {
     const k = this.#keys(query.workspaceId);
     const sum = () => this.#run('usage', [k.days, k.state], [k.day, groupBy[0]!, String(first), String(last), String(to)]);
     const [lastDayWhole, days] = (first < to ? await sum() : [0, []]) as [number, [string, string[]][]];
-    // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order.
+    // Fields `s<key>` (micro-credits) and `n<key>` (replies), in any order, and the commit's `~` marker.
     for (const [day, fields] of days) {
       for (let j = 0; j < fields.length; j += 2) {
         const [field, value] = [fields[j]!, Number(fields[j + 1])];
-        sums.merge(field.slice(1), Number(day), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
+        if (field !== '~') sums.merge(field.slice(1), Number(day), field[0] === 's' ? value : 0, field[0] === 'n' ? value : 0);
       }
     }
     // The part days' rows are paged through `ledger`, a short script per page, so a busy day never blocks Redis for long.
