@@ -230,21 +230,25 @@ export function parseReplyRef(input: ReplyRef): ReplyRef {
 
 const SETTLE_KEYS: ReadonlySet<string> = new Set(Object.keys(settleSchema.shape));
 
-/**
- * `settle`'s input: `{ workspaceId, replyId, model?, usage? }`, as a fresh object. Plainly valid
- * ids without `usage` skip zod (the hot path); anything else, zod checks and reports.
- */
+/** `settle`'s input: `{ workspaceId, replyId, model?, usage? }`, as a fresh object. */
 export function parseSettleInput(input: SettleInput): SettleInput {
+  return fastSettle(input) ?? (parseInput(settleSchema, input) as SettleInput);
+}
+
+/**
+ * The hot path of {@link parseSettleInput}: plainly valid ids, no `usage` and no unknown key,
+ * read once into a fresh object. Anything else (or a getter that throws) returns undefined, and
+ * zod produces the error.
+ */
+function fastSettle(input: unknown): SettleInput | undefined {
   try {
-    if (typeof input === 'object' && input !== null) {
-      const { workspaceId, replyId, model, usage } = input;
-      if (isValidId(workspaceId) && isValidId(replyId) && (model === undefined || isValidId(model)) && usage === undefined) {
-        for (const key of Object.keys(input)) if (!SETTLE_KEYS.has(key)) return parseInput(settleSchema, input) as SettleInput;
-        return model === undefined ? { workspaceId, replyId } : { workspaceId, replyId, model };
-      }
-    }
+    if (typeof input !== 'object' || input === null) return undefined;
+    const { workspaceId, replyId, model, usage } = input as Partial<SettleInput>;
+    if (!isValidId(workspaceId) || !isValidId(replyId) || (model !== undefined && !isValidId(model)) || usage !== undefined)
+      return undefined;
+    for (const key of Object.keys(input)) if (!SETTLE_KEYS.has(key)) return undefined;
+    return model === undefined ? { workspaceId, replyId } : { workspaceId, replyId, model };
   } catch {
-    // A throwing getter: zod reports it below.
+    return undefined;
   }
-  return parseInput(settleSchema, input) as SettleInput;
 }
