@@ -12,11 +12,12 @@ interface Waiting {
 }
 
 /**
- * Group commit across workspaces: while {@link MAX_IN_FLIGHT} calls to the store's `commit` are
- * in flight, the commits of other workspaces that become ready wait, then go to the store
- * together in one call (one transaction, and in PostgreSQL one statement, for all of them). A
- * quiet meter sends each commit at once; a busy one with many workspaces sends fewer, larger
- * calls instead of queueing one statement per workspace on the database. Each commit still gets
+ * Group commit across workspaces: the commits of workspaces whose batches are applied in the same
+ * turn of the event loop go to the store together in one call (one transaction, and in
+ * PostgreSQL one statement, for all of them), and while {@link MAX_IN_FLIGHT} calls are in
+ * flight, those that become ready wait and go together in the next call. A quiet meter sends each
+ * commit at once (a microtask later); a busy one with many workspaces sends fewer, larger calls
+ * instead of one statement, and on SQLite one fsync, per workspace. Each commit still gets
  * its own result: the store commits each workspace all-or-nothing and independently, and when a
  * grouped call fails, each of its commits is sent again alone, so only the ones that fail alone
  * fail.
@@ -39,19 +40,37 @@ export class CommitGroup {
 
   /** Commits one workspace's changes, alone now or with others soon. */
   commit(commit: WorkspaceCommit): Promise<CommitResult> {
-    if (this.#inFlight >= MAX_IN_FLIGHT) return new Promise((resolve, reject) => this.#waiting.push({ commit, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      this.#waiting.push({ commit, resolve, reject });
+      if (this.#inFlight < MAX_IN_FLIGHT && !this.#scheduled) {
+        this.#scheduled = true;
+        queueMicrotask(this.#start);
+      }
+    });
+  }
+
+  /**
+   * Sends what became ready meanwhile: after the microtasks queued before it, so the commits
+   * of every workspace whose batch is applied in the same turn go in one call.
+   */
+  readonly #start = (): void => {
+    this.#scheduled = false;
+    if (this.#inFlight >= MAX_IN_FLIGHT || this.#waiting.length === 0) return;
+    if (this.#waiting.length > 1) return void this.#flush();
+    const { commit, resolve, reject } = this.#waiting.pop()!;
     this.#inFlight++;
-    return this.#send([commit]).then(
+    this.#send([commit]).then(
       (results) => {
         this.#done();
-        return results[0]!;
+        resolve(results[0]!);
       },
       (error: unknown) => {
         this.#done();
-        throw error;
+        reject(error);
       },
     );
-  }
+  };
+  #scheduled = false;
 
   #done(): void {
     this.#inFlight--;

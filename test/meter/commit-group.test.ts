@@ -51,21 +51,46 @@ async function expectEveryCharge(meter: CreditMeter, ids: readonly string[], rep
   }
 }
 
+/** Commits of workspaces a, b, c and d, each in a turn of its own: four lone calls in flight. */
+async function fourInFlight(group: CommitGroup): Promise<Promise<CommitResult>[]> {
+  const first: Promise<CommitResult>[] = [];
+  for (const id of ['a', 'b', 'c', 'd']) {
+    first.push(group.commit(commitOf(id)));
+    await tick();
+  }
+  return first;
+}
+
 describe('CommitGroup', () => {
   it('sends each commit at once while fewer than four calls are in flight', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send);
-    const pending = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
-    await tick();
+    const pending = await fourInFlight(group);
     expect(calls.map((call) => call.ids)).toEqual([['a'], ['b'], ['c'], ['d']]);
     for (const [i, call] of calls.entries()) call.answer([i % 2 === 0 ? 'committed' : 'conflict']);
     expect(await Promise.all(pending)).toEqual(['committed', 'conflict', 'committed', 'conflict']);
   });
 
+  it('commits that become ready in the same turn go at once in one call, in workspace order, each with its own result', async () => {
+    const { calls, send } = manualSend();
+    const group = new CommitGroup(send);
+    const pending = ['c', 'a', 'b'].map((id) => group.commit(commitOf(id)));
+    await tick();
+    expect(calls.map((call) => call.ids)).toEqual([['a', 'b', 'c']]);
+    calls[0]!.answer(['committed', 'conflict', 'committed']);
+    expect(await Promise.all(pending)).toEqual(['committed', 'committed', 'conflict']);
+    // The next turn's lone commit does not wait for anything.
+    const next = group.commit(commitOf('d'));
+    await tick();
+    expect(calls[1]!.ids).toEqual(['d']);
+    calls[1]!.answer(['committed']);
+    expect(await next).toBe('committed');
+  });
+
   it('while four are in flight, later commits wait and go together in one call, in workspace order, each with its own result', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send);
-    const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
+    const first = await fourInFlight(group);
     const later = ['z', 'x', 'y'].map((id) => group.commit(commitOf(id)));
     await tick();
     expect(calls).toHaveLength(4);
@@ -81,7 +106,7 @@ describe('CommitGroup', () => {
   it('a failed lone call rejects its commit; a failed grouped call sends each commit again alone, each getting its own answer', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send);
-    const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
+    const first = await fourInFlight(group);
     const grouped = ['e', 'f', 'g'].map((id) => group.commit(commitOf(id)));
     await tick();
     calls[0]!.answer(new Error('connection lost'));
@@ -110,7 +135,7 @@ describe('CommitGroup', () => {
   it('a store down for a grouped call: each commit is tried alone once more and rejects with its own error', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send);
-    const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
+    const first = await fourInFlight(group);
     const grouped = ['e', 'f'].map((id) => group.commit(commitOf(id)));
     await tick();
     calls[0]!.answer(['committed']);
@@ -127,7 +152,7 @@ describe('CommitGroup', () => {
   it('a grouped call that failed in a way not worth retrying (a timeout) rejects its commits without sending them again', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send, (error) => !(error instanceof Error && error.message.includes('timed out')));
-    const first = ['a', 'b', 'c', 'd'].map((id) => group.commit(commitOf(id)));
+    const first = await fourInFlight(group);
     const grouped = ['e', 'f'].map((id) => group.commit(commitOf(id)));
     await tick();
     calls[0]!.answer(['committed']);
