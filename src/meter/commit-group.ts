@@ -55,8 +55,9 @@ export class CommitGroup {
    */
   readonly #start = (): void => {
     this.#scheduled = false;
-    if (this.#inFlight >= MAX_IN_FLIGHT || this.#waiting.length === 0) return;
-    if (this.#waiting.length > 1) return void this.#flush();
+    // More than a call takes (256) go in several, up to the calls in flight allowed.
+    while (this.#waiting.length > 1 && this.#inFlight < MAX_IN_FLIGHT) void this.#flush();
+    if (this.#waiting.length === 0 || this.#inFlight >= MAX_IN_FLIGHT) return;
     const { commit, resolve, reject } = this.#waiting.pop()!;
     this.#inFlight++;
     this.#send([commit]).then(

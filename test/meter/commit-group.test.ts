@@ -87,6 +87,17 @@ describe('CommitGroup', () => {
     expect(await next).toBe('committed');
   });
 
+  it('more commits ready in one turn than a call takes (256) go at once in several calls', async () => {
+    const { calls, send } = manualSend();
+    const group = new CommitGroup(send);
+    const ids = Array.from({ length: 300 }, (_, i) => `w${String(i).padStart(3, '0')}`);
+    const pending = ids.map((id) => group.commit(commitOf(id)));
+    await tick();
+    expect(calls.map((call) => call.ids)).toEqual([ids.slice(0, 256), ids.slice(256)]);
+    for (const call of calls) call.answer(call.ids.map(() => 'committed'));
+    expect(await Promise.all(pending)).toEqual(ids.map(() => 'committed'));
+  });
+
   it('while four are in flight, later commits wait and go together in one call, in workspace order, each with its own result', async () => {
     const { calls, send } = manualSend();
     const group = new CommitGroup(send);
