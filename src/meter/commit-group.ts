@@ -27,6 +27,8 @@ export class CommitGroup {
   readonly #retryAlone: (error: unknown) => boolean;
   readonly #waiting: Waiting[] = [];
   #inFlight = 0;
+  /** True while a microtask that sends the waiting commits is queued. */
+  #scheduled = false;
 
   /**
    * @param send - Commits a call's commits; each workspace all-or-nothing, independently.
@@ -71,7 +73,6 @@ export class CommitGroup {
       },
     );
   };
-  #scheduled = false;
 
   #done(): void {
     this.#inFlight--;
