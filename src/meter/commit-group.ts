@@ -60,6 +60,7 @@ export class CommitGroup {
     // More than a call takes (256) go in several, up to the calls in flight allowed.
     while (this.#waiting.length > 1 && this.#inFlight < MAX_IN_FLIGHT) void this.#flush();
     if (this.#waiting.length === 0 || this.#inFlight >= MAX_IN_FLIGHT) return;
+    // A lone commit skips #flush's sorting and async frame: it is every store's sequential path.
     const { commit, resolve, reject } = this.#waiting.pop()!;
     this.#inFlight++;
     this.#send([commit]).then(

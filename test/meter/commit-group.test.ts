@@ -61,6 +61,16 @@ async function fourInFlight(group: CommitGroup): Promise<Promise<CommitResult>[]
   return first;
 }
 
+/** A commit of `id` goes at once in a call of its own, and gets that call's answer. */
+async function expectSentAlone(group: CommitGroup, calls: ReturnType<typeof manualSend>['calls'], id: string): Promise<void> {
+  const before = calls.length;
+  const pending = group.commit(commitOf(id));
+  await tick();
+  expect(calls.slice(before).map((call) => call.ids)).toEqual([[id]]);
+  calls[before]!.answer(['committed']);
+  expect(await pending).toBe('committed');
+}
+
 describe('CommitGroup', () => {
   it('sends each commit at once while fewer than four calls are in flight', async () => {
     const { calls, send } = manualSend();
@@ -80,11 +90,7 @@ describe('CommitGroup', () => {
     calls[0]!.answer(['committed', 'conflict', 'committed']);
     expect(await Promise.all(pending)).toEqual(['committed', 'committed', 'conflict']);
     // The next turn's lone commit does not wait for anything.
-    const next = group.commit(commitOf('d'));
-    await tick();
-    expect(calls[1]!.ids).toEqual(['d']);
-    calls[1]!.answer(['committed']);
-    expect(await next).toBe('committed');
+    await expectSentAlone(group, calls, 'd');
   });
 
   it('more commits ready in one turn than a call takes (256) go at once in several calls', async () => {
@@ -136,11 +142,7 @@ describe('CommitGroup', () => {
     for (const call of calls.slice(1, 4)) call.answer(['committed']);
     await Promise.all(first.slice(1));
     // The group's place is free again: the next commit goes at once.
-    const next = group.commit(commitOf('h'));
-    await tick();
-    expect(calls[8]!.ids).toEqual(['h']);
-    calls[8]!.answer(['committed']);
-    expect(await next).toBe('committed');
+    await expectSentAlone(group, calls, 'h');
   });
 
   it('a store down for a grouped call: each commit is tried alone once more and rejects with its own error', async () => {
